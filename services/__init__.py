@@ -1,0 +1,1 @@
+"""rollstream: RL for LLM policies as a stream of rollouts over Kafka."""

@@ -1,0 +1,142 @@
+"""`rollstream` command line. Thin: parse, then call into a service (imported lazily, so
+`rollstream --help` never loads torch, faust or Kafka clients)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+STAGES = ("feed", "generator", "scorer", "filter", "replay", "learner", "evaluator")
+
+
+def _kafka_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bootstrap", default=None,
+                   help="Kafka bootstrap HOST:PORT (env ROLLSTREAM_BOOTSTRAP; default 127.0.0.1:9092)")
+    p.add_argument("--namespace", default=None,
+                   help="prefix for every topic and group (env ROLLSTREAM_NAMESPACE)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="rollstream",
+        description="RL fine-tuning of LLM policies as a stream of rollouts over Kafka.",
+    )
+    sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
+
+    p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (Tansu)")
+    p.add_argument("--port", type=int, default=9092)
+    p.add_argument("--host", default="127.0.0.1")
+
+    p = sub.add_parser("topics", help="create or list the registry topics")
+    p.add_argument("action", choices=["create", "list"])
+    _kafka_args(p)
+
+    p = sub.add_parser("tap", help="decode a topic live, without joining any consumer group")
+    p.add_argument("topic")
+    p.add_argument("--from-beginning", action="store_true", help="start at the oldest message")
+    p.add_argument("--follow", "-f", action="store_true", help="keep waiting for new messages")
+    p.add_argument("--limit", "-n", type=int, default=None, help="stop after N messages")
+    p.add_argument("--where", default=None,
+                   help="safe filter over fields, e.g. 'reward > 0.5 and policy_version >= 3'")
+    p.add_argument("--fields", default=None, help="comma-separated fields to show (dotted paths)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line (for jq)")
+    p.add_argument("--stats", action="store_true", help="rate, sizes and per-field summaries")
+    p.add_argument("--tokenizer", default=None, help="model dir to detokenize token ids with")
+    _kafka_args(p)
+
+    p = sub.add_parser("record", help="save a range of a topic to a file")
+    p.add_argument("topic")
+    p.add_argument("file")
+    p.add_argument("--limit", "-n", type=int, default=None)
+    p.add_argument("--follow", "-f", action="store_true")
+    p.add_argument("--from-beginning", action="store_true", default=True)
+    _kafka_args(p)
+
+    p = sub.add_parser("replay", help="play a recorded file back into a topic")
+    p.add_argument("file")
+    p.add_argument("topic", nargs="?", default=None, help="target topic (default: the recorded one)")
+    p.add_argument("--rate", type=float, default=None, help="messages per second (default: as fast as possible)")
+    _kafka_args(p)
+
+    p = sub.add_parser("run", help="run one stage as a service", add_help=False)
+    p.add_argument("stage", choices=STAGES)
+    p.add_argument("args", nargs=argparse.REMAINDER, help="stage options (see run STAGE --help)")
+
+    p = sub.add_parser("init-model", help="build the built-in tiny base model")
+    p.add_argument("--out", default=None, help="output dir (default: the built-in model's home)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="rebuild even if it exists")
+
+    p = sub.add_parser("control", help="change a stage's live knobs: control generator temperature=0.8")
+    p.add_argument("stage")
+    p.add_argument("params", nargs="+", help="KEY=VALUE (VALUE parsed as YAML)")
+    _kafka_args(p)
+
+    p = sub.add_parser("up", help="run the whole pipeline (embedded broker unless --bootstrap)")
+    p.add_argument("--config", default=None, help="run YAML (default: the built-in tiny CPU run)")
+    p.add_argument("--mode", choices=["stream", "sync"], default="stream")
+    p.add_argument("--stage", action="append", default=[], help="stage whose replicas to set")
+    p.add_argument("--replicas", action="append", type=int, default=[], help="replicas for --stage")
+    p.add_argument("--name", default=None, help="run name (folder runs/NAME)")
+    p.add_argument("--no-view", action="store_true", help="plain log lines instead of the live view")
+    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                   help="override a config field, e.g. --set target.minutes=5")
+    _kafka_args(p)
+
+    p = sub.add_parser("status", help="the ledger: generated, pending, dropped, trained, expired")
+    p.add_argument("run", nargs="?", default=None, help="run folder (default: latest under runs/)")
+    _kafka_args(p)
+
+    p = sub.add_parser("report", help="rebuild a run's plots and print its summary")
+    p.add_argument("run", nargs="?", default=None)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if args.cmd is None:
+        ap.print_help()
+        return 0
+    if args.cmd == "run":
+        mod = importlib.import_module(f"rollstream.services.{args.stage}.main")
+        return int(mod.main(args.args) or 0)
+    if args.cmd == "broker":
+        from rollstream.services.runtime.broker import BrokerError, run_foreground
+
+        try:
+            return run_foreground(args.port, args.host)
+        except BrokerError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    if args.cmd == "init-model":
+        from rollstream.services.models.build import init_model_cli
+
+        return init_model_cli(args.out, args.seed, args.force)
+    commands = {
+        "topics": "rollstream.services.runtime.commands:topics",
+        "tap": "rollstream.services.runtime.tap:main",
+        "record": "rollstream.services.runtime.record:record_main",
+        "replay": "rollstream.services.runtime.record:replay_main",
+        "control": "rollstream.services.runtime.commands:control",
+        "up": "rollstream.services.up.main:main",
+        "status": "rollstream.services.up.status:main",
+        "report": "rollstream.services.up.report:main",
+    }
+    mod_name, fn = commands[args.cmd].split(":")
+    try:
+        return int(getattr(importlib.import_module(mod_name), fn)(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a clear one-line error for the user, traceback on demand
+        if os.environ.get("ROLLSTREAM_DEBUG"):
+            raise
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Topic administration: create every registry topic (idempotent) and describe them.
+
+Topics are always created explicitly from schemas/topics.py, with their partitions and config;
+auto-created topics can get a partition count nobody asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from rollstream.schemas.topics import Topic, all_topics, qualified, unqualified
+from rollstream.services.runtime.settings import KafkaSettings
+
+
+def admin_client(kafka: KafkaSettings) -> AdminClient:
+    return AdminClient(kafka.client_config("admin"))
+
+
+def create_topics(kafka: KafkaSettings, topics: tuple[Topic, ...] | None = None,
+                  partitions: dict[str, int] | None = None, replication: int = 1,
+                  timeout_s: float = 30.0) -> dict[str, str]:
+    """Create each topic that does not exist yet. Returns name -> "created" | "exists".
+
+    `partitions` overrides registry defaults per topic name (e.g. from the run config)."""
+    admin = admin_client(kafka)
+    topics = topics if topics is not None else all_topics()
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    result: dict[str, str] = {}
+    new = []
+    for t in topics:
+        real = qualified(t.name, kafka.namespace)
+        if real in existing:
+            result[t.name] = "exists"
+            continue
+        n = (partitions or {}).get(t.name, t.partitions)
+        new.append(NewTopic(real, num_partitions=n, replication_factor=replication,
+                            config=t.config()))
+    if new:
+        for real, fut in admin.create_topics(new, request_timeout=timeout_s).items():
+            name = unqualified(real, kafka.namespace)
+            try:
+                fut.result()
+                result[name] = "created"
+            except KafkaException as exc:
+                if exc.args[0].code() == 36:  # TOPIC_ALREADY_EXISTS (a racing creator)
+                    result[name] = "exists"
+                else:
+                    raise
+    return result
+
+
+@dataclass
+class TopicInfo:
+    name: str
+    partitions: int
+    end_offsets: list[int]
+    group_lags: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def messages(self) -> int:
+        return sum(self.end_offsets)
+
+
+def describe(kafka: KafkaSettings, names: list[str] | None = None,
+             timeout_s: float = 10.0) -> list[TopicInfo]:
+    """Partitions and end offsets of each registry topic, and each consumer group's lag on it."""
+    from confluent_kafka import Consumer
+
+    admin = admin_client(kafka)
+    md = admin.list_topics(timeout=timeout_s)
+    wanted = names or [t.name for t in all_topics()]
+    probe = Consumer({**kafka.client_config("admin"), "group.id": "rollstream-admin-probe",
+                      "enable.auto.commit": False})
+    infos: dict[str, TopicInfo] = {}
+    try:
+        for name in wanted:
+            real = qualified(name, kafka.namespace)
+            if real not in md.topics:
+                continue
+            parts = sorted(md.topics[real].partitions)
+            ends = [probe.get_watermark_offsets(TopicPartition(real, p), timeout=timeout_s)[1]
+                    for p in parts]
+            infos[name] = TopicInfo(name, len(parts), ends)
+    finally:
+        probe.close()
+    for group, offsets in _group_offsets(admin, kafka, timeout_s).items():
+        for (real, part), committed in offsets.items():
+            name = unqualified(real, kafka.namespace)
+            info = infos.get(name)
+            if info is None or part >= len(info.end_offsets):
+                continue
+            lag = info.end_offsets[part] - max(committed, 0)
+            info.group_lags[group] = info.group_lags.get(group, 0) + max(lag, 0)
+    return [infos[n] for n in wanted if n in infos]
+
+
+def _group_offsets(admin: AdminClient, kafka: KafkaSettings,
+                   timeout_s: float) -> dict[str, dict[tuple[str, int], int]]:
+    """Committed offsets of every consumer group (of this namespace)."""
+    out: dict[str, dict[tuple[str, int], int]] = {}
+    try:
+        listing = admin.list_consumer_groups(request_timeout=timeout_s).result()
+    except Exception:
+        return out
+    groups = [g.group_id for g in listing.valid]
+    if kafka.namespace:
+        groups = [g for g in groups if g.startswith(kafka.namespace + ".")]
+    groups = [g for g in groups if not g.startswith("rollstream-admin") and "nogroup" not in g]
+    for g in groups:
+        try:
+            futs = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(g)],
+                                                     request_timeout=timeout_s)
+            res = next(iter(futs.values())).result()
+        except Exception:
+            continue
+        out[unqualified(g, kafka.namespace)] = {
+            (tp.topic, tp.partition): tp.offset for tp in res.topic_partitions if tp.offset >= 0
+        }
+    return out

@@ -1,0 +1,77 @@
+"""Small CLI commands over the bus: `topics create|list`, `control`."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from rollstream.services.runtime.settings import kafka_from
+
+
+def topics(args: argparse.Namespace) -> int:
+    from rollstream.services.runtime.admin import create_topics, describe
+
+    kafka = kafka_from(args.bootstrap, args.namespace)
+    if args.action == "create":
+        res = create_topics(kafka)
+        created = sum(1 for v in res.values() if v == "created")
+        for name, state in res.items():
+            print(f"{state:8} {name}")
+        print(f"{created} created, {len(res) - created} already there ({kafka.bootstrap})")
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("topic", "partitions", "messages", "end offsets", "group lag")
+    for info in describe(kafka):
+        lags = ", ".join(f"{g}={lag}" for g, lag in sorted(info.group_lags.items())) or "-"
+        ends = " ".join(str(e) for e in info.end_offsets)
+        table.add_row(info.name, str(info.partitions), str(info.messages), ends, lags)
+    Console().print(table)
+    return 0
+
+
+def control(args: argparse.Namespace) -> int:
+    """Merge KEY=VALUE into the stage's current knobs and publish them on `control`."""
+    import yaml
+
+    from rollstream.schemas import ControlUpdate
+    from rollstream.services.runtime.bus import Producer
+
+    kafka = kafka_from(args.bootstrap, args.namespace)
+    params: dict[str, object] = {}
+    for item in args.params:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        params[key.strip()] = yaml.safe_load(value)
+    current, revision = latest_control(kafka, args.stage)
+    merged = {**current, **params}
+    producer = Producer(kafka, "control")
+    update = ControlUpdate(stage=args.stage, params=merged, revision=revision + 1,
+                           issued_by="cli", produced_at=time.time())
+    producer.send("control", update, key=args.stage)
+    producer.flush()
+    print(f"control {args.stage} revision {revision + 1}: {merged}")
+    return 0
+
+
+def latest_control(kafka, stage: str, timeout_s: float = 2.0) -> tuple[dict, int]:  # type: ignore[no-untyped-def]
+    """The newest ControlUpdate params and revision for `stage` (empty, 0 if none)."""
+    from rollstream.services.runtime.bus import Consumer
+
+    c = Consumer(kafka, "control-cli", ["control"], group=None)
+    params: dict = {}
+    revision = 0
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            recs = c.poll(500, 0.3)
+            for r in recs:
+                if r.value.stage == stage and r.value.revision >= revision:
+                    params, revision = dict(r.value.params), r.value.revision
+            if not recs and c.lag().get("control", 0) == 0:
+                break
+    finally:
+        c.close()
+    return params, revision

@@ -1,0 +1,62 @@
+"""Settings every service shares: where Kafka is, the namespace, client security, timeouts.
+
+Values come from the run YAML (section `kafka`), then `ROLLSTREAM_*` environment variables,
+then command-line flags — each later source wins. Bad values fail at start with the field name.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+
+
+class KafkaSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bootstrap: str = Field(DEFAULT_BOOTSTRAP, min_length=3)
+    """Kafka bootstrap servers, `host:port[,host:port]` (env ROLLSTREAM_BOOTSTRAP)."""
+    namespace: str | None = Field(None, pattern=r"^[A-Za-z0-9_\-]+$")
+    """Prefix for every topic and consumer group, `NAME.` (env ROLLSTREAM_NAMESPACE)."""
+    security: dict[str, str] = {}
+    """Client security settings passed through verbatim with librdkafka names, e.g.
+    {security.protocol: SASL_SSL, sasl.mechanism: SCRAM-SHA-512, sasl.username: ..., sasl.password:
+    ..., ssl.ca.location: /etc/kafka/ca.crt}. faust stages get the same settings translated."""
+    session_timeout_ms: int = Field(10_000, ge=1_000, le=300_000)
+    """Consumer group session timeout. Lower means faster first joins and failure detection
+    (`rollstream up` uses 6000, the lowest a stock Kafka broker accepts); the cluster default
+    10 s is safe. Heartbeats go every session_timeout/10."""
+    client_id: str = "rollstream"
+    """Kafka client id prefix; the stage name is appended."""
+
+    def with_env(self) -> KafkaSettings:
+        """A copy with ROLLSTREAM_BOOTSTRAP / ROLLSTREAM_NAMESPACE applied."""
+        upd: dict[str, Any] = {}
+        if os.environ.get("ROLLSTREAM_BOOTSTRAP"):
+            upd["bootstrap"] = os.environ["ROLLSTREAM_BOOTSTRAP"]
+        if os.environ.get("ROLLSTREAM_NAMESPACE"):
+            upd["namespace"] = os.environ["ROLLSTREAM_NAMESPACE"]
+        return self.model_copy(update=upd) if upd else self
+
+    def client_config(self, stage: str) -> dict[str, Any]:
+        """librdkafka settings common to producers, consumers and the admin client."""
+        cfg: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap,
+            "client.id": f"{self.client_id}-{stage}",
+        }
+        cfg.update(self.security)
+        return cfg
+
+
+def kafka_from(bootstrap: str | None = None, namespace: str | None = None) -> KafkaSettings:
+    """KafkaSettings from flags, falling back to the environment, then defaults."""
+    base = KafkaSettings().with_env()
+    upd: dict[str, Any] = {}
+    if bootstrap:
+        upd["bootstrap"] = bootstrap
+    if namespace:
+        upd["namespace"] = namespace
+    return KafkaSettings.model_validate({**base.model_dump(), **upd})
