@@ -71,7 +71,7 @@ def envelope(data: bytes) -> tuple[str, int]:
 
 
 def decode(data: bytes | bytearray | memoryview, typ: type[M]) -> M:
-    """Decode `data` as `typ`. Unknown fields are ignored; anything else wrong raises SchemaError."""
+    """Decode `data` as `typ`; unknown fields are ignored, anything else wrong is a SchemaError."""
     dec = _decoders.get(typ)
     if dec is None:
         dec = _decoders[typ] = msgspec.msgpack.Decoder(typ)

@@ -12,10 +12,16 @@ STAGES = ("feed", "generator", "scorer", "filter", "replay", "learner", "evaluat
 
 
 def _kafka_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bootstrap", default=None,
-                   help="Kafka bootstrap HOST:PORT (env ROLLSTREAM_BOOTSTRAP; default 127.0.0.1:9092)")
-    p.add_argument("--namespace", default=None,
-                   help="prefix for every topic and group (env ROLLSTREAM_NAMESPACE)")
+    p.add_argument(
+        "--bootstrap",
+        default=None,
+        help="Kafka bootstrap HOST:PORT (env ROLLSTREAM_BOOTSTRAP; default 127.0.0.1:9092)",
+    )
+    p.add_argument(
+        "--namespace",
+        default=None,
+        help="prefix for every topic and group (env ROLLSTREAM_NAMESPACE)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,8 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-beginning", action="store_true", help="start at the oldest message")
     p.add_argument("--follow", "-f", action="store_true", help="keep waiting for new messages")
     p.add_argument("--limit", "-n", type=int, default=None, help="stop after N messages")
-    p.add_argument("--where", default=None,
-                   help="safe filter over fields, e.g. 'reward > 0.5 and policy_version >= 3'")
+    p.add_argument(
+        "--where",
+        default=None,
+        help="safe filter over fields, e.g. 'reward > 0.5 and policy_version >= 3'",
+    )
     p.add_argument("--fields", default=None, help="comma-separated fields to show (dotted paths)")
     p.add_argument("--json", action="store_true", help="one JSON object per line (for jq)")
     p.add_argument("--stats", action="store_true", help="rate, sizes and per-field summaries")
@@ -56,8 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("replay", help="play a recorded file back into a topic")
     p.add_argument("file")
-    p.add_argument("topic", nargs="?", default=None, help="target topic (default: the recorded one)")
-    p.add_argument("--rate", type=float, default=None, help="messages per second (default: as fast as possible)")
+    p.add_argument(
+        "topic", nargs="?", default=None, help="target topic (default: the recorded one)"
+    )
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="messages per second (default: as fast as possible)",
+    )
     _kafka_args(p)
 
     p = sub.add_parser("run", help="run one stage as a service", add_help=False)
@@ -69,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="rebuild even if it exists")
 
-    p = sub.add_parser("control", help="change a stage's live knobs: control generator temperature=0.8")
+    p = sub.add_parser(
+        "control", help="change a stage's live knobs: control generator temperature=0.8"
+    )
     p.add_argument("stage")
     p.add_argument("params", nargs="+", help="KEY=VALUE (VALUE parsed as YAML)")
     _kafka_args(p)
@@ -80,9 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", action="append", default=[], help="stage whose replicas to set")
     p.add_argument("--replicas", action="append", type=int, default=[], help="replicas for --stage")
     p.add_argument("--name", default=None, help="run name (folder runs/NAME)")
-    p.add_argument("--no-view", action="store_true", help="plain log lines instead of the live view")
-    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
-                   help="override a config field, e.g. --set target.minutes=5")
+    p.add_argument(
+        "--no-view", action="store_true", help="plain log lines instead of the live view"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override a config field, e.g. --set target.minutes=5",
+    )
     _kafka_args(p)
 
     p = sub.add_parser("status", help="the ledger: generated, pending, dropped, trained, expired")

@@ -19,9 +19,13 @@ def admin_client(kafka: KafkaSettings) -> AdminClient:
     return AdminClient(kafka.client_config("admin"))
 
 
-def create_topics(kafka: KafkaSettings, topics: tuple[Topic, ...] | None = None,
-                  partitions: dict[str, int] | None = None, replication: int = 1,
-                  timeout_s: float = 30.0) -> dict[str, str]:
+def create_topics(
+    kafka: KafkaSettings,
+    topics: tuple[Topic, ...] | None = None,
+    partitions: dict[str, int] | None = None,
+    replication: int = 1,
+    timeout_s: float = 30.0,
+) -> dict[str, str]:
     """Create each topic that does not exist yet. Returns name -> "created" | "exists".
 
     `partitions` overrides registry defaults per topic name (e.g. from the run config)."""
@@ -36,8 +40,9 @@ def create_topics(kafka: KafkaSettings, topics: tuple[Topic, ...] | None = None,
             result[t.name] = "exists"
             continue
         n = (partitions or {}).get(t.name, t.partitions)
-        new.append(NewTopic(real, num_partitions=n, replication_factor=replication,
-                            config=t.config()))
+        new.append(
+            NewTopic(real, num_partitions=n, replication_factor=replication, config=t.config())
+        )
     if new:
         for real, fut in admin.create_topics(new, request_timeout=timeout_s).items():
             name = unqualified(real, kafka.namespace)
@@ -64,16 +69,22 @@ class TopicInfo:
         return sum(self.end_offsets)
 
 
-def describe(kafka: KafkaSettings, names: list[str] | None = None,
-             timeout_s: float = 10.0) -> list[TopicInfo]:
+def describe(
+    kafka: KafkaSettings, names: list[str] | None = None, timeout_s: float = 10.0
+) -> list[TopicInfo]:
     """Partitions and end offsets of each registry topic, and each consumer group's lag on it."""
     from confluent_kafka import Consumer
 
     admin = admin_client(kafka)
     md = admin.list_topics(timeout=timeout_s)
     wanted = names or [t.name for t in all_topics()]
-    probe = Consumer({**kafka.client_config("admin"), "group.id": "rollstream-admin-probe",
-                      "enable.auto.commit": False})
+    probe = Consumer(
+        {
+            **kafka.client_config("admin"),
+            "group.id": "rollstream-admin-probe",
+            "enable.auto.commit": False,
+        }
+    )
     infos: dict[str, TopicInfo] = {}
     try:
         for name in wanted:
@@ -81,8 +92,10 @@ def describe(kafka: KafkaSettings, names: list[str] | None = None,
             if real not in md.topics:
                 continue
             parts = sorted(md.topics[real].partitions)
-            ends = [probe.get_watermark_offsets(TopicPartition(real, p), timeout=timeout_s)[1]
-                    for p in parts]
+            ends = [
+                probe.get_watermark_offsets(TopicPartition(real, p), timeout=timeout_s)[1]
+                for p in parts
+            ]
             infos[name] = TopicInfo(name, len(parts), ends)
     finally:
         probe.close()
@@ -97,8 +110,9 @@ def describe(kafka: KafkaSettings, names: list[str] | None = None,
     return [infos[n] for n in wanted if n in infos]
 
 
-def _group_offsets(admin: AdminClient, kafka: KafkaSettings,
-                   timeout_s: float) -> dict[str, dict[tuple[str, int], int]]:
+def _group_offsets(
+    admin: AdminClient, kafka: KafkaSettings, timeout_s: float
+) -> dict[str, dict[tuple[str, int], int]]:
     """Committed offsets of every consumer group (of this namespace)."""
     out: dict[str, dict[tuple[str, int], int]] = {}
     try:
@@ -111,8 +125,9 @@ def _group_offsets(admin: AdminClient, kafka: KafkaSettings,
     groups = [g for g in groups if not g.startswith("rollstream-admin") and "nogroup" not in g]
     for g in groups:
         try:
-            futs = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(g)],
-                                                     request_timeout=timeout_s)
+            futs = admin.list_consumer_group_offsets(
+                [ConsumerGroupTopicPartitions(g)], request_timeout=timeout_s
+            )
             res = next(iter(futs.values())).result()
         except Exception:
             continue

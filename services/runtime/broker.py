@@ -50,12 +50,18 @@ def broker_binary() -> str:
     return path
 
 
-def wait_for_kafka(bootstrap: str, timeout_s: float = 20.0, proc: subprocess.Popen | None = None,
-                   log: Path | None = None) -> None:
+def wait_for_kafka(
+    bootstrap: str,
+    timeout_s: float = 20.0,
+    proc: subprocess.Popen | None = None,
+    log: Path | None = None,
+) -> None:
     """Block until `bootstrap` answers a Kafka metadata request."""
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.connection.setup.timeout.ms": 1000})
+    admin = AdminClient(
+        {"bootstrap.servers": bootstrap, "socket.connection.setup.timeout.ms": 1000}
+    )
     deadline = time.monotonic() + timeout_s
     while True:
         if proc is not None and proc.poll() is not None:
@@ -65,15 +71,18 @@ def wait_for_kafka(bootstrap: str, timeout_s: float = 20.0, proc: subprocess.Pop
             return
         except Exception as exc:
             if time.monotonic() > deadline:
-                raise BrokerError(f"no Kafka answered at {bootstrap} within {timeout_s:.0f}s: {exc}")
+                raise BrokerError(
+                    f"no Kafka answered at {bootstrap} within {timeout_s:.0f}s: {exc}"
+                ) from None
             time.sleep(0.1)
 
 
 class EmbeddedBroker:
     """Start Tansu on 127.0.0.1:`port` (a free port if None); stop it on exit."""
 
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1",
-                 log_path: str | Path | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, host: str = "127.0.0.1", log_path: str | Path | None = None
+    ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self.log_path = Path(log_path) if log_path else None
@@ -97,9 +106,19 @@ class EmbeddedBroker:
         url = f"tcp://{self.host}:{self.port}"
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [
+                binary,
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C in a terminal goes to us; we stop it in order
         )
         try:
@@ -125,8 +144,9 @@ class EmbeddedBroker:
     def __enter__(self) -> EmbeddedBroker:
         return self.start()
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
 

@@ -56,19 +56,28 @@ class Record(Generic[M]):
 class Producer:
     """Keyed, batched, idempotent producer of registry messages."""
 
-    def __init__(self, kafka: KafkaSettings, stage: str, metrics: BusMetrics | None = None,
-                 *, linger_ms: int = 5, idempotent: bool = True, extra: dict[str, Any] | None = None
-                 ) -> None:
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        stage: str,
+        metrics: BusMetrics | None = None,
+        *,
+        linger_ms: int = 5,
+        idempotent: bool = True,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         self.kafka = kafka
         self.metrics = metrics or BusMetrics(StageMetrics(stage))
         cfg = kafka.client_config(stage)
-        cfg.update({
-            "linger.ms": linger_ms,
-            "enable.idempotence": idempotent,
-            "compression.type": "none",
-            "message.max.bytes": 8 * 1024 * 1024,
-            "queue.buffering.max.kbytes": 256 * 1024,
-        })
+        cfg.update(
+            {
+                "linger.ms": linger_ms,
+                "enable.idempotence": idempotent,
+                "compression.type": "none",
+                "message.max.bytes": 8 * 1024 * 1024,
+                "queue.buffering.max.kbytes": 256 * 1024,
+            }
+        )
         cfg.update(extra or {})
         self._p = _KProducer(cfg)
         self._errors: list[str] = []
@@ -81,12 +90,19 @@ class Producer:
         """Queue `msg` for registry topic `topic`; blocks while the local queue is full."""
         self.send_raw(topic, encode(msg), key, msg.headers())
 
-    def send_raw(self, topic: str, value: bytes, key: str | bytes | None,
-                 headers: list[tuple[str, bytes]] | None = None) -> None:
+    def send_raw(
+        self,
+        topic: str,
+        value: bytes,
+        key: str | bytes | None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
         real = qualified(topic, self.kafka.namespace)
         while True:
             try:
-                self._p.produce(real, value, key=key, headers=headers, on_delivery=self._on_delivery)
+                self._p.produce(
+                    real, value, key=key, headers=headers, on_delivery=self._on_delivery
+                )
                 break
             except BufferError:
                 self._p.poll(0.05)
@@ -116,10 +132,18 @@ class Consumer:
     assigns every partition itself, from the beginning or the end.
     """
 
-    def __init__(self, kafka: KafkaSettings, stage: str, topics: Iterable[str], *,
-                 group: str | None, producer: Producer | None = None,
-                 metrics: BusMetrics | None = None, from_beginning: bool = True,
-                 extra: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        stage: str,
+        topics: Iterable[str],
+        *,
+        group: str | None,
+        producer: Producer | None = None,
+        metrics: BusMetrics | None = None,
+        from_beginning: bool = True,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         self.kafka = kafka
         self.stage = stage
         self.topics = list(topics)
@@ -128,17 +152,21 @@ class Consumer:
         self.metrics = metrics or BusMetrics(StageMetrics(stage))
         self.producer = producer
         cfg = kafka.client_config(stage)
-        cfg.update({
-            "group.id": qualified(group, kafka.namespace) if group else f"rollstream-nogroup-{stage}",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest" if from_beginning else "latest",
-            "session.timeout.ms": kafka.session_timeout_ms,
-            "heartbeat.interval.ms": max(100, kafka.session_timeout_ms // 10),
-            "fetch.max.bytes": 64 * 1024 * 1024,
-            "max.partition.fetch.bytes": 16 * 1024 * 1024,
-            "enable.partition.eof": False,
-        })
+        cfg.update(
+            {
+                "group.id": qualified(group, kafka.namespace)
+                if group
+                else f"rollstream-nogroup-{stage}",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest" if from_beginning else "latest",
+                "session.timeout.ms": kafka.session_timeout_ms,
+                "heartbeat.interval.ms": max(100, kafka.session_timeout_ms // 10),
+                "fetch.max.bytes": 64 * 1024 * 1024,
+                "max.partition.fetch.bytes": 16 * 1024 * 1024,
+                "enable.partition.eof": False,
+            }
+        )
         cfg.update(extra or {})
         self._c = _KConsumer(cfg)
         self._pending: dict[tuple[str, int], int] = {}  # real topic, partition -> next offset
@@ -183,16 +211,27 @@ class Consumer:
             out.append(Record(topic, part, off, m.key(), msg, ts))
         return out
 
-    def dead_letter(self, topic: str, partition: int, offset: int, key: bytes | None,
-                    value: bytes, error: str) -> None:
+    def dead_letter(
+        self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes, error: str
+    ) -> None:
         """Send a message this consumer cannot use to `<topic>.dlq`, with the reason."""
         log.warning("dead letter %s[%d]@%d: %s", topic, partition, offset, error)
         self.metrics.dead_letters.labels(topic).inc()
         if self.producer is None:
-            raise BusError(f"undecodable message at {topic}[{partition}]@{offset} and no producer"
-                           f" for the dead-letter topic: {error}")
-        dl = DeadLetter(topic=topic, partition=partition, offset=offset, key=key, value=value,
-                        error=error, consumer=self.group or self.stage, produced_at=time.time())
+            raise BusError(
+                f"undecodable message at {topic}[{partition}]@{offset} and no producer"
+                f" for the dead-letter topic: {error}"
+            )
+        dl = DeadLetter(
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            key=key,
+            value=value,
+            error=error,
+            consumer=self.group or self.stage,
+            produced_at=time.time(),
+        )
         self.producer.send(dlq_name(topic), dl, key)
 
     def commit(self) -> None:
@@ -226,8 +265,10 @@ class Consumer:
         return lags
 
     def assignment(self) -> list[tuple[str, int]]:
-        return [(unqualified(tp.topic, self.kafka.namespace), tp.partition)
-                for tp in self._c.assignment()]
+        return [
+            (unqualified(tp.topic, self.kafka.namespace), tp.partition)
+            for tp in self._c.assignment()
+        ]
 
     def close(self) -> None:
         """Leave the group cleanly (uncommitted records will be re-read by the next owner)."""

@@ -48,8 +48,13 @@ def control(args: argparse.Namespace) -> int:
     current, revision = latest_control(kafka, args.stage)
     merged = {**current, **params}
     producer = Producer(kafka, "control")
-    update = ControlUpdate(stage=args.stage, params=merged, revision=revision + 1,
-                           issued_by="cli", produced_at=time.time())
+    update = ControlUpdate(
+        stage=args.stage,
+        params=merged,
+        revision=revision + 1,
+        issued_by="cli",
+        produced_at=time.time(),
+    )
     producer.send("control", update, key=args.stage)
     producer.flush()
     print(f"control {args.stage} revision {revision + 1}: {merged}")

@@ -43,7 +43,11 @@ class StageMetrics:
         return Gauge(self.prefix + name, doc, labels, registry=self.registry)
 
     def histogram(
-        self, name: str, doc: str, labels: Sequence[str] = (), buckets: Sequence[float] = LATENCY_BUCKETS
+        self,
+        name: str,
+        doc: str,
+        labels: Sequence[str] = (),
+        buckets: Sequence[float] = LATENCY_BUCKETS,
     ) -> Histogram:
         return Histogram(self.prefix + name, doc, labels, buckets=buckets, registry=self.registry)
 
@@ -95,7 +99,11 @@ class MetricsServer:
                     body, code, ctype = generate_latest(reg), 200, CONTENT_TYPE_LATEST
                 elif self.path.startswith("/healthz"):
                     ok = _safe(check)
-                    body, code, ctype = (b"ok\n" if ok else b"unhealthy\n"), 200 if ok else 503, "text/plain"
+                    body, code, ctype = (
+                        (b"ok\n" if ok else b"unhealthy\n"),
+                        200 if ok else 503,
+                        "text/plain",
+                    )
                 else:
                     body, code, ctype = b"not found\n", 404, "text/plain"
                 self.send_response(code)

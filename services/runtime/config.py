@@ -1,0 +1,168 @@
+"""The run file: one YAML that describes a whole run, validated at start.
+
+Top-level fields shared by several stages live here (kafka, model, weight store, target,
+replicas). Each stage's own section (`feed:`, `generator:`, ...) is validated by that stage's
+pydantic model (`services/<stage>/config.py`) through `section()`. Every error names the field
+as a dotted path, e.g. `generator.sampling.temperature: Input should be less than or equal to 10`.
+Environment variables `ROLLSTREAM_<SECTION>__<FIELD>=value` override fields (for Kubernetes),
+e.g. `ROLLSTREAM_LEARNER__LR=1e-5`; `--set path=value` does the same from the command line.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from rollstream.services.runtime.settings import KafkaSettings
+
+STAGE_NAMES = ("feed", "generator", "scorer", "filter", "replay", "learner", "evaluator")
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    """A run file that fails validation; the message names every bad field."""
+
+
+class ModelSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = None
+    """Hugging Face model directory. None = the built-in tiny model (built on first use)."""
+    policy: str = Field("policy", pattern=r"^[A-Za-z0-9_\-.]+$")
+    """Policy name: the key of its WeightUpdates and its folder in the weight store."""
+    dtype: str = Field("auto", pattern=r"^(auto|float32|bfloat16|float16)$")
+    """Weights dtype in the generator and learner (auto: bf16 on GPU, fp32 on CPU)."""
+
+
+class WeightStoreSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    uri: str | None = None
+    """Where weight versions go: a directory, file:// or s3://bucket/prefix (needs the `s3`
+    extra). None = `<run folder>/weights`."""
+    keep: int = Field(5, ge=1)
+    """How many newest versions to keep in the store."""
+    storage_options: dict[str, Any] = {}
+    """fsspec options for remote stores (endpoint_url, key, secret, ...)."""
+
+
+class TargetSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int | None = Field(None, ge=1)
+    """Stop after this many learner steps."""
+    minutes: float | None = Field(None, gt=0)
+    """Stop after this much wall time."""
+    accuracy: float | None = Field(None, gt=0, le=1)
+    """Stop once held-out accuracy reaches this."""
+
+
+class StageSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    replicas: int = Field(1, ge=0, le=64)
+    """Processes of this stage (`rollstream up`) or pods (Helm)."""
+    env: dict[str, str] = {}
+    """Extra environment for this stage's processes."""
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("run", pattern=r"^[A-Za-z0-9_\-.]+$")
+    """Run name: folder `runs/<name>/` and the key of its eval results."""
+    seed: int = 0
+    """Seed for every stage (each derives its own)."""
+    kafka: KafkaSettings = KafkaSettings()
+    model: ModelSpec = ModelSpec()
+    weights: WeightStoreSpec = WeightStoreSpec()
+    target: TargetSpec = TargetSpec()
+    stages: dict[str, StageSpec] = {}
+    """Replicas and env per stage name (feed, generator, scorer, filter, replay, learner,
+    evaluator)."""
+    feed: dict[str, Any] = {}
+    generator: dict[str, Any] = {}
+    scorer: dict[str, Any] = {}
+    filter: dict[str, Any] = {}
+    replay: dict[str, Any] = {}
+    learner: dict[str, Any] = {}
+    evaluator: dict[str, Any] = {}
+
+    def replicas(self, stage: str) -> int:
+        spec = self.stages.get(stage)
+        return spec.replicas if spec else 1
+
+
+def _format(exc: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
+        lines.append(f"{path or '(top)'}: {err['msg']}")
+    return "; ".join(lines)
+
+
+def _set_path(data: dict[str, Any], path: str, value: Any) -> None:
+    keys = path.split(".")
+    cur = data
+    for k in keys[:-1]:
+        nxt = cur.get(k)
+        if not isinstance(nxt, dict):
+            nxt = cur[k] = {}
+        cur = nxt
+    cur[keys[-1]] = value
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> RunConfig:
+    """Read, override and validate a run file. ConfigError names every bad field."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping")
+        data = loaded
+    env = dict(os.environ) if env is None else env
+    for key, value in sorted(env.items()):
+        if key.startswith("ROLLSTREAM_") and "__" in key:
+            dotted = key[len("ROLLSTREAM_") :].lower().replace("__", ".")
+            _set_path(data, dotted, yaml.safe_load(value))
+    for item in overrides or []:
+        dotted, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set expects PATH=VALUE, got {item!r}")
+        _set_path(data, dotted.strip(), yaml.safe_load(value))
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format(exc)) from None
+    unknown = set(cfg.stages) - set(STAGE_NAMES)
+    if unknown:
+        raise ConfigError(f"stages: unknown stage(s) {sorted(unknown)}; known: {STAGE_NAMES}")
+    cfg = cfg.model_copy(update={"kafka": cfg.kafka.with_env()})
+    return cfg
+
+
+def section(cfg: RunConfig, name: str, model: type[T]) -> T:
+    """Validate one stage's section with that stage's model; ConfigError names the field."""
+    try:
+        return model.model_validate(getattr(cfg, name))
+    except ValidationError as exc:
+        raise ConfigError(_format(exc, name)) from None
+
+
+def dump(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

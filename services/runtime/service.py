@@ -1,0 +1,205 @@
+"""What every stage process shares: argument parsing, config, logging, metrics server, stop
+signal, and followers of the compacted `control` and `weights` topics.
+
+A stage's `main(argv)` is: `ctx = StageContext.from_argv(stage, argv)`, build, loop while
+`not ctx.stopping`, close. SIGTERM / SIGINT set `stopping`; the loop finishes its batch,
+commits, and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rollstream.schemas import ControlUpdate, WeightUpdate
+from rollstream.services.runtime.bus import Consumer
+from rollstream.services.runtime.config import RunConfig, load_config
+from rollstream.services.runtime.metrics import BusMetrics, MetricsServer, StageMetrics
+from rollstream.services.runtime.settings import KafkaSettings
+
+log = logging.getLogger("rollstream")
+
+
+def stage_parser(stage: str, description: str = "") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"rollstream run {stage}", description=description)
+    p.add_argument(
+        "--config",
+        default=os.environ.get("ROLLSTREAM_CONFIG"),
+        help="run YAML (env ROLLSTREAM_CONFIG)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override a config field, e.g. --set generator.batch_prompts=32",
+    )
+    p.add_argument("--bootstrap", default=None, help="Kafka HOST:PORT (env ROLLSTREAM_BOOTSTRAP)")
+    p.add_argument(
+        "--namespace", default=None, help="topic/group prefix (env ROLLSTREAM_NAMESPACE)"
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(os.environ.get("ROLLSTREAM_METRICS_PORT", "0") or 0),
+        help="port for /metrics and /healthz (0: a free port; -1: none)",
+    )
+    p.add_argument(
+        "--instance",
+        default=os.environ.get("ROLLSTREAM_INSTANCE") or f"{socket.gethostname()}-{os.getpid()}",
+        help="this process's id (static group membership, logs)",
+    )
+    p.add_argument(
+        "--run-dir",
+        default=os.environ.get("ROLLSTREAM_RUN_DIR"),
+        help="run folder for checkpoints/weights (set by `rollstream up`)",
+    )
+    p.add_argument("--log-level", default=os.environ.get("ROLLSTREAM_LOG_LEVEL", "INFO"))
+    return p
+
+
+class StageContext:
+    """Parsed settings and the process-wide pieces of one stage."""
+
+    def __init__(self, stage: str, args: argparse.Namespace, cfg: RunConfig) -> None:
+        self.stage = stage
+        self.args = args
+        self.cfg = cfg
+        k = cfg.kafka
+        upd: dict[str, Any] = {}
+        if args.bootstrap:
+            upd["bootstrap"] = args.bootstrap
+        if args.namespace:
+            upd["namespace"] = args.namespace
+        self.kafka: KafkaSettings = k.model_copy(update=upd) if upd else k
+        self.instance: str = args.instance
+        self.metrics = StageMetrics(stage)
+        self.bus_metrics = BusMetrics(self.metrics)
+        self.info = self.metrics.gauge("up", "1 while the stage process runs", ["instance"])
+        self.stopping = False
+        self.healthy: Callable[[], bool] = lambda: not self.stopping
+        self.server: MetricsServer | None = None
+
+    @classmethod
+    def from_argv(
+        cls, stage: str, argv: list[str], parser: argparse.ArgumentParser | None = None
+    ) -> StageContext:
+        parser = parser or stage_parser(stage)
+        args = parser.parse_args(argv)
+        cfg = load_config(args.config, args.set)
+        logging.basicConfig(
+            level=args.log_level.upper(),
+            format=f"%(asctime)s {stage} %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+        for noisy in ("aiokafka", "faust", "mode", "httpx", "urllib3"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        return cls(stage, args, cfg)
+
+    def start(self) -> StageContext:
+        """Serve /metrics and /healthz; route SIGTERM/SIGINT to `stopping`."""
+        if self.args.metrics_port >= 0:
+            self.server = MetricsServer(
+                self.metrics.registry, self.args.metrics_port, lambda: self.healthy()
+            )
+            log.info(
+                "%s %s: metrics on :%d, kafka %s%s",
+                self.stage,
+                self.instance,
+                self.server.port,
+                self.kafka.bootstrap,
+                f" namespace {self.kafka.namespace}" if self.kafka.namespace else "",
+            )
+        self.info.labels(self.instance).set(1)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        return self
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if self.stopping:  # second signal: give up on a clean stop
+            raise KeyboardInterrupt
+        log.info("%s: signal %d, stopping after the current batch", self.stage, signum)
+        self.stopping = True
+
+    def close(self) -> None:
+        self.info.labels(self.instance).set(0)
+        if self.server is not None:
+            self.server.close()
+
+
+class Follower(threading.Thread):
+    """Reads a compacted topic from the beginning in the background, without a consumer
+    group, and keeps the newest message per key that `accept` takes."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        stage: str,
+        topic: str,
+        accept: Callable[[Any], bool],
+        newer: Callable[[Any, Any], bool],
+    ) -> None:
+        super().__init__(name=f"follow-{topic}", daemon=True)
+        self.consumer = Consumer(kafka, stage, [topic], group=None, from_beginning=True)
+        self.accept = accept
+        self.newer = newer
+        self.latest: Any = None
+        self.seq = 0  # bumps on every change
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.caught_up = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                recs = self.consumer.poll(100, 0.2)
+            except Exception as exc:  # keep following through broker hiccups
+                log.warning("%s: %s", self.name, exc)
+                time.sleep(0.5)
+                continue
+            for r in recs:
+                if self.accept(r.value) and (
+                    self.latest is None or self.newer(r.value, self.latest)
+                ):
+                    with self._lock:
+                        self.latest = r.value
+                        self.seq += 1
+            if not recs:
+                self.caught_up.set()
+        self.consumer.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def follow_control(kafka: KafkaSettings, stage: str) -> Follower:
+    f = Follower(
+        kafka,
+        stage,
+        "control",
+        lambda m: isinstance(m, ControlUpdate) and m.stage == stage,
+        lambda a, b: a.revision >= b.revision,
+    )
+    f.start()
+    return f
+
+
+def follow_weights(kafka: KafkaSettings, stage: str, policy: str) -> Follower:
+    f = Follower(
+        kafka,
+        stage,
+        "weights",
+        lambda m: isinstance(m, WeightUpdate) and m.policy == policy,
+        lambda a, b: a.version > b.version,
+    )
+    f.start()
+    return f
