@@ -135,3 +135,33 @@ def _group_offsets(
             (tp.topic, tp.partition): tp.offset for tp in res.topic_partitions if tp.offset >= 0
         }
     return out
+
+
+def group_lag(kafka: KafkaSettings, group: str, topic: str, timeout_s: float = 5.0) -> int:
+    """Messages of registry `topic` not yet committed by consumer `group` (a registry-level
+    name; the namespace is added). A group with no commits counts from offset 0."""
+    from confluent_kafka import Consumer
+
+    admin = admin_client(kafka)
+    real_topic = qualified(topic, kafka.namespace)
+    md = admin.list_topics(real_topic, timeout=timeout_s)
+    parts = sorted(md.topics[real_topic].partitions) if real_topic in md.topics else []
+    probe = Consumer(
+        {
+            **kafka.client_config("admin"),
+            "group.id": qualified(group, kafka.namespace),
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        tps = [TopicPartition(real_topic, p) for p in parts]
+        committed = probe.committed(tps, timeout=timeout_s) if tps else []
+        lag = 0
+        for tp in committed:
+            high = probe.get_watermark_offsets(
+                TopicPartition(real_topic, tp.partition), timeout=timeout_s
+            )[1]
+            lag += max(0, high - max(tp.offset, 0))
+        return lag
+    finally:
+        probe.close()

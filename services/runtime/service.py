@@ -193,13 +193,17 @@ def follow_control(kafka: KafkaSettings, stage: str) -> Follower:
     return f
 
 
-def follow_weights(kafka: KafkaSettings, stage: str, policy: str) -> Follower:
+def follow_weights(
+    kafka: KafkaSettings, stage: str, policy: str, *, last: bool = False
+) -> Follower:
+    """Newest WeightUpdate of `policy` (by version), or with `last` the last one published
+    (so the caller can see, and refuse, a version older than the one it runs)."""
     f = Follower(
         kafka,
         stage,
         "weights",
         lambda m: isinstance(m, WeightUpdate) and m.policy == policy,
-        lambda a, b: a.version > b.version,
+        (lambda a, b: True) if last else (lambda a, b: a.version > b.version),
     )
     f.start()
     return f

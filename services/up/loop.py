@@ -1,0 +1,163 @@
+"""The supervising loop of `rollstream up`: start the stage processes, scrape their metrics
+once a second into `metrics.jsonl`, collect `eval.results` into `eval.jsonl`, restart a
+process that died, draw the live view, and stop everything at the target or on Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from rollstream.services.runtime.bus import Consumer
+from rollstream.services.runtime.config import RunConfig
+from rollstream.services.up.scrape import scrape, total
+from rollstream.services.up.supervisor import Supervisor
+from rollstream.services.up.view import render, summarize_stage
+
+log = logging.getLogger(__name__)
+ORDER = ("feed", "generator", "scorer", "filter", "replay", "learner", "evaluator")
+
+
+class Loop:
+    def __init__(self, cfg: RunConfig, run_dir: Path, config_path: Path, view: bool = True) -> None:
+        self.cfg, self.run_dir, self.view = cfg, run_dir, view
+        self.sup = Supervisor(run_dir, config_path, cfg.kafka.bootstrap, cfg.kafka.namespace)
+        for stage in ORDER:
+            spec = cfg.stages.get(stage)
+            for i in range(cfg.replicas(stage)):
+                self.sup.add(stage, i, spec.env if spec else None)
+        self.stopping = False
+        self.started = time.time()
+        self.accuracy: list[tuple[float, float]] = []
+        self.reward: list[float] = []
+        self.prev: dict[str, tuple[float, dict[str, float]]] = {}
+        self.restarts = 0
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.stopping = True
+
+    def progress(self, step: float) -> tuple[float, str, bool]:
+        t = self.cfg.target
+        minutes = (time.time() - self.started) / 60
+        parts, fracs, done = [], [], False
+        if t.steps:
+            fracs.append(step / t.steps)
+            parts.append(f"step {step:.0f}/{t.steps}")
+            done |= step >= t.steps
+        if t.minutes:
+            fracs.append(minutes / t.minutes)
+            parts.append(f"{minutes:.1f}/{t.minutes:g} min")
+            done |= minutes >= t.minutes
+        if t.accuracy:
+            acc = self.accuracy[-1][1] if self.accuracy else 0.0
+            fracs.append(acc / t.accuracy)
+            parts.append(f"accuracy {acc:.1%}/{t.accuracy:.0%}")
+            done |= acc >= t.accuracy
+        label = "target: " + (
+            ", ".join(parts) if parts else f"none ({minutes:.1f} min; Ctrl-C stops)"
+        )
+        return (max(fracs) if fracs else 0.0), label, done
+
+    def tick(self, evals: Consumer, hist, evf) -> Any:  # type: ignore[no-untyped-def]
+        now = time.time()
+        stages: dict[str, dict[str, Any]] = {}
+        record: dict[str, Any] = {"t": now - self.started}
+        learner_step = 0.0
+        for stage in ORDER:
+            procs = [p for p in self.sup.procs if p.stage == stage]
+            if not procs:
+                continue
+            snap: dict[str, float] = {}
+            for p in procs:
+                for k, v in scrape(p.port).items():
+                    snap[k] = snap.get(k, 0.0) + v
+            p0 = f"rollstream_{stage}_"
+            cur = {
+                "in": total(snap, p0 + "messages_in_total"),
+                "out": total(snap, p0 + "messages_out_total"),
+                "tokens": total(snap, p0 + "tokens_total"),
+            }
+            last_t, last = self.prev.get(stage, (now, cur))
+            dt = max(now - last_t, 1e-6)
+            rates = {k: (cur[k] - last.get(k, 0.0)) / dt for k in cur} if last is not cur else {}
+            self.prev[stage] = (now, cur)
+            s = summarize_stage(stage, snap, rates)
+            s["procs"] = f"{sum(p.alive() for p in procs)}/{len(procs)}"
+            stages[stage] = s
+            record[stage] = {k: v for k, v in snap.items() if k.startswith("rollstream_")}
+            if stage == "learner":
+                learner_step = total(snap, "rollstream_learner_step")
+            if stage == "filter" and total(snap, "rollstream_filter_reward_mean"):
+                self.reward.append(total(snap, "rollstream_filter_reward_mean"))
+        hist.write(json.dumps(record) + "\n")
+        hist.flush()
+        for r in evals.poll(100, 0.0):
+            e = r.value
+            self.accuracy.append((now - self.started, e.accuracy))
+            evf.write(
+                json.dumps(
+                    {
+                        "t": now - self.started,
+                        "version": e.policy_version,
+                        "step": e.step,
+                        "accuracy": e.accuracy,
+                        "per_task": e.per_task,
+                        "n": e.n,
+                    }
+                )
+                + "\n"
+            )
+            evf.flush()
+        for p in self.sup.dead():
+            if not self.stopping:
+                log.warning(
+                    "%s exited with %s; restarting", p.name, p.popen.returncode if p.popen else "?"
+                )
+                self.restarts += 1
+                self.sup.restart(p)
+        frac, label, done = self.progress(learner_step)
+        return stages, frac, label, done
+
+    def run(self) -> int:
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        self.sup.start_all()
+        evals = Consumer(self.cfg.kafka, "up", ["eval.results"], group=None, from_beginning=True)
+        title = f"rollstream up · {self.run_dir.name} · {self.cfg.kafka.bootstrap}"
+        live = None
+        if self.view:
+            from rich.live import Live
+
+            live = Live(refresh_per_second=2, transient=False)
+            live.start()
+        try:
+            with (
+                open(self.run_dir / "metrics.jsonl", "a") as hist,
+                open(self.run_dir / "eval.jsonl", "a") as evf,
+            ):
+                while not self.stopping:
+                    time.sleep(1.0)
+                    stages, frac, label, done = self.tick(evals, hist, evf)
+                    if live is not None:
+                        live.update(render(title, stages, self.accuracy, self.reward, frac, label))
+                    else:
+                        acc = f"{self.accuracy[-1][1]:.3f}" if self.accuracy else "-"
+                        print(
+                            f"[{time.time() - self.started:6.0f}s] {label} accuracy {acc}",
+                            flush=True,
+                        )
+                    if done:
+                        break
+        finally:
+            if live is not None:
+                live.stop()
+            print("stopping: SIGTERM to every stage (they commit and checkpoint)...", flush=True)
+            codes = self.sup.stop_all(grace_s=60.0, order=ORDER)
+            evals.close()
+            bad = {k: v for k, v in codes.items() if v not in (0, -15)}
+            if bad:
+                print(f"stages that did not exit cleanly: {bad}", flush=True)
+        return 0

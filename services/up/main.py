@@ -1,0 +1,93 @@
+"""`rollstream up`: the whole pipeline on one machine, each stage its own OS process.
+
+With no arguments: start the embedded broker, create the topics, build the base model if it
+is missing, run feed, generator(s), scorer, filter, replay, learner and the evaluator, show the
+live view, and stop at the run's target (steps, minutes or accuracy) or on Ctrl-C. The run
+folder `runs/<name>/` gets the resolved config, every process's log, the metrics history
+(metrics.jsonl), eval results (eval.jsonl), checkpoints, weight versions and plots.
+`--bootstrap HOST:PORT` uses an existing Kafka instead of the embedded broker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from contextlib import ExitStack
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from rollstream.services.runtime.config import RunConfig, dump, load_config
+
+ORDER = ("feed", "generator", "scorer", "filter", "replay", "learner", "evaluator")
+
+
+def default_config_path() -> Path:
+    return Path(str(resources.files("rollstream.services.up") / "default.yaml"))
+
+
+def resolve(args: argparse.Namespace) -> RunConfig:
+    sets = list(args.set)
+    if len(args.stage) != len(args.replicas):
+        raise ValueError("--stage and --replicas come in pairs: --stage generator --replicas 2")
+    sets += [f"stages.{s}.replicas={r}" for s, r in zip(args.stage, args.replicas, strict=True)]
+    if args.name:
+        sets.append(f"name={args.name}")
+    cfg = load_config(args.config or default_config_path(), sets)
+    if args.bootstrap:
+        cfg.kafka.bootstrap = args.bootstrap
+    if args.namespace:
+        cfg.kafka.namespace = args.namespace
+    return cfg
+
+
+def new_run_dir(name: str, root: Path = Path("runs")) -> Path:
+    d = root / name
+    i = 1
+    while d.exists():
+        i += 1
+        d = root / f"{name}-{i}"
+    d.mkdir(parents=True)
+    return d
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = resolve(args)
+    if args.mode == "sync":
+        from rollstream.services.up.sync import run_sync
+
+        return run_sync(cfg)
+    run_dir = new_run_dir(cfg.name)
+    with ExitStack() as stack:
+        if not args.bootstrap:
+            from rollstream.services.runtime.broker import EmbeddedBroker
+
+            broker = stack.enter_context(EmbeddedBroker(log_path=run_dir / "broker.log"))
+            cfg.kafka.bootstrap = broker.bootstrap
+            cfg.kafka.session_timeout_ms = min(cfg.kafka.session_timeout_ms, 6000)
+        if cfg.weights.uri is None:
+            cfg.weights.uri = str((run_dir / "weights").resolve())
+        config_path = run_dir / "config.yaml"
+        config_path.write_text(dump(cfg))
+        from rollstream.services.runtime.admin import create_topics
+
+        create_topics(cfg.kafka)
+        if cfg.model.path is None:
+            from rollstream.services.models.load import ensure_base_model
+
+            print("base model:", ensure_base_model())
+        from rollstream.services.up.loop import Loop
+
+        loop = Loop(cfg, run_dir, config_path, view=not args.no_view)
+        code = loop.run()
+    from rollstream.services.up.report import write_report
+
+    write_report(run_dir)
+    print(f"run folder: {run_dir}")
+    return code
+
+
+def load_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,98 @@
+"""The live terminal view of `rollstream up` (rich): per-stage rates, lag, drops, versions;
+reward and held-out accuracy over time; progress toward the run's target."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Group
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from rollstream.services.up.scrape import by_label, total
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], lo: float = 0.0, hi: float = 1.0, width: int = 40) -> str:
+    vals = values[-width:]
+    if not vals:
+        return ""
+    span = (hi - lo) or 1.0
+    return "".join(SPARK[min(7, max(0, int((v - lo) / span * 7.999)))] for v in vals)
+
+
+def stage_rows(stages: dict[str, dict[str, Any]]) -> Table:
+    t = Table(expand=True, box=None, header_style="bold")
+    for col in ("stage", "procs", "in/s", "out/s", "lag", "dead letters", "version", "notes"):
+        t.add_column(col, justify="left" if col in ("stage", "notes") else "right")
+    for name, s in stages.items():
+        t.add_row(
+            name,
+            s["procs"],
+            f"{s['in_rate']:.1f}",
+            f"{s['out_rate']:.1f}",
+            f"{s['lag']:.0f}",
+            f"{s['dlq']:.0f}",
+            s["version"],
+            s["notes"],
+        )
+    return t
+
+
+def summarize_stage(stage: str, snap: dict[str, float], rates: dict[str, float]) -> dict[str, Any]:
+    p = f"rollstream_{stage}_"
+    notes = []
+    drops = by_label(snap, p + "dropped_rollouts_total", "reason")
+    if drops:
+        notes.append("drops " + " ".join(f"{k}={v:.0f}" for k, v in sorted(drops.items())))
+    if stage == "generator":
+        paused = total(snap, p + "paused_seconds_total")
+        notes.append(f"tok/s {rates.get('tokens', 0):.0f} paused {paused:.0f}s")
+    if stage == "learner":
+        notes.append(f"step {total(snap, p + 'step'):.0f} loss {total(snap, p + 'loss'):.3f}")
+        if total(snap, p + "staleness_versions_count"):
+            mean = total(snap, p + "staleness_versions_sum") / total(
+                snap, p + "staleness_versions_count"
+            )
+            notes.append(f"staleness {mean:.2f}")
+    if stage == "replay":
+        notes.append(
+            f"buffer {total(snap, p + 'buffer_groups'):.0f} "
+            f"expired {total(snap, p + 'expired_groups_total'):.0f}"
+        )
+    version = total(snap, p + "policy_version")
+    return {
+        "in_rate": rates.get("in", 0.0),
+        "out_rate": rates.get("out", 0.0),
+        "lag": total(snap, p + "consumer_lag_messages"),
+        "dlq": total(snap, p + "dead_letters_total"),
+        "version": f"{version:.0f}" if (p + "policy_version") in snap else "-",
+        "notes": "; ".join(notes),
+    }
+
+
+def render(
+    title: str,
+    stages: dict[str, dict[str, Any]],
+    accuracy: list[tuple[float, float]],
+    reward: list[float],
+    progress: float,
+    progress_label: str,
+) -> Panel:
+    acc_vals = [a for _, a in accuracy]
+    acc_line = Text(
+        f"held-out accuracy {acc_vals[-1]:.1%} " if acc_vals else "held-out accuracy - "
+    )
+    acc_line.append(sparkline(acc_vals), style="green")
+    if acc_vals:
+        acc_line.append(f"  (start {acc_vals[0]:.1%}, best {max(acc_vals):.1%})")
+    rew_line = Text(f"reward mean       {reward[-1]:.3f} " if reward else "reward mean       - ")
+    rew_line.append(sparkline(reward), style="cyan")
+    bar = ProgressBar(total=1.0, completed=min(1.0, progress), width=50)
+    return Panel(
+        Group(stage_rows(stages), Text(""), acc_line, rew_line, Group(Text(progress_label), bar)),
+        title=title,
+    )
