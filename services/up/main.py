@@ -80,6 +80,12 @@ def main(args: argparse.Namespace) -> int:
 
         loop = Loop(cfg, run_dir, config_path, view=not args.no_view)
         code = loop.run()
+        from rollstream.services.up.ledger import compute, render
+
+        led = compute(cfg.kafka)
+        text = render(led)
+        (run_dir / "ledger.json").write_text(json.dumps({"ledger": led.as_dict(), "text": text}))
+        print(text)
     from rollstream.services.up.report import write_report
 
     write_report(run_dir)

@@ -1,0 +1,152 @@
+"""`rollstream report RUN`: rebuild a run's plots from its metrics history and print a summary.
+
+Plots (PNG, in the run folder): accuracy.png (held-out accuracy and reward against wall time
+and against learner step), throughput.png (messages out per second per stage), staleness.png
+(mean version lag of trained samples), drops.png (dropped rollouts by reason)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from rollstream.services.up.scrape import by_label, total
+
+STAGES = ("feed", "generator", "scorer", "filter", "replay", "learner")
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def series(hist: list[dict[str, Any]], stage: str, metric: str) -> tuple[list[float], list[float]]:
+    ts, vs = [], []
+    for rec in hist:
+        if stage in rec:
+            ts.append(rec["t"])
+            vs.append(total(rec[stage], metric))
+    return ts, vs
+
+
+def rate(ts: list[float], vs: list[float]) -> tuple[list[float], list[float]]:
+    out_t, out_v = [], []
+    for i in range(1, len(ts)):
+        dt = ts[i] - ts[i - 1]
+        if dt > 0:
+            out_t.append(ts[i])
+            out_v.append(max(0.0, (vs[i] - vs[i - 1]) / dt))
+    return out_t, out_v
+
+
+def write_report(run: Path) -> dict[str, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hist = _jsonl(run / "metrics.jsonl")
+    evals = _jsonl(run / "eval.jsonl")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    if evals:
+        axes[0].plot(
+            [e["t"] / 60 for e in evals],
+            [e["accuracy"] for e in evals],
+            "o-",
+            label="held-out accuracy",
+        )
+        axes[1].plot(
+            [e["step"] for e in evals],
+            [e["accuracy"] for e in evals],
+            "o-",
+            label="held-out accuracy",
+        )
+    t_r, reward = series(hist, "filter", "rollstream_filter_reward_mean")
+    if any(reward):
+        axes[0].plot([t / 60 for t in t_r], reward, alpha=0.6, label="reward mean (kept groups)")
+        _, steps = series(hist, "learner", "rollstream_learner_step")
+        if len(steps) == len(reward):
+            axes[1].plot(steps, reward, alpha=0.6, label="reward mean (kept groups)")
+    axes[0].set_xlabel("wall time (min)")
+    axes[1].set_xlabel("learner step")
+    for ax in axes:
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right")
+    fig.suptitle(f"{run.name}: held-out accuracy and reward")
+    fig.tight_layout()
+    fig.savefig(run / "accuracy.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for stage in STAGES:
+        t, v = rate(*series(hist, stage, f"rollstream_{stage}_messages_out_total"))
+        if any(v):
+            ax.plot([x / 60 for x in t], v, label=stage)
+    ax.set(xlabel="wall time (min)", ylabel="messages out / s", title="throughput per stage")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(run / "throughput.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ts, sums = series(hist, "learner", "rollstream_learner_staleness_versions_sum")
+    _, counts = series(hist, "learner", "rollstream_learner_staleness_versions_count")
+    mean = [s / c if c else 0.0 for s, c in zip(sums, counts, strict=True)]
+    ax.plot([t / 60 for t in ts], mean)
+    ax.set(xlabel="wall time (min)", ylabel="versions", title="mean staleness of trained samples")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(run / "staleness.png", dpi=110)
+    plt.close(fig)
+
+    drops: dict[str, float] = {}
+    if hist:
+        last = hist[-1]
+        for stage in ("filter", "replay"):
+            for k, v in by_label(
+                last.get(stage, {}), f"rollstream_{stage}_dropped_rollouts_total", "reason"
+            ).items():
+                drops[k] = drops.get(k, 0.0) + v
+    fig, ax = plt.subplots(figsize=(8, 4))
+    if drops:
+        ax.barh(list(drops), list(drops.values()))
+    ax.set(xlabel="rollouts", title="dropped rollouts by reason")
+    fig.tight_layout()
+    fig.savefig(run / "drops.png", dpi=110)
+    plt.close(fig)
+
+    summary = {
+        "run": run.name,
+        "wall_minutes": round(hist[-1]["t"] / 60, 2) if hist else 0.0,
+        "base_accuracy": evals[0]["accuracy"] if evals else None,
+        "final_accuracy": evals[-1]["accuracy"] if evals else None,
+        "best_accuracy": max(e["accuracy"] for e in evals) if evals else None,
+        "eval_points": len(evals),
+        "learner_steps": max((e["step"] for e in evals), default=0),
+        "drops": drops,
+    }
+    (run / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def main(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from rollstream.services.up.status import latest_run
+
+    run = Path(args.run) if args.run else latest_run()
+    if run is None or not run.exists():
+        print("no run folder (give RUN or run `rollstream up` first)")
+        return 2
+    summary = write_report(run)
+    table = Table("field", "value", title=f"run {run}")
+    for k, v in summary.items():
+        table.add_row(k, f"{v:.3f}" if isinstance(v, float) else str(v))
+    Console().print(table)
+    print(f"plots: {', '.join(p.name for p in sorted(run.glob('*.png')))}")
+    return 0
