@@ -26,33 +26,11 @@ from pydantic import ValidationError
 from rollstream.schemas import PromptTask, Rollout, Sampling, WeightUpdate, pack_floats, pack_ids
 from rollstream.services.generator.backend import Backend, GenRequest, GenSample
 from rollstream.services.generator.config import LIVE_KNOBS, GeneratorConfig
+from rollstream.services.generator.metrics import GeneratorMetrics
 from rollstream.services.runtime.bus import Consumer, Producer, Record
 from rollstream.services.runtime.service import StageContext, follow_control, follow_weights
 
 log = logging.getLogger(__name__)
-
-
-class GeneratorMetrics:
-    def __init__(self, ctx: StageContext) -> None:
-        m = ctx.metrics
-        self.tokens = m.counter("tokens_total", "Completion tokens generated")
-        self.rollouts = m.counter("rollouts_total", "Rollouts published")
-        self.occupancy = m.gauge(
-            "batch_occupancy_ratio", "Prompts in the last batch / batch_prompts"
-        )
-        self.finish = m.counter("finish_reason_total", "Samples by finish reason", ["reason"])
-        self.length = m.histogram(
-            "response_length_tokens",
-            "Completion length",
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
-        )
-        self.version = m.gauge("policy_version", "Weight version currently loaded")
-        self.swap = m.histogram("swap_seconds", "Time to fetch, verify and load new weights")
-        self.refused = m.counter("swaps_refused_total", "Weight versions refused", ["reason"])
-        self.paused = m.counter("paused_seconds_total", "Seconds sampling was paused", ["reason"])
-        self.gen_time = m.histogram("generate_seconds", "Wall time of one generate call")
-        self.control = m.counter("control_updates_total", "Control updates", ["result"])
-        self.raw_lag = m.gauge("rollouts_raw_lag_messages", "Unscored rollouts on rollouts.raw")
 
 
 class Generator:
@@ -66,7 +44,7 @@ class Generator:
     ) -> None:
         self.ctx, self.cfg, self.backend, self.tokenizer = ctx, cfg, backend, tokenizer
         self.model_name = model_name
-        self.m = GeneratorMetrics(ctx)
+        self.m = GeneratorMetrics(ctx.metrics)
         self.producer = Producer(ctx.kafka, "generator", ctx.bus_metrics)
         self.consumer = Consumer(
             ctx.kafka,

@@ -131,3 +131,29 @@ def _safe(check: Callable[[], bool]) -> bool:
         return bool(check())
     except Exception:
         return False
+
+
+STAGES_WITH_METRICS = ("feed", "generator", "scorer", "filter", "replay", "learner", "evaluator")
+
+
+def catalog() -> dict[str, set[str]]:
+    """Every metric name each stage exports, per stage, as Prometheus scrapes them.
+
+    Each stage's `services/<stage>/metrics.py` has `register(m: StageMetrics)` that creates all
+    of its metrics; BusMetrics and the `up` gauge are common to all. The Helm dashboard test
+    checks its queries against this."""
+    import importlib
+
+    out: dict[str, set[str]] = {}
+    for stage in STAGES_WITH_METRICS:
+        m = StageMetrics(stage)
+        BusMetrics(m)
+        m.gauge("up", "1 while the stage process runs", ["instance"])
+        try:
+            mod = importlib.import_module(f"rollstream.services.{stage}.metrics")
+        except ModuleNotFoundError:
+            mod = None
+        if mod is not None:
+            mod.register(m)
+        out[stage] = metric_names(m.registry)
+    return out

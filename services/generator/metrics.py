@@ -1,0 +1,33 @@
+"""Generator metrics (names `rollstream_generator_*`)."""
+
+from __future__ import annotations
+
+from rollstream.services.runtime.metrics import StageMetrics
+
+
+class GeneratorMetrics:
+    def __init__(self, m: StageMetrics) -> None:
+        self.tokens = m.counter("tokens_total", "Completion tokens generated")
+        self.rollouts = m.counter("rollouts_total", "Rollouts published")
+        self.occupancy = m.gauge(
+            "batch_occupancy_ratio", "Prompts in the last batch / batch_prompts"
+        )
+        self.finish = m.counter("finish_reason_total", "Samples by finish reason", ["reason"])
+        self.length = m.histogram(
+            "response_length_tokens",
+            "Completion length",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
+        )
+        self.version = m.gauge("policy_version", "Weight version currently loaded")
+        self.swap = m.histogram("swap_seconds", "Time to fetch, verify and load new weights")
+        self.refused = m.counter("swaps_refused_total", "Weight versions refused", ["reason"])
+        self.paused = m.counter("paused_seconds_total", "Seconds sampling was paused", ["reason"])
+        self.gen_time = m.histogram("generate_seconds", "Wall time of one generate call")
+        self.control = m.counter("control_updates_total", "Control updates", ["result"])
+        self.raw_lag = m.gauge("rollouts_raw_lag_messages", "Unscored rollouts on rollouts.raw")
+
+
+def register(m: StageMetrics) -> GeneratorMetrics:
+    """Every metric this stage exports, in `m`'s registry (used by the service and by the
+    dashboard test that checks Grafana queries only names the code exports)."""
+    return GeneratorMetrics(m)
