@@ -37,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("topics", help="create or list the registry topics")
     p.add_argument("action", choices=["create", "list"])
+    p.add_argument(
+        "--replication",
+        type=int,
+        default=None,
+        help="replication factor for created topics (default: kafka.replication, 1)",
+    )
     _kafka_args(p)
 
     p = sub.add_parser("tap", help="decode a topic live, without joining any consumer group")

@@ -13,7 +13,7 @@ def topics(args: argparse.Namespace) -> int:
 
     kafka = kafka_from(args.bootstrap, args.namespace)
     if args.action == "create":
-        res = create_topics(kafka)
+        res = create_topics(kafka, replication=args.replication)
         created = sum(1 for v in res.values() if v == "created")
         for name, state in res.items():
             print(f"{state:8} {name}")

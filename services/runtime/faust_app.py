@@ -78,7 +78,7 @@ def make_app(
         web_enabled=False,
         processing_guarantee="at_least_once",
         table_standby_replicas=0,
-        topic_replication_factor=1,
+        topic_replication_factor=kafka.replication,
         producer_linger_ms=5,
         producer_max_request_size=8 * 1024 * 1024,
         consumer_max_fetch_size=16 * 1024 * 1024,

@@ -31,6 +31,9 @@ class KafkaSettings(BaseModel):
     10 s is safe. Heartbeats go every session_timeout/10."""
     client_id: str = "rollstream"
     """Kafka client id prefix; the stage name is appended."""
+    replication: int = Field(1, ge=1, le=32)
+    """Replication factor of the topics rollstream creates (registry topics and faust's
+    changelogs). 1 suits the embedded broker; use 3 on a real cluster."""
 
     def with_env(self) -> KafkaSettings:
         """A copy with ROLLSTREAM_BOOTSTRAP / ROLLSTREAM_NAMESPACE applied."""
@@ -52,8 +55,12 @@ class KafkaSettings(BaseModel):
 
 
 def kafka_from(bootstrap: str | None = None, namespace: str | None = None) -> KafkaSettings:
-    """KafkaSettings from flags, falling back to the environment, then defaults."""
-    base = KafkaSettings().with_env()
+    """KafkaSettings from flags, falling back to the environment (including the run file named
+    by ROLLSTREAM_CONFIG and ROLLSTREAM_KAFKA__* overrides, so security settings apply to
+    `tap`, `topics` and `control` in a pod too), then defaults."""
+    from rollstream.services.runtime.config import load_config  # config imports settings
+
+    base = load_config(os.environ.get("ROLLSTREAM_CONFIG")).kafka
     upd: dict[str, Any] = {}
     if bootstrap:
         upd["bootstrap"] = bootstrap
