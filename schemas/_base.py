@@ -61,7 +61,7 @@ def encode(msg: Message) -> bytes:
     return _encoder.encode(msg)
 
 
-def envelope(data: bytes) -> tuple[str, int]:
+def envelope(data: bytes | bytearray | memoryview) -> tuple[str, int]:
     """(schema, v) of a message without decoding the rest; raises SchemaError if not a map."""
     try:
         env = _envelope_decoder.decode(data)
@@ -136,5 +136,5 @@ def floats(buf: bytes) -> np.ndarray:
 
 
 def to_builtins(msg: Message) -> Any:
-    """Plain dict/list form (bytes stay bytes); used by tap's --json and --where."""
-    return msgspec.to_builtins(msg)
+    """Plain dict/list form, bytes kept as bytes (not base64)."""
+    return msgspec.to_builtins(msg, builtin_types=(bytes,))

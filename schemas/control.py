@@ -9,7 +9,7 @@ import msgspec
 from rollstream.schemas._base import Message
 
 
-class WeightUpdate(Message, tag="WeightUpdate", kw_only=True):
+class WeightUpdate(Message, tag="WeightUpdate", kw_only=True):  # type: ignore[call-arg]
     """learner -> generator, replay, filter. A claim check for one weight version, never the
     tensors. Key: policy. Topic is compacted: the latest version per policy survives.
 
@@ -27,7 +27,7 @@ class WeightUpdate(Message, tag="WeightUpdate", kw_only=True):
     produced_at: float
 
 
-class ControlUpdate(Message, tag="ControlUpdate", kw_only=True):
+class ControlUpdate(Message, tag="ControlUpdate", kw_only=True):  # type: ignore[call-arg]
     """CLI/operator -> every stage. The full set of live knobs for one stage. Key: stage.
 
     Compacted topic: the latest update per stage survives, so `params` always holds every knob
@@ -40,7 +40,7 @@ class ControlUpdate(Message, tag="ControlUpdate", kw_only=True):
     produced_at: float
 
 
-class EvalResult(Message, tag="EvalResult", kw_only=True):
+class EvalResult(Message, tag="EvalResult", kw_only=True):  # type: ignore[call-arg]
     """evaluator -> UI. Held-out greedy accuracy of one policy version. Key: run."""
 
     run: str

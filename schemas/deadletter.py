@@ -5,7 +5,7 @@ from __future__ import annotations
 from rollstream.schemas._base import Message
 
 
-class DeadLetter(Message, tag="DeadLetter", kw_only=True):
+class DeadLetter(Message, tag="DeadLetter", kw_only=True):  # type: ignore[call-arg]
     """any consumer -> `<topic>.dlq`. Key: the original key.
 
     `value` is the original bytes exactly as read; `error` says what was wrong; topic,

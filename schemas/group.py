@@ -22,7 +22,7 @@ class GroupStats(msgspec.Struct, kw_only=True):
     estimator: str = "grpo"
 
 
-class Group(Message, tag="Group", kw_only=True):
+class Group(Message, tag="Group", kw_only=True):  # type: ignore[call-arg]
     """filter -> replay. The kept samples of one prompt and their advantages. Key: group_id.
 
     len(advantages) == len(samples); one advantage per sample, shared by all its tokens."""
@@ -37,7 +37,7 @@ class Group(Message, tag="Group", kw_only=True):
     produced_at: float
 
 
-class DropRecord(Message, tag="DropRecord", kw_only=True):
+class DropRecord(Message, tag="DropRecord", kw_only=True):  # type: ignore[call-arg]
     """filter -> (inspection, feed). Samples that will never be trained, and why. Key: group_id.
 
     `scope` is "group" when the whole group was dropped, "samples" when only `rollout_ids`

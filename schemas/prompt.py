@@ -29,7 +29,7 @@ class Sampling(msgspec.Struct, kw_only=True, omit_defaults=True):
     json_schema: str | None = None
 
 
-class PromptTask(Message, tag="PromptTask", kw_only=True):
+class PromptTask(Message, tag="PromptTask", kw_only=True):  # type: ignore[call-arg]
     """feed -> generator. One prompt to roll out `n` times. Key: task_id.
 
     `task` names the task family or dataset; `answer` and `reference` are what the scorer
@@ -47,7 +47,7 @@ class PromptTask(Message, tag="PromptTask", kw_only=True):
     produced_at: float
 
 
-class PromptStats(Message, tag="PromptStats", kw_only=True):
+class PromptStats(Message, tag="PromptStats", kw_only=True):  # type: ignore[call-arg]
     """filter -> feed. Running pass rate of one prompt, after each of its groups. Key: task_id.
 
     `pass_rate` is an exponential moving average of group pass rates; `recent` the last few

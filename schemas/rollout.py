@@ -12,7 +12,7 @@ from rollstream.schemas.prompt import Sampling
 FinishReason = Literal["stop", "length", "abort"]
 
 
-class Rollout(Message, tag="Rollout", kw_only=True):
+class Rollout(Message, tag="Rollout", kw_only=True):  # type: ignore[call-arg]
     """generator -> scorer. One sample of a group. Key: group_id.
 
     Token ids are packed little-endian int32, `logprobs` packed float32: the behaviour
@@ -51,7 +51,7 @@ class Rollout(Message, tag="Rollout", kw_only=True):
         return floats(self.logprobs)
 
 
-class ScoredRollout(Message, tag="ScoredRollout", kw_only=True):
+class ScoredRollout(Message, tag="ScoredRollout", kw_only=True):  # type: ignore[call-arg]
     """scorer -> filter. A Rollout with its reward. Key: group_id.
 
     `reward` is the weighted sum of `rewards` (one entry per reward function, unweighted);

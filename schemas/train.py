@@ -21,7 +21,7 @@ class BatchItem(msgspec.Struct, kw_only=True):
     replayed: bool = False
 
 
-class TrainBatch(Message, tag="TrainBatch", kw_only=True):
+class TrainBatch(Message, tag="TrainBatch", kw_only=True):  # type: ignore[call-arg]
     """replay -> learner. Emitted only against a credit the learner granted. Key: learner_id.
 
     `seq` counts batches replay has sent to this learner (1, 2, ...); the learner skips a
@@ -35,7 +35,7 @@ class TrainBatch(Message, tag="TrainBatch", kw_only=True):
     produced_at: float
 
 
-class Feedback(Message, tag="Feedback", kw_only=True):
+class Feedback(Message, tag="Feedback", kw_only=True):  # type: ignore[call-arg]
     """learner -> replay. Demand and results. Key: learner_id.
 
     `credits_total` is cumulative (all credits ever granted by this learner), so a duplicate

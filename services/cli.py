@@ -65,8 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("topic")
     p.add_argument("file")
     p.add_argument("--limit", "-n", type=int, default=None)
-    p.add_argument("--follow", "-f", action="store_true")
-    p.add_argument("--from-beginning", action="store_true", default=True)
+    p.add_argument("--follow", "-f", action="store_true", help="keep recording new messages")
     _kafka_args(p)
 
     p = sub.add_parser("replay", help="play a recorded file back into a topic")

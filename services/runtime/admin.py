@@ -6,7 +6,9 @@ auto-created topics can get a partition count nobody asked for.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -23,13 +25,14 @@ def create_topics(
     kafka: KafkaSettings,
     topics: tuple[Topic, ...] | None = None,
     partitions: dict[str, int] | None = None,
-    replication: int = 1,
+    replication: int | None = None,
     timeout_s: float = 30.0,
 ) -> dict[str, str]:
     """Create each topic that does not exist yet. Returns name -> "created" | "exists".
 
     `partitions` overrides registry defaults per topic name (e.g. from the run config)."""
     admin = admin_client(kafka)
+    replication = replication or kafka.replication
     topics = topics if topics is not None else all_topics()
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     result: dict[str, str] = {}
@@ -83,20 +86,23 @@ def describe(
             **kafka.client_config("admin"),
             "group.id": "rollstream-admin-probe",
             "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "fetch.wait.max.ms": 10,  # an empty fetch answers at once (see end_offsets)
         }
     )
     infos: dict[str, TopicInfo] = {}
     try:
-        for name in wanted:
+        present = [n for n in wanted if qualified(n, kafka.namespace) in md.topics]
+        tps = [
+            TopicPartition(qualified(n, kafka.namespace), p)
+            for n in present
+            for p in sorted(md.topics[qualified(n, kafka.namespace)].partitions)
+        ]
+        ends = end_offsets(probe, tps, timeout_s)
+        for name in present:
             real = qualified(name, kafka.namespace)
-            if real not in md.topics:
-                continue
             parts = sorted(md.topics[real].partitions)
-            ends = [
-                probe.get_watermark_offsets(TopicPartition(real, p), timeout=timeout_s)[1]
-                for p in parts
-            ]
-            infos[name] = TopicInfo(name, len(parts), ends)
+            infos[name] = TopicInfo(name, len(parts), [ends[(real, p)] for p in parts])
     finally:
         probe.close()
     for group, offsets in _group_offsets(admin, kafka, timeout_s).items():
@@ -151,17 +157,51 @@ def group_lag(kafka: KafkaSettings, group: str, topic: str, timeout_s: float = 5
             **kafka.client_config("admin"),
             "group.id": qualified(group, kafka.namespace),
             "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "fetch.wait.max.ms": 10,  # an empty fetch answers at once (see end_offsets)
         }
     )
     try:
         tps = [TopicPartition(real_topic, p) for p in parts]
         committed = probe.committed(tps, timeout=timeout_s) if tps else []
+        ends = end_offsets(probe, tps, timeout_s)
         lag = 0
         for tp in committed:
-            high = probe.get_watermark_offsets(
-                TopicPartition(real_topic, tp.partition), timeout=timeout_s
-            )[1]
-            lag += max(0, high - max(tp.offset, 0))
+            lag += max(0, ends[(real_topic, tp.partition)] - max(tp.offset, 0))
         return lag
     finally:
         probe.close()
+
+
+def end_offsets(
+    consumer: Any, tps: list[TopicPartition], timeout_s: float = 10.0
+) -> dict[tuple[str, int], int]:
+    """The end offset (high watermark) of each partition, as a fetch response reports it.
+
+    `get_watermark_offsets` asks ListOffsets(latest), which the embedded broker (Tansu) answers
+    with the last record batch's base offset + 1: short of the end whenever that batch holds
+    several records. A fetch response carries the true high watermark, so this assigns every
+    partition at that (possibly short) end and reads until each one reports end-of-partition;
+    on any other Kafka that is one empty fetch. `consumer` must have enable.partition.eof on
+    (and a short fetch.wait.max.ms, or each empty fetch waits 500 ms) and must not be assigned
+    anything else; it is left unassigned."""
+    from confluent_kafka import OFFSET_END, KafkaError
+
+    ends: dict[tuple[str, int], int] = {}
+    if not tps:
+        return ends
+    todo = {(tp.topic, tp.partition) for tp in tps}
+    consumer.assign([TopicPartition(t, p, OFFSET_END) for t, p in todo])
+    deadline = time.monotonic() + timeout_s
+    try:
+        while todo and time.monotonic() < deadline:
+            for m in consumer.consume(1000, 0.05):
+                err = m.error()
+                if err is not None and err.code() == KafkaError._PARTITION_EOF:
+                    ends[(m.topic(), m.partition())] = m.offset()
+                    todo.discard((m.topic(), m.partition()))
+    finally:
+        consumer.unassign()
+    for t, p in todo:  # no answer in time: fall back to what ListOffsets says
+        ends[(t, p)] = consumer.get_watermark_offsets(TopicPartition(t, p), timeout=timeout_s)[1]
+    return ends

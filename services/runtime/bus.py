@@ -101,7 +101,11 @@ class Producer:
         while True:
             try:
                 self._p.produce(
-                    real, value, key=key, headers=headers, on_delivery=self._on_delivery
+                    real,
+                    value,
+                    key=key,
+                    headers=headers,  # type: ignore[arg-type]
+                    on_delivery=self._on_delivery,
                 )
                 break
             except BufferError:
@@ -197,7 +201,7 @@ class Consumer:
                     raise BusError(str(err))
                 log.warning("consumer error: %s", err)
                 continue
-            real, part, off = m.topic(), m.partition(), m.offset()
+            real, part, off = str(m.topic()), int(m.partition() or 0), int(m.offset() or 0)
             topic = unqualified(real, self.kafka.namespace)
             self._pending[(real, part)] = off + 1
             self.metrics.messages_in.labels(topic).inc()
@@ -254,7 +258,13 @@ class Consumer:
             return lags
         for tp in positions:
             try:
-                _, high = self._c.get_watermark_offsets(tp, timeout=1.0, cached=False)
+                # The end as the last fetch response reported it; ask the broker (ListOffsets)
+                # only before the first fetch. Tansu answers ListOffsets(latest) with the last
+                # record batch's base offset + 1, short of the end when that batch holds
+                # several records, while its fetch responses carry the true high watermark.
+                _, high = self._c.get_watermark_offsets(tp, cached=True)
+                if high < 0:
+                    _, high = self._c.get_watermark_offsets(tp, timeout=1.0, cached=False)
             except Exception:
                 continue
             pos = tp.offset if tp.offset >= 0 else 0

@@ -21,7 +21,7 @@ import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import numpy as np
@@ -37,41 +37,23 @@ FLOAT_FIELDS = frozenset({"logprobs"})  # packed little-endian float32
 
 # The fields one human-readable line shows per schema (dotted paths; `task` on a
 # ScoredRollout resolves inside its rollout).
-SUMMARY: dict[str, tuple[str, ...]] = {
-    "PromptTask": ("task_id", "task", "n", "prompt"),
-    "Rollout": (
-        "task",
-        "sample_index",
-        "policy_version",
-        "finish_reason",
-        "completion_ids",
+SUMMARY: dict[str, list[str]] = {
+    name: fields.split()
+    for name, fields in {
+        "PromptTask": "task_id task n prompt",
+        "Rollout": "task sample_index policy_version finish_reason completion_ids completion",
+        "ScoredRollout": "reward correct task policy_version finish_reason completion_ids "
         "completion",
-    ),
-    "ScoredRollout": (
-        "reward",
-        "correct",
-        "task",
-        "policy_version",
-        "finish_reason",
-        "completion_ids",
-        "completion",
-    ),
-    "Group": (
-        "task",
-        "samples",
-        "advantages",
-        "stats.reward_mean",
-        "stats.pass_rate",
-        "policy_version",
-    ),
-    "DropRecord": ("task_id", "reason", "filter", "scope", "stats"),
-    "PromptStats": ("task_id", "pass_rate", "last_pass_rate", "groups"),
-    "TrainBatch": ("seq", "items", "learner_version"),
-    "Feedback": ("credits_total", "step", "learner_version", "trained_batches"),
-    "WeightUpdate": ("policy", "version", "uri", "size_bytes"),
-    "ControlUpdate": ("stage", "revision", "params"),
-    "EvalResult": ("policy_version", "accuracy", "n", "per_task"),
-    "DeadLetter": ("topic", "partition", "offset", "error"),
+        "Group": "task samples advantages stats.reward_mean stats.pass_rate policy_version",
+        "DropRecord": "task_id reason filter scope stats",
+        "PromptStats": "task_id pass_rate last_pass_rate groups",
+        "TrainBatch": "seq items learner_version",
+        "Feedback": "credits_total step learner_version trained_batches",
+        "WeightUpdate": "policy version uri size_bytes",
+        "ControlUpdate": "stage revision params",
+        "EvalResult": "policy_version accuracy n per_task",
+        "DeadLetter": "topic partition offset error",
+    }.items()
 }
 
 
@@ -106,6 +88,7 @@ def read_raw(
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "enable.partition.eof": True,
+            "fetch.wait.max.ms": 100,  # "caught up" shows sooner than after the 500 ms default
             "fetch.max.bytes": 64 * 1024 * 1024,
             "max.partition.fetch.bytes": 16 * 1024 * 1024,
         }
@@ -122,24 +105,33 @@ def read_raw(
         parts = sorted(md.topics[real].partitions)
         consumer.assign([TopicPartition(real, p, start) for p in parts])
         at_end: set[int] = set()
+        # From the end: skip what arrives before a partition's first end-of-partition. The
+        # start offset comes from ListOffsets, which Tansu answers short of the real end
+        # (see admin.end_offsets); the fetch that reports end-of-partition is exact.
+        skipping = set() if from_beginning else set(parts)
         while True:
             for m in consumer.consume(500, 0.5):
+                part = cast(int, m.partition())
                 err = m.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
-                        at_end.add(m.partition())
+                        at_end.add(part)
+                        skipping.discard(part)
                         continue
                     if err.fatal():
                         raise TapError(str(err))
                     continue  # transient (the client retries on its own)
-                at_end.discard(m.partition())
+                at_end.discard(part)
+                if part in skipping:
+                    continue
+                headers = cast(list[tuple[str, bytes | None]], m.headers() or [])
                 yield RawMessage(
                     topic,
-                    m.partition(),
-                    m.offset(),
+                    part,
+                    cast(int, m.offset()),
                     m.key(),
                     m.value() or b"",
-                    list(m.headers() or []),
+                    headers,
                     m.timestamp()[1],
                 )
             if not follow and len(at_end) == len(parts):
@@ -218,13 +210,17 @@ def key_text(key: bytes | None) -> str | None:
 def add_text(d: Any, tokenizer: Any) -> None:
     """Next to each token-id list, `<name>_text`: the ids detokenized by `tokenizer`."""
     if isinstance(d, dict):
-        for k in [k for k in d if k in ID_FIELDS and isinstance(d[k], list)]:
+        for k in [k for k, v in d.items() if _leaf(k) in ID_FIELDS and isinstance(v, list)]:
             d[f"{k}_text"] = tokenizer.decode(d[k], skip_special_tokens=False)
         for v in d.values():
             add_text(v, tokenizer)
     elif isinstance(d, list):
         for v in d:
             add_text(v, tokenizer)
+
+
+def _leaf(path: str) -> str:
+    return path.rsplit(".", 1)[-1]
 
 
 def select(d: dict[str, Any], paths: list[str]) -> dict[str, Any]:
@@ -259,10 +255,14 @@ class HumanOut:
 
         self.console = Console(highlight=False, soft_wrap=True)
 
-    def message(self, raw: RawMessage, d: dict[str, Any], paths: list[str]) -> None:
+    def message(
+        self, raw: RawMessage, d: dict[str, Any], paths: list[str], tokenizer: Any = None
+    ) -> None:
         from rich.text import Text
 
-        shown = select(d, paths) if paths else select(d, list(_summary_paths(d)))
+        shown = select(d, paths) if paths else select(d, _summary_paths(d))
+        if tokenizer is not None:
+            add_text(shown, tokenizer)
         line = Text()
         line.append(f"{raw.partition}@{raw.offset}", style="dim")
         line.append(f"  {key_text(raw.key) or '-'}  ", style="cyan")
@@ -285,8 +285,12 @@ class HumanOut:
 class JsonOut:
     """JSON lines: the decoded message plus `_topic`, `_partition`, `_offset`, `_key`."""
 
-    def message(self, raw: RawMessage, d: dict[str, Any], paths: list[str]) -> None:
+    def message(
+        self, raw: RawMessage, d: dict[str, Any], paths: list[str], tokenizer: Any = None
+    ) -> None:
         body = select(d, paths) if paths else d
+        if tokenizer is not None:
+            add_text(body, tokenizer)
         self._write({**body, **_coords(raw)})
 
     def error(self, raw: RawMessage, reason: str) -> None:
@@ -307,16 +311,15 @@ def _coords(raw: RawMessage) -> dict[str, Any]:
     }
 
 
-def _summary_paths(d: dict[str, Any]) -> tuple[str, ...]:
+def _summary_paths(d: dict[str, Any]) -> list[str]:
     paths = SUMMARY.get(str(d.get("schema")))
     if paths is None:
-        paths = tuple(k for k in d if k not in ("schema", "v"))[:6]
+        paths = [k for k in d if k not in ("schema", "v")][:6]
     return paths
 
 
 def _compact(name: str, v: Any) -> str:
-    leaf = name.rsplit(".", 1)[-1]
-    if isinstance(v, list) and leaf in ID_FIELDS:
+    if isinstance(v, list) and _leaf(name) in ID_FIELDS:
         return f"{len(v)} tokens"
     if isinstance(v, list) and v and isinstance(v[0], dict):
         return f"[{len(v)}]"
@@ -337,42 +340,22 @@ def main(args: argparse.Namespace) -> int:
     except WhereError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    tokenizer = _load_tokenizer(args.tokenizer) if args.tokenizer else None
-    out: HumanOut | JsonOut = JsonOut() if args.json else HumanOut()
-    stats = TapStats() if args.stats else None
-    where_failed: list[str] = []
-    shown = 0
+    tap = Tap(
+        JsonOut() if args.json else HumanOut(),
+        where,
+        paths,
+        TapStats() if args.stats else None,
+        _load_tokenizer(args.tokenizer) if args.tokenizer else None,
+    )
+    topic = unqualified(args.topic, kafka.namespace)
     try:
-        if args.limit is not None and args.limit <= 0:
-            return 0
-        for raw in read_raw(
-            kafka,
-            unqualified(args.topic, kafka.namespace),
-            from_beginning=args.from_beginning,
-            follow=args.follow,
-        ):
-            try:
-                msg = decode_message(raw.value, typ)
-            except SchemaError as exc:
-                if stats is not None:
-                    stats.add_error()
-                else:
-                    out.error(raw, str(exc))
-                shown += 1
-            else:
-                b = builtins(msg)
-                d = plain(b)
-                if where is not None and not _holds(where, d, where_failed):
-                    continue
-                if stats is not None:
-                    stats.add(b, len(raw.value), raw.timestamp_ms)
-                else:
-                    if tokenizer is not None:
-                        add_text(d, tokenizer)
-                    out.message(raw, d, paths)
-                shown += 1
-            if args.limit is not None and shown >= args.limit:
-                break
+        if args.limit is None or args.limit > 0:
+            for raw in read_raw(
+                kafka, topic, from_beginning=args.from_beginning, follow=args.follow
+            ):
+                tap.handle(raw, typ)
+                if args.limit is not None and tap.shown >= args.limit:
+                    break
     except KeyboardInterrupt:
         pass
     except BrokenPipeError:  # e.g. `| head`: the reader has gone; not an error
@@ -381,28 +364,72 @@ def main(args: argparse.Namespace) -> int:
     except TapError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if stats is not None:
-        stats.print(as_json=args.json)
-    if where_failed:
-        print(
-            f"note: --where could not be evaluated on {len(where_failed)} message(s) "
-            f"(treated as not matching), e.g.: {where_failed[0]}",
-            file=sys.stderr,
-        )
-    if shown == 0 and not args.from_beginning and not args.follow:
-        print(
-            f"note: nothing new at the end of {args.topic!r}; use --from-beginning or --follow",
-            file=sys.stderr,
-        )
+    tap.finish(topic, from_beginning=args.from_beginning, follow=args.follow, as_json=args.json)
     return 0
 
 
-def _holds(where: Where, d: dict[str, Any], failed: list[str]) -> bool:
-    try:
-        return where.matches(d)
-    except WhereError as exc:
-        failed.append(str(exc))
-        return False
+class Tap:
+    """Decode, filter and show (or count) one message at a time."""
+
+    def __init__(
+        self,
+        out: HumanOut | JsonOut,
+        where: Where | None,
+        paths: list[str],
+        stats: TapStats | None,
+        tokenizer: Any,
+    ) -> None:
+        self.out, self.where, self.paths = out, where, paths
+        self.stats, self.tokenizer = stats, tokenizer
+        self.shown = 0  # messages and error lines shown (or counted, with --stats)
+        self.where_failures = 0
+        self.first_where_failure = ""
+
+    def handle(self, raw: RawMessage, typ: type[Message] | None) -> None:
+        try:
+            msg = decode_message(raw.value, typ)
+        except SchemaError as exc:
+            if self.stats is not None:
+                self.stats.add_error()
+            else:
+                self.out.error(raw, str(exc))
+            self.shown += 1
+            return
+        b = builtins(msg)
+        d = plain(b) if self.where is not None or self.stats is None else {}
+        if self.where is not None and not self._holds(d):
+            return
+        if self.stats is not None:
+            self.stats.add(b, len(raw.value), raw.timestamp_ms)
+        else:
+            self.out.message(raw, d, self.paths, self.tokenizer)
+        self.shown += 1
+
+    def _holds(self, d: dict[str, Any]) -> bool:
+        assert self.where is not None
+        try:
+            return self.where.matches(d)
+        except WhereError as exc:  # e.g. a message of another schema: not a match
+            self.where_failures += 1
+            self.first_where_failure = self.first_where_failure or str(exc)
+            return False
+
+    def finish(self, topic: str, *, from_beginning: bool, follow: bool, as_json: bool) -> None:
+        """Print the --stats summary and notes (to stderr) a user would want to see."""
+        if self.stats is not None:
+            self.stats.print(as_json=as_json)
+        if self.where_failures:
+            print(
+                f"note: --where could not be evaluated on {self.where_failures} message(s) "
+                f"(treated as not matching), e.g.: {self.first_where_failure}",
+                file=sys.stderr,
+            )
+        if self.shown == 0 and not follow and self.stats is None:
+            if not from_beginning:
+                note = f"nothing new at the end of {topic!r}; use --from-beginning or --follow"
+            else:
+                note = f"no {'matching ' if self.where else ''}messages in {topic!r}"
+            print(f"note: {note}", file=sys.stderr)
 
 
 def _load_tokenizer(path: str) -> Any:

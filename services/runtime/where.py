@@ -286,10 +286,12 @@ def _constant_index(node: ast.AST) -> int | str:
         inner = _constant_index(node.operand)
         if isinstance(inner, int):
             return -inner
-    if isinstance(node, ast.Constant) and type(node.value) in (int, str):
-        if isinstance(node.value, str):
-            _check_name(node.value)
-        return node.value
+    if isinstance(node, ast.Constant):
+        value = node.value
+        if isinstance(value, str):
+            return _check_name(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
     raise WhereError('subscripts must be a constant int or string, e.g. rewards["math"]')
 
 

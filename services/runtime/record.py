@@ -1,0 +1,281 @@
+"""`rollstream record TOPIC FILE` and `rollstream replay FILE [TOPIC]`: a topic range to a file
+and back, byte for byte (so a recorded `rollouts.scored` can feed a new learner later).
+
+File format: a MessagePack stream. First a header map
+    {"format": "rollstream-recording", "version": 1, "topic": <registry name>,
+     "partitions": <partition count>, "created_at": <unix seconds>}
+then one map per Kafka record, in the order read
+    {"topic", "partition", "offset", "key" (bin|nil), "value" (bin, unmodified),
+     "headers" ([[name, bin|nil], ...]), "timestamp_ms"}.
+Any MessagePack reader can read it; `iter_recording` does it here.
+
+record - Reads: the topic from its oldest message by partition assignment (no consumer group,
+nothing committed) until caught up, `--limit N` records, or Ctrl-C with `--follow`. Undecodable
+messages are recorded too, as they are. Writes: FILE only.
+
+replay - Reads: FILE. Writes: the target topic (default: the recorded one, in this namespace)
+with the original keys, values and headers; each record goes to its original partition when the
+target has as many partitions as the source had, else the key picks it. Timestamps are new
+(the original ones would fall out of retention). Idempotent producer, flushed before exit;
+`--rate` paces it in messages per second. Replaying twice writes everything twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, cast
+
+import msgspec
+
+from rollstream.schemas.topics import qualified, unqualified
+from rollstream.services.runtime.settings import KafkaSettings, kafka_from
+
+FORMAT = "rollstream-recording"
+VERSION = 1
+
+
+class RecordingError(ValueError):
+    """A file that is not a rollstream recording, or one written by a newer version."""
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """One record of a recording."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes | None]]
+    timestamp_ms: int
+
+
+def write_recording(out: BinaryIO, topic: str, partitions: int, records: Iterator[Recorded]) -> int:
+    """Write the header and every record to `out`; returns the number of records."""
+    enc = msgspec.msgpack.Encoder()
+    out.write(
+        enc.encode(
+            {
+                "format": FORMAT,
+                "version": VERSION,
+                "topic": topic,
+                "partitions": partitions,
+                "created_at": time.time(),
+            }
+        )
+    )
+    n = 0
+    for r in records:
+        out.write(
+            enc.encode(
+                {
+                    "topic": r.topic,
+                    "partition": r.partition,
+                    "offset": r.offset,
+                    "key": r.key,
+                    "value": r.value,
+                    "headers": [[k, v] for k, v in r.headers],
+                    "timestamp_ms": r.timestamp_ms,
+                }
+            )
+        )
+        n += 1
+    return n
+
+
+def read_header(path: str | Path) -> dict[str, Any]:
+    """The header of a recording; RecordingError if `path` is not one."""
+    with open(path, "rb") as f:
+        return _header(_unpacker(f), path)
+
+
+def iter_recording(path: str | Path) -> Iterator[Recorded]:
+    """Every record of the recording at `path`, in order (RecordingError if not a recording).
+
+    For programmatic use, e.g. `decode(r.value, ScoredRollout) for r in iter_recording(p)`."""
+    with open(path, "rb") as f:
+        unpacker = _unpacker(f)
+        _header(unpacker, path)
+        for i, obj in enumerate(unpacker):
+            try:
+                yield Recorded(
+                    topic=obj["topic"],
+                    partition=obj["partition"],
+                    offset=obj["offset"],
+                    key=obj["key"],
+                    value=obj["value"],
+                    headers=[(k, v) for k, v in obj.get("headers") or []],
+                    timestamp_ms=obj.get("timestamp_ms", -1),
+                )
+            except (KeyError, TypeError, ValueError) as exc:
+                raise RecordingError(f"{path}: record {i} is malformed: {exc!r}") from None
+
+
+def _unpacker(f: BinaryIO) -> Any:
+    import msgpack  # streaming reader; plain data only (no ext types, no pickle)
+
+    return msgpack.Unpacker(f, raw=False, strict_map_key=True)
+
+
+def _header(unpacker: Any, path: str | Path) -> dict[str, Any]:
+    try:
+        head = next(unpacker)
+    except StopIteration:
+        raise RecordingError(f"{path} is empty, not a rollstream recording") from None
+    except Exception as exc:  # msgpack raises several types on garbage
+        raise RecordingError(f"{path} is not a rollstream recording ({exc})") from None
+    if not isinstance(head, dict) or head.get("format") != FORMAT:
+        raise RecordingError(
+            f"{path} is not a rollstream recording (its first MessagePack "
+            f"object is not a header with format={FORMAT!r})"
+        )
+    if head.get("version") != VERSION:
+        raise RecordingError(
+            f"{path} is a version {head.get('version')!r} recording; this "
+            f"rollstream reads version {VERSION}"
+        )
+    return head
+
+
+def record_main(args: argparse.Namespace) -> int:
+    """`rollstream record TOPIC FILE`: save a topic from its oldest message to FILE."""
+    from rollstream.schemas import SchemaError
+    from rollstream.services.runtime.tap import TapError, decode_message, read_raw, registry_type
+
+    kafka = kafka_from(args.bootstrap, args.namespace)
+    topic = unqualified(args.topic, kafka.namespace)
+    typ = registry_type(topic)
+    count = undecodable = 0
+
+    def records() -> Iterator[Recorded]:
+        nonlocal count, undecodable
+        if args.limit is not None and args.limit <= 0:
+            return
+        for raw in read_raw(kafka, topic, from_beginning=True, follow=args.follow, stage="record"):
+            try:
+                decode_message(raw.value, typ)
+            except SchemaError:
+                undecodable += 1
+            count += 1
+            yield Recorded(
+                topic, raw.partition, raw.offset, raw.key, raw.value, raw.headers, raw.timestamp_ms
+            )
+            if args.limit is not None and count >= args.limit:
+                return
+
+    try:
+        partitions = _partitions(kafka, topic)
+    except TapError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with open(args.file, "wb") as f:
+        try:
+            write_recording(f, topic, partitions, records())
+        except KeyboardInterrupt:  # --follow ends with Ctrl-C; every record read is written
+            pass
+    size = Path(args.file).stat().st_size
+    print(
+        f"recorded {count} messages of {topic} ({undecodable} undecodable) to {args.file} "
+        f"({size:,} bytes)"
+    )
+    return 0
+
+
+def replay_main(args: argparse.Namespace) -> int:
+    """`rollstream replay FILE [TOPIC]`: produce every recorded record into TOPIC."""
+    from rollstream.services.runtime.tap import TapError
+
+    kafka = kafka_from(args.bootstrap, args.namespace)
+    try:
+        head = read_header(args.file)
+    except (RecordingError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    topic = unqualified(args.topic or head["topic"], kafka.namespace)
+    try:
+        target_parts = _partitions(kafka, topic)
+        n = replay(
+            kafka,
+            iter_recording(args.file),
+            topic,
+            keep_partitions=target_parts == head.get("partitions"),
+            rate=args.rate,
+        )
+    except (RecordingError, TapError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"replayed {n} messages from {args.file} into {qualified(topic, kafka.namespace)}")
+    return 0
+
+
+def replay(
+    kafka: KafkaSettings,
+    records: Iterator[Recorded],
+    topic: str,
+    *,
+    keep_partitions: bool,
+    rate: float | None = None,
+) -> int:
+    """Produce `records` into registry-level `topic`; returns how many, all acknowledged."""
+    from confluent_kafka import Producer
+
+    from rollstream.services.runtime.bus import BusError
+
+    cfg = kafka.client_config("replay")
+    cfg.update({"enable.idempotence": True, "linger.ms": 5, "message.max.bytes": 8 << 20})
+    producer = Producer(cfg)
+    real = qualified(topic, kafka.namespace)
+    errors: list[str] = []
+
+    def on_delivery(err: Any, msg: Any) -> None:
+        if err is not None:
+            errors.append(str(err))
+
+    start = time.monotonic()
+    n = 0
+    for r in records:
+        if rate:
+            wait = start + n / rate - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+        kw: dict[str, Any] = {"partition": r.partition} if keep_partitions else {}
+        while True:
+            try:
+                producer.produce(
+                    real,
+                    r.value,
+                    key=r.key,
+                    headers=cast(Any, r.headers) or None,
+                    on_delivery=on_delivery,
+                    **kw,
+                )
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+        n += 1
+    left = producer.flush(60)
+    if left or errors:
+        raise BusError(f"{left} messages unacknowledged, {len(errors)} failed: {errors[:3]}")
+    return n
+
+
+def _partitions(kafka: KafkaSettings, topic: str) -> int:
+    from confluent_kafka.admin import AdminClient
+
+    from rollstream.services.runtime.tap import TapError
+
+    real = qualified(topic, kafka.namespace)
+    md = AdminClient(kafka.client_config("admin")).list_topics(timeout=10)
+    if real not in md.topics or md.topics[real].error is not None:
+        raise TapError(
+            f"topic {real!r} does not exist at {kafka.bootstrap}; "
+            f"run `rollstream topics create` (or check --namespace)"
+        )
+    return len(md.topics[real].partitions)

@@ -1,0 +1,103 @@
+"""`rollstream topics create|list` as a user runs them, checked against the broker's own view."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from confluent_kafka.admin import AdminClient, ConfigResource
+
+from rollstream.schemas import PromptTask
+from rollstream.schemas.topics import all_topics, qualified
+from rollstream.services.runtime.bus import Consumer, Producer
+from rollstream.services.runtime.settings import KafkaSettings
+
+pytestmark = pytest.mark.kafka
+
+ROLLSTREAM = str(Path(sys.executable).with_name("rollstream"))
+
+
+def rollstream(kafka: KafkaSettings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "ROLLSTREAM_BOOTSTRAP": kafka.bootstrap,
+        "ROLLSTREAM_NAMESPACE": str(kafka.namespace),
+        "COLUMNS": "200",
+    }
+    return subprocess.run([ROLLSTREAM, *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_topics_create_is_idempotent_and_matches_the_registry(bootstrap: str) -> None:
+    kafka = KafkaSettings(bootstrap=bootstrap, namespace="t" + uuid.uuid4().hex[:10])
+    n = len(all_topics())
+    assert n == 22  # 11 topics and their dead-letter topics
+
+    first = rollstream(kafka, "topics", "create")
+    assert first.returncode == 0, first.stderr
+    assert f"{n} created, 0 already there" in first.stdout
+    second = rollstream(kafka, "topics", "create")
+    assert second.returncode == 0, second.stderr
+    assert f"0 created, {n} already there" in second.stdout
+    assert "exists   weights" in second.stdout
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    md = admin.list_topics(timeout=10)
+    reals = {t.name: qualified(t.name, kafka.namespace) for t in all_topics()}
+    for t in all_topics():
+        assert len(md.topics[reals[t.name]].partitions) == t.partitions, t.name
+    futures = admin.describe_configs(
+        [ConfigResource(ConfigResource.Type.TOPIC, real) for real in reals.values()]
+    )
+    policy = {
+        res.name.split(".", 1)[1]: fut.result()["cleanup.policy"].value
+        for res, fut in futures.items()
+    }
+    compacted = {name for name, p in policy.items() if p == "compact"}
+    assert compacted == {"weights", "control"}
+    assert set(policy.values()) == {"compact", "delete"}
+    assert len(md.topics[reals["prompts"]].partitions) == 8
+    assert len(md.topics[reals["batches.train"]].partitions) == 1
+
+
+def test_topics_list_shows_partitions_messages_and_group_lag(kafka: KafkaSettings) -> None:
+    producer = Producer(kafka, "test")
+
+    def send(n: int, start: int) -> None:
+        for i in range(start, start + n):  # one batch, one partition (same key)
+            producer.send(
+                "prompts",
+                PromptTask(task_id=f"p{i}", task="add", prompt="1+1=", n=2, produced_at=0.0),
+                key="k",
+            )
+        producer.flush()
+
+    send(3, 0)
+    consumer = Consumer(kafka, "gen", ["prompts"], group="generator")
+    try:
+        got: list = []
+        deadline = time.monotonic() + 30
+        while len(got) < 3:
+            assert time.monotonic() < deadline
+            got += consumer.poll(500, 0.2)
+        consumer.commit()
+    finally:
+        consumer.close()
+    send(2, 3)  # not consumed: the group is 2 behind
+
+    out = rollstream(kafka, "topics", "list")
+    assert out.returncode == 0, out.stderr
+    rows = {
+        line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+        for line in out.stdout.splitlines()
+        if line.count("│") >= 5
+    }
+    partitions, messages, ends, lag = rows["prompts"]
+    assert (partitions, messages, lag) == ("8", "5", "generator=2")
+    assert sorted(ends.split()) == ["0"] * 7 + ["5"]
+    assert rows["weights"][:2] == ["1", "0"] and rows["weights"][3] == "-"
+    assert rows["rollouts.raw.dlq"][0] == "1"
