@@ -1,7 +1,7 @@
 """How big is a Rollout on the wire, and how fast does it encode and decode?
 
-For Rollouts of 256, 1,024 and 8,192 completion tokens (prompt of 128 tokens, per-token
-logprobs), three encodings of the same content:
+For Rollouts of 256, 1,024 and 8,192 tokens in all (an eighth of them prompt, the rest
+completion, with a logprob per completion token), three encodings of the same content:
   - rollstream: the msgspec Struct, token ids / logprobs packed little-endian int32 / float32;
     decode includes the zero-copy numpy views (`completion_tokens()`, `token_logprobs()`);
   - json: stdlib json of the same map with ids and logprobs as lists;
@@ -38,11 +38,17 @@ RESULTS = Path(__file__).parent / "results" / "codec.json"
 BUDGET_TOKENS = 1024
 BUDGET_BYTES = 9 * 1024
 BUDGET_RATE = 50_000
-PROMPT_TOKENS = 128
+
+
+def split(tokens: int) -> tuple[int, int]:
+    """(prompt, completion) tokens of a rollout of `tokens` in all: 1/8 prompt."""
+    prompt = tokens // 8
+    return prompt, tokens - prompt
 
 
 def make_rollout(tokens: int, chars_per_token: int = 1, seed: int = 0) -> Rollout:
     rng = np.random.default_rng(seed)
+    prompt_tokens, tokens = split(tokens)
     vocab = 151_000  # a modern BPE vocabulary: ids need the full int32 range anyway
     return Rollout(
         rollout_id="4f3c2a1b-0007",
@@ -51,9 +57,9 @@ def make_rollout(tokens: int, chars_per_token: int = 1, seed: int = 0) -> Rollou
         task="gsm8k",
         sample_index=7,
         group_size=8,
-        prompt="Q" * PROMPT_TOKENS * chars_per_token,
+        prompt="Q" * prompt_tokens * chars_per_token,
         completion="a" * tokens * chars_per_token,
-        prompt_ids=pack_ids(rng.integers(0, vocab, PROMPT_TOKENS)),
+        prompt_ids=pack_ids(rng.integers(0, vocab, prompt_tokens)),
         completion_ids=pack_ids(rng.integers(0, vocab, tokens)),
         logprobs=pack_floats(-rng.exponential(0.7, tokens)),
         finish_reason="length",
@@ -193,7 +199,7 @@ def main() -> None:
             "numpy": np.__version__,
         },
         "repeats": args.repeats,
-        "prompt_tokens": PROMPT_TOKENS,
+        "shape": "1/8 prompt, 7/8 completion",
         "rows": rows,
         "budget": v,
     }
