@@ -154,12 +154,12 @@ class Follower(threading.Thread):
         self.newer = newer
         self.latest: Any = None
         self.seq = 0  # bumps on every change
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._lock = threading.Lock()
         self.caught_up = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             try:
                 recs = self.consumer.poll(100, 0.2)
             except Exception as exc:  # keep following through broker hiccups
@@ -178,7 +178,7 @@ class Follower(threading.Thread):
         self.consumer.close()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
 
 def follow_control(kafka: KafkaSettings, stage: str) -> Follower:

@@ -112,6 +112,8 @@ class Loop:
             )
             evf.flush()
         for p in self.sup.dead():
+            if p.popen is not None and p.popen.returncode == 0:
+                continue  # finished its work (e.g. a feed with a fixed number of epochs)
             if not self.stopping:
                 log.warning(
                     "%s exited with %s; restarting", p.name, p.popen.returncode if p.popen else "?"

@@ -1,0 +1,52 @@
+"""`rollstream run evaluator [--config run.yaml] [--model DIR]`: held-out accuracy per version."""
+
+from __future__ import annotations
+
+import logging
+
+from rollstream.services.runtime.config import section
+from rollstream.services.runtime.service import StageContext, stage_parser
+
+log = logging.getLogger("rollstream")
+
+
+def main(argv: list[str]) -> int:
+    parser = stage_parser("evaluator", "Publish held-out greedy accuracy of each new version.")
+    parser.add_argument(
+        "--model", default=None, help="starting model dir (default: run config, else built-in)"
+    )
+    ctx = StageContext.from_argv("evaluator", argv, parser)
+    from rollstream.services.evaluator.config import EvaluatorConfig
+    from rollstream.services.evaluator.service import Evaluator, eval_items
+
+    try:
+        cfg = section(ctx.cfg, "evaluator", EvaluatorConfig)
+        items = eval_items(cfg.task_entries(ctx.cfg.feed), cfg.items_per_task)
+    except ValueError as exc:  # ConfigError, TaskError
+        log.error("evaluator: %s", exc)
+        return 2
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    model_dir = ctx.args.model or ctx.cfg.model.path
+    if model_dir is None:
+        from rollstream.services.models.load import ensure_base_model
+
+        model_dir = str(ensure_base_model())
+    ev = Evaluator(
+        cfg,
+        ctx.kafka,
+        run=ctx.cfg.name,
+        policy=ctx.cfg.model.policy,
+        model_dir=model_dir,
+        items=items,
+        metrics=ctx.metrics,
+        bus_metrics=ctx.bus_metrics,
+    )
+    ctx.start()
+    try:
+        return ev.run(lambda: ctx.stopping)
+    finally:
+        ev.close()
+        ctx.close()

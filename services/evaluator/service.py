@@ -1,0 +1,208 @@
+"""Evaluator loop: held-out greedy accuracy of the newest policy version.
+
+Reads `weights` (compacted, no group, the newest WeightUpdate of the run's policy) and the
+weight files it points to (sha256 verified by models.weights.fetch_version). Writes one
+EvalResult per evaluated version to `eval.results`, keyed by run name.
+
+At start it evaluates the starting model as version 0, unless a newer version is already
+published (a restart mid-run evaluates that one instead). Then it evaluates the newest
+version whenever one newer than the last evaluated is there and `min_interval_s` has passed
+since the last evaluation began; versions published in between are skipped. A version whose
+file is missing or fails its checksum is refused (metric, log line) and not retried; the next
+version is evaluated as usual. Delivery: each result is flushed before the next evaluation;
+a crash can lose at most the result being computed (the restart evaluates the newest again).
+torch and transformers are imported only when the Evaluator is built.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rollstream.schemas import EvalResult, WeightUpdate
+from rollstream.services.evaluator.config import EvaluatorConfig
+from rollstream.services.runtime.bus import Producer
+from rollstream.services.runtime.metrics import BusMetrics, StageMetrics
+from rollstream.services.runtime.service import Follower, follow_weights
+from rollstream.services.runtime.settings import KafkaSettings
+from rollstream.services.tasks import Item, heldout_items
+
+log = logging.getLogger(__name__)
+
+EVAL_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+START_WAIT_S = 10.0  # longest wait at start for the weights topic to be read to its end
+
+
+@dataclass
+class EvalSchedule:
+    """When to evaluate: a newer version than the last one, at most every `min_interval_s`."""
+
+    min_interval_s: float
+    last_version: int = -1
+    last_start: float = -float("inf")
+
+    def due(self, version: int | None, now: float) -> bool:
+        if version is None or version <= self.last_version:
+            return False
+        return now - self.last_start >= self.min_interval_s
+
+    def started(self, version: int, now: float) -> None:
+        self.last_version = version
+        self.last_start = now
+
+
+def eval_items(entries: Sequence[tuple[str, int | None]], per_task: int) -> list[Item]:
+    """The first `per_task` items of each entry's fixed held-out split."""
+    from rollstream.services.tasks import get_task
+
+    resolved = [(name, get_task(name).resolve_difficulty(d)) for name, d in entries]
+    return heldout_items(resolved, size=per_task)
+
+
+class EvaluatorMetrics:
+    def __init__(self, m: StageMetrics) -> None:
+        self.accuracy = m.gauge("heldout_accuracy", "Held-out greedy accuracy, all tasks")
+        self.task_accuracy = m.gauge(
+            "heldout_task_accuracy", "Held-out greedy accuracy per task", ["task"]
+        )
+        self.eval_seconds = m.histogram(
+            "eval_seconds", "Seconds per held-out evaluation", buckets=EVAL_BUCKETS
+        )
+        self.version = m.gauge("policy_version", "Policy version last evaluated")
+        self.evaluations = m.counter("evaluations_total", "Held-out evaluations published")
+        self.refused = m.counter(
+            "refused_versions_total", "Weight versions that could not be loaded", ["reason"]
+        )
+
+
+class Evaluator:
+    """Loads the policy, follows `weights`, evaluates and publishes EvalResults."""
+
+    def __init__(
+        self,
+        cfg: EvaluatorConfig,
+        kafka: KafkaSettings,
+        *,
+        run: str,
+        policy: str,
+        model_dir: str,
+        items: Sequence[Item],
+        metrics: StageMetrics | None = None,
+        bus_metrics: BusMetrics | None = None,
+    ) -> None:
+        if not items:
+            raise ValueError("no held-out items to evaluate (set evaluator.tasks)")
+        from rollstream.services.models.load import load_model, load_tokenizer
+
+        self.cfg, self.run_name, self.items = cfg, run, list(items)
+        stage_metrics = metrics or StageMetrics("evaluator")
+        self.m = EvaluatorMetrics(stage_metrics)
+        self.device = _device(cfg.device)
+        self.tokenizer = load_tokenizer(model_dir)
+        self.model = load_model(model_dir, device=str(self.device))
+        self.model.eval()
+        self.producer = Producer(kafka, "evaluator", bus_metrics or BusMetrics(stage_metrics))
+        self.weights: Follower = follow_weights(kafka, "evaluator", policy)
+        self.schedule = EvalSchedule(cfg.min_interval_s)
+
+    def load(self, upd: WeightUpdate) -> bool:
+        """Fetch, verify and load one version into the model; False (and a log line) if not."""
+        from safetensors.torch import load_file
+
+        from rollstream.services.models.weights import WeightError, fetch_version
+
+        try:
+            local = fetch_version(upd.uri, upd.sha256, upd.weights_file)
+            state = load_file(str(local / upd.weights_file), device=str(self.device))
+            res = self.model.load_state_dict(state, strict=False)
+            missing = [k for k in res.missing_keys if not k.endswith("lm_head.weight")]
+            if missing or res.unexpected_keys:
+                raise ValueError(
+                    f"weights do not fit the model: missing {missing[:3]},"
+                    f" unexpected {res.unexpected_keys[:3]}"
+                )
+        except (WeightError, OSError, ValueError, RuntimeError) as exc:
+            reason = "checksum" if isinstance(exc, WeightError) else "bad_file"
+            self.m.refused.labels(reason).inc()
+            log.error("evaluator: refused weights v%d from %s: %s", upd.version, upd.uri, exc)
+            return False
+        return True
+
+    def evaluate(self, version: int, step: int) -> EvalResult:
+        """Held-out greedy accuracy of the loaded model, published as `version`."""
+        from rollstream.services.models.evaluate import heldout_accuracy
+
+        t0 = time.perf_counter()
+        acc = heldout_accuracy(
+            self.model,
+            self.tokenizer,
+            self.items,
+            batch_size=self.cfg.batch_size,
+            max_new_tokens=self.cfg.max_new_tokens,
+        )
+        took = time.perf_counter() - t0
+        result = EvalResult(
+            run=self.run_name,
+            policy_version=version,
+            step=step,
+            accuracy=acc.accuracy,
+            n=acc.n,
+            per_task=dict(acc.per_task),
+            eval_s=took,
+            produced_at=time.time(),
+        )
+        self.producer.send("eval.results", result, self.run_name)
+        self.producer.flush()
+        self.m.accuracy.set(result.accuracy)
+        for task, value in result.per_task.items():
+            self.m.task_accuracy.labels(task).set(value)
+        self.m.eval_seconds.observe(took)
+        self.m.version.set(version)
+        self.m.evaluations.inc()
+        log.info(
+            "evaluator: v%d step %d accuracy %.3f on %d items (%.1fs)",
+            version,
+            step,
+            result.accuracy,
+            result.n,
+            took,
+        )
+        return result
+
+    def step(self) -> EvalResult | None:
+        """Evaluate the newest version if one is due; the published result, else None."""
+        upd: WeightUpdate | None = self.weights.latest
+        now = time.monotonic()
+        if upd is None or not self.schedule.due(upd.version, now):
+            return None
+        self.schedule.started(upd.version, now)
+        if not self.load(upd):
+            return None
+        return self.evaluate(upd.version, upd.step)
+
+    def run(self, stopping: Callable[[], bool]) -> int:
+        """Evaluate version 0 (if nothing newer is published), then each due version."""
+        self.weights.caught_up.wait(START_WAIT_S)
+        latest = self.weights.latest
+        if self.cfg.evaluate_initial and (latest is None or latest.version <= 0):
+            self.schedule.started(0, time.monotonic())
+            self.evaluate(0, 0)
+        while not stopping():
+            if self.step() is None:
+                time.sleep(0.2)
+        return 0
+
+    def close(self) -> None:
+        self.weights.stop()
+        self.producer.close()
+
+
+def _device(name: str) -> Any:
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

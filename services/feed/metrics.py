@@ -1,0 +1,11 @@
+"""Feed metrics (names `rollstream_feed_*`), for the service and the metrics catalog."""
+
+from __future__ import annotations
+
+from rollstream.services.runtime.metrics import StageMetrics
+from rollstream.services.feed.service import FeedMetrics
+
+
+def register(m: StageMetrics) -> FeedMetrics:
+    """Every metric this stage exports, in `m`'s registry."""
+    return FeedMetrics(m)

@@ -1,0 +1,162 @@
+"""The evaluator on the real broker: version 0 at start, then each new weight version loaded
+from the weight store, its held-out greedy accuracy published on `eval.results`; a version
+whose file fails its checksum is refused."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rollstream.schemas import EvalResult, WeightUpdate
+from rollstream.services.evaluator.config import EvaluatorConfig
+from rollstream.services.evaluator.service import Evaluator
+from rollstream.services.runtime.bus import Consumer, Producer
+from rollstream.services.runtime.metrics import StageMetrics
+from rollstream.services.runtime.settings import KafkaSettings
+from rollstream.services.tasks import Task, register
+
+pytestmark = pytest.mark.kafka
+
+ANSWER = "xxxx"  # what the hand-made v1 weights answer to every prompt (4 greedy tokens)
+
+
+def _make(rng: random.Random, difficulty: int) -> tuple[str, str]:
+    return f"echo {rng.randrange(10**6)}=", ANSWER
+
+
+XS = register(Task(name="always_xs", make=_make, description="answer xxxx to anything"))
+
+
+def always_x_weights(model_dir: str, out: Path) -> Path:
+    """Weights under which the model's greedy completion is `x` forever: every token embeds to
+    the same vector, no layer adds anything, so the last hidden state is one fixed vector c,
+    and only the lm_head row of `x` points along c."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    from rollstream.services.models.tokenizer import VOCAB
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    state = {k: v.clone().contiguous() for k, v in model.state_dict().items()}
+    for name, tensor in state.items():
+        if name.endswith(("o_proj.weight", "down_proj.weight")):
+            tensor.zero_()
+    emb = state["model.embed_tokens.weight"]
+    emb[:] = 1.0
+    head = state["lm_head.weight"]
+    head.zero_()
+    head[VOCAB["x"]] = 10.0 * torch.ones_like(head[VOCAB["x"]]) / state["model.norm.weight"]
+    out.mkdir(parents=True)
+    save_file(state, str(out / "model.safetensors"))
+    return out / "model.safetensors"
+
+
+def update(version: int, path: Path, sha256: str | None = None, step: int = 0) -> WeightUpdate:
+    data = path.read_bytes()
+    return WeightUpdate(
+        policy="policy",
+        version=version,
+        uri=str(path.parent),
+        sha256=sha256 or hashlib.sha256(data).hexdigest(),
+        size_bytes=len(data),
+        step=step,
+        produced_at=time.time(),
+    )
+
+
+def next_result(results: Consumer, timeout_s: float = 120.0) -> EvalResult:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        recs = results.poll(max_messages=1, timeout_s=0.2)
+        if recs:
+            assert recs[0].key == b"evalrun"
+            return recs[0].value
+    raise AssertionError("no EvalResult in time")
+
+
+@pytest.fixture
+def results(kafka: KafkaSettings) -> Iterator[Consumer]:
+    c = Consumer(kafka, "test", ["eval.results"], group=None)
+    yield c
+    c.close()
+
+
+def test_evaluator_scores_version_zero_then_each_new_version(
+    kafka: KafkaSettings, results: Consumer, tiny_model_dir: str, tmp_path: Path
+) -> None:
+    items = XS.heldout(size=6)
+    assert len(items) == 6
+    cfg = EvaluatorConfig(min_interval_s=0, max_new_tokens=len(ANSWER), batch_size=4)
+    metrics = StageMetrics("evaluator")
+    ev = Evaluator(
+        cfg,
+        kafka,
+        run="evalrun",
+        policy="policy",
+        model_dir=tiny_model_dir,
+        items=items,
+        metrics=metrics,
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=ev.run, args=(stop.is_set,), daemon=True)
+    thread.start()
+    producer = Producer(kafka, "learner")
+    try:
+        v0 = next_result(results)
+        assert (v0.run, v0.policy_version, v0.n) == ("evalrun", 0, 6)
+        assert v0.accuracy == 0.0  # random weights never answer "xxxx"
+
+        good = always_x_weights(tiny_model_dir, tmp_path / "v1")
+        bad = always_x_weights(tiny_model_dir, tmp_path / "v2")
+        producer.send("weights", update(2, bad, sha256="0" * 64), "policy")  # refused
+        producer.flush()
+        deadline = time.monotonic() + 60
+        while not metrics.registry.get_sample_value(
+            "rollstream_evaluator_refused_versions_total", {"reason": "checksum"}
+        ):
+            assert time.monotonic() < deadline, "the bad version was not refused"
+            time.sleep(0.1)
+        producer.send("weights", update(3, good, step=42), "policy")
+        producer.flush()
+        v3 = next_result(results)
+        assert (v3.policy_version, v3.step, v3.n) == (3, 42, 6)
+        assert v3.accuracy == 1.0  # the loaded weights answer "xxxx" every time
+        assert v3.per_task == {"always_xs": 1.0}
+        assert metrics.registry.get_sample_value("rollstream_evaluator_policy_version") == 3
+        assert metrics.registry.get_sample_value("rollstream_evaluator_heldout_accuracy") == 1.0
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+        ev.close()
+        producer.close()
+
+
+def test_rollstream_run_evaluator_publishes_version_zero_and_stops_on_sigterm(
+    kafka: KafkaSettings, results: Consumer, tiny_model_dir: str
+) -> None:
+    cmd = [sys.executable, "-m", "rollstream.services.cli", "run", "evaluator"]
+    cmd += ["--bootstrap", kafka.bootstrap, "--namespace", str(kafka.namespace)]
+    cmd += ["--metrics-port", "-1", "--model", tiny_model_dir, "--set", "name=evalrun"]
+    cmd += ["--set", "evaluator.tasks=[{task: add, difficulty: 1}]"]
+    cmd += ["--set", "evaluator.items_per_task=3", "--set", "evaluator.max_new_tokens=2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        v0 = next_result(results)
+        assert (v0.run, v0.policy_version, v0.n, list(v0.per_task)) == ("evalrun", 0, 3, ["add"])
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
