@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from rollstream.services.runtime.metrics import StageMetrics
 from rollstream.services.evaluator.service import EvaluatorMetrics
+from rollstream.services.runtime.metrics import StageMetrics
 
 
 def register(m: StageMetrics) -> EvaluatorMetrics:

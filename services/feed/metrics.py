@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from rollstream.services.runtime.metrics import StageMetrics
 from rollstream.services.feed.service import FeedMetrics
+from rollstream.services.runtime.metrics import StageMetrics
 
 
 def register(m: StageMetrics) -> FeedMetrics:
