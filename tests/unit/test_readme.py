@@ -38,3 +38,18 @@ def test_ci_runs_the_readme_commands() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     assert install.group(1).strip() in ci
     assert test_cmd.group(1) in ci
+
+
+def test_file_map_is_current() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "filemap.py")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    block = README.split("<!-- file-map:start -->")[1].split("<!-- file-map:end -->")[0].strip()
+    assert block == out, "README file map is stale: run `python scripts/filemap.py --write`"
