@@ -1,0 +1,71 @@
+"""Learner settings (the `learner:` block of a run file). Pure config; no I/O."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class OffPolicyConfig(BaseModel):
+    """Off-policy correction from the behaviour log-probs (see offpolicy.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["none", "tis", "decoupled"] = "tis"
+    """none: PPO ratio against the behaviour policy; tis: truncated importance sampling;
+    decoupled: decoupled PPO (AReaL) with pi_prox recomputed before a batch's first step."""
+    level: Literal["token", "sequence"] = "token"
+    """Importance weight per token, or one per sequence (product of its token ratios)."""
+    action: Literal["truncate", "mask"] = "truncate"
+    """truncate: min(w, cap); mask: zero tokens (sequences) with w > cap or w < cap_min."""
+    cap: float = Field(default=2.0, gt=0)
+    """Truncation / mask threshold C."""
+    cap_min: float = Field(default=0.0, ge=0)
+    """Lower mask threshold (mask action only)."""
+
+
+class LearnerConfig(BaseModel):
+    """How the learner trains, asks for data, checkpoints and publishes weights."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    learner_id: str = Field(default="learner", pattern=r"^[A-Za-z0-9_\-.]+$")
+    """This learner's id: key of its batches and feedback; replay's `learner_id`."""
+    objective: str = "grpo"
+    """Policy objective: ppo, grpo, dapo, dr_grpo, gspo, or "package.module:Class"."""
+    objective_params: dict[str, Any] = {}
+    """Keyword arguments of the objective, e.g. {eps_high: 0.28, kl_coef: 0.01, agg: token-mean,
+    max_length: 512}. A `kl_coef` > 0 keeps a frozen copy of the starting model as reference."""
+    offpolicy: OffPolicyConfig = OffPolicyConfig()
+    lr: float = Field(default=1e-5, gt=0)
+    """AdamW learning rate (peak, after warm-up)."""
+    weight_decay: float = Field(default=0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = Field(default=1e-8, gt=0)
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """Learning-rate schedule after warm-up; linear and cosine decay to 0 at `total_steps`."""
+    warmup_steps: int = Field(default=0, ge=0)
+    total_steps: int | None = Field(default=None, ge=1)
+    """Steps the schedule decays over (default: the run's target.steps, else constant)."""
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
+    """Gradient clipping by global norm (None: off)."""
+    token_budget: int | None = Field(default=4096, ge=1)
+    """Padded tokens per micro-batch; gradients accumulate over micro-batches."""
+    mini_steps: int = Field(default=1, ge=1)
+    """Optimizer steps per TrainBatch (> 1 makes the PPO clip act)."""
+    prefetch: int = Field(default=2, ge=1)
+    """Batches asked for ahead of the one being trained (credits outstanding)."""
+    publish_every: int = Field(default=1, ge=1)
+    """Publish a weight version (and checkpoint) every this many steps."""
+    keep_checkpoints: int = Field(default=2, ge=1)
+    feedback_every_s: float = Field(default=2.0, gt=0)
+    """Re-send the credit total this often while waiting for data (a lost Feedback heals)."""
+    device: str = "auto"
+    """auto (cuda if available, else cpu), cpu, cuda, cuda:N."""
+    deterministic: bool = False
+    """Deterministic algorithms and one thread (CPU): the same batches give the same weights."""
+    threads: int | None = Field(default=None, ge=1)
+    """torch CPU threads (None: torch's default)."""
+    checkpoint_dir: str | None = None
+    """Where checkpoints go (default: <run dir>/checkpoints/<learner_id>)."""

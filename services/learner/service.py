@@ -1,0 +1,177 @@
+"""Learner loop: batches in, feedback and weight versions out.
+
+Reads: `batches.train` (consumer group `learner-<learner_id>`; only this learner's batches are
+trained), `weights` once at start (background follower: the last version announced).
+Writes: `learner.feedback` keyed by learner_id after every step and every `feedback_every_s`
+while idle (credits_total = newest batch seq received + prefetch, the version, the ids just
+trained, new priorities); `weights` keyed by the policy name (one WeightUpdate per version,
+the tensors go to the weight store through the publisher); checkpoints on disk.
+
+Order per step: train, send Feedback, and every `publish_every` steps: version + 1, write the
+checkpoint (model, optimizer, step, version, trained batch ids, offsets), commit the consumed
+offsets, publish the version. A crash rolls back to the last checkpoint and re-reads from its
+committed offsets: batches in the checkpoint are skipped by id, later ones are trained again
+(their Feedback repeats with the same batch ids, which the ledger counts once), and a version
+is never announced with two different weights (it is checkpointed before it is published; the
+checkpoint's version is re-published at start if the topic does not have it yet).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rollstream.schemas import WeightUpdate
+from rollstream.services.learner.metrics import LearnerMetrics
+from rollstream.services.learner.trainer import StepResult, Trainer
+from rollstream.services.runtime.bus import Consumer, Producer
+from rollstream.services.runtime.metrics import BusMetrics, StageMetrics
+from rollstream.services.runtime.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+# publisher(model, version, step) -> the WeightUpdate to announce (files already in the store)
+Publisher = Callable[[Any, int, int], WeightUpdate]
+
+
+class LearnerService:
+    def __init__(
+        self,
+        trainer: Trainer,
+        kafka: KafkaSettings,
+        checkpoint_dir: str | Path,
+        publisher: Publisher,
+        policy: str,
+        metrics: StageMetrics | None = None,
+        bus_metrics: BusMetrics | None = None,
+    ) -> None:
+        self.trainer = trainer
+        self.kafka = kafka
+        self.ckpt = Path(checkpoint_dir)
+        self.publisher = publisher
+        self.policy = policy
+        stage = metrics or StageMetrics("learner")
+        self.m = LearnerMetrics(stage)
+        bus = bus_metrics or BusMetrics(stage)
+        lid = trainer.cfg.learner_id
+        self.producer = Producer(kafka, "learner", bus)
+        self.consumer = Consumer(
+            kafka,
+            "learner",
+            ["batches.train"],
+            group=f"learner-{lid}",
+            producer=self.producer,
+            metrics=bus,
+        )
+        self.checkpointed_step = 0
+        self.last_feedback = 0.0
+        self.busy = {"wait": 0.0, "compute": 0.0, "publish": 0.0}
+
+    # ---- start ------------------------------------------------------------------------------
+    def start(self, announced: WeightUpdate | None = None) -> None:
+        """Resume from the newest checkpoint; re-announce its version if `announced` (the last
+        WeightUpdate on the topic for this policy) is older."""
+        if self.trainer.resume(self.ckpt):
+            t = self.trainer
+            log.info("learner: resumed at step %d, version %d, seq %d", t.step, t.version, t.seq)
+            self.checkpointed_step = t.step
+            if t.version > 0 and (announced is None or announced.version < t.version):
+                self._announce()
+        self.m.version.set(self.trainer.version)
+        self.send_feedback()
+
+    # ---- steps ------------------------------------------------------------------------------
+    def send_feedback(self, result: StepResult | None = None) -> None:
+        fb = self.trainer.feedback(result)
+        self.producer.send("learner.feedback", fb, self.trainer.cfg.learner_id)
+        self.producer.flush()
+        self.last_feedback = time.monotonic()
+        self.m.credits.set(fb.credits_total)
+
+    def poll_once(self, timeout_s: float = 0.5) -> int:
+        """Wait for batches, train those that are new; returns how many were trained."""
+        t0 = time.perf_counter()
+        recs = self.consumer.poll(1, timeout_s)
+        self.busy["wait"] += time.perf_counter() - t0
+        self.m.phase.labels("wait").observe(time.perf_counter() - t0)
+        trained = 0
+        for rec in recs:
+            result = self.trainer.train(rec.value)
+            self.trainer.offsets[f"{rec.topic}:{rec.partition}"] = rec.offset + 1
+            if result is None:
+                self.m.duplicates.inc()
+                continue
+            trained += 1
+            self.busy["compute"] += result.compute_s
+            self._observe(result)
+            self.send_feedback(result)
+            if self.trainer.step % self.trainer.cfg.publish_every == 0:
+                self.publish()
+        if not recs and time.monotonic() - self.last_feedback > self.trainer.cfg.feedback_every_s:
+            self.send_feedback()
+        return trained
+
+    def publish(self) -> None:
+        """New version: checkpoint, commit what it covers, then announce it."""
+        t0 = time.perf_counter()
+        self.trainer.version += 1
+        self.checkpoint()
+        self._announce()
+        self.m.version.set(self.trainer.version)
+        took = time.perf_counter() - t0
+        self.busy["publish"] += took
+        self.m.phase.labels("publish").observe(took)
+
+    def checkpoint(self) -> None:
+        t0 = time.perf_counter()
+        self.trainer.save(self.ckpt)
+        self.consumer.commit()
+        self.checkpointed_step = self.trainer.step
+        self.m.checkpoint.observe(time.perf_counter() - t0)
+
+    def _announce(self) -> None:
+        t0 = time.perf_counter()
+        t = self.trainer
+        update = self.publisher(t.model, t.version, t.step)
+        self.producer.send("weights", update, self.policy)
+        self.producer.flush()
+        self.m.publish.observe(time.perf_counter() - t0)
+        log.info("learner: published version %d (step %d)", t.version, t.step)
+
+    def _observe(self, r: StepResult) -> None:
+        m = self.m
+        m.step.set(self.trainer.step)
+        m.batches.inc()
+        m.tokens.inc(r.tokens)
+        m.samples.inc(r.rollouts)
+        m.phase.labels("compute").observe(r.compute_s)
+        m.tokens_per_s.set(r.tokens / r.compute_s if r.compute_s > 0 else 0.0)
+        m.lr.set(self.trainer.scheduler.get_last_lr()[0])
+        for key, gauge in m.values.items():
+            if key in r.metrics:
+                gauge.set(r.metrics[key])
+        for lag in r.staleness:
+            m.staleness.observe(lag)
+        total = sum(self.busy.values())
+        if total > 0:
+            m.idle.set(self.busy["wait"] / total)
+        if total > 60:  # a one-minute window, roughly
+            self.busy = {k: v / 2 for k, v in self.busy.items()}
+
+    # ---- loop -------------------------------------------------------------------------------
+    def run(self, stopping: Callable[[], bool]) -> int:
+        while not stopping():
+            self.poll_once()
+        return 0
+
+    def close(self) -> None:
+        """Final checkpoint (no new version) so a restart does not train anything twice."""
+        try:
+            if self.trainer.step > self.checkpointed_step:
+                self.checkpoint()
+            self.producer.flush()
+        finally:
+            self.consumer.close()
