@@ -1,0 +1,75 @@
+"""Load a model and tokenizer from any Hugging Face model directory, and find (or build) the
+built-in tiny base model. torch/transformers are imported inside the functions."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+}
+
+
+def rollstream_home() -> Path:
+    """`$ROLLSTREAM_HOME`, else `$XDG_CACHE_HOME/rollstream`, else ~/.cache/rollstream."""
+    if os.environ.get("ROLLSTREAM_HOME"):
+        return Path(os.environ["ROLLSTREAM_HOME"])
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "rollstream"
+
+
+def default_model_dir() -> Path:
+    """Where the built-in base model lives."""
+    return rollstream_home() / "models" / "base"
+
+
+def ensure_base_model(seed: int = 0) -> Path:
+    """The built-in base model's directory, built on first use (a lock keeps concurrent
+    processes from building it twice)."""
+    import fcntl
+
+    out = default_model_dir()
+    if (out / "model.safetensors").exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / ".base.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "model.safetensors").exists():
+            from rollstream.services.models.build import init_model
+
+            init_model(out, seed=seed)
+    return out
+
+
+def load_tokenizer(model_dir: str | Path) -> Any:
+    """AutoTokenizer from a local directory (never the hub); pad token = EOS if missing."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
+def load_model(model_dir: str | Path, device: str = "cpu", dtype: str | None = None) -> Any:
+    """AutoModelForCausalLM from a local directory, on `device`, in `dtype` (None/"auto":
+    bfloat16 on CUDA, float32 elsewhere)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if dtype in (None, "auto"):
+        dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
+    if dtype not in DTYPES:
+        raise ValueError(f"model.dtype: unknown dtype {dtype!r}; one of {sorted(DTYPES)}")
+    model = AutoModelForCausalLM.from_pretrained(
+        str(model_dir), local_files_only=True, dtype=getattr(torch, DTYPES[dtype])
+    )
+    return model.to(device)

@@ -1,0 +1,171 @@
+"""The weight store: versions of a policy as safetensors, with sha256, in a directory or any
+fsspec URI (s3://... with the `s3` extra). Tensors never go through Kafka: the learner writes a
+version here and publishes a small WeightUpdate (uri, sha256) on `weights`.
+
+Layout: `<store>/<policy>/v<version:08d>/` holding `model.safetensors`, `config.json`, and
+(from the first version on, copied) the tokenizer files. A version is written into a `.tmp`
+directory and renamed when complete, so a reader never sees half a version. The newest `keep`
+versions stay; older ones are deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+)
+
+
+class WeightError(RuntimeError):
+    """A weight version that cannot be used: missing, truncated, or a sha256 mismatch."""
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def _local_path(uri: str) -> Path:
+    return Path(uri[len("file://") :] if uri.startswith("file://") else uri)
+
+
+def version_dir_name(version: int) -> str:
+    return f"v{version:08d}"
+
+
+def publish_version(
+    model: Any,
+    *,
+    store: str,
+    policy: str,
+    version: int,
+    step: int = 0,
+    model_dir: str | Path | None = None,
+    keep: int = 5,
+    storage_options: dict[str, Any] | None = None,
+) -> Any:
+    """Write `model` (a transformers model or a state dict) as version `version`; return the
+    WeightUpdate to publish. config.json comes from the model; tokenizer files from
+    `model_dir` (the model's original directory)."""
+    from safetensors.torch import save_file
+
+    from rollstream.schemas import WeightUpdate
+
+    staging = Path(_local_path(store) if _is_local(store) else Path("/tmp/rollstream-publish"))
+    final_local = staging / policy / version_dir_name(version)
+    tmp = final_local.with_name(final_local.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    state = model.state_dict() if hasattr(model, "state_dict") else model
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    _drop_tied(model, tensors)
+    save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+    if hasattr(model, "config"):
+        model.config.save_pretrained(str(tmp))
+    if model_dir is not None:
+        for name in TOKENIZER_FILES:
+            src = Path(model_dir) / name
+            if src.exists():
+                shutil.copy2(src, tmp / name)
+    files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+    size = (tmp / WEIGHTS_FILE).stat().st_size
+    if final_local.exists():
+        shutil.rmtree(final_local)
+    tmp.rename(final_local)  # atomic on one filesystem: readers see all or nothing
+    if _is_local(store):
+        uri = str(final_local.resolve())
+        _prune_local(final_local.parent, keep)
+    else:
+        uri = _upload(
+            final_local,
+            f"{store.rstrip('/')}/{policy}/{version_dir_name(version)}",
+            storage_options or {},
+        )
+        shutil.rmtree(final_local)
+    return WeightUpdate(
+        policy=policy,
+        version=version,
+        uri=uri,
+        weights_file=WEIGHTS_FILE,
+        sha256=files[WEIGHTS_FILE],
+        size_bytes=size,
+        files=files,
+        step=step,
+        produced_at=time.time(),
+    )
+
+
+def _drop_tied(model: Any, tensors: dict[str, Any]) -> None:
+    """safetensors refuses shared storage: keep one copy of tied embeddings."""
+    cfg = getattr(model, "config", None)
+    if cfg is not None and getattr(cfg, "tie_word_embeddings", False):
+        tensors.pop("lm_head.weight", None)
+
+
+def _prune_local(policy_dir: Path, keep: int) -> None:
+    versions = sorted(p for p in policy_dir.iterdir() if p.is_dir() and not p.name.endswith(".tmp"))
+    for old in versions[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _upload(local: Path, uri: str, storage_options: dict[str, Any]) -> str:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(uri, **storage_options)
+    tmp = path + ".tmp"
+    fs.put(str(local), tmp, recursive=True)
+    fs.mv(tmp, path, recursive=True)
+    return uri
+
+
+def fetch_version(
+    uri: str,
+    expected_sha256: str,
+    weights_file: str = WEIGHTS_FILE,
+    storage_options: dict[str, Any] | None = None,
+    cache: str | Path | None = None,
+) -> Path:
+    """A local directory holding the version at `uri` with its weights verified against
+    `expected_sha256`; WeightError if missing, truncated or different."""
+    if _is_local(uri):
+        local = _local_path(uri)
+    else:
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+        local = Path(cache or "/tmp/rollstream-weights") / hashlib.sha1(uri.encode()).hexdigest()
+        if not (local / weights_file).exists():
+            try:
+                fs.get(path.rstrip("/") + "/", str(local) + "/", recursive=True)
+            except FileNotFoundError:
+                raise WeightError(f"{uri}: not found in the weight store") from None
+    path = local / weights_file
+    if not path.is_file():
+        raise WeightError(f"{path}: weights file missing")
+    digest = sha256_file(path)
+    if digest != expected_sha256:
+        raise WeightError(
+            f"{path}: sha256 {digest[:12]}… does not match the published "
+            f"{expected_sha256[:12]}… (corrupt or truncated file)"
+        )
+    return local
