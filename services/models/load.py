@@ -64,6 +64,9 @@ def load_model(model_dir: str | Path, device: str = "cpu", dtype: str | None = N
     bfloat16 on CUDA, float32 elsewhere)."""
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     if dtype in (None, "auto"):
         dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
