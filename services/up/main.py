@@ -34,11 +34,41 @@ def resolve(args: argparse.Namespace) -> RunConfig:
     if args.name:
         sets.append(f"name={args.name}")
     cfg = load_config(args.config or default_config_path(), sets)
+    validate_sections(cfg)
     if args.bootstrap:
         cfg.kafka.bootstrap = args.bootstrap
     if args.namespace:
         cfg.kafka.namespace = args.namespace
     return cfg
+
+
+SECTION_MODELS = {
+    "feed": "FeedConfig",
+    "generator": "GeneratorConfig",
+    "scorer": "ScorerConfig",
+    "filter": "FilterConfig",
+    "replay": "ReplayConfig",
+    "learner": "LearnerConfig",
+    "evaluator": "EvaluatorConfig",
+}
+
+
+def validate_sections(cfg: RunConfig) -> None:
+    """Validate every stage's section with that stage's own model, before anything starts, so
+    a bad value fails `up` at once with the field's name (ConfigError)."""
+    import importlib
+
+    from rollstream.services.runtime.config import ConfigError, section
+
+    errors = []
+    for stage, model in SECTION_MODELS.items():
+        mod = importlib.import_module(f"rollstream.services.{stage}.config")
+        try:
+            section(cfg, stage, getattr(mod, model))
+        except ConfigError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise ConfigError("; ".join(errors))
 
 
 def new_run_dir(name: str, root: Path = Path("runs")) -> Path:

@@ -88,6 +88,23 @@ class Supervisor:
         )
         proc.started_at = time.time()
         log.close()
+        self.write_pids()
+
+    def write_pids(self) -> None:
+        """`<run>/procs.json`: name -> pid, port, restarts (for `status`, tests, operators)."""
+        import json
+
+        table = {
+            p.name: {
+                "pid": p.popen.pid if p.popen else None,
+                "port": p.port,
+                "restarts": p.restarts,
+            }
+            for p in self.procs
+        }
+        tmp = self.run_dir / "procs.json.tmp"
+        tmp.write_text(json.dumps(table, indent=1))
+        tmp.replace(self.run_dir / "procs.json")
 
     def start_all(self) -> None:
         for p in self.procs:

@@ -1,0 +1,128 @@
+"""The whole pipeline from one command: `rollstream up` with the built-in model and tasks.
+
+A short run must end with held-out accuracy above the base model's and a ledger that balances
+exactly (every rollout trained, dropped with a reason, expired, or still pending; none lost,
+none trained twice) — also while a stage process is SIGKILLed and restarted mid-run. The sync
+baseline must learn on the same config, and bad config must fail at start naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.kafka]
+
+SHORT = [
+    "--set",
+    "target.minutes=3",
+    "--set",
+    "evaluator.min_interval_s=15",
+    "--set",
+    "evaluator.items_per_task=50",
+]
+
+
+def only_run(cwd: Path) -> Path:
+    runs = [p for p in (cwd / "runs").iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def check_run(run: Path) -> dict:
+    ledger = json.loads((run / "ledger.json").read_text())["ledger"]
+    assert ledger["balanced"], ledger
+    assert ledger["generated"] > 0 and ledger["trained"] > 0, ledger
+    assert ledger["trained_twice"] == 0 and ledger["unknown"] == 0 and ledger["overlap"] == 0
+    assert ledger["generated"] == (
+        ledger["pending"] + ledger["trained"] + ledger["dropped_total"] + ledger["expired"]
+    )
+    evals = [json.loads(x) for x in (run / "eval.jsonl").read_text().splitlines()]
+    assert evals[0]["version"] == 0, "the base model is evaluated first"
+    assert evals[-1]["version"] > 0
+    assert evals[-1]["accuracy"] > evals[0]["accuracy"], evals
+    for png in ("accuracy.png", "throughput.png", "staleness.png", "drops.png"):
+        assert (run / png).stat().st_size > 1000
+    return ledger
+
+
+def test_short_up_run_learns_and_the_ledger_balances(rollstream_home: Path, tmp_path: Path, up):
+    res = up(rollstream_home, tmp_path, *SHORT, "--name", "short")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "ledger BALANCED" in res.stdout
+    check_run(only_run(tmp_path))
+
+
+def test_up_survives_a_stage_killed_with_sigkill(rollstream_home: Path, tmp_path: Path):
+    env = {**os.environ, "ROLLSTREAM_HOME": str(rollstream_home), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rollstream.services.cli",
+            "up",
+            "--no-view",
+            *SHORT,
+            "--name",
+            "kill",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        pids = tmp_path / "runs" / "kill" / "procs.json"
+        evals = tmp_path / "runs" / "kill" / "eval.jsonl"
+        deadline = time.time() + 240
+        # wait until the learner has published at least one version, then kill the learner
+        while time.time() < deadline:
+            if evals.exists() and any(
+                json.loads(x)["version"] > 0 for x in evals.read_text().splitlines()
+            ):
+                break
+            time.sleep(2)
+        else:
+            pytest.fail("no trained version within 4 minutes")
+        victim = json.loads(pids.read_text())["learner-0"]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-4000:]
+    run = tmp_path / "runs" / "kill"
+    assert json.loads(pids.read_text())["learner-0"]["restarts"] >= 1
+    check_run(run)
+
+
+def test_sync_mode_learns_on_the_same_config(rollstream_home: Path, tmp_path: Path, up):
+    res = up(rollstream_home, tmp_path, "--mode", "sync", *SHORT, "--name", "sync")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    summary = json.loads((only_run(tmp_path) / "sync_summary.json").read_text())
+    evals = summary["evals"]
+    assert summary["steps"] > 0
+    assert evals[-1]["accuracy"] > evals[0]["accuracy"], evals
+
+
+def test_bad_config_fails_at_start_naming_the_field(tmp_path: Path, up):
+    res = up(
+        tmp_path / "home",
+        tmp_path,
+        "--set",
+        "learner.lr=-1",
+        "--set",
+        "generator.sampling.temperature=99",
+        timeout=120,
+    )
+    assert res.returncode != 0
+    assert "learner.lr" in res.stderr and "generator.sampling.temperature" in res.stderr
+    assert not (tmp_path / "runs").exists(), "nothing may start on a bad config"
