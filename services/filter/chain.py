@@ -1,0 +1,255 @@
+"""The filter plugin interface and the chain that applies filters in order to one group.
+
+A filter is an object with a `name`, validated `params`, `update(params)` (a live change,
+all-or-nothing) and `apply(group) -> Decision`:
+
+    class LongAnswers(Filter):
+        name = "long_answers"
+        class Params(FilterParams):
+            max_chars: int = 2000
+        def apply(self, group: CandidateGroup) -> Decision:
+            long = [s.rollout.rollout_id for s in group.samples
+                    if len(s.rollout.completion) > self.params.max_chars]
+            return Decision.drop_samples(long, "too_long", count=len(long)) if long else KEEP
+
+A Decision keeps the group, drops it whole, or drops some samples, each drop with a reason and
+the numbers that decided it. The chain runs the filters in order on what is left; a group
+drop ends it, and a sample drop that would leave nothing becomes a group drop. Every sample
+that entered ends up either kept or in exactly one Drop.
+
+Built-ins are found by name (`BUILTIN_FILTERS`), user filters by "package.module:Class".
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from rollstream.schemas import ScoredRollout
+
+BUILTIN_FILTERS: dict[str, str] = {
+    "zero_variance": "rollstream.services.filter.rule_zero_variance:ZeroVariance",
+    "truncated": "rollstream.services.filter.rule_truncated:Truncated",
+    "format": "rollstream.services.filter.rule_format:FormatFilter",
+    "duplicate": "rollstream.services.filter.rule_duplicate:Duplicate",
+    "stale": "rollstream.services.filter.rule_stale:Stale",
+    "pass_rate_band": "rollstream.services.filter.rule_pass_rate_band:PassRateBand",
+    "learnability": "rollstream.services.filter.rule_learnability:Learnability",
+    "pods": "rollstream.services.filter.rule_pods:Pods",
+}
+
+
+class FilterConfigError(ValueError):
+    """A filter that cannot be built or updated: unknown name, bad params (names the field)."""
+
+
+@dataclass
+class CandidateGroup:
+    """The samples of one group still in play, and what the filters may need to know."""
+
+    group_id: str
+    task_id: str
+    task: str
+    samples: list[ScoredRollout]
+    group_size: int  # samples the generator was asked for
+    learner_version: int | None = None  # newest policy version the learner published
+
+    @property
+    def rewards(self) -> list[float]:
+        return [s.reward for s in self.samples]
+
+    @property
+    def rollout_ids(self) -> list[str]:
+        return [s.rollout.rollout_id for s in self.samples]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What one filter decided about one group."""
+
+    action: Literal["keep", "drop_group", "drop_samples"]
+    reason: str = ""
+    stats: dict[str, float] = field(default_factory=dict)
+    rollout_ids: tuple[str, ...] = ()
+
+    @staticmethod
+    def keep() -> Decision:
+        return KEEP
+
+    @staticmethod
+    def drop_group(reason: str, **stats: float) -> Decision:
+        return Decision("drop_group", reason, {k: float(v) for k, v in stats.items()})
+
+    @staticmethod
+    def drop_samples(rollout_ids: Iterable[str], reason: str, **stats: float) -> Decision:
+        ids = tuple(rollout_ids)
+        return Decision("drop_samples", reason, {k: float(v) for k, v in stats.items()}, ids)
+
+
+KEEP = Decision("keep")
+
+
+@dataclass(frozen=True)
+class Drop:
+    """Samples removed by one filter: the whole (remaining) group or some samples."""
+
+    filter: str
+    reason: str
+    scope: Literal["group", "samples"]
+    rollout_ids: list[str]
+    stats: dict[str, float]
+
+
+class FilterParams(BaseModel):
+    """Base of every filter's parameter model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(
+        f"params.{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}"
+        for err in exc.errors()
+    )
+
+
+class Filter:
+    """Base class for filters: subclasses set `name`, `Params` and write `apply`."""
+
+    name: ClassVar[str] = "filter"
+    Params: ClassVar[type[FilterParams]] = FilterParams
+
+    def __init__(self, **params: Any) -> None:
+        self.label = self.name  # set by the chain from the spec's label
+        self.spec = self.name  # how it was asked for: built-in name or "package.module:Class"
+        self.params = self._validate(params)
+
+    def _validate(self, params: Mapping[str, Any]) -> Any:
+        try:
+            return self.Params.model_validate(dict(params))
+        except ValidationError as exc:
+            raise FilterConfigError(f"filter {self.label!r}: {_problems(exc)}") from None
+
+    def check(self, params: Mapping[str, Any]) -> Any:
+        """The params that `update(params)` would set; raises FilterConfigError if invalid."""
+        return self._validate({**self.params.model_dump(), **params})
+
+    def update(self, params: Mapping[str, Any]) -> None:
+        """Change some params live; on a validation error nothing changes."""
+        self.params = self.check(params)
+
+    def apply(self, group: CandidateGroup) -> Decision:
+        raise NotImplementedError
+
+
+def _import(spec: str) -> Any:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise FilterConfigError(f"filter path {spec!r} must look like 'package.module:Class'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise FilterConfigError(f"cannot import filter module {module_name!r}: {exc}") from exc
+    if not hasattr(module, attr):
+        raise FilterConfigError(f"module {module_name!r} has no {attr!r}")
+    return getattr(module, attr)
+
+
+def load_filter(spec: str, params: Mapping[str, Any] | None = None) -> Filter:
+    """Build the filter named `spec` (built-in name or "package.module:Class")."""
+    if spec in BUILTIN_FILTERS:
+        cls = _import(BUILTIN_FILTERS[spec])
+    elif ":" in spec:
+        cls = _import(spec)
+    else:
+        known = ", ".join(sorted(BUILTIN_FILTERS))
+        raise FilterConfigError(f"unknown filter {spec!r}; built-ins: {known}")
+    if not inspect.isclass(cls) or not callable(getattr(cls, "apply", None)):
+        raise FilterConfigError(f"{spec!r} is not a filter class")
+    return cls(**dict(params or {}))
+
+
+@dataclass(frozen=True)
+class ChainResult:
+    """The samples that survived (empty when the group was dropped) and every drop."""
+
+    kept: list[ScoredRollout]
+    drops: list[Drop]
+
+    @property
+    def dropped_group(self) -> bool:
+        return not self.kept
+
+
+class FilterChain:
+    """Filters applied in order (see module docstring). Labels must be unique."""
+
+    def __init__(self, filters: list[Filter]) -> None:
+        labels = [f.label for f in filters]
+        dupes = sorted({x for x in labels if labels.count(x) > 1})
+        if dupes:
+            raise FilterConfigError(f"filters used twice: {dupes}; give each a `label`")
+        self.filters = list(filters)
+
+    @classmethod
+    def from_specs(cls, specs: Iterable[Any]) -> FilterChain:
+        """Build from objects with `name`, `params` and optional `label` (FilterSpec)."""
+        filters = []
+        for i, spec in enumerate(specs):
+            try:
+                flt = load_filter(spec.name, spec.params)
+            except FilterConfigError as exc:
+                raise FilterConfigError(f"chain.{i} ({spec.name}): {exc}") from exc
+            flt.label = getattr(spec, "label", None) or flt.name
+            flt.spec = spec.name
+            filters.append(flt)
+        return cls(filters)
+
+    def update(self, changes: Mapping[str, Mapping[str, Any]]) -> None:
+        """Change params of filters by label, all or nothing: {"zero_variance": {"eps": 0.1}}."""
+        by_label = {f.label: f for f in self.filters}
+        unknown = sorted(set(changes) - set(by_label))
+        if unknown:
+            raise FilterConfigError(f"no filter labelled {unknown} in the chain")
+        checked = {label: by_label[label].check(params) for label, params in changes.items()}
+        for label, params in checked.items():
+            by_label[label].params = params
+
+    def apply(self, group: CandidateGroup) -> ChainResult:
+        samples = list(group.samples)
+        drops: list[Drop] = []
+        for flt in self.filters:
+            if not samples:
+                break
+            view = CandidateGroup(
+                group.group_id,
+                group.task_id,
+                group.task,
+                samples,
+                group.group_size,
+                group.learner_version,
+            )
+            decision = flt.apply(view)
+            if decision.action == "keep":
+                continue
+            if decision.action == "drop_group":
+                drops.append(_drop(flt, decision, "group", samples))
+                return ChainResult([], drops)
+            gone = set(decision.rollout_ids)
+            removed = [s for s in samples if s.rollout.rollout_id in gone]
+            if not removed:
+                continue
+            samples = [s for s in samples if s.rollout.rollout_id not in gone]
+            drops.append(_drop(flt, decision, "samples" if samples else "group", removed))
+        return ChainResult(samples, drops)
+
+
+def _drop(flt: Filter, decision: Decision, scope: str, samples: list[ScoredRollout]) -> Drop:
+    ids = [s.rollout.rollout_id for s in samples]
+    return Drop(flt.label, decision.reason, scope, ids, dict(decision.stats))  # type: ignore[arg-type]

@@ -1,0 +1,219 @@
+"""The scorer and filter apps on the real embedded broker: synthetic Rollouts with known
+rewards go in; exactly the expected groups, drops (with reasons), advantages, prompt stats and
+dead letters come out; two filter workers, one killed and restarted mid-stream, lose no group
+and emit none twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from rollstream.schemas import Rollout, Sampling, ScoredRollout, pack_floats, pack_ids
+from rollstream.services.runtime.bus import Consumer, Producer
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+
+def rollout(
+    gid: str, i: int, completion: str, *, task_id: str = "tA", n: int = 4, finish: str = "stop"
+) -> Rollout:
+    return Rollout(
+        rollout_id=f"{gid}/{i}",
+        group_id=gid,
+        task_id=task_id,
+        task="add",
+        sample_index=i,
+        group_size=n,
+        prompt="add 2+3=",
+        completion=completion,
+        prompt_ids=pack_ids([1]),
+        completion_ids=pack_ids([1, 2]),
+        logprobs=pack_floats([0.0, 0.0]),
+        finish_reason=finish,
+        policy_version=2,
+        sampling=Sampling(n=n),
+        answer="5",
+        produced_at=time.time(),
+    )
+
+
+def start(stage: str, kafka, tmp_path: Path, name: str, **env: str) -> subprocess.Popen:
+    environ = dict(
+        os.environ,
+        ROLLSTREAM_BOOTSTRAP=kafka.bootstrap,
+        ROLLSTREAM_NAMESPACE=kafka.namespace,
+        ROLLSTREAM_KAFKA__SESSION_TIMEOUT_MS="6000",
+        **env,
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "rollstream.services.cli",
+        "run",
+        stage,
+        "--metrics-port",
+        "-1",
+        "--instance",
+        name,
+    ]
+    with open(tmp_path / f"{name}.log", "w") as log:  # the child keeps its own copy
+        return subprocess.Popen(cmd, env=environ, stderr=log, stdout=log)
+
+
+@pytest.fixture
+def processes():
+    started: list[subprocess.Popen] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.terminate()
+    for p in started:
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def collect(consumer: Consumer, done, timeout_s: float = 120.0) -> dict[str, list]:
+    got: dict[str, list] = {t: [] for t in consumer.topics}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not done(got):
+        for r in consumer.poll(500, 0.5):
+            got[r.topic].append(r.value)
+    return got
+
+
+def test_rollouts_in_groups_drops_stats_and_dead_letters_out(kafka, tmp_path, processes):
+    processes.append(start("scorer", kafka, tmp_path, "scorer"))
+    processes.append(
+        start("filter", kafka, tmp_path, "filter", ROLLSTREAM_FILTER__GROUP_TIMEOUT_S="4")
+    )
+    p = Producer(kafka, "test")
+    for i in range(4):  # g0: rewards 0 1 0 1 -> kept
+        p.send("rollouts.raw", rollout("g0", i, "5" if i % 2 else "4"), key="g0")
+    for i in range(4):  # g1: all correct -> dropped
+        p.send("rollouts.raw", rollout("g1", i, "5"), key="g1")
+    for i in range(4):  # g2: sample 0 truncated; rest 1 0 0 -> kept with 3
+        done = "length" if i == 0 else "stop"
+        p.send(
+            "rollouts.raw",
+            rollout("g2", i, "5" if i < 2 else "3", task_id="tB", finish=done),
+            key="g2",
+        )
+    for i in range(2):  # g3: only 2 of 4 ever arrive -> timeout drop
+        p.send("rollouts.raw", rollout("g3", i, "5", task_id="tC"), key="g3")
+    p.send_raw("rollouts.raw", b"\x01not a rollout", key="bad1")
+    p.send_raw("rollouts.scored", b"\x01not scored", key="bad2")
+    p.flush()
+    topics = [
+        "groups.kept",
+        "groups.dropped",
+        "prompt.stats",
+        "rollouts.raw.dlq",
+        "rollouts.scored.dlq",
+    ]
+    consumer = Consumer(kafka, "test", topics, group=None)
+    try:
+        got = collect(
+            consumer,
+            lambda g: (
+                len(g["groups.kept"]) >= 2
+                and len(g["groups.dropped"]) >= 3
+                and len(g["prompt.stats"]) >= 4
+                and g["rollouts.raw.dlq"]
+                and g["rollouts.scored.dlq"]
+            ),
+        )
+    finally:
+        consumer.close()
+    kept = {g.group_id: g for g in got["groups.kept"]}
+    assert set(kept) == {"g0", "g2"}
+    assert kept["g0"].advantages == pytest.approx([-0.8660, 0.8660, -0.8660, 0.8660], abs=1e-3)
+    assert [s.rollout.rollout_id for s in kept["g2"].samples] == ["g2/1", "g2/2", "g2/3"]
+    assert kept["g2"].advantages == pytest.approx([2 / 3**0.5, -1 / 3**0.5, -1 / 3**0.5], abs=1e-4)
+    drops = sorted(
+        (d.group_id, d.filter, d.reason, d.scope, tuple(d.rollout_ids))
+        for d in got["groups.dropped"]
+    )
+    assert drops == [
+        (
+            "g1",
+            "zero_variance",
+            "zero_variance_all_correct",
+            "group",
+            ("g1/0", "g1/1", "g1/2", "g1/3"),
+        ),
+        ("g2", "truncated", "truncated", "samples", ("g2/0",)),
+        ("g3", "assembly", "incomplete_timeout", "group", ("g3/0", "g3/1")),
+    ]
+    by_task = {}
+    for s in got["prompt.stats"]:
+        by_task[s.task_id] = s
+    first, last = by_task["tA"].recent  # g0 (0.5) and g1 (1.0) in either order
+    assert sorted([first, last]) == [0.5, 1.0] and by_task["tA"].groups == 2
+    assert by_task["tA"].pass_rate == pytest.approx(0.3 * last + 0.7 * first)  # EWMA, alpha 0.3
+    assert by_task["tB"].pass_rate == 0.5 and by_task["tC"].pass_rate == 1.0
+    assert [d.value for d in got["rollouts.raw.dlq"]] == [b"\x01not a rollout"]
+    assert [d.value for d in got["rollouts.scored.dlq"]] == [b"\x01not scored"]
+
+
+def scored(gid: str, i: int) -> ScoredRollout:
+    reward = float(i % 2)
+    return ScoredRollout(
+        rollout=rollout(gid, i, "x", task_id="t" + gid),
+        reward=reward,
+        rewards={"task": reward},
+        correct=reward > 0.5,
+        produced_at=time.time(),
+    )
+
+
+def test_two_filter_workers_one_killed_and_restarted_lose_and_repeat_nothing(
+    kafka, tmp_path, processes
+):
+    n = 200
+    processes.append(start("filter", kafka, tmp_path, "A"))
+    processes.append(start("filter", kafka, tmp_path, "B"))
+    p = Producer(kafka, "test")
+    consumer = Consumer(kafka, "test", ["groups.kept", "groups.dropped"], group=None)
+    got: list = []
+    try:
+        for g in range(n):  # first half of every group: all groups pending
+            for i in (0, 1):
+                p.send("rollouts.scored", scored(f"g{g}", i), key=f"g{g}")
+        for g in range(n // 2):  # complete half of them
+            for i in (2, 3):
+                p.send("rollouts.scored", scored(f"g{g}", i), key=f"g{g}")
+        p.flush()
+        deadline = time.monotonic() + 90
+        while not got and time.monotonic() < deadline:
+            got += consumer.poll(500, 0.5)
+        assert got, "no group came out before the kill"
+        processes[0].send_signal(signal.SIGKILL)  # worker A dies mid-stream
+        processes[0].wait()
+        processes.append(start("filter", kafka, tmp_path, "A2"))
+        for g in range(n // 2, n):
+            for i in (2, 3):
+                p.send("rollouts.scored", scored(f"g{g}", i), key=f"g{g}")
+        p.flush()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len({r.value.group_id for r in got}) < n:
+            got += consumer.poll(500, 0.5)
+        end = time.monotonic() + 5  # anything emitted twice would show up now
+        while time.monotonic() < end:
+            got += consumer.poll(500, 0.5)
+    finally:
+        consumer.close()
+    kept = Counter(r.value.group_id for r in got if r.topic == "groups.kept")
+    assert [r.value for r in got if r.topic == "groups.dropped"] == []
+    assert set(kept) == {f"g{g}" for g in range(n)}
+    assert max(kept.values()) == 1
+    assert all(len(r.value.samples) == 4 for r in got if r.topic == "groups.kept")

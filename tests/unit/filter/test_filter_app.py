@@ -1,0 +1,69 @@
+"""The filter app's glue without a broker: decoding, counting, table views."""
+
+from __future__ import annotations
+
+from filter_builders import scored
+
+from rollstream.schemas import encode
+from rollstream.services.filter.app import FilterStage
+from rollstream.services.filter.assembly import GroupAssembler, PendingGroup
+from rollstream.services.filter.core import FilterCore
+from rollstream.services.filter.metrics import register
+from rollstream.services.filter.tables import TableView
+from rollstream.services.runtime.metrics import StageMetrics
+
+
+def value(m: StageMetrics, name: str, **labels: str) -> float:
+    return m.registry.get_sample_value(name, labels) or 0.0
+
+
+def test_stage_decodes_assembles_and_counts() -> None:
+    m = StageMetrics("filter")
+    stage = FilterStage(FilterCore(track_pass_rates=False), register(m))
+    outcomes = []
+    for group, rewards in (("a", [1, 0, 0, 1]), ("b", [1, 1, 1, 1])):
+        for i, r in enumerate(rewards):
+            outcome, error = stage.add(encode(scored(i, float(r), group_id=group)), now=5.0)
+            assert error == ""
+            if outcome is not None:
+                stage.count(outcome)
+                outcomes.append(outcome)
+    assert [o.group is not None for o in outcomes] == [True, False]
+    assert outcomes[0].prompt_stats is None and outcomes[0].pass_rate == 0.5
+    assert stage.add(encode(scored(0, 1.0, group_id="a")), now=6.0) == (None, "")  # late
+    outcome, error = stage.add(b"\x01", now=6.0)
+    assert outcome is None and "malformed bytes" in error
+    assert value(m, "rollstream_filter_groups_kept_total") == 1
+    assert value(m, "rollstream_filter_samples_kept_total") == 4
+    reason = {"filter": "zero_variance", "reason": "zero_variance_all_correct"}
+    assert value(m, "rollstream_filter_groups_dropped_total", **reason) == 1
+    assert value(m, "rollstream_filter_samples_dropped_total", **reason) == 4
+    assert value(m, "rollstream_filter_zero_variance_ratio", kind="all_correct") == 0.5
+    assert value(m, "rollstream_filter_samples_ignored_total", why="late") == 1
+
+
+def test_bad_control_updates_are_refused_and_counted() -> None:
+    m = StageMetrics("filter")
+    stage = FilterStage(FilterCore(), register(m))
+    assert stage.apply_control({"estimator": "rloo"})
+    assert not stage.apply_control({"estimator": "ppo"})
+    assert stage.core.config.estimator == "rloo"
+    assert value(m, "rollstream_filter_control_updates_total", result="refused") == 1
+
+
+def test_table_view_tags_entries_with_their_partition() -> None:
+    table: dict[bytes, bytes] = {}
+    current = {"p": 3}
+    pending = TableView(table, PendingGroup, lambda: current["p"])
+    asm = GroupAssembler(pending, TableView({}, float, lambda: current["p"]))
+    asm.add(scored(0, group_id="a"), now=1.0)
+    current["p"] = 5
+    asm.add(scored(0, group_id="b"), now=1.0)
+    assert set(table) == {b"a", b"b"}  # bytes keys, as a changelog gives them back
+    assert list(pending) == ["b"] and len(pending) == 1  # only this partition's entries
+    current["p"] = 3
+    assert [g.group_id for g in asm.expire(now=100.0, timeout_s=10.0)] == ["a"]
+    assert set(table) == {b"b"}  # partition 5's group untouched by partition 3's tick
+    assert pending["b"].group_id == "b"  # direct lookups see every partition
+    current["p"] = None
+    assert list(pending) == ["b"]  # outside an event: everything
