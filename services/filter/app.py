@@ -304,16 +304,3 @@ def build_app(
         bus.consumer_lag.labels(SOURCE).set(total)
 
     return app
-
-
-def run_worker(app: Any, loglevel: str = "WARNING") -> int:
-    """Run a faust worker in this thread until SIGTERM/SIGINT; returns its exit code.
-    (The scorer has the same five lines; runtime/faust_app.py would be their shared home.)"""
-    import faust
-
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
-    try:
-        worker.execute_from_commandline()
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0

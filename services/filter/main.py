@@ -29,8 +29,9 @@ def main(argv: list[str]) -> int:
     except ValueError as exc:  # ConfigError, FilterConfigError
         log.error("filter: %s", exc)
         return 2
-    from rollstream.services.filter.app import build_app, prepare_topics, run_worker
+    from rollstream.services.filter.app import build_app, prepare_topics
     from rollstream.services.filter.metrics import register
+    from rollstream.services.runtime.faust_app import run_worker
 
     ctx.start()
     control = follow_control(ctx.kafka, "filter")

@@ -15,6 +15,11 @@ from typing import Protocol
 log = logging.getLogger(__name__)
 
 
+class RequestError(ValueError):
+    """A request the backend refuses (bad constraint, parameters the engine rejects). The
+    generator dead-letters that prompt and goes on with the rest of the batch."""
+
+
 @dataclass
 class GenRequest:
     request_id: str
@@ -57,7 +62,8 @@ class Backend(Protocol):
     name: str
 
     def generate(self, requests: list[GenRequest]) -> list[list[GenSample]]:
-        """One list of `n` samples per request, in request order."""
+        """One list of `n` samples per request, in request order. RequestError if the
+        backend refuses a request (before generating anything)."""
         ...
 
     def load_weights(self, weights_dir: str) -> float:

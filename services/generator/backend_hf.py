@@ -14,7 +14,7 @@ import re as _re
 import time
 from itertools import groupby
 
-from rollstream.services.generator.backend import GenRequest, GenSample
+from rollstream.services.generator.backend import GenRequest, GenSample, RequestError
 
 
 class HFBackend:
@@ -84,7 +84,7 @@ class HFBackend:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         pattern = p.regex or (("|".join(_re.escape(c) for c in p.choice)) if p.choice else None)
         if p.json_schema:
-            raise ValueError("json_schema constraints need the vLLM backend")
+            raise RequestError("json_schema constraints need the vLLM backend")
         if pattern:
             kwargs["logits_processor"] = LogitsProcessorList(
                 [RegexLogitsProcessor(pattern, self._vocab(), self.eos_id, width)]
@@ -113,12 +113,13 @@ class HFBackend:
             ids, lps, finish = ids[:cut], lps[:cut], "stop"
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         if stop:
-            hit = [text.find(s) for s in stop if s and s in text]
+            hit = [(text.find(s), len(s)) for s in stop if s and s in text]
             if hit:
-                end = min(hit)
-                # shortest token prefix whose text reaches past the stop string
+                end, length = min(hit)
+                # shortest token prefix whose text completes the stop string (as vLLM does)
                 for k in range(1, len(ids) + 1):
-                    if len(self.tokenizer.decode(ids[:k], skip_special_tokens=True)) > end:
+                    got = len(self.tokenizer.decode(ids[:k], skip_special_tokens=True))
+                    if got >= end + length:
                         ids, lps = ids[:k], lps[:k]
                         break
                 text, finish = text[:end], "stop"
@@ -132,21 +133,30 @@ class HFBackend:
 
     # ---- weights ----------------------------------------------------------------------------
     def load_weights(self, weights_dir: str) -> float:
-        """load_state_dict from `<weights_dir>/model.safetensors` (strict, except tied heads)."""
+        """load_state_dict from `<weights_dir>/model.safetensors` (strict, except a tied head).
+
+        Names and shapes are checked before any tensor is copied: a file that does not fit
+        raises ValueError and leaves the running weights untouched."""
         from pathlib import Path
 
         from safetensors.torch import load_file
 
         t0 = time.perf_counter()
         state = load_file(str(Path(weights_dir) / "model.safetensors"), device=str(self.device))
-        res = self.model.load_state_dict(state, strict=False)
-        missing = [k for k in res.missing_keys if not k.endswith("lm_head.weight")]
-        if missing or res.unexpected_keys:
+        have = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
+        tied = getattr(self.model.config, "tie_word_embeddings", False)
+        missing = [
+            k for k in have if k not in state and not (tied and k.endswith("lm_head.weight"))
+        ]
+        unexpected = [k for k in state if k not in have]
+        wrong = [k for k in state if k in have and tuple(state[k].shape) != have[k]]
+        if missing or unexpected or wrong:
             raise ValueError(
                 f"weights do not fit the model: missing {missing[:3]}, "
-                f"unexpected {res.unexpected_keys[:3]}"
+                f"unexpected {unexpected[:3]}, wrong shape {wrong[:3]}"
             )
-        if getattr(self.model.config, "tie_word_embeddings", False):
+        self.model.load_state_dict(state, strict=False)
+        if tied:
             self.model.tie_weights()
         return time.perf_counter() - t0
 
@@ -160,7 +170,10 @@ class RegexLogitsProcessor:
     def __init__(self, pattern: str, vocab: list[str], eos_id: int, prompt_len: int) -> None:
         import regex
 
-        self.rx = regex.compile(pattern)
+        try:
+            self.rx = regex.compile(pattern)
+        except regex.error as exc:
+            raise RequestError(f"bad regex {pattern!r}: {exc}") from None
         self.vocab = vocab
         self.eos_id = eos_id
         self.prompt_len = prompt_len

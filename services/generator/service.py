@@ -23,8 +23,16 @@ import time
 
 from pydantic import ValidationError
 
-from rollstream.schemas import PromptTask, Rollout, Sampling, WeightUpdate, pack_floats, pack_ids
-from rollstream.services.generator.backend import Backend, GenRequest, GenSample
+from rollstream.schemas import (
+    PromptTask,
+    Rollout,
+    Sampling,
+    WeightUpdate,
+    encode,
+    pack_floats,
+    pack_ids,
+)
+from rollstream.services.generator.backend import Backend, GenRequest, GenSample, RequestError
 from rollstream.services.generator.config import LIVE_KNOBS, GeneratorConfig
 from rollstream.services.generator.metrics import GeneratorMetrics
 from rollstream.services.runtime.bus import Consumer, Producer, Record
@@ -57,10 +65,14 @@ class Generator:
         self.control = follow_control(ctx.kafka, "generator")
         self.weights = follow_weights(ctx.kafka, "generator", ctx.cfg.model.policy, last=True)
         self.version = 0
+        self.on_version = 0  # rollouts published on the current version
+        self.budget_hit: float | None = None  # when rollouts_per_version was reached
         self.newest = 0
         self._control_seq = 0
         self._weights_seq = 0
-        self.raw_lag = 0
+        self.raw_lag = 0  # last probed lag of the scorer group on rollouts.raw
+        self._sent = 0  # rollouts published by this process
+        self._sent_at_probe = 0  # ... when the last probe started
         self._lag_thread = threading.Thread(target=self._watch_lag, daemon=True, name="raw-lag")
 
     # ---- live knobs -------------------------------------------------------------------------
@@ -118,6 +130,7 @@ class Generator:
             )
             return False
         self.version = upd.version
+        self.on_version, self.budget_hit = 0, None
         self.m.version.set(self.version)
         self.m.swap.observe(time.perf_counter() - t0)
         log.info("loaded weights v%d in %.3fs", upd.version, time.perf_counter() - t0)
@@ -128,18 +141,33 @@ class Generator:
         from rollstream.services.runtime.admin import group_lag
 
         while not self.ctx.stopping:
+            sent = self._sent  # published before the probe reads the end offsets
             try:
-                self.raw_lag = group_lag(self.ctx.kafka, "rollstream-scorer", "rollouts.raw")
-                self.m.raw_lag.set(self.raw_lag)
+                lag = group_lag(self.ctx.kafka, "rollstream-scorer", "rollouts.raw")
             except Exception as exc:  # the probe is advisory
                 log.debug("lag probe: %s", exc)
+            else:
+                self.raw_lag, self._sent_at_probe = lag, sent
+                self.m.raw_lag.set(lag)
             time.sleep(1.0)
+
+    def lag_estimate(self) -> int:
+        """The last probed lag plus what this process published since (the probe runs once a
+        second; without this a fast engine would overshoot max_raw_lag by a second's output)."""
+        return self.raw_lag + self._sent - self._sent_at_probe
 
     def pause_reason(self) -> str | None:
         if self.newest - self.version > self.cfg.max_staleness:
             return "staleness"
-        if self.raw_lag > self.cfg.max_raw_lag:
+        if self.lag_estimate() > self.cfg.max_raw_lag:
             return "raw_lag"
+        budget = self.cfg.rollouts_per_version
+        if budget and self.on_version >= budget:
+            if self.budget_hit is None:
+                self.budget_hit = time.monotonic()
+            if time.monotonic() - self.budget_hit < self.cfg.version_wait_s:
+                return "version_budget"
+            self.on_version, self.budget_hit = 0, None  # waited long enough: another budget
         return None
 
     # ---- one batch --------------------------------------------------------------------------
@@ -168,7 +196,7 @@ class Generator:
         while True:
             t0 = time.perf_counter()
             version = self.version
-            outs = self.backend.generate(reqs)
+            recs, reqs, outs = self.generate(recs, reqs)
             gen_s = time.perf_counter() - t0
             # abort policy: a version that arrived mid-batch means regenerate on it
             if self.cfg.swap_policy == "abort" and self.maybe_swap():
@@ -180,6 +208,29 @@ class Generator:
         for rec, req, samples in zip(recs, reqs, outs, strict=True):
             self.publish(rec, req, samples, version, started, gen_s)
         self.consumer.commit()
+
+    def generate(
+        self, recs: list[Record[PromptTask]], reqs: list[GenRequest]
+    ) -> tuple[list[Record[PromptTask]], list[GenRequest], list[list[GenSample]]]:
+        """backend.generate; a prompt the backend refuses (RequestError) goes to `prompts.dlq`
+        and the rest of the batch is generated without it."""
+        try:
+            return recs, reqs, self.backend.generate(reqs)
+        except RequestError as exc:
+            if len(reqs) == 1:
+                self.refuse(recs[0], exc)
+                return [], [], []
+        kept = []
+        for rec, req in zip(recs, reqs, strict=True):
+            try:
+                kept.append((rec, req, self.backend.generate([req])[0]))
+            except RequestError as exc:
+                self.refuse(rec, exc)
+        return [k[0] for k in kept], [k[1] for k in kept], [k[2] for k in kept]
+
+    def refuse(self, rec: Record[PromptTask], exc: Exception) -> None:
+        value = encode(rec.value)
+        self.consumer.dead_letter(rec.topic, rec.partition, rec.offset, rec.key, value, str(exc))
 
     def publish(
         self,
@@ -235,6 +286,8 @@ class Generator:
             self.m.finish.labels(s.finish_reason).inc()
             self.m.length.observe(len(s.completion_ids))
         self.m.rollouts.inc(len(samples))
+        self.on_version += len(samples)
+        self._sent += len(samples)
 
     # ---- loop -------------------------------------------------------------------------------
     def run(self) -> None:

@@ -90,3 +90,15 @@ def make_app(
         conf["datadir"] = data_dir
     conf.update(extra)
     return faust.App(qualified(f"rollstream-{stage}", kafka.namespace), **conf)
+
+
+def run_worker(app: Any, loglevel: str = "WARNING") -> int:
+    """Run a faust worker in this thread until SIGTERM/SIGINT; returns its exit code."""
+    import faust
+
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0

@@ -208,15 +208,3 @@ def consumer_lag(app: Any, positions: dict[Any, int]) -> int:
         if high is not None and high >= 0:
             total += max(0, high - position)
     return total
-
-
-def run_worker(app: Any, loglevel: str = "WARNING") -> int:
-    """Run a faust worker in this thread until SIGTERM/SIGINT; returns its exit code."""
-    import faust
-
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
-    try:
-        worker.execute_from_commandline()
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0

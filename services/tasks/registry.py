@@ -1,0 +1,60 @@
+"""Find a task by name, or load a user's task from a module by dotted path.
+
+`get_task("add")` returns a built-in; `get_task("my_tasks.parity")` imports that module and
+returns its `TASK`; `get_task("my_tasks.parity:PARITY")` returns the named object. A loaded user
+task is also registered under its own name, so later lookups by that name work in the same
+process. Reads nothing but the Python import path.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from rollstream.services.tasks.base import Task, TaskError
+from rollstream.services.tasks.builtin import BUILTIN_TASKS
+
+_REGISTRY: dict[str, Task] = {t.name: t for t in BUILTIN_TASKS}
+
+
+def list_tasks() -> list[str]:
+    """Names of every registered task (built-ins first, then user tasks in load order)."""
+    return list(_REGISTRY)
+
+
+def register(task: Task, *, replace: bool = False) -> Task:
+    """Add `task` under its name. Another task already under that name is an error unless
+    `replace`; registering the very same object again is a no-op."""
+    if not isinstance(task, Task):
+        raise TaskError(f"expected a Task, got {type(task).__name__}")
+    old = _REGISTRY.get(task.name)
+    if old is not None and old is not task and not replace:
+        raise TaskError(f"a different task is already registered as {task.name!r}")
+    _REGISTRY[task.name] = task
+    return task
+
+
+def load_task(spec: str) -> Task:
+    """Import a task from "pkg.module:obj" or "pkg.module" (which must define `TASK`)."""
+    module_name, _, attr = spec.partition(":")
+    attr = attr or "TASK"
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise TaskError(f"cannot import task module {module_name!r}: {exc}") from exc
+    obj = getattr(module, attr, None)
+    if obj is None:
+        raise TaskError(f"module {module_name!r} defines no {attr!r}")
+    if not isinstance(obj, Task):
+        raise TaskError(f"{spec!r} is a {type(obj).__name__}, not a rollstream Task")
+    return obj
+
+
+def get_task(name: str) -> Task:
+    """A registered task by name, else a user task by dotted path (then registered)."""
+    task = _REGISTRY.get(name)
+    if task is not None:
+        return task
+    if "." not in name and ":" not in name:
+        raise TaskError(f"unknown task {name!r}; known: {', '.join(_REGISTRY)}")
+    task = load_task(name)
+    return register(task)
