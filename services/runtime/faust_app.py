@@ -11,7 +11,9 @@ instance does not trigger a rebalance, and `rocksdb://` as table store for real 
 
 from __future__ import annotations
 
+import os
 import ssl
+import tempfile
 from typing import Any
 
 from rollstream.schemas.topics import qualified
@@ -86,8 +88,13 @@ def make_app(
     )
     if instance:
         conf["consumer_group_instance_id"] = instance
-    if data_dir:
-        conf["datadir"] = data_dir
+    # faust keeps table files under `datadir` (default: "<app id>-data" in the working
+    # directory); without a run folder put it in the temp dir, never in the caller's cwd.
+    conf["datadir"] = data_dir or os.path.join(
+        tempfile.gettempdir(),
+        "rollstream-faust",
+        f"{qualified(stage, kafka.namespace)}-{os.getpid()}",
+    )
     conf.update(extra)
     return faust.App(qualified(f"rollstream-{stage}", kafka.namespace), **conf)
 
