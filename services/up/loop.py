@@ -90,8 +90,8 @@ class Loop:
             record[stage] = {k: v for k, v in snap.items() if k.startswith("rollstream_")}
             if stage == "learner":
                 learner_step = total(snap, "rollstream_learner_step")
-            if stage == "filter" and total(snap, "rollstream_filter_reward_mean"):
-                self.reward.append(total(snap, "rollstream_filter_reward_mean"))
+            if stage == "scorer" and "rollstream_scorer_reward_mean{reward=total}" in snap:
+                self.reward.append(snap["rollstream_scorer_reward_mean{reward=total}"] / len(procs))
         hist.write(json.dumps(record) + "\n")
         hist.flush()
         for r in evals.poll(100, 0.0):

@@ -63,12 +63,21 @@ def write_report(run: Path) -> dict[str, Any]:
             "o-",
             label="held-out accuracy",
         )
-    t_r, reward = series(hist, "filter", "rollstream_filter_reward_mean")
+    t_r, reward = [], []
+    for rec in hist:
+        value = rec.get("scorer", {}).get("rollstream_scorer_reward_mean{reward=total}")
+        if value is not None:
+            t_r.append(rec["t"])
+            reward.append(value)
     if any(reward):
-        axes[0].plot([t / 60 for t in t_r], reward, alpha=0.6, label="reward mean (kept groups)")
-        _, steps = series(hist, "learner", "rollstream_learner_step")
+        axes[0].plot([t / 60 for t in t_r], reward, alpha=0.6, label="reward mean (scorer)")
+        steps = [
+            total(rec.get("learner", {}), "rollstream_learner_step")
+            for rec in hist
+            if "rollstream_scorer_reward_mean{reward=total}" in rec.get("scorer", {})
+        ]
         if len(steps) == len(reward):
-            axes[1].plot(steps, reward, alpha=0.6, label="reward mean (kept groups)")
+            axes[1].plot(steps, reward, alpha=0.6, label="reward mean (scorer)")
     axes[0].set_xlabel("wall time (min)")
     axes[1].set_xlabel("learner step")
     for ax in axes:
@@ -106,9 +115,12 @@ def write_report(run: Path) -> dict[str, Any]:
     drops: dict[str, float] = {}
     if hist:
         last = hist[-1]
-        for stage in ("filter", "replay"):
+        for stage, name in (
+            ("filter", "samples_dropped_total"),
+            ("replay", "dropped_rollouts_total"),
+        ):
             for k, v in by_label(
-                last.get(stage, {}), f"rollstream_{stage}_dropped_rollouts_total", "reason"
+                last.get(stage, {}), f"rollstream_{stage}_{name}", "reason"
             ).items():
                 drops[k] = drops.get(k, 0.0) + v
     fig, ax = plt.subplots(figsize=(8, 4))

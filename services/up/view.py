@@ -45,7 +45,9 @@ def stage_rows(stages: dict[str, dict[str, Any]]) -> Table:
 def summarize_stage(stage: str, snap: dict[str, float], rates: dict[str, float]) -> dict[str, Any]:
     p = f"rollstream_{stage}_"
     notes = []
-    drops = by_label(snap, p + "dropped_rollouts_total", "reason")
+    drops = by_label(snap, p + "dropped_rollouts_total", "reason")  # replay
+    for k, v in by_label(snap, p + "samples_dropped_total", "reason").items():  # filter
+        drops[k] = drops.get(k, 0.0) + v
     if drops:
         notes.append("drops " + " ".join(f"{k}={v:.0f}" for k, v in sorted(drops.items())))
     if stage == "generator":
