@@ -12,6 +12,13 @@ rows x longest-row <= `token_budget` (the padded size, what memory scales with);
 than the budget gets a micro-batch to itself. Every row lands in exactly one micro-batch. The
 loss of each micro-batch is normalised with the *whole* batch's `Norm` (trained tokens and
 sequences), so the micro-batch losses add up to the full-batch loss (see losses.py).
+
+Several processes (data parallel, see distributed.py): `plan` first forms each optimizer
+step's rows exactly as one process would, then deals them to the ranks balanced by tokens,
+then splits each rank's share by the token budget. Every rank runs the same number of
+micro-batches (DDP and FSDP need every rank in every forward / backward): a rank with fewer
+gets padding micro-batches (`Planned.pad`, one short row whose loss is multiplied by 0).
+Every rank holds the whole batch, so it plans every rank's share itself, without messages.
 """
 
 from __future__ import annotations
@@ -153,6 +160,60 @@ def split_by_tokens(lengths: list[int], token_budget: int | None) -> list[list[i
         current.append(i)
     if current:
         out.append(current)
+    return out
+
+
+@dataclass
+class Planned:
+    """One micro-batch of one rank: row indices (rows_of order); `pad`: run it with loss x 0
+    only so that every rank runs as many micro-batches."""
+
+    rows: list[int]
+    pad: bool = False
+
+
+def shard_rows(lengths: list[int], world: int) -> list[list[int]]:
+    """Indices of `lengths` per rank: longest first, each to the rank with the fewest tokens
+    so far (the lowest rank on a tie). Deterministic, so every rank computes the same deal."""
+    shards: list[list[int]] = [[] for _ in range(world)]
+    load = [0] * world
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        r = min(range(world), key=lambda k: (load[k], k))
+        shards[r].append(i)
+        load[r] += lengths[i]
+    return shards
+
+
+def plan(
+    lengths: list[int],
+    token_budget: int | None,
+    mini_steps: int = 1,
+    rank: int = 0,
+    world: int = 1,
+) -> list[tuple[list[int], list[Planned]]]:
+    """Per optimizer step: (every row of the step, over all ranks; this rank's micro-batches).
+
+    The steps are those of one process: micro-batches of the whole batch by token budget,
+    step i taking micro-batches i, i + mini_steps, ... With `world` > 1 each step's rows are
+    dealt to the ranks (shard_rows), split again by the budget, and padded to the largest
+    rank's count with `Planned(pad=True)` micro-batches of the step's shortest row."""
+    groups = split_by_tokens(lengths, token_budget)
+    out: list[tuple[list[int], list[Planned]]] = []
+    for i in range(min(mini_steps, len(groups))):
+        step = groups[i::mini_steps]
+        members = [r for g in step for r in g]
+        if world == 1:
+            out.append((members, [Planned(g) for g in step]))
+            continue
+        per_rank = []
+        for share in shard_rows([lengths[r] for r in members], world):
+            rows = [members[j] for j in share]
+            split = split_by_tokens([lengths[r] for r in rows], token_budget)
+            per_rank.append([Planned([rows[j] for j in g]) for g in split])
+        count = max(len(p) for p in per_rank)
+        shortest = min(members, key=lambda r: (lengths[r], r))
+        mine = per_rank[rank] + [Planned([shortest], pad=True)] * (count - len(per_rank[rank]))
+        out.append((members, mine))
     return out
 
 

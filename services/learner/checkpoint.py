@@ -7,6 +7,10 @@ state, step, weight version, the last batch seq received, consumed offsets, trai
 ids). A checkpoint is written into a temporary folder and renamed into place, then `LATEST`
 (a one-line file) is replaced atomically: a crash leaves the previous checkpoint intact. The
 newest `keep` are kept. Nothing is unpickled on load (safetensors and JSON only).
+
+Under FSDP (distributed.py) the trainer passes full states gathered on rank 0 instead of the
+model and optimizer: the optimizer's parameters are then keyed by name, not by index, so such
+a checkpoint resumes under FSDP only (DDP checkpoints are the single-process ones).
 """
 
 from __future__ import annotations
@@ -35,14 +39,30 @@ def _split_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], di
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
+def _param_key(idx: str) -> int | str:
+    return int(idx) if idx.isdigit() else idx  # an index, or a parameter name (FSDP)
+
+
 def _join_optimizer(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {}
+    state: dict[int | str, dict[str, Any]] = {}
     for key, value in tensors.items():
-        _, idx, name = key.split(".", 2)
-        state.setdefault(int(idx), {})[name] = value
+        idx, name = key.split(".", 1)[1].rsplit(".", 1)  # state.<index or name>.<field>
+        state.setdefault(_param_key(idx), {})[name] = value
     for idx, extra in rest["scalars"].items():
-        state.setdefault(int(idx), {}).update(extra)
+        state.setdefault(_param_key(idx), {}).update(extra)
     return {"state": state, "param_groups": rest["param_groups"]}
+
+
+def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors sharing memory (tied weights): copy the repeats."""
+    seen: set[int] = set()
+    out = {}
+    for key, value in state.items():
+        t = value.detach().contiguous().cpu()
+        ptr = t.untyped_storage().data_ptr()
+        out[key] = t.clone() if ptr in seen else t
+        seen.add(ptr)
+    return out
 
 
 def save(
@@ -53,16 +73,24 @@ def save(
     info: dict[str, Any],
     scheduler: Any | None = None,
     keep: int = 2,
+    *,
+    model_state: dict[str, torch.Tensor] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write checkpoint `step` under `root`, point LATEST at it, prune to `keep`."""
+    """Write checkpoint `step` under `root`, point LATEST at it, prune to `keep`. The model's
+    and optimizer's states are read from them, or given (full states gathered under FSDP)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
     tmp = root / f".tmp-step-{step:08d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))
-    tensors, rest = _split_optimizer(optimizer.state_dict())
+    if model_state is None:
+        save_model(model, str(tmp / "model.safetensors"))
+    else:
+        save_file(_unshared(model_state), str(tmp / "model.safetensors"))
+    opt = optimizer.state_dict() if optimizer_state is None else optimizer_state
+    tensors, rest = _split_optimizer(opt)
     save_file(tensors, str(tmp / "optimizer.safetensors"))
     body = {
         **info,
@@ -107,3 +135,15 @@ def load(
     if scheduler is not None and sched is not None:
         scheduler.load_state_dict(sched)
     return body
+
+
+def read(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+    """(model tensors, optimizer state, the rest) of a checkpoint, on CPU, loaded into nothing
+    (FSDP shards them itself)."""
+    path = Path(path)
+    body = json.loads((path / "state.json").read_text())
+    model_state = load_file(str(path / "model.safetensors"))
+    optimizer = _join_optimizer(
+        load_file(str(path / "optimizer.safetensors")), body.pop("optimizer")
+    )
+    return model_state, optimizer, body

@@ -62,7 +62,12 @@ class LearnerConfig(BaseModel):
     feedback_every_s: float = Field(default=2.0, gt=0)
     """Re-send the credit total this often while waiting for data (a lost Feedback heals)."""
     device: str = "auto"
-    """auto (cuda if available, else cpu), cpu, cuda, cuda:N."""
+    """auto (cuda if available, else cpu), cpu, cuda, cuda:N (under torchrun: each rank's
+    own GPU, LOCAL_RANK)."""
+    parallel: Literal["auto", "none", "ddp", "fsdp"] = "auto"
+    """Several processes under torchrun (`rollstream run learner --nproc N`): ddp (a replica
+    per GPU) or fsdp (FSDP2: parameters, gradients and optimizer state sharded, for models
+    that do not fit one GPU); auto: ddp when WORLD_SIZE > 1, else none."""
     deterministic: bool = False
     """Deterministic algorithms and one thread (CPU): the same batches give the same weights."""
     threads: int | None = Field(default=None, ge=1)

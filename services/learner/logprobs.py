@@ -103,3 +103,52 @@ def token_logprobs(
         if with_entropy:
             entropy = entropy.index_put((b_idx, t_idx), torch.cat(ent_parts))
     return logp, entropy
+
+
+class LogprobModule(torch.nn.Module):
+    """`token_logprobs` as a module's forward, so that a DDP or FSDP wrapper of this module sees
+    (and synchronises) the whole computation, chunked output head included. Its parameters are
+    those of `model`, the causal LM."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        completion_mask: Tensor,
+        temperature: float | Tensor = 1.0,
+        with_entropy: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        return token_logprobs(
+            self.model,
+            input_ids,
+            attention_mask,
+            completion_mask,
+            temperature=temperature,
+            with_entropy=with_entropy,
+        )
+
+
+def policy_logprobs(
+    model: Any,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    completion_mask: Tensor,
+    *,
+    temperature: float | Tensor = 1.0,
+    with_entropy: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """`token_logprobs` of `model`: a causal LM, a LogprobModule, or a DDP wrapper of one."""
+    if isinstance(getattr(model, "module", model), LogprobModule):
+        return model(input_ids, attention_mask, completion_mask, temperature, with_entropy)
+    return token_logprobs(
+        model,
+        input_ids,
+        attention_mask,
+        completion_mask,
+        temperature=temperature,
+        with_entropy=with_entropy,
+    )

@@ -1,9 +1,17 @@
-"""`rollstream run learner [--config run.yaml] [--model DIR]`: train on replay's batches."""
+"""`rollstream run learner [--config run.yaml] [--model DIR] [--nproc N]`: train on replay's
+batches.
+
+Several GPUs: `--nproc N` re-runs the command under torchrun (`python -m torch.distributed.run
+--standalone --nproc-per-node N -m rollstream.services.cli run learner ...`); torchrun can also
+be called directly, e.g. across machines. Rank 0 runs the Kafka loop (service.py), the other
+ranks serve it (trainer.serve); `learner.parallel` picks DDP or FSDP2 (distributed.py).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -43,22 +51,35 @@ def make_publisher(ctx: StageContext, model_dir: str) -> Any:
     return publish
 
 
-def main(argv: list[str]) -> int:
-    parser = stage_parser("learner", "Train the policy on TrainBatches; publish weight versions.")
-    parser.add_argument(
-        "--model", default=None, help="Hugging Face model dir (default: run config, else built-in)"
-    )
-    ctx = StageContext.from_argv("learner", argv, parser)
-    from rollstream.services.learner.config import LearnerConfig
+def torchrun_argv(argv: list[str], nproc: int) -> list[str]:
+    """This command under torchrun with `nproc` processes on this machine, without --nproc."""
+    rest: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            rest.append(a)
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "rollstream.services.cli",
+        "run",
+        "learner",
+        *rest,
+    ]
 
-    try:
-        cfg = section(ctx.cfg, "learner", LearnerConfig)
-    except ValueError as exc:
-        log.error("learner: %s", exc)
-        return 2
+
+def build_trainer(ctx: StageContext, cfg: Any, par: Any) -> tuple[Any, str]:
+    """(the Trainer, the model's directory): model, tokenizer, device, precision."""
     import torch
 
-    from rollstream.services.learner.service import LearnerService
     from rollstream.services.learner.trainer import Trainer
     from rollstream.services.models.load import ensure_base_model, load_model, load_tokenizer
 
@@ -69,8 +90,10 @@ def main(argv: list[str]) -> int:
         torch.set_num_threads(1)
     torch.manual_seed(ctx.cfg.seed)
     model_dir = ctx.args.model or ctx.cfg.model.path or str(ensure_base_model())
-    device = _device(cfg.device)
-    model = load_model(model_dir, device=device, dtype="float32")  # fp32 master weights
+    device = par.device if par is not None else _device(cfg.device)
+    # fp32 master weights; FSDP shards from CPU, one block at a time onto the GPU
+    load_on = "cpu" if par is not None and par.fsdp else device
+    model = load_model(model_dir, device=load_on, dtype="float32")
     bf16 = device.startswith("cuda") and ctx.cfg.model.dtype in ("auto", "bfloat16")
     tok = load_tokenizer(model_dir)
     trainer = Trainer(
@@ -80,7 +103,52 @@ def main(argv: list[str]) -> int:
         autocast_dtype=torch.bfloat16 if bf16 else None,
         total_steps=ctx.cfg.target.steps,
         pad_id=tok.pad_token_id or 0,
+        parallel=par,
     )
+    return trainer, model_dir
+
+
+def main(argv: list[str]) -> int:
+    parser = stage_parser("learner", "Train the policy on TrainBatches; publish weight versions.")
+    parser.add_argument(
+        "--model", default=None, help="Hugging Face model dir (default: run config, else built-in)"
+    )
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        help="processes (GPUs) on this machine: re-runs this command under torchrun",
+    )
+    ctx = StageContext.from_argv("learner", argv, parser)
+    if (ctx.args.nproc or 1) > 1 and "WORLD_SIZE" not in os.environ:
+        cmd = torchrun_argv(argv, ctx.args.nproc)
+        log.info("learner: %s", " ".join(cmd))
+        os.execv(cmd[0], cmd)
+    from rollstream.services.learner import distributed
+    from rollstream.services.learner.config import LearnerConfig
+
+    try:
+        cfg = section(ctx.cfg, "learner", LearnerConfig)
+        par = distributed.setup(cfg.parallel, cfg.device)
+    except ValueError as exc:
+        log.error("learner: %s", exc)
+        return 2
+    try:
+        trainer, model_dir = build_trainer(ctx, cfg, par)
+        if par is not None and not par.is_main:
+            distributed.ignore_stop_signals()
+            return trainer.serve()
+        return run_main(ctx, cfg, trainer, model_dir)
+    finally:
+        if par is not None:
+            par.close()
+        ctx.close()
+
+
+def run_main(ctx: StageContext, cfg: Any, trainer: Any, model_dir: str) -> int:
+    """Rank 0 (or the only process): the Kafka loop until SIGTERM, then a last checkpoint."""
+    from rollstream.services.learner.service import LearnerService
+
     run_dir = Path(ctx.args.run_dir or os.getcwd())
     ckpt = cfg.checkpoint_dir or str(run_dir / "checkpoints" / cfg.learner_id)
     weights = follow_weights(ctx.kafka, "learner", ctx.cfg.model.policy, last=True)
@@ -100,5 +168,7 @@ def main(argv: list[str]) -> int:
         weights.stop()
         return svc.run(lambda: ctx.stopping)
     finally:
-        svc.close()
-        ctx.close()
+        try:
+            svc.close()
+        finally:
+            trainer.close()  # the other ranks return from serve

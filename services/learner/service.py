@@ -14,6 +14,9 @@ committed offsets: batches in the checkpoint are skipped by id, later ones are t
 (their Feedback repeats with the same batch ids, which the ledger counts once), and a version
 is never announced with two different weights (it is checkpointed before it is published; the
 checkpoint's version is re-published at start if the topic does not have it yet).
+
+Under torchrun this loop runs on rank 0 only; the trainer relays batches, checkpoints and
+publishes to the other ranks (trainer.py, distributed.py).
 """
 
 from __future__ import annotations
@@ -112,6 +115,8 @@ class LearnerService:
                 self.publish()
         if not recs and time.monotonic() - self.last_feedback > self.trainer.cfg.feedback_every_s:
             self.send_feedback()
+        if not trained:
+            self.trainer.idle()  # several ranks: the others wait on rank 0's next command
         return trained
 
     def publish(self) -> None:
@@ -135,7 +140,7 @@ class LearnerService:
     def _announce(self) -> None:
         t0 = time.perf_counter()
         t = self.trainer
-        update = self.publisher(t.model, t.version, t.step)
+        update = self.publisher(t.publishable(), t.version, t.step)
         self.producer.send("weights", update, self.policy)
         self.producer.flush()
         self.m.publish.observe(time.perf_counter() - t0)

@@ -11,20 +11,24 @@ Decoupled PPO needs pi_prox, the policy before this batch's first update: with
 `mini_steps > 1` it is computed once, with no_grad, before the first step; with one step it
 equals the log-probs of the training forward pass itself (the weights have not moved yet),
 so that forward pass's detached log-probs are used and no extra forward pass is spent.
+
+Data parallel (`dp`, see distributed.py): each process trains its share of every optimizer
+step (batching.plan) with the whole step's denominators, and gradients are summed over ranks.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from rollstream.schemas import TrainBatch
-from rollstream.services.learner.batching import TensorBatch, micro_batches, norm_of
-from rollstream.services.learner.logprobs import token_logprobs
+from rollstream.services.learner.batching import TensorBatch, collate, norm_of, plan, rows_of
+from rollstream.services.learner.logprobs import policy_logprobs
 from rollstream.services.learner.losses import PolicyInputs
 from rollstream.services.learner.objectives import Objective
 from rollstream.services.learner.offpolicy import OffPolicy, anchor_and_weights
@@ -64,7 +68,7 @@ def merge_metrics(parts: list[dict[str, float]]) -> dict[str, float]:
 
 
 def _logp(model: Any, mb: TensorBatch, cfg: StepConfig, entropy: bool):
-    return token_logprobs(
+    return policy_logprobs(
         model,
         mb.input_ids,
         mb.attention_mask,
@@ -72,6 +76,26 @@ def _logp(model: Any, mb: TensorBatch, cfg: StepConfig, entropy: bool):
         temperature=mb.temperatures if cfg.temperature is None else cfg.temperature,
         with_entropy=entropy,
     )
+
+
+class DataParallel(Protocol):
+    """What a step needs from a data-parallel group (distributed.Parallel is one)."""
+
+    rank: int
+    world: int
+
+    def accumulate(self, model: Any, sync: bool) -> AbstractContextManager[Any]:
+        """Context of one micro-batch's forward and backward; gradients are reduced across
+        ranks only when `sync` (the last micro-batch of an optimizer step)."""
+        ...
+
+    def all_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """`t` summed over ranks (every rank gets the sum)."""
+        ...
+
+    def gather_metrics(self, metrics: dict[str, float]) -> list[dict[str, float]]:
+        """Every rank's `metrics`, in rank order."""
+        ...
 
 
 def train_on_batch(
@@ -86,20 +110,27 @@ def train_on_batch(
     scheduler: Any | None = None,
     device: torch.device | str = "cpu",
     autocast_dtype: torch.dtype | None = None,
+    dp: DataParallel | None = None,
 ) -> tuple[dict[str, float], list[float]]:
     """Train on `batch` (mini_steps optimizer steps). Returns the merged metrics and, per
     row (rows_of order), a new priority: the mean over its tokens of |A| * pi / pi_old at
     the first time the row was seen in this call, i.e. how much gradient signal it still
-    carries (for feedback-prioritised replay)."""
-    mbs, _, rows = micro_batches(batch, cfg.token_budget, cfg.pad_id)
-    mbs = [mb.to(device) for mb in mbs]
-    steps = [mbs[i :: cfg.mini_steps] for i in range(min(cfg.mini_steps, len(mbs)))]
+    carries (for feedback-prioritised replay).
+
+    With `dp`, this process trains its share of every step (batching.plan) and the loss is
+    multiplied by the world size, since DDP / FSDP average the ranks' gradients while each
+    rank's loss is its part of a sum (global denominators): the update equals one process's.
+    Metrics and priorities are those of the whole batch on every rank."""
+    rows = rows_of(batch)
+    rank, world = (dp.rank, dp.world) if dp is not None else (0, 1)
+    steps = plan([len(r.tokens) for r in rows], cfg.token_budget, cfg.mini_steps, rank, world)
+    planned = [p for _, mbs in steps for p in mbs]
+    tensors = [collate(rows, p.rows, cfg.pad_id).to(device) for p in planned]
     prox: dict[int, torch.Tensor] = {}
     if offpolicy.mode == "decoupled" and len(steps) > 1:
         with torch.no_grad():
-            for i, mb in enumerate(mbs):
+            for i, mb in enumerate(tensors):
                 prox[i] = _logp(model, mb, cfg, False)[0]
-    index = {id(mb): i for i, mb in enumerate(mbs)}
     parts: list[dict[str, float]] = []
     priority = [0.0] * len(rows)
     amp = (
@@ -109,33 +140,40 @@ def train_on_batch(
     )
     grad_norms: list[float] = []
     skipped = 0
-    for step_mbs in steps:
-        norm = norm_of([rows[r] for mb in step_mbs for r in mb.rows])
+    i = 0
+    for members, step_mbs in steps:
+        norm = norm_of([rows[r] for r in members])  # the whole step's, over all ranks
         optimizer.zero_grad(set_to_none=True)
-        for mb in step_mbs:
-            with amp:
-                logp, ent = _logp(model, mb, cfg, cfg.entropy)
-            p = prox.get(index[id(mb)], logp.detach())
-            old, w, is_metrics = anchor_and_weights(
-                offpolicy, logp, mb.behav_logp, mb.completion_mask, p
-            )
-            weights = mb.weights[:, None].expand_as(logp)
-            weights = weights * w if w is not None else weights
-            ref = None
-            if ref_model is not None:
-                with torch.no_grad(), amp:
-                    ref = _logp(ref_model, mb, cfg, False)[0]
-            inp = PolicyInputs(
-                logp=logp,
-                old_logp=old,
-                advantages=mb.advantages,
-                mask=mb.completion_mask,
-                weights=weights,
-                ref_logp=ref,
-                entropy=ent,
-            )
-            loss, metrics = objective(inp, norm)
-            loss.backward()
+        for j, p in enumerate(step_mbs):
+            mb, index = tensors[i], i
+            i += 1
+            sync = dp.accumulate(model, j == len(step_mbs) - 1) if dp else contextlib.nullcontext()
+            with sync:
+                with amp:
+                    logp, ent = _logp(model, mb, cfg, cfg.entropy)
+                anchor = prox.get(index, logp.detach())
+                old, w, is_metrics = anchor_and_weights(
+                    offpolicy, logp, mb.behav_logp, mb.completion_mask, anchor
+                )
+                weights = mb.weights[:, None].expand_as(logp)
+                weights = weights * w if w is not None else weights
+                ref = None
+                if ref_model is not None:
+                    with torch.no_grad(), amp:
+                        ref = _logp(ref_model, mb, cfg, False)[0]
+                inp = PolicyInputs(
+                    logp=logp,
+                    old_logp=old,
+                    advantages=mb.advantages,
+                    mask=mb.completion_mask,
+                    weights=weights,
+                    ref_logp=ref,
+                    entropy=ent,
+                )
+                loss, metrics = objective(inp, norm)
+                (loss * (0.0 if p.pad else float(world))).backward()
+            if p.pad:
+                continue
             with torch.no_grad():
                 m = mb.completion_mask
                 r = torch.exp((logp.detach() - old).clamp(-20.0, 20.0))
@@ -147,7 +185,10 @@ def train_on_batch(
             parts.append(metrics)
         params = [q for g in optimizer.param_groups for q in g["params"]]
         if cfg.max_grad_norm is not None:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+            total = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            if hasattr(total, "full_tensor"):  # FSDP: a DTensor
+                total = total.full_tensor()
+            grad_norm = float(total)
             grad_norms.append(grad_norm)
             if not math.isfinite(grad_norm):
                 optimizer.zero_grad(set_to_none=True)  # skip a step with inf / nan gradients
@@ -157,9 +198,13 @@ def train_on_batch(
         if scheduler is not None:
             scheduler.step()
     out = merge_metrics(parts)
+    if dp is not None:
+        out = merge_metrics(dp.gather_metrics(out))
+        mine = torch.tensor(priority, dtype=torch.float64, device=device)
+        priority = dp.all_sum(mine).tolist()  # each row was trained on exactly one rank
     if grad_norms:
         out["grad_norm"] = max(grad_norms)  # before clipping; the largest of the mini-steps
     out["skipped_steps"] = float(skipped)
-    out["micro_batches"] = float(len(mbs))
+    out["micro_batches"] = float(len(planned))  # forward passes of this process
     out["sequences"] = float(len(rows))
     return out, priority

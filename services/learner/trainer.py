@@ -6,6 +6,10 @@ Exactly-once in effect: `train` skips a batch_id it has trained (the ids live in
 checkpoint), so batches re-read after a restart from the last checkpoint's offsets are either
 skipped (already in the checkpointed weights) or trained for the first time since the weights
 rolled back to the checkpoint: none twice, none skipped.
+
+Several processes (`parallel`, see distributed.py): rank 0's `train`, `save`, `resume`,
+`publishable` and `idle` first tell the other ranks what to do; those run `serve`, which does
+their part of the same collectives until rank 0's `close`.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from typing import Any
 
 import torch
 
-from rollstream.schemas import Feedback, TrainBatch
+from rollstream.schemas import Feedback, TrainBatch, decode, encode
 from rollstream.services.learner import checkpoint
+from rollstream.services.learner import distributed as d
 from rollstream.services.learner.batching import rows_of
 from rollstream.services.learner.config import LearnerConfig
 from rollstream.services.learner.objectives import make_objective
@@ -74,16 +79,24 @@ class Trainer:
         autocast_dtype: torch.dtype | None = None,
         total_steps: int | None = None,
         pad_id: int = 0,
+        parallel: d.Parallel | None = None,
     ) -> None:
         self.cfg = cfg
-        self.model = model
+        self.model = model  # the causal LM (its parameters sharded in place under FSDP)
         self.device = device
         self.autocast_dtype = autocast_dtype
+        self.par = parallel
         self.model.eval()  # no dropout: pi_prox and pi_theta must agree before a step
         self.objective = make_objective(cfg.objective, **cfg.objective_params)
         self.ref_model = None
         if float(cfg.objective_params.get("kl_coef", 0.0)) > 0:
             self.ref_model = copy.deepcopy(model).requires_grad_(False)
+        # what forward and backward go through: the model, or DDP / FSDP of it
+        self.module = parallel.wrap(model) if parallel else model
+        self.module.eval()
+        if parallel is not None and self.ref_model is not None:
+            self.ref_model = parallel.wrap_frozen(self.ref_model)
+        self._gathered: tuple[int, dict[str, torch.Tensor]] | None = None
         self.optimizer = torch.optim.AdamW(
             [p for p in model.parameters() if p.requires_grad],
             lr=cfg.lr,
@@ -118,9 +131,14 @@ class Trainer:
         self.seq = max(self.seq, batch.seq)
         if batch.batch_id in self.trained:
             return None
+        self._command(d.TRAIN, encode(batch))
+        return self.apply(batch)
+
+    def apply(self, batch: TrainBatch) -> StepResult:
+        """Train on `batch`, unchecked (every rank of a data-parallel learner runs this)."""
         t0 = time.perf_counter()
         metrics, prio = train_on_batch(
-            self.model,
+            self.module,
             self.optimizer,
             self.objective,
             self.offpolicy,
@@ -130,6 +148,7 @@ class Trainer:
             scheduler=self.scheduler,
             device=self.device,
             autocast_dtype=self.autocast_dtype,
+            dp=self.par,
         )
         rows = rows_of(batch)
         self.step += 1
@@ -165,7 +184,8 @@ class Trainer:
         )
 
     # ---- checkpoints ----------------------------------------------------------------------
-    def save(self, root: str | Path) -> Path:
+    def save(self, root: str | Path) -> Path | None:
+        """Write a checkpoint under `root` (rank 0; the path, or None on other ranks)."""
         info = {
             "version": self.version,
             "seq": self.seq,
@@ -173,6 +193,12 @@ class Trainer:
             "trained": list(self.trained),
             "learner_id": self.cfg.learner_id,
         }
+        states: dict[str, Any] = {}
+        if self.par is not None and self.par.fsdp:
+            self._command(d.SAVE)
+            states = self._full_states()
+        if self.par is not None and not self.par.is_main:
+            return None
         return checkpoint.save(
             root,
             self.step,
@@ -181,17 +207,78 @@ class Trainer:
             info,
             self.scheduler,
             keep=self.cfg.keep_checkpoints,
+            **states,
         )
 
     def resume(self, root: str | Path) -> bool:
-        """Load the newest checkpoint under `root` if there is one."""
+        """Load the newest checkpoint under `root` if there is one (every rank loads the one
+        rank 0 found)."""
         path = checkpoint.latest(root)
+        self._command(d.RESUME, str(path or "").encode())
         if path is None:
             return False
-        info: dict[str, Any] = checkpoint.load(path, self.model, self.optimizer, self.scheduler)
+        self.load(path)
+        return True
+
+    def load(self, path: str | Path) -> None:
+        """Load the checkpoint at `path`: weights, optimizer, schedule, counters, trained ids."""
+        if self.par is not None and self.par.fsdp:
+            model_state, optimizer_state, info = checkpoint.read(path)
+            self.par.load_state(self.model, self.optimizer, model_state, optimizer_state)
+            if info["scheduler"] is not None:
+                self.scheduler.load_state_dict(info["scheduler"])
+        else:
+            info = checkpoint.load(path, self.model, self.optimizer, self.scheduler)
         self.step = int(info["step"])
         self.version = int(info["version"])
         self.seq = int(info["seq"])
         self.offsets = {k: int(v) for k, v in info["offsets"].items()}
         self.trained = OrderedDict.fromkeys(info["trained"])
-        return True
+
+    # ---- publishing and the other ranks -----------------------------------------------------
+    def publishable(self) -> Any:
+        """What to publish: the model, or under FSDP its full state gathered on rank 0 (with
+        its config), reusing the state just gathered for a checkpoint of the same step."""
+        if self.par is None or not self.par.fsdp:
+            return self.model
+        if self._gathered is None or self._gathered[0] != self.step:
+            self._command(d.GATHER)
+            self._gathered = (self.step, self.par.model_state(self.model))
+        state, self._gathered = self._gathered[1], None
+        return d.FullModel(state, getattr(self.model, "config", None))
+
+    def _full_states(self) -> dict[str, Any]:
+        """FSDP: full model and optimizer states (collectives; on rank 0 only)."""
+        assert self.par is not None
+        model_state = self.par.model_state(self.model)
+        optimizer_state = self.par.optimizer_state(self.model, self.optimizer)
+        self._gathered = (self.step, model_state) if self.par.is_main else None
+        return {"model_state": model_state, "optimizer_state": optimizer_state}
+
+    def _command(self, command: int, payload: bytes = b"") -> None:
+        if self.par is not None and self.par.is_main:
+            self.par.send(command, payload)
+
+    def idle(self) -> None:
+        """Rank 0 waits for data: tell the other ranks (their collective must not time out)."""
+        self._command(d.IDLE)
+
+    def close(self) -> None:
+        """Rank 0: let the other ranks return from `serve`."""
+        self._command(d.STOP)
+
+    def serve(self) -> int:
+        """The loop of ranks > 0: do rank 0's commands until STOP; returns 0."""
+        assert self.par is not None and not self.par.is_main
+        while True:
+            command, payload = self.par.receive()
+            if command == d.TRAIN:
+                self.apply(decode(payload, TrainBatch))
+            elif command == d.RESUME and payload:
+                self.load(payload.decode())
+            elif command == d.GATHER:
+                self.par.model_state(self.model)
+            elif command == d.SAVE:
+                self._full_states()
+            elif command == d.STOP:
+                return 0

@@ -90,6 +90,8 @@ def make_app(
         conf["consumer_group_instance_id"] = instance
     # faust keeps table files under `datadir` (default: "<app id>-data" in the working
     # directory); without a run folder put it in the temp dir, never in the caller's cwd.
+    base = os.path.join(tempfile.gettempdir(), "rollstream-faust")
+    os.makedirs(data_dir or base, exist_ok=True)
     conf["datadir"] = data_dir or os.path.join(
         tempfile.gettempdir(),
         "rollstream-faust",

@@ -114,7 +114,8 @@ class Loop:
         for p in self.sup.dead():
             if p.popen is not None and p.popen.returncode == 0:
                 continue  # finished its work (e.g. a feed with a fixed number of epochs)
-            if not self.stopping:
+            if not self.stopping and time.time() - p.started_at >= min(30.0, 2.0**p.restarts):
+                # back off: a process that keeps dying is restarted at most every 2^k s
                 log.warning(
                     "%s exited with %s; restarting", p.name, p.popen.returncode if p.popen else "?"
                 )
