@@ -190,29 +190,36 @@ def plan(
     mini_steps: int = 1,
     rank: int = 0,
     world: int = 1,
+    empty: set[int] | frozenset[int] = frozenset(),
 ) -> list[tuple[list[int], list[Planned]]]:
     """Per optimizer step: (every row of the step, over all ranks; this rank's micro-batches).
 
     The steps are those of one process: micro-batches of the whole batch by token budget,
     step i taking micro-batches i, i + mini_steps, ... With `world` > 1 each step's rows are
     dealt to the ranks (shard_rows), split again by the budget, and padded to the largest
-    rank's count with `Planned(pad=True)` micro-batches of the step's shortest row."""
+    rank's count with `Planned(pad=True)` micro-batches of the step's shortest row. Rows in
+    `empty` (no completion token: nothing to train) count in their step's rows but are in no
+    micro-batch (a forward pass without a completion token would leave the head unused)."""
     groups = split_by_tokens(lengths, token_budget)
     out: list[tuple[list[int], list[Planned]]] = []
     for i in range(min(mini_steps, len(groups))):
         step = groups[i::mini_steps]
         members = [r for g in step for r in g]
         if world == 1:
-            out.append((members, [Planned(g) for g in step]))
+            kept = ([r for r in g if r not in empty] for g in step)
+            out.append((members, [Planned(g) for g in kept if g]))
             continue
+        trained = [r for r in members if r not in empty]
         per_rank = []
-        for share in shard_rows([lengths[r] for r in members], world):
-            rows = [members[j] for j in share]
+        for share in shard_rows([lengths[r] for r in trained], world):
+            rows = [trained[j] for j in share]
             split = split_by_tokens([lengths[r] for r in rows], token_budget)
             per_rank.append([Planned([rows[j] for j in g]) for g in split])
         count = max(len(p) for p in per_rank)
-        shortest = min(members, key=lambda r: (lengths[r], r))
-        mine = per_rank[rank] + [Planned([shortest], pad=True)] * (count - len(per_rank[rank]))
+        mine = per_rank[rank]
+        if len(mine) < count:
+            shortest = min(trained, key=lambda r: (lengths[r], r))
+            mine = mine + [Planned([shortest], pad=True)] * (count - len(mine))
         out.append((members, mine))
     return out
 

@@ -25,6 +25,7 @@ on rank 0's GATHER / SAVE command) and written by rank 0.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import os
@@ -100,8 +101,11 @@ class Parallel:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.local_rank] if self.device.startswith("cuda") else None
-        # buffers (rotary frequencies) are constants: no broadcast in every forward
-        return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+        # buffers (rotary frequencies) are constants: no broadcast in every forward (the
+        # keyword is forward_sync_buffers from torch 2.13, broadcast_buffers before)
+        params = inspect.signature(DistributedDataParallel).parameters
+        key = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+        return DistributedDataParallel(module, device_ids=ids, **{key: False})
 
     def wrap_frozen(self, model: torch.nn.Module) -> torch.nn.Module:
         """A model without gradients (the KL reference): sharded too under FSDP, else as is."""

@@ -123,7 +123,9 @@ def train_on_batch(
     Metrics and priorities are those of the whole batch on every rank."""
     rows = rows_of(batch)
     rank, world = (dp.rank, dp.world) if dp is not None else (0, 1)
-    steps = plan([len(r.tokens) for r in rows], cfg.token_budget, cfg.mini_steps, rank, world)
+    lengths = [len(r.tokens) for r in rows]
+    empty = {i for i, r in enumerate(rows) if r.completion_len == 0}
+    steps = plan(lengths, cfg.token_budget, cfg.mini_steps, rank, world, empty)
     planned = [p for _, mbs in steps for p in mbs]
     tensors = [collate(rows, p.rows, cfg.pad_id).to(device) for p in planned]
     prox: dict[int, torch.Tensor] = {}
