@@ -44,6 +44,7 @@ from rollstream.services.filter.pass_rate import PassObservation, PassRateTracke
 from rollstream.services.filter.tables import TableView, event_partition
 from rollstream.services.runtime.faust_app import make_app
 from rollstream.services.runtime.metrics import BusMetrics
+from rollstream.services.runtime.service import apply_control
 from rollstream.services.runtime.settings import KafkaSettings
 
 log = logging.getLogger("rollstream.filter")
@@ -105,17 +106,8 @@ class FilterStage:
 
     def apply_control(self, params: dict[str, Any]) -> bool:
         """Apply live knobs; False (and a log line) when they are invalid."""
-        try:
-            self.core.update(params)
-        except FilterConfigError as exc:
-            log.error("filter: control update refused: %s", exc)
-            if self.metrics is not None:
-                self.metrics.control.labels("refused").inc()
-            return False
-        log.info("filter: control update applied: %s", params)
-        if self.metrics is not None:
-            self.metrics.control.labels("applied").inc()
-        return True
+        counter = self.metrics.control if self.metrics is not None else None
+        return apply_control("filter", self.core.update, params, counter, (FilterConfigError,))
 
 
 TICKS = "rollstream-filter-ticks"

@@ -25,6 +25,7 @@ from rollstream.schemas import DeadLetter, Rollout, SchemaError, ScoredRollout, 
 from rollstream.schemas.topics import dlq_name, qualified
 from rollstream.services.runtime.faust_app import make_app
 from rollstream.services.runtime.metrics import BusMetrics
+from rollstream.services.runtime.service import apply_control
 from rollstream.services.runtime.settings import KafkaSettings
 from rollstream.services.scorer.combine import Combiner
 from rollstream.services.scorer.config import ScorerConfig
@@ -95,17 +96,8 @@ class Scorer:
 
     def apply_control(self, params: dict[str, Any]) -> bool:
         """Apply live knobs; False (and a log line) when they are invalid."""
-        try:
-            self.combiner.update(params)
-        except RewardConfigError as exc:
-            log.error("scorer: control update refused: %s", exc)
-            if self.metrics is not None:
-                self.metrics.control.labels("refused").inc()
-            return False
-        log.info("scorer: control update applied: %s", params)
-        if self.metrics is not None:
-            self.metrics.control.labels("applied").inc()
-        return True
+        counter = self.metrics.control if self.metrics is not None else None
+        return apply_control("scorer", self.combiner.update, params, counter, (RewardConfigError,))
 
 
 def build_app(

@@ -19,7 +19,7 @@ MixtureEntry = tuple[str, int, float]
 DEFAULT_MIXTURE: tuple[MixtureEntry, ...] = (
     ("add", 2, 1.0),
     ("sort", 5, 1.0),
-    ("reverse", 5, 1.0),
+    ("reverse", 6, 1.0),
     ("count", 8, 1.0),
 )
 

@@ -1,0 +1,181 @@
+"""`rollstream init-model`: build the built-in base model, a small Llama with the char tokenizer.
+
+Writes an ordinary Hugging Face model directory - config.json, generation_config.json,
+model.safetensors, the tokenizer files, and rollstream_base.json (the build summary) - that
+transformers and vLLM both load. The directory appears whole or not at all: it is written
+under a temporary name and renamed. No download; deterministic for a seed (one CPU thread,
+deterministic algorithms).
+
+The warm-up (warmup.py) leaves the model partly competent so that RL has something to improve:
+built with the defaults on this project's 2-core CPU it has 550,528 parameters, takes about a
+minute, and scores about 25-30 % greedy on the held-out split of the default mixture, while its
+samples at temperature 1 are right on a spread of prompts; a plain GRPO-style loop
+(8 samples per prompt, Adam lr 1e-4) lifts it past +30 points within a few minutes on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from rollstream.services.models.warmup import WarmupSettings
+
+SUMMARY_FILE = "rollstream_base.json"
+
+
+@dataclass(frozen=True)
+class BaseModelSpec:
+    """Shape of the base model. head_dim = hidden_size / num_heads = 32 suits vLLM's kernels."""
+
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 512
+    max_position_embeddings: int = 512
+
+
+def build_config(spec: BaseModelSpec) -> Any:
+    """The LlamaConfig for `spec`, sized to the char tokenizer (untied embeddings, so every
+    weight has one name: hot-swapping a state dict needs no tie bookkeeping)."""
+    from transformers import LlamaConfig
+
+    from rollstream.services.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB
+
+    return LlamaConfig(
+        vocab_size=len(VOCAB),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_heads,
+        max_position_embeddings=spec.max_position_embeddings,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        pad_token_id=PAD_ID,
+        tie_word_embeddings=False,
+        rope_theta=10000.0,
+    )
+
+
+@contextlib.contextmanager
+def _deterministic(threads: int) -> Iterator[None]:
+    """One fixed thread count and deterministic kernels for the block; restored afterwards."""
+    import torch
+
+    old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old_threads)
+        torch.use_deterministic_algorithms(old_det)
+
+
+def init_model(
+    out_dir: str | Path,
+    seed: int = 0,
+    *,
+    spec: BaseModelSpec | None = None,
+    warmup: WarmupSettings | None = None,
+    threads: int = 1,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Build, warm up, evaluate and save the base model into `out_dir` (replaced if present).
+    Returns the summary (also saved as rollstream_base.json): parameters, seconds, warm-up
+    steps, held-out accuracy overall and per task."""
+    import torch
+    from transformers import GenerationConfig, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    from rollstream.services.models.evaluate import heldout_accuracy
+    from rollstream.services.models.tokenizer import build_tokenizer, save_tokenizer
+    from rollstream.services.models.warmup import warm_up
+    from rollstream.services.tasks import heldout_items
+
+    hf_logging.disable_progress_bar()
+    spec = spec or BaseModelSpec()
+    warmup = warmup or WarmupSettings()
+    out = Path(out_dir)
+    start = time.perf_counter()
+    with _deterministic(threads):
+        torch.manual_seed(seed)
+        config = build_config(spec)
+        model = LlamaForCausalLM(config)
+        params = sum(p.numel() for p in model.parameters())
+        tokenizer = build_tokenizer()
+        log(f"building base model: {params:,} parameters, {spec.num_layers} layers, "
+            f"hidden {spec.hidden_size}; warm-up on "
+            + ", ".join(f"{n}@{d}" for n, d, *_ in warmup.mixture))
+        model, report = warm_up(model, tokenizer, warmup, seed, log)
+        acc = heldout_accuracy(model, tokenizer, heldout_items(warmup.mixture), batch_size=256,
+                               max_new_tokens=warmup.max_new_tokens)
+    summary: dict[str, Any] = {
+        "seed": seed,
+        "params": params,
+        "spec": asdict(spec),
+        "mixture": [list(e) for e in warmup.mixture],
+        "warmup_steps": report.steps,
+        "held_at": report.held_at,
+        "final_loss": report.loss,
+        "heldout": {"accuracy": acc.accuracy, "n": acc.n, "per_task": acc.per_task},
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    model.generation_config = GenerationConfig(
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+    )
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(str(tmp))
+    save_tokenizer(tmp)
+    (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A few lines for people: size, time, held-out accuracy per task."""
+    held = summary["heldout"]
+    per_task = "  ".join(f"{k} {v:.0%}" for k, v in held["per_task"].items())
+    return (
+        f"parameters {summary['params']:,}  warm-up steps {summary['warmup_steps']}  "
+        f"built in {summary['seconds']:.0f}s\n"
+        f"held-out greedy accuracy {held['accuracy']:.1%} over {held['n']} items: {per_task}"
+    )
+
+
+def init_model_cli(out: str | None, seed: int, force: bool) -> int:
+    """`rollstream init-model [--out DIR] [--seed N] [--force]`; returns the exit code."""
+    from rollstream.services.models.load import default_model_dir
+
+    target = Path(out) if out else default_model_dir()
+    summary_path = target / SUMMARY_FILE
+    if (target / "model.safetensors").exists() and not force:
+        print(f"base model already at {target} (--force rebuilds it)")
+        if summary_path.exists():
+            print(format_summary(json.loads(summary_path.read_text())))
+        return 0
+    target.parent.mkdir(parents=True, exist_ok=True)
+    summary = init_model(target, seed=seed)
+    print(f"base model written to {target}")
+    print(format_summary(summary))
+    return 0
+
+
+def tiny_settings(steps: int = 20) -> tuple[BaseModelSpec, WarmupSettings]:
+    """A spec and warm-up that build in seconds (tests): same code path, tiny sizes."""
+    spec = BaseModelSpec(hidden_size=32, num_layers=1, num_heads=1, intermediate_size=64)
+    return spec, replace(WarmupSettings(), max_steps=steps, batch_size=16, val_size=16,
+                         check_every=10)

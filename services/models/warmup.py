@@ -1,0 +1,142 @@
+"""Brief supervised warm-up that leaves a model *partly* competent on every task of a mixture.
+
+Reads and writes nothing: it trains the model it is given, in place, and returns a report.
+
+Why "gated": on these tasks a small model learns each family suddenly, and at very different
+times (sorting first, addition last). Stopping at a fixed step leaves some families perfect and
+others at zero - and RL cannot improve a family whose samples are never right. So every
+`check_every` steps each family still in training is scored (greedy, on training-split
+validation items, with an exponential moving average of the weights, whose accuracy moves
+smoothly where the raw weights' jumps about). A family whose accuracy beats the best constant
+answer by `gate` is *held*: from then on it gets only `hold_weight` of the batch, enough not to
+forget it, too little to finish learning it. Training stops when every family is held. The
+result is a model that is right some of the time on every family, with sampled answers that
+are right often enough for RL to learn from (see build.py for the measured numbers).
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from rollstream.services.tasks import DEFAULT_MIXTURE, Item, MixtureEntry, get_task
+
+
+@dataclass(frozen=True)
+class WarmupSettings:
+    """How the base model is warmed up (defaults: the built-in model, about a minute)."""
+
+    mixture: Sequence[MixtureEntry] = DEFAULT_MIXTURE
+    # Share of each batch per task while it is still learning (others: 1.0); addition and
+    # counting learn slowest, so they start with more.
+    sft_weights: Mapping[str, float] = field(default_factory=lambda: {"add": 4.0, "count": 2.0})
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 50
+    max_steps: int = 1500
+    ema_decay: float = 0.95
+    gate: float = 0.2  # accuracy above the best constant answer at which a task is held
+    hold_weight: float = 0.1
+    check_every: int = 10
+    val_size: int = 100
+    max_new_tokens: int = 12
+
+
+@dataclass
+class WarmupReport:
+    steps: int
+    held_at: dict[str, int]  # task (or "task:difficulty") -> step at which it was held
+    loss: float
+    seconds: float
+
+
+def _chance(items: list[Item]) -> float:
+    """Accuracy of always giving the most common answer."""
+    return max(Counter(i.answer for i in items).values()) / len(items)
+
+
+def _batch(tokenizer: Any, items: list[Item], eos_id: int, pad_id: int) -> tuple[Any, Any, Any]:
+    """Right-padded (ids, attention mask, labels); labels only on the answer and EOS."""
+    import torch
+
+    prompts = tokenizer([i.prompt for i in items])["input_ids"]
+    answers = tokenizer([i.answer for i in items], add_special_tokens=False)["input_ids"]
+    seqs = [p + a + [eos_id] for p, a in zip(prompts, answers, strict=True)]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # (B, T)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)  # (B, T)
+    labels = torch.full((len(seqs), width), -100, dtype=torch.long)  # (B, T)
+    for row, (seq, prompt) in enumerate(zip(seqs, prompts, strict=True)):
+        ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+        labels[row, len(prompt) : len(seq)] = torch.tensor(seq[len(prompt) :])
+    return ids, mask, labels
+
+
+def warm_up(
+    model: Any,
+    tokenizer: Any,
+    settings: WarmupSettings,
+    seed: int,
+    log: Callable[[str], None] = print,
+) -> tuple[Any, WarmupReport]:
+    """Train `model` on the mixture until every task is held (or `max_steps`); returns the
+    moving-average model (the one to save) and a report. Deterministic for a seed."""
+    import torch
+
+    from rollstream.services.models.evaluate import heldout_accuracy
+
+    start = time.perf_counter()
+    entries = [(str(n), int(d)) for n, d, *_ in settings.mixture]
+    names = [n if [e[0] for e in entries].count(n) == 1 else f"{n}:{d}" for n, d in entries]
+    streams = [get_task(n).iter_train(seed, d) for n, d in entries]
+    val = [get_task(n).sample(seed + 10_007, settings.val_size, d) for n, d in entries]
+    chance = [_chance(v) for v in val]
+    weights = [float(settings.sft_weights.get(n, 1.0)) for n, _ in entries]
+    held_at: dict[str, int] = {}
+    rng = random.Random(f"warmup/{seed}")
+    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+
+    ema = copy.deepcopy(model).eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.98), weight_decay=0)
+    model.train()
+    step, loss_value = 0, float("nan")
+    while step < settings.max_steps and len(held_at) < len(entries):
+        step += 1
+        picks = rng.choices(range(len(entries)), weights=weights, k=settings.batch_size)
+        ids, mask, labels = _batch(tokenizer, [next(streams[i]) for i in picks], eos_id, pad_id)
+        for group in opt.param_groups:
+            group["lr"] = settings.lr * min(1.0, step / max(1, settings.warmup_steps))
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        loss_value = loss.item()
+        with torch.no_grad():
+            for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
+                p_ema.lerp_(p, 1.0 - settings.ema_decay)
+        if step % settings.check_every:
+            continue
+        for i, name in enumerate(names):
+            if name in held_at:
+                continue
+            acc = heldout_accuracy(ema, tokenizer, val[i], batch_size=256,
+                                   max_new_tokens=settings.max_new_tokens).accuracy
+            if acc - chance[i] >= settings.gate:
+                held_at[name] = step
+                weights[i] = settings.hold_weight
+                log(f"  step {step:4d}: {name} at {acc:.0%} on validation (constant answer: "
+                    f"{chance[i]:.0%}) -> held")
+        if step % (settings.check_every * 10) == 0:
+            log(f"  step {step:4d}: loss {loss_value:.3f}, held {len(held_at)}/{len(entries)}, "
+                f"{time.perf_counter() - start:.0f}s")
+    model.eval()
+    return ema, WarmupReport(step, held_at, loss_value, time.perf_counter() - start)
