@@ -111,12 +111,19 @@ def init_model(
         model = LlamaForCausalLM(config)
         params = sum(p.numel() for p in model.parameters())
         tokenizer = build_tokenizer()
-        log(f"building base model: {params:,} parameters, {spec.num_layers} layers, "
+        log(
+            f"building base model: {params:,} parameters, {spec.num_layers} layers, "
             f"hidden {spec.hidden_size}; warm-up on "
-            + ", ".join(f"{n}@{d}" for n, d, *_ in warmup.mixture))
+            + ", ".join(f"{n}@{d}" for n, d, *_ in warmup.mixture)
+        )
         model, report = warm_up(model, tokenizer, warmup, seed, log)
-        acc = heldout_accuracy(model, tokenizer, heldout_items(warmup.mixture), batch_size=256,
-                               max_new_tokens=warmup.max_new_tokens)
+        acc = heldout_accuracy(
+            model,
+            tokenizer,
+            heldout_items(warmup.mixture),
+            batch_size=256,
+            max_new_tokens=warmup.max_new_tokens,
+        )
     summary: dict[str, Any] = {
         "seed": seed,
         "params": params,
@@ -177,5 +184,6 @@ def init_model_cli(out: str | None, seed: int, force: bool) -> int:
 def tiny_settings(steps: int = 20) -> tuple[BaseModelSpec, WarmupSettings]:
     """A spec and warm-up that build in seconds (tests): same code path, tiny sizes."""
     spec = BaseModelSpec(hidden_size=32, num_layers=1, num_heads=1, intermediate_size=64)
-    return spec, replace(WarmupSettings(), max_steps=steps, batch_size=16, val_size=16,
-                         check_every=10)
+    return spec, replace(
+        WarmupSettings(), max_steps=steps, batch_size=16, val_size=16, check_every=10
+    )

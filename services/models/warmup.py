@@ -41,6 +41,7 @@ class WarmupSettings:
     max_steps: int = 1500
     ema_decay: float = 0.95
     gate: float = 0.2  # accuracy above the best constant answer at which a task is held
+    gates: Mapping[str, float] = field(default_factory=dict)  # per-task gate, else `gate`
     hold_weight: float = 0.1
     check_every: int = 10
     val_size: int = 100
@@ -128,15 +129,20 @@ def warm_up(
         for i, name in enumerate(names):
             if name in held_at:
                 continue
-            acc = heldout_accuracy(ema, tokenizer, val[i], batch_size=256,
-                                   max_new_tokens=settings.max_new_tokens).accuracy
-            if acc - chance[i] >= settings.gate:
+            acc = heldout_accuracy(
+                ema, tokenizer, val[i], batch_size=256, max_new_tokens=settings.max_new_tokens
+            ).accuracy
+            if acc - chance[i] >= settings.gates.get(entries[i][0], settings.gate):
                 held_at[name] = step
                 weights[i] = settings.hold_weight
-                log(f"  step {step:4d}: {name} at {acc:.0%} on validation (constant answer: "
-                    f"{chance[i]:.0%}) -> held")
+                log(
+                    f"  step {step:4d}: {name} at {acc:.0%} on validation (constant answer: "
+                    f"{chance[i]:.0%}) -> held"
+                )
         if step % (settings.check_every * 10) == 0:
-            log(f"  step {step:4d}: loss {loss_value:.3f}, held {len(held_at)}/{len(entries)}, "
-                f"{time.perf_counter() - start:.0f}s")
+            log(
+                f"  step {step:4d}: loss {loss_value:.3f}, held {len(held_at)}/{len(entries)}, "
+                f"{time.perf_counter() - start:.0f}s"
+            )
     model.eval()
     return ema, WarmupReport(step, held_at, loss_value, time.perf_counter() - start)

@@ -11,7 +11,9 @@ versions stay; older ones are deleted.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -70,7 +72,11 @@ def publish_version(
 
     from rollstream.schemas import WeightUpdate
 
-    staging = Path(_local_path(store) if _is_local(store) else Path("/tmp/rollstream-publish"))
+    staging = (
+        _local_path(store)
+        if _is_local(store)
+        else Path(tempfile.gettempdir()) / f"rollstream-publish-{os.getpid()}"
+    )
     final_local = staging / policy / version_dir_name(version)
     tmp = final_local.with_name(final_local.name + ".tmp")
     if tmp.exists():
@@ -79,6 +85,7 @@ def publish_version(
     state = model.state_dict() if hasattr(model, "state_dict") else model
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     _drop_tied(model, tensors)
+    _unshare(tensors)
     save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
     if hasattr(model, "config"):
         model.config.save_pretrained(str(tmp))
@@ -100,6 +107,7 @@ def publish_version(
             final_local,
             f"{store.rstrip('/')}/{policy}/{version_dir_name(version)}",
             storage_options or {},
+            keep,
         )
         shutil.rmtree(final_local)
     return WeightUpdate(
@@ -122,19 +130,52 @@ def _drop_tied(model: Any, tensors: dict[str, Any]) -> None:
         tensors.pop("lm_head.weight", None)
 
 
+def _unshare(tensors: dict[str, Any]) -> None:
+    """safetensors refuses tensors that share memory (e.g. tied weights in a plain state
+    dict): give every later alias its own copy."""
+    seen: set[tuple[int, int]] = set()
+    for name, t in tensors.items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset())
+        if key in seen:
+            tensors[name] = t.clone()
+        seen.add(key)
+
+
+def _is_version_name(name: str) -> bool:
+    return len(name) == 9 and name[0] == "v" and name[1:].isdigit()
+
+
 def _prune_local(policy_dir: Path, keep: int) -> None:
-    versions = sorted(p for p in policy_dir.iterdir() if p.is_dir() and not p.name.endswith(".tmp"))
-    for old in versions[:-keep]:
+    """Delete all but the newest `keep` version directories (nothing else is touched)."""
+    versions = sorted(p for p in policy_dir.iterdir() if p.is_dir() and _is_version_name(p.name))
+    for old in versions[: -max(1, keep)]:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _upload(local: Path, uri: str, storage_options: dict[str, Any]) -> str:
+def _prune_remote(fs: Any, policy_path: str, keep: int) -> None:
+    names = sorted(
+        p.rstrip("/").rsplit("/", 1)[-1]
+        for p in fs.ls(policy_path, detail=False)
+        if _is_version_name(p.rstrip("/").rsplit("/", 1)[-1])
+    )
+    for old in names[: -max(1, keep)]:
+        fs.rm(f"{policy_path}/{old}", recursive=True)
+
+
+def _upload(local: Path, uri: str, storage_options: dict[str, Any], keep: int) -> str:
+    """Copy the finished version to `uri` (via `<uri>.tmp`, then a move: an object store has
+    no atomic rename, but the WeightUpdate naming it is only sent after this returns)."""
     import fsspec
 
     fs, path = fsspec.core.url_to_fs(uri, **storage_options)
     tmp = path + ".tmp"
-    fs.put(str(local), tmp, recursive=True)
+    if fs.exists(tmp):
+        fs.rm(tmp, recursive=True)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+    fs.put(str(local) + "/", tmp + "/", recursive=True)
     fs.mv(tmp, path, recursive=True)
+    _prune_remote(fs, path.rsplit("/", 1)[0], keep)
     return uri
 
 
@@ -164,6 +205,8 @@ def fetch_version(
         raise WeightError(f"{path}: weights file missing")
     digest = sha256_file(path)
     if digest != expected_sha256:
+        if not _is_local(uri):
+            shutil.rmtree(local, ignore_errors=True)  # a later try downloads it again
         raise WeightError(
             f"{path}: sha256 {digest[:12]}… does not match the published "
             f"{expected_sha256[:12]}… (corrupt or truncated file)"

@@ -1,0 +1,83 @@
+"""`init_model`: an ordinary HF model directory, the same for a seed, partly competent."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from rollstream.services.models.build import init_model, init_model_cli, tiny_settings
+
+
+def sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def tiny_build(tmp_path_factory):
+    out = tmp_path_factory.mktemp("build") / "base"
+    spec, warmup = tiny_settings(steps=20)
+    summary = init_model(out, seed=0, spec=spec, warmup=warmup, log=lambda _: None)
+    return out, summary
+
+
+def test_the_directory_loads_with_transformers(tiny_build):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out, summary = tiny_build
+    names = {p.name for p in out.iterdir()}
+    assert {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "rollstream_base.json",
+    } <= names
+    assert not list(out.parent.glob("base.tmp-*"))
+    model = AutoModelForCausalLM.from_pretrained(str(out), local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(str(out), local_files_only=True)
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert sum(p.numel() for p in model.parameters()) == summary["params"]
+    assert model.config.vocab_size == len(tok) == 100
+    assert model.generation_config.eos_token_id == tok.eos_token_id == 2
+    saved = json.loads((out / "rollstream_base.json").read_text())
+    assert saved["heldout"]["n"] == 800 and set(saved["heldout"]["per_task"]) == {
+        "add",
+        "sort",
+        "reverse",
+        "count",
+    }
+    assert saved["warmup_steps"] == 20
+
+
+def test_the_same_seed_builds_the_same_weights(tiny_build, tmp_path):
+    out, summary = tiny_build
+    spec, warmup = tiny_settings(steps=20)
+    again = init_model(tmp_path / "again", seed=0, spec=spec, warmup=warmup, log=lambda _: None)
+    other = init_model(tmp_path / "other", seed=1, spec=spec, warmup=warmup, log=lambda _: None)
+    assert sha(tmp_path / "again" / "model.safetensors") == sha(out / "model.safetensors")
+    assert again["heldout"] == summary["heldout"]
+    assert sha(tmp_path / "other" / "model.safetensors") != sha(out / "model.safetensors")
+    assert other["seed"] == 1
+
+
+def test_the_cli_keeps_an_existing_model_unless_forced(tiny_build, capsys):
+    out, _ = tiny_build
+    before = sha(out / "model.safetensors")
+    assert init_model_cli(str(out), seed=5, force=False) == 0
+    printed = capsys.readouterr().out
+    assert "already at" in printed and "held-out greedy accuracy" in printed
+    assert sha(out / "model.safetensors") == before
+
+
+@pytest.mark.slow
+def test_the_default_base_model_is_partly_competent(tmp_path):
+    """The real build (about a minute): held-out greedy accuracy inside 10-50 %, and every
+    family neither solved nor hopeless, so RL has signal on each."""
+    summary = init_model(tmp_path / "base", seed=0, log=lambda _: None)
+    assert summary["params"] == 550_528
+    assert 0.10 <= summary["heldout"]["accuracy"] <= 0.50, summary["heldout"]
+    for name, acc in summary["heldout"]["per_task"].items():
+        assert 0.02 <= acc <= 0.80, (name, acc)

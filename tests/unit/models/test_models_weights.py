@@ -1,0 +1,110 @@
+"""The weight store: versions round-trip bit for bit, bad files are refused, old ones pruned."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+import torch
+
+from rollstream.services.models.weights import WeightError, fetch_version, publish_version
+
+
+def state(seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"a.weight": torch.randn(4, 3, generator=g), "b.bias": torch.randn(5, generator=g)}
+
+
+def load(path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def test_a_published_version_round_trips_with_its_checksums(tmp_path):
+    store = tmp_path / "store"
+    upd = publish_version(state(0), store=str(store), policy="pi", version=3, step=7)
+    assert (upd.policy, upd.version, upd.step) == ("pi", 3, 7)
+    assert upd.uri.endswith("pi/v00000003")
+    assert not list((store / "pi").glob("*.tmp"))  # staged, then renamed
+    local = fetch_version(upd.uri, upd.sha256, upd.weights_file)
+    got = load(local / upd.weights_file)
+    for k, v in state(0).items():
+        assert torch.equal(got[k], v)
+    assert upd.files[upd.weights_file] == upd.sha256
+    assert upd.size_bytes == (local / upd.weights_file).stat().st_size
+    # a file:// URI names the same version
+    assert fetch_version("file://" + upd.uri, upd.sha256) == local
+
+
+def test_config_and_tokenizer_travel_with_the_version(tmp_path, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    upd = publish_version(
+        model, store=str(tmp_path), policy="pi", version=1, model_dir=tiny_model_dir
+    )
+    names = set(upd.files)
+    assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"} <= names
+    config = json.loads((fetch_version(upd.uri, upd.sha256) / "config.json").read_text())
+    assert config["hidden_size"] == model.config.hidden_size
+
+
+def test_a_corrupt_or_truncated_or_missing_file_is_refused(tmp_path):
+    upd = publish_version(state(1), store=str(tmp_path), policy="pi", version=1)
+    path = tmp_path / "pi" / "v00000001" / upd.weights_file
+    data = path.read_bytes()
+
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # one bit flipped
+    with pytest.raises(WeightError, match="does not match"):
+        fetch_version(upd.uri, upd.sha256, upd.weights_file)
+    path.write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(WeightError, match="corrupt or truncated"):
+        fetch_version(upd.uri, upd.sha256, upd.weights_file)
+    path.unlink()
+    with pytest.raises(WeightError, match="missing"):
+        fetch_version(upd.uri, upd.sha256, upd.weights_file)
+    with pytest.raises(WeightError, match="missing"):
+        fetch_version(str(tmp_path / "pi" / "v00000009"), upd.sha256)
+
+
+def test_only_the_newest_versions_are_kept(tmp_path):
+    (tmp_path / "pi").mkdir()
+    (tmp_path / "pi" / "notes").mkdir()  # not a version: never touched
+    for v in range(1, 6):
+        publish_version(state(v), store=str(tmp_path), policy="pi", version=v, keep=2)
+    left = sorted(p.name for p in (tmp_path / "pi").iterdir())
+    assert left == ["notes", "v00000004", "v00000005"]
+
+
+def test_tied_tensors_in_a_plain_state_dict_are_saved(tmp_path):
+    shared = torch.randn(6, 2)
+    upd = publish_version(
+        {"embed.weight": shared, "head.weight": shared}, store=str(tmp_path), policy="pi", version=1
+    )
+    got = load(fetch_version(upd.uri, upd.sha256) / upd.weights_file)
+    assert torch.equal(got["embed.weight"], shared) and torch.equal(got["head.weight"], shared)
+
+
+def test_an_fsspec_store_round_trips_and_prunes(tmp_path):
+    import fsspec
+
+    root = f"memory://store-{uuid.uuid4().hex[:8]}"
+    fs = fsspec.filesystem("memory")
+    try:
+        for v in (1, 2, 3):
+            upd = publish_version(state(v), store=root, policy="pi", version=v, keep=2)
+        assert upd.uri == f"{root}/pi/v00000003"
+        names = sorted(
+            p.rsplit("/", 1)[-1] for p in fs.ls(root.removeprefix("memory:/") + "/pi", detail=False)
+        )
+        assert names == ["v00000002", "v00000003"]
+        local = fetch_version(upd.uri, upd.sha256, cache=tmp_path / "cache")
+        assert torch.equal(load(local / upd.weights_file)["a.weight"], state(3)["a.weight"])
+        with pytest.raises(WeightError, match="does not match"):
+            fetch_version(f"{root}/pi/v00000002", upd.sha256, cache=tmp_path / "cache")
+        with pytest.raises(WeightError, match="not found"):
+            fetch_version(f"{root}/pi/v00000001", upd.sha256, cache=tmp_path / "cache")
+    finally:
+        fs.rm(root.removeprefix("memory:/"), recursive=True)

@@ -1,0 +1,85 @@
+"""Finding tasks by name, and loading a user's task from a module by dotted path."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import pytest
+
+import rollstream.services.tasks as tasks_pkg
+from rollstream.services.tasks import TaskError, get_task, list_tasks, load_task, sample_items
+from rollstream.services.tasks import registry as registry_mod
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    """A package `my_tasks` on sys.path whose module `parity` is the README's example."""
+    pkg = tmp_path / "my_tasks"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    # the example from the package docstring, verbatim
+    doc = tasks_pkg.__doc__ or ""
+    example = doc.split("```python\n", 1)[1].split("```", 1)[0]
+    (pkg / "parity.py").write_text(example)
+    (pkg / "other.py").write_text(
+        textwrap.dedent(
+            """
+            from rollstream.services.tasks import Task
+
+            def make(rng, difficulty):
+                n = rng.randrange(10 ** difficulty)
+                return f"double {n}=", str(2 * n)
+
+            DOUBLE = Task(name="double", make=make, default_difficulty=2)
+            NOT_A_TASK = 42
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry_mod, "_REGISTRY", dict(registry_mod._REGISTRY))
+    yield "my_tasks"
+    for name in [m for m in sys.modules if m.startswith("my_tasks")]:
+        del sys.modules[name]
+
+
+def test_the_builtins_are_listed_and_found():
+    assert list_tasks()[:4] == ["add", "sort", "reverse", "count"]
+    assert get_task("reverse").name == "reverse"
+    with pytest.raises(TaskError, match="unknown task 'nope'"):
+        get_task("nope")
+
+
+def test_a_user_task_loads_by_dotted_path_and_then_by_its_name(user_module):
+    task = get_task("my_tasks.parity")
+    assert task.name == "parity"
+    prompt, answer = task.make(__import__("random").Random(0), 6)
+    assert prompt.startswith("parity ") and answer == str(prompt[7:-1].count("1") % 2)
+    assert get_task("parity") is task and "parity" in list_tasks()
+    items = task.heldout(6, size=20)
+    assert items and all(task.check(i.answer, i.answer) for i in items)
+    mixed = sample_items([("my_tasks.parity", 6, 1.0), ("add", 2, 1.0)], seed=0, count=50)
+    assert {i.task for i in mixed} == {"parity", "add"}
+
+
+def test_a_user_task_loads_by_module_and_object(user_module):
+    task = load_task("my_tasks.other:DOUBLE")
+    assert task.name == "double"
+    assert task.check("84", task.make(_Fixed(42), 2)[1])
+
+
+def test_bad_dotted_paths_say_what_is_wrong(user_module):
+    with pytest.raises(TaskError, match="cannot import"):
+        get_task("my_tasks.missing")
+    with pytest.raises(TaskError, match="defines no 'TASK'"):
+        get_task("my_tasks.other")
+    with pytest.raises(TaskError, match="not a rollstream Task"):
+        get_task("my_tasks.other:NOT_A_TASK")
+
+
+class _Fixed:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def randrange(self, _: int) -> int:
+        return self.n
