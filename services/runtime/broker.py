@@ -60,7 +60,7 @@ def wait_for_kafka(
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient(
-        {"bootstrap.servers": bootstrap, "socket.connection.setup.timeout.ms": 1000}
+        {"bootstrap.servers": bootstrap, "socket.connection.setup.timeout.ms": 1000, "log_level": 0}
     )
     deadline = time.monotonic() + timeout_s
     while True:
