@@ -40,7 +40,6 @@ PATTERNS = {  # glob -> description, for data files that cannot carry a comment
     "tests/golden/*.msgpack": "golden bytes of one message type (tests/unit/test_schemas.py)",
     "examples/*.yaml": "example run file",
     "docs/*.png": "figure used in the README",
-    "docs/wip/*.patch": "unlanded work for a later session (see the closing note)",
 }
 BY_SUFFIX = {
     ".msgpack": "golden bytes of one message type (tests/unit/test_schemas.py)",

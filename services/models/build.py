@@ -6,11 +6,15 @@ transformers and vLLM both load. The directory appears whole or not at all: it i
 under a temporary name and renamed. No download; deterministic for a seed (one CPU thread,
 deterministic algorithms).
 
-The warm-up (warmup.py) leaves the model partly competent so that RL has something to improve:
-built with the defaults on this project's 2-core CPU it has 550,528 parameters, takes about a
-minute, and scores about 25-30 % greedy on the held-out split of the default mixture, while its
-samples at temperature 1 are right on a spread of prompts; a plain GRPO-style loop
-(8 samples per prompt, Adam lr 1e-4) lifts it past +30 points within a few minutes on CPU.
+The warm-up (warmup.py) leaves the model partly competent so that RL has something to improve.
+With the defaults (seed 0, one thread of this project's 2-core CPU): 550,528 parameters, built
+in about 20 s (up to a minute when the cores are shared), 35.5 % greedy on the held-out split
+of the default mixture (sort 31 %, reverse 26 %, count 50 %). A plain on-policy GRPO-style
+loop on it (16 prompts x 8 samples at temperature 1, advantage = reward - group mean, Adam
+lr 1e-4, one step per batch) reached 66.7 % after 300 steps (55 s) and 85.7 % after 5 minutes;
+with 8 prompts and std-normalised advantages, 65.7 % after 500 steps (57 s). Seeds 1 and 2
+start at 38.3 % and 30.7 % and gained +34 and +26 points in 300 steps. At lr 3e-4 the same
+loop collapsed: keep the learner's lr near 1e-4 for this model.
 """
 
 from __future__ import annotations

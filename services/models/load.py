@@ -25,9 +25,14 @@ def rollstream_home() -> Path:
     return Path(cache) / "rollstream"
 
 
+# Bumped whenever the built-in model's recipe (size, tasks, warm-up) changes, so that a model
+# built by an older release is not picked up in place of the current one.
+BASE_RECIPE = "v2"
+
+
 def default_model_dir() -> Path:
-    """Where the built-in base model lives."""
-    return rollstream_home() / "models" / "base"
+    """Where the built-in base model lives (one directory per recipe version)."""
+    return rollstream_home() / "models" / f"base-{BASE_RECIPE}"
 
 
 def ensure_base_model(seed: int = 0) -> Path:

@@ -9,9 +9,13 @@ others at zero - and RL cannot improve a family whose samples are never right. S
 validation items, with an exponential moving average of the weights, whose accuracy moves
 smoothly where the raw weights' jumps about). A family whose accuracy beats the best constant
 answer by `gate` is *held*: from then on it gets only `hold_weight` of the batch, enough not to
-forget it, too little to finish learning it. Training stops when every family is held. The
-result is a model that is right some of the time on every family, with sampled answers that
-are right often enough for RL to learn from (see build.py for the measured numbers).
+forget it, too little to finish learning it. Training stops when every family is held.
+
+Each family is also trained on the `spread` difficulties below the evaluated one, so the
+model meets every mechanism on easy items first and is still unsure at the evaluated
+difficulty, where its accuracy then rises gradually rather than in one jump. The result is
+right some of the time on every family, with samples at temperature 1 that are right often
+enough for RL to learn from (build.py has the measured numbers).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import copy
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +33,7 @@ from rollstream.services.tasks import DEFAULT_MIXTURE, Item, MixtureEntry, get_t
 
 @dataclass(frozen=True)
 class WarmupSettings:
-    """How the base model is warmed up (defaults: the built-in model, about a minute)."""
+    """How the base model is warmed up (defaults: the built-in model, 20-60 s on a CPU)."""
 
     mixture: Sequence[MixtureEntry] = DEFAULT_MIXTURE
     # Share of each batch per task while it is still learning (others: 1.0); addition and
@@ -40,8 +44,11 @@ class WarmupSettings:
     warmup_steps: int = 50
     max_steps: int = 1500
     ema_decay: float = 0.95
-    gate: float = 0.2  # accuracy above the best constant answer at which a task is held
+    gate: float = 0.15  # accuracy above the best constant answer at which a task is held
     gates: Mapping[str, float] = field(default_factory=dict)  # per-task gate, else `gate`
+    # Also train on the `spread` difficulties below each entry's, uniformly mixed with it: the
+    # model learns each mechanism on easier items and is still unsure at the evaluated one.
+    spread: int = 3
     hold_weight: float = 0.1
     check_every: int = 10
     val_size: int = 100
@@ -79,6 +86,29 @@ def _batch(tokenizer: Any, items: list[Item], eos_id: int, pad_id: int) -> tuple
     return ids, mask, labels
 
 
+def _spread_stream(name: str, difficulty: int, spread: int, seed: int) -> Iterator[Item]:
+    task = get_task(name)
+    levels = range(max(task.min_difficulty, difficulty - spread), difficulty + 1)
+    streams = [task.iter_train(seed, d) for d in levels]
+    rng = random.Random(f"spread/{name}/{difficulty}/{seed}")
+    while True:
+        yield next(rng.choice(streams))
+
+
+def _accuracy(model: Any, tokenizer: Any, items: list[Item], settings: WarmupSettings) -> float:
+    from rollstream.services.models.evaluate import greedy_completions
+
+    said = greedy_completions(
+        model,
+        tokenizer,
+        [i.prompt for i in items],
+        max_new_tokens=settings.max_new_tokens,
+        batch_size=256,
+    )
+    right = [get_task(i.task).check(c, i.answer) for i, c in zip(items, said, strict=True)]
+    return sum(right) / len(right)
+
+
 def warm_up(
     model: Any,
     tokenizer: Any,
@@ -90,12 +120,10 @@ def warm_up(
     moving-average model (the one to save) and a report. Deterministic for a seed."""
     import torch
 
-    from rollstream.services.models.evaluate import heldout_accuracy
-
     start = time.perf_counter()
     entries = [(str(n), int(d)) for n, d, *_ in settings.mixture]
     names = [n if [e[0] for e in entries].count(n) == 1 else f"{n}:{d}" for n, d in entries]
-    streams = [get_task(n).iter_train(seed, d) for n, d in entries]
+    streams = [_spread_stream(n, d, settings.spread, seed) for n, d in entries]
     val = [get_task(n).sample(seed + 10_007, settings.val_size, d) for n, d in entries]
     chance = [_chance(v) for v in val]
     weights = [float(settings.sft_weights.get(n, 1.0)) for n, _ in entries]
@@ -129,9 +157,7 @@ def warm_up(
         for i, name in enumerate(names):
             if name in held_at:
                 continue
-            acc = heldout_accuracy(
-                ema, tokenizer, val[i], batch_size=256, max_new_tokens=settings.max_new_tokens
-            ).accuracy
+            acc = _accuracy(ema, tokenizer, val[i], settings)
             if acc - chance[i] >= settings.gates.get(entries[i][0], settings.gate):
                 held_at[name] = step
                 weights[i] = settings.hold_weight

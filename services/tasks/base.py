@@ -58,7 +58,11 @@ class Task:
     `make(rng, difficulty) -> (prompt, answer)` draws one item; it must use only `rng` for
     randomness. `check(completion, answer) -> bool` is the exact checker the scorer calls;
     by default it compares `extract(completion)` with the answer. Difficulties are integers in
-    `[min_difficulty, max_difficulty]`."""
+    `[min_difficulty, max_difficulty]`.
+
+    `source` is the dotted path a user task was loaded from (set by the registry). Items then
+    carry it as their `task`, so any process - the scorer, the evaluator - can load the task
+    from the item alone; the held-out split and task ids still hash the plain `name`."""
 
     name: str
     make: MakeFn
@@ -68,6 +72,12 @@ class Task:
     max_difficulty: int = 64
     extract: Callable[[str], str] = first_line
     checker: Callable[[str, str], bool] | None = field(default=None, repr=False)
+    source: str = ""
+
+    @property
+    def ref(self) -> str:
+        """What items name this task by: the dotted path it was loaded from, else its name."""
+        return self.source or self.name
 
     def __post_init__(self) -> None:
         if not self.name or any(c in self.name for c in " :/"):
@@ -94,7 +104,7 @@ class Task:
         """Wrap a (prompt, answer) pair of this task as an Item with its stable id."""
         digest = hashlib.sha256(f"{self.name}\0{prompt}".encode()).hexdigest()
         return Item(
-            f"{self.name}-d{difficulty}-{digest[:12]}", self.name, prompt, answer, difficulty
+            f"{self.name}-d{difficulty}-{digest[:12]}", self.ref, prompt, answer, difficulty
         )
 
     def is_heldout(self, prompt: str) -> bool:

@@ -15,9 +15,11 @@ from rollstream.services.tasks.registry import get_task
 
 MixtureEntry = tuple[str, int, float]
 
-# The default run: four families at difficulties where the built-in base model is partly right.
+# The default run: the families on which RL lifts the built-in base model fastest. `add` is
+# left out: the tiny model learns it slowly by supervision and barely by RL (its errors are
+# algorithmic), so in a 10-minute CPU run it only dilutes the held-out gain. Add it back with
+# ("add", 2, 1.0) for a harder run.
 DEFAULT_MIXTURE: tuple[MixtureEntry, ...] = (
-    ("add", 2, 1.0),
     ("sort", 5, 1.0),
     ("reverse", 6, 1.0),
     ("count", 8, 1.0),

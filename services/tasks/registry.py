@@ -1,14 +1,17 @@
 """Find a task by name, or load a user's task from a module by dotted path.
 
 `get_task("add")` returns a built-in; `get_task("my_tasks.parity")` imports that module and
-returns its `TASK`; `get_task("my_tasks.parity:PARITY")` returns the named object. A loaded user
-task is also registered under its own name, so later lookups by that name work in the same
-process. Reads nothing but the Python import path.
+returns its `TASK`; `get_task("my_tasks.parity:PARITY")` returns the named object. A task
+loaded this way remembers the path (`Task.source`) and its items carry it as their `task`, so
+the scorer and the evaluator, in other processes, load it from a rollout or item alone. It is
+also registered under its own name for later lookups in the same process. Reads nothing but
+the Python import path.
 """
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import replace
 
 from rollstream.services.tasks.base import Task, TaskError
 from rollstream.services.tasks.builtin import BUILTIN_TASKS
@@ -18,7 +21,7 @@ _REGISTRY: dict[str, Task] = {t.name: t for t in BUILTIN_TASKS}
 
 def list_tasks() -> list[str]:
     """Names of every registered task (built-ins first, then user tasks in load order)."""
-    return list(_REGISTRY)
+    return [key for key, task in _REGISTRY.items() if key == task.name]
 
 
 def register(task: Task, *, replace: bool = False) -> Task:
@@ -55,6 +58,14 @@ def get_task(name: str) -> Task:
     if task is not None:
         return task
     if "." not in name and ":" not in name:
-        raise TaskError(f"unknown task {name!r}; known: {', '.join(_REGISTRY)}")
+        raise TaskError(f"unknown task {name!r}; known: {', '.join(list_tasks())}")
     task = load_task(name)
-    return register(task)
+    if not task.source:
+        task = replace(task, source=name)
+    known = _REGISTRY.get(task.name)
+    if known is not None and replace(known, source="") == replace(task, source=""):
+        task = known  # the same task reached by another spelling of its path
+    else:
+        register(task)
+    _REGISTRY[name] = task
+    return task

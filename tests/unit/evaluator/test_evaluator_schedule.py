@@ -26,7 +26,7 @@ def test_tasks_come_from_the_evaluator_section_then_the_feed() -> None:
     assert EvaluatorConfig().task_entries(feed_tasks) == [("add", 3), ("count", None)]
     assert EvaluatorConfig().task_entries({"datasets": [{"path": "x.jsonl"}]}) == []
     default = EvaluatorConfig().task_entries({})
-    assert [name for name, _ in default] == ["add", "sort", "reverse", "count"]
+    assert [name for name, _ in default] == ["sort", "reverse", "count"]
 
 
 def test_eval_items_are_the_head_of_each_fixed_heldout_split() -> None:

@@ -43,12 +43,8 @@ def test_the_directory_loads_with_transformers(tiny_build):
     assert model.config.vocab_size == len(tok) == 100
     assert model.generation_config.eos_token_id == tok.eos_token_id == 2
     saved = json.loads((out / "rollstream_base.json").read_text())
-    assert saved["heldout"]["n"] == 800 and set(saved["heldout"]["per_task"]) == {
-        "add",
-        "sort",
-        "reverse",
-        "count",
-    }
+    assert saved["heldout"]["n"] == 600
+    assert set(saved["heldout"]["per_task"]) == {"sort", "reverse", "count"}
     assert saved["warmup_steps"] == 20
 
 
@@ -74,8 +70,8 @@ def test_the_cli_keeps_an_existing_model_unless_forced(tiny_build, capsys):
 
 @pytest.mark.slow
 def test_the_default_base_model_is_partly_competent(tmp_path):
-    """The real build (about a minute): held-out greedy accuracy inside 10-50 %, and every
-    family neither solved nor hopeless, so RL has signal on each."""
+    """The real build (20-60 s): held-out greedy accuracy inside 10-50 %, and every family
+    neither solved nor hopeless, so RL has signal on each."""
     summary = init_model(tmp_path / "base", seed=0, log=lambda _: None)
     assert summary["params"] == 550_528
     assert 0.10 <= summary["heldout"]["accuracy"] <= 0.50, summary["heldout"]

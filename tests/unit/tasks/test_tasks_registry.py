@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import textwrap
 
@@ -56,10 +57,26 @@ def test_a_user_task_loads_by_dotted_path_and_then_by_its_name(user_module):
     prompt, answer = task.make(__import__("random").Random(0), 6)
     assert prompt.startswith("parity ") and answer == str(prompt[7:-1].count("1") % 2)
     assert get_task("parity") is task and "parity" in list_tasks()
+    assert get_task("my_tasks.parity:TASK") is task  # another spelling, the same task
+    assert list_tasks().count("parity") == 1
     items = task.heldout(6, size=20)
     assert items and all(task.check(i.answer, i.answer) for i in items)
     mixed = sample_items([("my_tasks.parity", 6, 1.0), ("add", 2, 1.0)], seed=0, count=50)
-    assert {i.task for i in mixed} == {"parity", "add"}
+    assert {i.task for i in mixed} == {"my_tasks.parity", "add"}
+    assert all(i.task_id.startswith(("parity-d6-", "add-d2-")) for i in mixed)
+
+
+def test_another_process_checks_a_user_item_from_the_item_alone(user_module, tmp_path):
+    item = get_task("my_tasks.parity").heldout(6, size=1)[0]
+    assert item.task == "my_tasks.parity"
+    code = (
+        "import sys; from rollstream.services.tasks import get_task; "
+        f"t = get_task({item.task!r}); "
+        f"print(t.check({item.answer!r}, {item.answer!r}), t.is_heldout({item.prompt!r}))"
+    )
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "True True", out.stderr
 
 
 def test_a_user_task_loads_by_module_and_object(user_module):
