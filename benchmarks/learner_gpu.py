@@ -86,66 +86,24 @@ def synthetic_batch(
     +-1 within each group, every sample at policy version 0."""
     import numpy as np
 
-    from rollstream.schemas import (
-        BatchItem,
-        Group,
-        GroupStats,
-        Rollout,
-        Sampling,
-        ScoredRollout,
-        TrainBatch,
-        pack_floats,
-        pack_ids,
-    )
+    from rollstream.schemas import synthetic as syn
 
     rng = np.random.default_rng(seed * 1000 + seq)
-    items = []
+    built = []
     for g in range(groups):
         gid = f"s{seq}g{g}"
         p_ids = rng.integers(1, vocab, prompt)
         scored = []
         for i in range(samples):
             lp = -np.log(vocab) + rng.normal(0, 0.1, completion)
-            r = Rollout(
-                rollout_id=f"{gid}/{i}",
-                group_id=gid,
-                task_id="t",
-                task="synthetic",
-                sample_index=i,
-                group_size=samples,
-                prompt="",
-                completion="",
-                prompt_ids=pack_ids(p_ids),
-                completion_ids=pack_ids(rng.integers(1, vocab, completion)),
-                logprobs=pack_floats(lp),
-                finish_reason="length",
-                policy_version=0,
-                sampling=Sampling(n=samples, temperature=1.0),
-                produced_at=0.0,
-            )
-            scored.append(ScoredRollout(rollout=r, reward=float(i % 2), produced_at=0.0))
-        stats = GroupStats(
-            reward_mean=0.5, reward_std=0.5, pass_rate=0.5, generated=samples, kept=samples
-        )
-        group = Group(
-            group_id=gid,
-            task_id="t",
-            task="synthetic",
-            samples=scored,
-            advantages=[1.0 if i % 2 else -1.0 for i in range(samples)],
-            stats=stats,
-            policy_version=0,
-            produced_at=0.0,
-        )
-        items.append(BatchItem(group=group, weight=1.0))
-    return TrainBatch(
-        batch_id=f"bench-{seq}",
-        learner_id="learner",
-        seq=seq,
-        items=items,
-        learner_version=0,
-        produced_at=0.0,
-    )
+            c_ids = rng.integers(1, vocab, completion)
+            sample = syn.scored(gid, i, p_ids, c_ids, group_size=samples, logprobs=lp,
+                                reward=float(i % 2), task="synthetic", text=("", ""),
+                                finish_reason="length", temperature=1.0)  # fmt: skip
+            scored.append(sample)
+        advantages = [1.0 if i % 2 else -1.0 for i in range(samples)]
+        built.append(syn.group(gid, scored, advantages, task="synthetic"))
+    return syn.train_batch(built, seq=seq, batch_id=f"bench-{seq}")
 
 
 def n_params(model: Any) -> int:

@@ -23,15 +23,8 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
-from rollstream.schemas import (
-    Group,
-    GroupStats,
-    Rollout,
-    Sampling,
-    ScoredRollout,
-    pack_floats,
-    pack_ids,
-)
+from rollstream.schemas import Group
+from rollstream.schemas import synthetic as syn
 from rollstream.services.replay.buffer import ReplayBuffer
 from rollstream.services.replay.config import ReplayConfig
 from rollstream.services.replay.sumtree import SumTree
@@ -68,34 +61,7 @@ def tree_bench(n: int, repeats: int) -> dict[str, float]:
 
 
 def template_group() -> Group:
-    r = Rollout(
-        rollout_id="r",
-        group_id="g",
-        task_id="t",
-        task="toy",
-        sample_index=0,
-        group_size=1,
-        prompt="p",
-        completion="c",
-        prompt_ids=pack_ids([1, 2]),
-        completion_ids=pack_ids([3, 4]),
-        logprobs=pack_floats([-1.0, -1.0]),
-        finish_reason="stop",
-        policy_version=0,
-        sampling=Sampling(n=1),
-        produced_at=0.0,
-    )
-    stats = GroupStats(reward_mean=0.5, reward_std=0.5, pass_rate=0.5, generated=1, kept=1)
-    return Group(
-        group_id="g",
-        task_id="t",
-        task="toy",
-        samples=[ScoredRollout(rollout=r, reward=1.0, produced_at=0.0)],
-        advantages=[1.0],
-        stats=stats,
-        policy_version=0,
-        produced_at=0.0,
-    )
+    return syn.group("g", [syn.scored("g", 0, [1, 2], [3, 4], group_size=1, reward=1.0)], [1.0])
 
 
 def buffer_bench(n: int, repeats: int) -> dict[str, float]:

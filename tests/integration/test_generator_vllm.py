@@ -17,16 +17,14 @@ import pytest
 from generator_harness import (
     GeneratorProcess,
     RolloutTap,
-    build_model,
-    hf_greedy,
-    hf_logprobs,
-    hf_model,
+    check_groups,
     namespace,
     publish_weights,
     send_prompts,
     send_weights,
     wait_until,
 )
+from tiny_llama import VLLM_SIZES, hf_greedy, hf_model, two_versions
 
 from rollstream.schemas import Sampling
 from rollstream.services.runtime.settings import KafkaSettings
@@ -54,8 +52,7 @@ def kafka(bootstrap: str) -> KafkaSettings:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("vllm-gen-models")
-    return {"v0": build_model(root / "v0", 0), "v1": build_model(root / "v1", 1)}
+    return two_versions(tmp_path_factory.mktemp("vllm-gen-models"), VLLM_SIZES, head_scale=20.0)
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +70,8 @@ def generator(
 
 @pytest.fixture(scope="module")
 def tap(kafka: KafkaSettings) -> Iterator[RolloutTap]:
-    t = RolloutTap(kafka)
-    yield t
-    t.close()
+    with RolloutTap(kafka) as t:
+        yield t
 
 
 @pytest.mark.parametrize(("temperature", "top_k"), [(1.0, -1), (0.7, -1), (1.0, 5)], ids=str)
@@ -87,40 +83,13 @@ def test_rollouts_are_groups_of_n_with_behaviour_logprobs(
     temperature: float,
     top_k: int,
 ) -> None:
-    from rollstream.services.models.tokenizer import build_tokenizer
-
-    tok = build_tokenizer()
     sampling = Sampling(temperature=temperature, top_k=top_k, max_tokens=12)
     ids = send_prompts(kafka, PROMPTS, n=4, tag=f"valid{temperature}{top_k}", sampling=sampling)
     recs = tap.wait_for(ids, 12, timeout_s=120)
-    groups: dict[str, list] = {}
-    for rec in recs:
-        assert rec.key == rec.value.group_id.encode()
-        groups.setdefault(rec.value.group_id, []).append(rec.value)
-    assert len(groups) == 3
-    assert len({rec.value.rollout_id for rec in recs}) == 12
-    hf = hf_model(models["v0"])
-    worst = 0.0
-    for group in groups.values():
-        assert sorted(r.sample_index for r in group) == [0, 1, 2, 3]
+    want = Sampling(n=4, temperature=temperature, top_p=1.0, top_k=top_k, max_tokens=12)
+    groups, worst = check_groups(recs, PROMPTS, want, hf_model(models["v0"]))
+    for group in groups:
         assert len({r.completion for r in group}) > 1  # n samples, not n copies
-        for r in group:
-            assert r.group_size == 4
-            assert r.prompt_tokens().tolist() == tok.encode(r.prompt)
-            completion = r.completion_tokens().tolist()
-            logprobs = r.token_logprobs().tolist()
-            assert 0 < len(completion) == len(logprobs) <= 12
-            assert all(lp <= 0.0 for lp in logprobs)
-            assert r.completion == tok.decode(completion, skip_special_tokens=True)
-            ended = completion[-1] == EOS
-            assert r.finish_reason == ("stop" if ended else "length")
-            assert ended or len(completion) == 12
-            assert r.policy_version == 0
-            assert r.sampling == Sampling(
-                n=4, temperature=temperature, top_p=1.0, top_k=top_k, max_tokens=12
-            )
-            want = hf_logprobs(hf, r.prompt_tokens().tolist(), completion, temperature, top_k)
-            worst = max(worst, *(abs(a - b) for a, b in zip(logprobs, want, strict=True)))
     assert worst < 1e-4  # float32 on both sides
 
 

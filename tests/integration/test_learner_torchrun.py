@@ -14,18 +14,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from rollstream.schemas import (
-    BatchItem,
-    Group,
-    GroupStats,
-    Rollout,
-    Sampling,
-    ScoredRollout,
-    TrainBatch,
-    WeightUpdate,
-    pack_floats,
-    pack_ids,
-)
+from rollstream.schemas import TrainBatch, WeightUpdate
+from rollstream.schemas import synthetic as syn
 from rollstream.services.runtime.bus import Consumer, Producer
 from rollstream.services.runtime.settings import KafkaSettings
 
@@ -35,50 +25,23 @@ SETTINGS = ["learner.device=cpu", "learner.token_budget=24", "learner.lr=0.01", 
 
 
 def train_batch(seq: int) -> TrainBatch:
-    items = []
+    groups = []
     for g in range(2):
         gid = f"b{seq}g{g}"
-        samples = []
-        for i in range(2):
-            completion = [10 + seq + i, 11 + g, 12, 13 + i][: 2 + i + g]
-            r = Rollout(
-                rollout_id=f"{gid}/{i}",
-                group_id=gid,
-                task_id="t",
-                task="toy",
-                sample_index=i,
+        samples = [
+            syn.scored(
+                gid,
+                i,
+                [1, 5 + g, 6],
+                [10 + seq + i, 11 + g, 12, 13 + i][: 2 + i + g],
                 group_size=2,
-                prompt="p",
-                completion="c",
-                prompt_ids=pack_ids([1, 5 + g, 6]),
-                completion_ids=pack_ids(completion),
-                logprobs=pack_floats([-3.0] * len(completion)),
-                finish_reason="stop",
-                policy_version=0,
-                sampling=Sampling(n=2),
-                produced_at=0.0,
+                logprobs=-3.0,
+                reward=float(i),
             )
-            samples.append(ScoredRollout(rollout=r, reward=float(i), produced_at=0.0))
-        stats = GroupStats(reward_mean=0.5, reward_std=0.5, pass_rate=0.5, generated=2, kept=2)
-        group = Group(
-            group_id=gid,
-            task_id="t",
-            task="toy",
-            samples=samples,
-            advantages=[-1.0, 1.0],
-            stats=stats,
-            policy_version=0,
-            produced_at=0.0,
-        )
-        items.append(BatchItem(group=group, weight=1.0))
-    return TrainBatch(
-        batch_id=f"learner-{seq}",
-        learner_id="learner",
-        seq=seq,
-        items=items,
-        learner_version=0,
-        produced_at=0.0,
-    )
+            for i in range(2)
+        ]
+        groups.append(syn.group(gid, samples, [-1.0, 1.0]))
+    return syn.train_batch(groups, seq=seq, batch_id=f"learner-{seq}")
 
 
 def rank0_pid(launcher: int, timeout: float = 60) -> int:

@@ -9,17 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from rollstream.schemas import (
-    Feedback,
-    Group,
-    GroupStats,
-    Rollout,
-    Sampling,
-    ScoredRollout,
-    WeightUpdate,
-    pack_floats,
-    pack_ids,
-)
+from rollstream.schemas import Feedback, Group, WeightUpdate
+from rollstream.schemas import synthetic as syn
 from rollstream.services.replay.config import ReplayConfig
 from rollstream.services.replay.service import Replay
 from rollstream.services.runtime.bus import Consumer, Producer
@@ -29,38 +20,20 @@ pytestmark = pytest.mark.kafka
 
 
 def group(gid: str, version: int = 0, n: int = 2) -> Group:
-    samples = []
-    for i in range(n):
-        r = Rollout(
-            rollout_id=f"{gid}/{i}",
-            group_id=gid,
-            task_id="t",
-            task="toy",
-            sample_index=i,
+    samples = [
+        syn.scored(
+            gid,
+            i,
+            [1, 2],
+            [10 + i, 11, 12],
             group_size=n,
-            prompt="p",
-            completion="c",
-            prompt_ids=pack_ids([1, 2]),
-            completion_ids=pack_ids([10 + i, 11, 12]),
-            logprobs=pack_floats([-1.0] * 3),
-            finish_reason="stop",
+            reward=float(i % 2),
             policy_version=version,
-            sampling=Sampling(n=n),
-            produced_at=0.0,
         )
-        samples.append(ScoredRollout(rollout=r, reward=float(i % 2), produced_at=0.0))
-    stats = GroupStats(reward_mean=0.5, reward_std=0.5, pass_rate=0.5, generated=n, kept=n)
+        for i in range(n)
+    ]
     advantages = [1.0 if i % 2 else -1.0 for i in range(n)]
-    return Group(
-        group_id=gid,
-        task_id="t",
-        task="toy",
-        samples=samples,
-        advantages=advantages,
-        stats=stats,
-        policy_version=version,
-        produced_at=0.0,
-    )
+    return syn.group(gid, samples, advantages, policy_version=version)
 
 
 def read_all(kafka: KafkaSettings, topic: str, polls: int = 8) -> list:
@@ -132,25 +105,16 @@ def test_replay_killed_mid_run_loses_and_repeats_nothing(kafka: KafkaSettings, p
 
 
 def test_learner_killed_mid_run_trains_every_batch_once(kafka: KafkaSettings, tmp_path) -> None:
-    import torch
     from safetensors.torch import save_model
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tiny_llama import random_llama
 
     from rollstream.services.learner.config import LearnerConfig
     from rollstream.services.learner.service import LearnerService
     from rollstream.services.learner.trainer import Trainer
 
     def tiny():
-        torch.manual_seed(0)
-        cfg = LlamaConfig(
-            vocab_size=32,
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-        )
-        return LlamaForCausalLM(cfg)
+        sizes = dict(hidden_size=16, intermediate_size=32, num_attention_heads=2)
+        return random_llama(0, vocab_size=32, num_hidden_layers=1, num_key_value_heads=2, **sizes)
 
     def publisher(model, version: int, step: int) -> WeightUpdate:
         d = Path(tmp_path) / "weights" / f"v{version}"

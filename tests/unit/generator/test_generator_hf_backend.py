@@ -12,44 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tiny_llama import SMALL_SIZES, hf_greedy, hf_logprobs, hf_model, two_versions
 
 from rollstream.services.generator.backend import GenRequest
 
 
-def build_model(out: Path, seed: int) -> Path:
-    """A random Llama with the built-in char tokenizer; the output head is scaled up so the
-    next-token distributions are peaked, as a trained model's are, not near-uniform."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from rollstream.services.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB, save_tokenizer
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=len(VOCAB),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=BOS_ID,
-        eos_token_id=EOS_ID,
-        pad_token_id=PAD_ID,
-        tie_word_embeddings=False,
-    )
-    model = LlamaForCausalLM(cfg)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(8.0)
-    model.save_pretrained(str(out))
-    save_tokenizer(out)
-    return out
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("hf-models")
-    return {"v0": build_model(root / "v0", 0), "v1": build_model(root / "v1", 1)}
+    return two_versions(tmp_path_factory.mktemp("hf-models"), SMALL_SIZES, head_scale=8.0)
 
 
 @pytest.fixture(scope="module")
@@ -63,37 +33,7 @@ def backend(models: dict[str, Path]) -> Any:
 
 @pytest.fixture(scope="module")
 def hf(models: dict[str, Path]) -> Any:
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(str(models["v0"]), dtype="float32").eval()
-
-
-def forward_logprobs(
-    model: Any, prompt: list[int], completion: list[int], temperature: float, top_k: int = -1
-) -> list[float]:
-    """log softmax(logits / T), top-k truncated, at each sampled token."""
-    import torch
-
-    with torch.no_grad():
-        logits = model(torch.tensor([prompt + completion])).logits[0]  # (P+T, V)
-    steps = logits[len(prompt) - 1 : len(prompt) - 1 + len(completion)] / temperature  # (T, V)
-    if top_k > 0:
-        kth = steps.topk(top_k, dim=-1).values[:, -1:]
-        steps = steps.masked_fill(steps < kth, float("-inf"))
-    lp = steps.log_softmax(-1)
-    return lp.gather(-1, torch.tensor(completion)[:, None])[:, 0].tolist()
-
-
-def greedy(model: Any, prompt: list[int], steps: int, eos: int) -> list[int]:
-    import torch
-
-    ids = list(prompt)
-    with torch.no_grad():
-        for _ in range(steps):
-            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
-            if ids[-1] == eos:
-                break
-    return ids[len(prompt) :]
+    return hf_model(models["v0"])
 
 
 def encode(backend: Any, text: str) -> list[int]:
@@ -131,8 +71,8 @@ def test_logprobs_are_those_of_the_distribution_sampled_from(
         for s in samples:
             assert len(s.logprobs) == len(s.completion_ids) > 0
             assert all(lp <= 0.0 for lp in s.logprobs)
-            want = forward_logprobs(hf, r.prompt_ids, s.completion_ids, temperature, top_k)
-            raw = forward_logprobs(hf, r.prompt_ids, s.completion_ids, 1.0)
+            want = hf_logprobs(hf, r.prompt_ids, s.completion_ids, temperature, top_k)
+            raw = hf_logprobs(hf, r.prompt_ids, s.completion_ids, 1.0)
             worst = max(worst, *(abs(a - b) for a, b in zip(s.logprobs, want, strict=True)))
             untempered_gap = max(
                 untempered_gap, *(abs(a - b) for a, b in zip(s.logprobs, raw, strict=True))
@@ -148,7 +88,7 @@ def test_temperature_zero_is_transformers_greedy(backend: Any, hf: Any) -> None:
         for i, p in enumerate(PROMPTS)
     ]
     for r, samples in zip(reqs, backend.generate(reqs), strict=True):
-        want = greedy(hf, r.prompt_ids, 24, backend.eos_id)
+        want = hf_greedy(hf, r.prompt_ids, 24, backend.eos_id)
         assert [s.completion_ids for s in samples] == [want, want]
         assert samples[0].finish_reason == ("stop" if want[-1] == backend.eos_id else "length")
 
@@ -198,7 +138,7 @@ def test_200_choice_samples_all_match_with_masked_logprobs(backend: Any) -> None
 
 def test_stop_string_cuts_the_text_and_ends_the_sample(backend: Any, hf: Any) -> None:
     prompt = encode(backend, PROMPTS[0])
-    full = greedy(hf, prompt, 24, backend.eos_id)
+    full = hf_greedy(hf, prompt, 24, backend.eos_id)
     text = backend.tokenizer.decode(full, skip_special_tokens=True)
     stop = text[3:5]  # a string that greedy decoding reaches after a few characters
     end = text.find(stop)
@@ -214,11 +154,9 @@ def test_stop_string_cuts_the_text_and_ends_the_sample(backend: Any, hf: Any) ->
 def test_load_weights_switches_greedy_output_to_the_new_weights(
     backend: Any, models: dict[str, Path], tmp_path: Path
 ) -> None:
-    from transformers import AutoModelForCausalLM
-
-    new = AutoModelForCausalLM.from_pretrained(str(models["v1"]), dtype="float32").eval()
+    new = hf_model(models["v1"])
     prompt = encode(backend, PROMPTS[1])
-    want = greedy(new, prompt, 24, backend.eos_id)
+    want = hf_greedy(new, prompt, 24, backend.eos_id)
     weights = tmp_path / "store"
     weights.mkdir()
     (weights / "model.safetensors").write_bytes((models["v1"] / "model.safetensors").read_bytes())
@@ -242,4 +180,4 @@ def test_load_weights_refuses_a_file_that_does_not_fit(
         backend.load_weights(str(tmp_path))
     prompt = encode(backend, PROMPTS[2])
     [[s]] = backend.generate([GenRequest("x", prompt, 1, temperature=0.0, max_tokens=12)])
-    assert s.completion_ids == greedy(hf, prompt, 12, backend.eos_id)
+    assert s.completion_ids == hf_greedy(hf, prompt, 12, backend.eos_id)

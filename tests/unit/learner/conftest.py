@@ -6,62 +6,26 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from rollstream.schemas import (
-    BatchItem,
-    Group,
-    GroupStats,
-    Rollout,
-    Sampling,
-    ScoredRollout,
-    TrainBatch,
-    pack_floats,
-    pack_ids,
-)
+from rollstream.schemas import ScoredRollout, TrainBatch
+from rollstream.schemas import synthetic as syn
 
 VOCAB = 24
 
 
-def sample(gid: str, i: int, prompt: Sequence[int], completion: Sequence[int], logprobs=None):
-    r = Rollout(
-        rollout_id=f"{gid}/{i}",
-        group_id=gid,
-        task_id="t",
-        task="toy",
-        sample_index=i,
-        group_size=2,
-        prompt="p",
-        completion="c",
-        prompt_ids=pack_ids(prompt),
-        completion_ids=pack_ids(completion),
-        logprobs=pack_floats(logprobs if logprobs is not None else [-1.0] * len(completion)),
-        finish_reason="stop",
-        policy_version=0,
-        sampling=Sampling(n=2, temperature=1.0),
-        produced_at=0.0,
-    )
-    return ScoredRollout(rollout=r, reward=0.0, produced_at=0.0)
+def sample(
+    gid: str, i: int, prompt: Sequence[int], completion: Sequence[int], logprobs=None
+) -> ScoredRollout:
+    lps = logprobs if logprobs is not None else -1.0
+    return syn.scored(gid, i, prompt, completion, group_size=2, logprobs=lps, temperature=1.0)
 
 
 def batch(groups: list[tuple[str, list[tuple], list[float], float]]) -> TrainBatch:
     """groups: (group_id, [(prompt, completion[, logprobs])...], advantages, weight)."""
-    items = []
-    for gid, seqs, advs, weight in groups:
+    built = []
+    for gid, seqs, advs, _ in groups:
         samples = [sample(gid, i, *s) for i, s in enumerate(seqs)]
-        stats = GroupStats(reward_mean=0, reward_std=0, pass_rate=0.5, generated=2, kept=2)
-        g = Group(
-            group_id=gid,
-            task_id="t",
-            task="toy",
-            samples=samples,
-            advantages=list(advs),
-            stats=stats,
-            policy_version=0,
-            produced_at=0.0,
-        )
-        items.append(BatchItem(group=g, weight=weight))
-    return TrainBatch(
-        batch_id="b1", learner_id="L", seq=1, items=items, learner_version=0, produced_at=0.0
-    )
+        built.append(syn.group(gid, samples, advs, reward_mean=0, reward_std=0, size=2))
+    return syn.train_batch(built, learner_id="L", weights=[w for *_, w in groups])
 
 
 def tiny_model(seed: int = 0):

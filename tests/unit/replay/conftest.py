@@ -6,15 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
-from rollstream.schemas import (
-    Group,
-    GroupStats,
-    Rollout,
-    Sampling,
-    ScoredRollout,
-    pack_floats,
-    pack_ids,
-)
+from rollstream.schemas import Group, ScoredRollout
+from rollstream.schemas import synthetic as syn
 
 
 def scored(
@@ -30,24 +23,20 @@ def scored(
     logprob: float = -1.0,
     finish: str = "stop",
 ) -> ScoredRollout:
-    r = Rollout(
-        rollout_id=f"{group_id}/{index}",
-        group_id=group_id,
-        task_id=task_id,
-        task="toy",
-        sample_index=index,
+    return syn.scored(
+        group_id,
+        index,
+        range(1, prompt_len + 1),
+        range(10, 10 + completion_len),
         group_size=4,
-        prompt="p",
-        completion="c",
-        prompt_ids=pack_ids(range(1, prompt_len + 1)),
-        completion_ids=pack_ids(range(10, 10 + completion_len)),
-        logprobs=pack_floats([logprob] * completion_len),
+        logprobs=logprob,
+        reward=reward,
+        correct=correct,
+        task_id=task_id,
         finish_reason=finish,
         policy_version=version,
-        sampling=Sampling(n=4, temperature=1.0),
-        produced_at=0.0,
+        temperature=1.0,
     )
-    return ScoredRollout(rollout=r, reward=reward, correct=correct, produced_at=0.0)
 
 
 def group(
@@ -80,23 +69,15 @@ def group(
         )
         for i in range(n)
     ]
-    stats = GroupStats(
+    return syn.group(
+        group_id,
+        samples,
+        advantages,
         reward_mean=sum(rewards) / n,
-        reward_std=0.5,
         pass_rate=pass_rate,
-        generated=n,
-        kept=n,
         estimator=estimator,
-    )
-    return Group(
-        group_id=group_id,
         task_id=task_id,
-        task="toy",
-        samples=samples,
-        advantages=list(advantages),
-        stats=stats,
         policy_version=version,
-        produced_at=0.0,
     )
 
 
