@@ -42,7 +42,7 @@ from rollstream.services.filter.core import FilterCore, Outcome
 from rollstream.services.filter.metrics import FilterMetrics
 from rollstream.services.filter.pass_rate import PassObservation, PassRateTracker, PassRecord
 from rollstream.services.filter.tables import TableView, event_partition
-from rollstream.services.runtime.faust_app import make_app
+from rollstream.services.runtime.faust_app import consumer_lag, make_app
 from rollstream.services.runtime.metrics import BusMetrics
 from rollstream.services.runtime.service import apply_control
 from rollstream.services.runtime.settings import KafkaSettings
@@ -215,6 +215,7 @@ def build_app(
         stage.count(outcome)
 
     positions: dict[Any, int] = {}  # tp -> next offset to read
+    messages_in = bus.messages_in.labels(SOURCE)
 
     @app.agent(source, name="assemble", concurrency=1)
     async def assemble(stream: Any) -> None:
@@ -232,7 +233,7 @@ def build_app(
                 if metrics is not None:
                     metrics.pending.set(len(core.assembler.pending))
                 continue
-            bus.messages_in.labels(SOURCE).inc()
+            messages_in.inc()
             positions[m.tp] = m.offset + 1
             outcome, error = stage.add(m.value, now)
             if error:
@@ -282,17 +283,6 @@ def build_app(
 
     @app.timer(interval=5.0)
     async def lag() -> None:
-        total = 0
-        assigned = app.consumer.assignment()
-        for tp, position in list(positions.items()):
-            if tp not in assigned:
-                continue
-            try:
-                high = app.consumer.highwater(tp)
-            except Exception:  # partition revoked or metadata not there yet
-                continue
-            if high is not None and high >= 0:
-                total += max(0, high - position)
-        bus.consumer_lag.labels(SOURCE).set(total)
+        bus.consumer_lag.labels(SOURCE).set(consumer_lag(app, positions))
 
     return app

@@ -116,3 +116,22 @@ def run_worker(app: Any, loglevel: str = "WARNING") -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     return 0
+
+
+def consumer_lag(app: Any, positions: dict[Any, int]) -> int:
+    """Messages between what this worker has read and the end of its assigned partitions."""
+    total = 0
+    try:
+        assigned = app.consumer.assignment()
+    except Exception:
+        return 0
+    for tp, position in list(positions.items()):
+        if tp not in assigned:
+            continue
+        try:
+            high = app.consumer.highwater(tp)
+        except Exception:  # partition revoked or metadata not there yet
+            continue
+        if high is not None and high >= 0:
+            total += max(0, high - position)
+    return total

@@ -5,9 +5,12 @@ per Rollout to `rollouts.scored`, and a DeadLetter to `rollouts.raw.dlq` for a m
 not decode or whose reward raised (the worker goes on). Follows `control` (stage "scorer":
 live reward weights, timeouts, fallbacks).
 
-Concurrency and delivery: one agent (concurrency=1) reads with manual acks and starts one task
-per rollout, up to `max_in_flight` at once, so slow rewards (sandbox, judge) overlap; past that
-it stops reading (back-pressure). Results are sent and events acked strictly in arrival order:
+Concurrency and delivery: one agent (concurrency=1). When every reward is inline (cheap and
+synchronous, e.g. the built-in checkers) it scores each rollout in the agent itself, sends the
+result and the stream acks the event after it (in order). Otherwise it reads with manual acks
+and starts one task per rollout, up to `max_in_flight` at once, so slow rewards (sandbox,
+judge) overlap; past that it stops reading (back-pressure). Results are sent and events acked
+strictly in arrival order:
 faust commits the first run of consecutive acked offsets and, acked out of order, could commit
 past a rollout still being scored (research/ecosystem.md, faust #606). faust flushes the
 producer before each offset commit, so delivery is at least once: after a crash the rollouts
@@ -23,11 +26,11 @@ from typing import Any
 
 from rollstream.schemas import DeadLetter, Rollout, SchemaError, ScoredRollout, decode, encode
 from rollstream.schemas.topics import dlq_name, qualified
-from rollstream.services.runtime.faust_app import make_app
+from rollstream.services.runtime.faust_app import consumer_lag, make_app
 from rollstream.services.runtime.metrics import BusMetrics
 from rollstream.services.runtime.service import apply_control
 from rollstream.services.runtime.settings import KafkaSettings
-from rollstream.services.scorer.combine import Combiner
+from rollstream.services.scorer.combine import Combiner, Score
 from rollstream.services.scorer.config import ScorerConfig
 from rollstream.services.scorer.metrics import RunningStats, ScorerMetrics
 from rollstream.services.scorer.reward import RewardConfigError, RewardError
@@ -46,6 +49,8 @@ class Scorer:
         self.metrics = metrics
         self.stats: dict[str, RunningStats] = {}
         self.version = 0
+        self._reward_time: dict[str, Any] = {}  # key -> its histogram child (no .labels())
+        self._verdicts: dict[bool | None, Any] = {}
 
     async def score(self, data: bytes) -> tuple[ScoredRollout | None, str]:
         """(scored message, "") or (None, why it goes to the dead-letter topic)."""
@@ -57,9 +62,28 @@ class Scorer:
         try:
             score = await self.combiner.score(rollout)
         except RewardError as exc:
-            if self.metrics is not None:
-                self.metrics.errors.labels(exc.reward).inc()
+            return None, self._failed(exc)
+        return self._scored(rollout, score, start), ""
+
+    def score_inline(self, data: bytes) -> tuple[ScoredRollout | None, str]:
+        """`score` without the event loop, when every reward runs inline."""
+        try:
+            rollout = decode(data, Rollout)
+        except SchemaError as exc:
             return None, str(exc)
+        start = time.perf_counter()
+        try:
+            score = self.combiner.score_inline(rollout)
+        except RewardError as exc:
+            return None, self._failed(exc)
+        return self._scored(rollout, score, start), ""
+
+    def _failed(self, exc: RewardError) -> str:
+        if self.metrics is not None:
+            self.metrics.errors.labels(exc.reward).inc()
+        return str(exc)
+
+    def _scored(self, rollout: Rollout, score: Score, start: float) -> ScoredRollout:
         elapsed = time.perf_counter() - start
         msg = ScoredRollout(
             rollout=rollout,
@@ -71,7 +95,7 @@ class Scorer:
             produced_at=time.time(),
         )
         self._observe(msg, score.latency_s, elapsed)
-        return msg, ""
+        return msg
 
     def _observe(self, msg: ScoredRollout, latency: dict[str, float], elapsed: float) -> None:
         m = self.metrics
@@ -79,20 +103,34 @@ class Scorer:
             return
         m.scored.inc()
         m.score_time.observe(elapsed)
-        for key, value in [*msg.rewards.items(), ("total", msg.reward)]:
-            stats = self.stats.setdefault(key, RunningStats())
-            stats.add(value)
-            m.reward_mean.labels(key).set(stats.mean)
-            m.reward_std.labels(key).set(stats.std)
+        for key, value in msg.rewards.items():
+            self._stats(key).add(value)
+        self._stats("total").add(msg.reward)
         for key, seconds in latency.items():
-            m.reward_time.labels(key).observe(seconds)
+            child = self._reward_time.get(key)
+            if child is None:
+                child = self._reward_time[key] = m.reward_time.labels(key)
+            child.observe(seconds)
         for key in msg.timed_out:
             m.timeouts.labels(key).inc()
-        verdict = "none" if msg.correct is None else ("correct" if msg.correct else "wrong")
-        m.correct.labels(verdict).inc()
+        verdict = self._verdicts.get(msg.correct)
+        if verdict is None:
+            name = {None: "none", True: "correct", False: "wrong"}[msg.correct]
+            verdict = self._verdicts[msg.correct] = m.correct.labels(name)
+        verdict.inc()
         if msg.rollout.policy_version > self.version:
             self.version = msg.rollout.policy_version
             m.version.set(self.version)
+
+    def _stats(self, key: str) -> RunningStats:
+        """The running stats of `key`; its mean/std gauges read them when scraped."""
+        stats = self.stats.get(key)
+        if stats is None:
+            stats = self.stats[key] = RunningStats()
+            if self.metrics is not None:
+                self.metrics.reward_mean.labels(key).set_function(lambda: stats.mean)
+                self.metrics.reward_std.labels(key).set_function(lambda: stats.std)
+        return stats
 
     def apply_control(self, params: dict[str, Any]) -> bool:
         """Apply live knobs; False (and a log line) when they are invalid."""
@@ -115,16 +153,56 @@ def build_app(
     source = app.topic(qualified(SOURCE, ns))
     sink = app.topic(qualified(SINK, ns))
     dlq = app.topic(qualified(dlq_name(SOURCE), ns))
+    group = qualified("rollstream-scorer", ns)
+    messages_in = bus.messages_in.labels(SOURCE)
+    messages_out = bus.messages_out.labels(SINK)
+    positions: dict[Any, int] = {}  # tp -> next offset to read
+
+    async def deliver(event: Any, msg: ScoredRollout | None, error: str) -> None:
+        """Send the scored rollout, or the input as a dead letter (the caller acks)."""
+        m = event.message
+        if msg is not None:
+            await sink.send(key=m.key, value=encode(msg), headers=msg.headers())
+            messages_out.inc()
+            return
+        log.warning("dead letter %s[%d]@%d: %s", SOURCE, m.partition, m.offset, error)
+        letter = DeadLetter(
+            topic=SOURCE,
+            partition=m.partition,
+            offset=m.offset,
+            key=m.key,
+            value=bytes(m.value or b""),
+            error=error,
+            consumer=group,
+            produced_at=time.time(),
+        )
+        await dlq.send(key=m.key, value=encode(letter), headers=letter.headers())
+        bus.dead_letters.labels(SOURCE).inc()
+
+    if scorer.combiner.inline_only:
+        # Every reward is cheap and synchronous: score in the agent, send, and let the
+        # stream ack each event after its body (in order); no task or queue per rollout.
+        @app.agent(source, name="score", concurrency=1)
+        async def score_inline(stream: Any) -> None:
+            async for event in stream.events():
+                messages_in.inc()
+                positions[event.message.tp] = event.message.offset + 1
+                try:
+                    msg, error = scorer.score_inline(event.message.value)
+                except Exception as exc:  # a bug, not a reward: never kill the stream
+                    log.exception("scorer: scoring failed")
+                    msg, error = None, f"internal error: {type(exc).__name__}: {exc}"
+                await deliver(event, msg, error)
+
+        return _common(app, scorer, bus, positions, control)
+
     window: asyncio.Queue[tuple[Any, asyncio.Future[Any]]] = asyncio.Queue()
     slots = asyncio.Semaphore(config.max_in_flight)
-    group = qualified("rollstream-scorer", ns)
-
-    positions: dict[Any, int] = {}  # tp -> next offset to read
 
     @app.agent(source, name="score", concurrency=1)
     async def score_agent(stream: Any) -> None:
         async for event in stream.noack().events():
-            bus.messages_in.labels(SOURCE).inc()
+            messages_in.inc()
             positions[event.message.tp] = event.message.offset + 1
             await slots.acquire()
             window.put_nowait((event, asyncio.ensure_future(scorer.score(event.message.value))))
@@ -141,28 +219,17 @@ def build_app(
             except Exception as exc:  # a bug, not a reward: still never kill the stream
                 log.exception("scorer: scoring failed")
                 msg, error = None, f"internal error: {type(exc).__name__}: {exc}"
-            key = event.message.key
-            if msg is not None:
-                await sink.send(key=key, value=encode(msg), headers=msg.headers())
-                bus.messages_out.labels(SINK).inc()
-            else:
-                m = event.message
-                log.warning("dead letter %s[%d]@%d: %s", SOURCE, m.partition, m.offset, error)
-                letter = DeadLetter(
-                    topic=SOURCE,
-                    partition=m.partition,
-                    offset=m.offset,
-                    key=key,
-                    value=bytes(m.value or b""),
-                    error=error,
-                    consumer=group,
-                    produced_at=time.time(),
-                )
-                await dlq.send(key=key, value=encode(letter), headers=letter.headers())
-                bus.dead_letters.labels(SOURCE).inc()
+            await deliver(event, msg, error)
             event.ack()
             slots.release()
 
+    return _common(app, scorer, bus, positions, control)
+
+
+def _common(
+    app: Any, scorer: Scorer, bus: BusMetrics, positions: dict[Any, int], control: Any
+) -> Any:
+    """The timers and shutdown hook of either scoring path."""
     seen = {"seq": 0}
 
     @app.timer(interval=1.0)
@@ -181,22 +248,3 @@ def build_app(
         await scorer.combiner.close()
 
     return app
-
-
-def consumer_lag(app: Any, positions: dict[Any, int]) -> int:
-    """Messages between what this worker has read and the end of its assigned partitions."""
-    total = 0
-    try:
-        assigned = app.consumer.assignment()
-    except Exception:
-        return 0
-    for tp, position in list(positions.items()):
-        if tp not in assigned:
-            continue
-        try:
-            high = app.consumer.highwater(tp)
-        except Exception:  # partition revoked or metadata not there yet
-            continue
-        if high is not None and high >= 0:
-            total += max(0, high - position)
-    return total

@@ -112,6 +112,18 @@ class Combiner:
             )
         return cls(components, threads=config.threads)
 
+    @property
+    def inline_only(self) -> bool:
+        """True when every component runs inline: `score_inline` then scores a rollout."""
+        return not self._other
+
+    def score_inline(self, rollout: Rollout) -> Score:
+        """Score `rollout` without the event loop; only when `inline_only` (the scorer app
+        then skips the per-rollout task and ordering queue). Raises RewardError."""
+        if self._other:
+            raise RuntimeError("score_inline needs inline components only")
+        return _combine([self._call_inline(comp, rollout) for comp in self._inline])
+
     async def score(self, rollout: Rollout) -> Score:
         """Score `rollout`; raises RewardError when a component raises."""
         results: list[Outcome] = []
@@ -125,21 +137,7 @@ class Combiner:
                 if isinstance(outcome, BaseException):
                     raise outcome
                 results.append(outcome)
-        components: dict[str, float] = {}
-        timed_out: list[str] = []
-        latency: dict[str, float] = {}
-        total = 0.0
-        verdicts: list[bool] = []
-        for comp, value, late, seconds in results:
-            components[comp.key] = value
-            latency[comp.key] = seconds
-            total += comp.weight * value
-            if late:
-                timed_out.append(comp.key)
-            elif comp.checker:
-                verdicts.append(value >= 1.0)
-        correct = all(verdicts) if verdicts else None
-        return Score(total, components, timed_out, correct, latency)
+        return _combine(results)
 
     def _call_inline(self, comp: Component, rollout: Rollout) -> Outcome:
         start = time.perf_counter()
@@ -208,6 +206,24 @@ class Combiner:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+
+
+def _combine(results: list[Outcome]) -> Score:
+    components: dict[str, float] = {}
+    timed_out: list[str] = []
+    latency: dict[str, float] = {}
+    total = 0.0
+    verdicts: list[bool] = []
+    for comp, value, late, seconds in results:
+        components[comp.key] = value
+        latency[comp.key] = seconds
+        total += comp.weight * value
+        if late:
+            timed_out.append(comp.key)
+        elif comp.checker:
+            verdicts.append(value >= 1.0)
+    correct = all(verdicts) if verdicts else None
+    return Score(total, components, timed_out, correct, latency)
 
 
 def _error(comp: Component, exc: Exception) -> RewardError:
