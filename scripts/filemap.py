@@ -8,6 +8,7 @@ by its own first docstring/comment line, so the map cannot drift from the code.
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -87,9 +88,10 @@ def describe(path: Path) -> str:
 
 def first_sentence(doc: str, limit: int = 120) -> str:
     para = " ".join(doc.strip().split("\n\n")[0].split())
-    for stop in (". ", "? "):
-        if stop in para:
-            para = para[: para.index(stop) + (1 if stop == "? " else 0)]
+    # the first ". " or "? " that ends a sentence (not "Dr. GRPO", "e.g. x")
+    end = re.search(r"(?<!\bDr)(?<!\be\.g)(?<!\bi\.e)(?<!\bvs)(?<!\betc)\. |\? ", para)
+    if end:
+        para = para[: end.start() + (1 if end.group() == "? " else 0)]
     para = para.rstrip(".")
     return para if len(para) <= limit else para[: limit - 1].rstrip() + "…"
 
