@@ -33,7 +33,7 @@ from typing import Any
 
 import msgspec
 
-from rollstream.schemas import DeadLetter, SchemaError, ScoredRollout, decode, encode
+from rollstream.schemas import SchemaError, ScoredRollout, decode, encode
 from rollstream.schemas.topics import dlq_name, qualified
 from rollstream.services.filter.assembly import PendingGroup
 from rollstream.services.filter.chain import FilterConfigError
@@ -42,7 +42,7 @@ from rollstream.services.filter.core import FilterCore, Outcome
 from rollstream.services.filter.metrics import FilterMetrics
 from rollstream.services.filter.pass_rate import PassObservation, PassRateTracker, PassRecord
 from rollstream.services.filter.tables import TableView, event_partition
-from rollstream.services.runtime.faust_app import consumer_lag, make_app
+from rollstream.services.runtime.faust_app import consumer_lag, make_app, send_dead_letter
 from rollstream.services.runtime.metrics import BusMetrics
 from rollstream.services.runtime.service import apply_control
 from rollstream.services.runtime.settings import KafkaSettings
@@ -237,19 +237,7 @@ def build_app(
             positions[m.tp] = m.offset + 1
             outcome, error = stage.add(m.value, now)
             if error:
-                log.warning("dead letter %s[%d]@%d: %s", SOURCE, m.partition, m.offset, error)
-                letter = DeadLetter(
-                    topic=SOURCE,
-                    partition=m.partition,
-                    offset=m.offset,
-                    key=m.key,
-                    value=bytes(m.value or b""),
-                    error=error,
-                    consumer=group_id,
-                    produced_at=now,
-                )
-                await dlq.send(key=m.key, value=encode(letter), headers=letter.headers())
-                bus.dead_letters.labels(SOURCE).inc()
+                await send_dead_letter(dlq, bus, SOURCE, m, error, group_id, log)
             elif outcome is not None:
                 await emit(outcome)
 

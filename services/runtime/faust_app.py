@@ -11,11 +11,14 @@ instance does not trigger a rebalance, and `rocksdb://` as table store for real 
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
 import tempfile
+import time
 from typing import Any
 
+from rollstream.schemas import DeadLetter, encode
 from rollstream.schemas.topics import qualified
 from rollstream.services.runtime.settings import KafkaSettings
 
@@ -135,3 +138,24 @@ def consumer_lag(app: Any, positions: dict[Any, int]) -> int:
         if high is not None and high >= 0:
             total += max(0, high - position)
     return total
+
+
+async def send_dead_letter(
+    dlq: Any, bus: Any, source: str, message: Any, error: str, consumer: str, log: logging.Logger
+) -> None:
+    """Send a faust `message` read from registry topic `source` to `dlq` as a DeadLetter with
+    the reason, log it and count it in `bus.dead_letters`."""
+    m = message
+    log.warning("dead letter %s[%d]@%d: %s", source, m.partition, m.offset, error)
+    letter = DeadLetter(
+        topic=source,
+        partition=m.partition,
+        offset=m.offset,
+        key=m.key,
+        value=bytes(m.value or b""),
+        error=error,
+        consumer=consumer,
+        produced_at=time.time(),
+    )
+    await dlq.send(key=m.key, value=encode(letter), headers=letter.headers())
+    bus.dead_letters.labels(source).inc()

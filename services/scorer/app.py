@@ -24,9 +24,9 @@ import logging
 import time
 from typing import Any
 
-from rollstream.schemas import DeadLetter, Rollout, SchemaError, ScoredRollout, decode, encode
+from rollstream.schemas import Rollout, SchemaError, ScoredRollout, decode, encode
 from rollstream.schemas.topics import dlq_name, qualified
-from rollstream.services.runtime.faust_app import consumer_lag, make_app
+from rollstream.services.runtime.faust_app import consumer_lag, make_app, send_dead_letter
 from rollstream.services.runtime.metrics import BusMetrics
 from rollstream.services.runtime.service import apply_control
 from rollstream.services.runtime.settings import KafkaSettings
@@ -165,19 +165,7 @@ def build_app(
             await sink.send(key=m.key, value=encode(msg), headers=msg.headers())
             messages_out.inc()
             return
-        log.warning("dead letter %s[%d]@%d: %s", SOURCE, m.partition, m.offset, error)
-        letter = DeadLetter(
-            topic=SOURCE,
-            partition=m.partition,
-            offset=m.offset,
-            key=m.key,
-            value=bytes(m.value or b""),
-            error=error,
-            consumer=group,
-            produced_at=time.time(),
-        )
-        await dlq.send(key=m.key, value=encode(letter), headers=letter.headers())
-        bus.dead_letters.labels(SOURCE).inc()
+        await send_dead_letter(dlq, bus, SOURCE, m, error, group, log)
 
     if scorer.combiner.inline_only:
         # Every reward is cheap and synchronous: score in the agent, send, and let the
