@@ -20,20 +20,27 @@ of source partition p receives tick p and expires that partition's overdue group
 writes happen only while processing an event of the entry's own partition.
 
 Delivery: one agent per input (concurrency=1, acks in order); faust flushes the producer
-before each offset commit, so outputs are at least once. A crash between sending a group and
-the commit of its table update can emit that group again; replay and learner drop repeats by
-group_id.
+before each offset commit. A finished group keeps its samples in the pending table until the
+source offset that finished it is committed (each `done` entry is stamped with the last source
+offset read on its partition). When a worker takes a partition over (start, restart,
+rebalance) it reads back the output partitions for the groups finished since the last commit
+(reconcile.py) and sends only what is missing: a worker killed at any point loses no group and
+emits none twice. The internal pass-rate observation of such a group is sent again only when
+one of its outputs was missing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import time
+from collections import deque
 from typing import Any
 
 import msgspec
 
-from rollstream.schemas import SchemaError, ScoredRollout, decode, encode
+from rollstream.schemas import DropRecord, SchemaError, ScoredRollout, decode, encode
 from rollstream.schemas.topics import dlq_name, qualified
 from rollstream.services.filter.assembly import PendingGroup
 from rollstream.services.filter.chain import FilterConfigError
@@ -41,7 +48,9 @@ from rollstream.services.filter.config import FilterConfig
 from rollstream.services.filter.core import FilterCore, Outcome
 from rollstream.services.filter.metrics import FilterMetrics
 from rollstream.services.filter.pass_rate import PassObservation, PassRateTracker, PassRecord
+from rollstream.services.filter.reconcile import read_back
 from rollstream.services.filter.tables import TableView, event_partition
+from rollstream.services.runtime import failpoints
 from rollstream.services.runtime.faust_app import consumer_lag, make_app, send_dead_letter
 from rollstream.services.runtime.metrics import BusMetrics
 from rollstream.services.runtime.service import apply_control
@@ -108,6 +117,10 @@ class FilterStage:
         """Apply live knobs; False (and a log line) when they are invalid."""
         counter = self.metrics.control if self.metrics is not None else None
         return apply_control("filter", self.core.update, params, counter, (FilterConfigError,))
+
+
+def drop_id(drop: DropRecord) -> tuple[str, str, str]:
+    return drop.filter, drop.reason, drop.scope
 
 
 TICKS = "rollstream-filter-ticks"
@@ -178,12 +191,21 @@ def build_app(
     pending_table = app.Table("pending", **raw)
     done_table = app.Table("done", **raw)
     pass_table = app.Table("passrates", **raw)
+    source_name = qualified(SOURCE, ns)
+    last_read: dict[int, int] = {}  # partition -> last source offset read
 
+    def stamp() -> int:
+        part = event_partition()
+        return last_read.get(-1 if part is None else part, -1)
+
+    done = TableView(done_table, float, event_partition, stamp)
+    pending = TableView(pending_table, PendingGroup, event_partition, stamp)
     core = FilterCore(
         config,
-        pending=TableView(pending_table, PendingGroup, event_partition),
-        done=TableView(done_table, float, event_partition),
+        pending=pending,
+        done=done,
         track_pass_rates=False,
+        keep_finished=True,
     )
     stage = FilterStage(core, metrics)
     tracker = PassRateTracker(
@@ -195,15 +217,34 @@ def build_app(
     group_id = qualified("rollstream-filter", ns)
     last_prune: dict[int, float] = {}
 
-    async def emit(outcome: Outcome) -> None:
+    finished: dict[int, deque[tuple[int, str]]] = {}  # partition -> (stamp, group_id)
+    reconciled: set[int] = set()
+
+    async def emit(outcome: Outcome, seen: dict[str, list[bytes]] | None = None) -> None:
+        """Send an outcome's messages; with `seen` (what reconcile found of this group on the
+        output topics) only the missing ones."""
         key = outcome.group_id.encode()
-        # the state change is queued before the outputs (see Delivery in the docstring)
-        if outcome.group is not None:
+        part = event_partition()
+        if seen is None and part is not None:
+            finished.setdefault(part, deque()).append((stamp(), outcome.group_id))
+        if seen is None and failpoints.reached("filter.before_outputs"):
+            await app.producer.flush()  # the state reaches the changelog, the outputs never
+            log.warning("failpoint filter.before_outputs: exiting before %s", outcome.group_id)
+            os._exit(9)
+        missing = False
+        if outcome.group is not None and not (seen and seen["kept"]):
+            missing = True
             await kept.send(key=key, value=encode(outcome.group), headers=outcome.group.headers())
             bus.messages_out.labels("groups.kept").inc()
+        there = {drop_id(decode(v, DropRecord)) for v in seen["dropped"]} if seen else set()
         for drop in outcome.drops:
+            if drop_id(drop) in there:
+                continue
+            missing = True
             await dropped.send(key=key, value=encode(drop), headers=drop.headers())
             bus.messages_out.labels("groups.dropped").inc()
+        if seen is not None and not missing:
+            return
         if outcome.pass_rate is not None:
             obs = PassObservation(
                 task_id=outcome.task_id,
@@ -214,14 +255,105 @@ def build_app(
             await observations.send(key=outcome.task_id.encode(), value=msgspec.msgpack.encode(obs))
         stage.count(outcome)
 
+    def committed(part: int) -> int:
+        """The committed offset of source partition `part` (0 if none)."""
+        from faust.types import TP
+
+        return int(app.consumer._committed_offset.get(TP(source_name, part)) or 0)
+
+    def forget_committed(part: int) -> None:
+        """Drop the samples of finished groups whose outputs a commit has flushed: finished
+        when the last source offset read was below the committed offset - 1."""
+        queue = finished.get(part)
+        limit = committed(part) - 1
+        while queue and queue[0][0] < limit:
+            core.assembler.forget(queue.popleft()[1])
+
+    async def reconcile(part: int) -> None:
+        """First event of `part` since it was assigned. Groups touched after the last commit
+        (stamp >= committed - 1) are looked up on the output topics: a finished one that is
+        not there is sent again; an unfinished one that is there (its `done` entry was lost
+        with the dead worker) is marked done, so its replayed samples are ignored."""
+        limit = committed(part) - 1
+        last_read[part] = limit
+        await app.producer.flush()  # our own sends before a rebalance must count as sent
+        queue: list[tuple[int, str]] = []
+        unsure: dict[str, float] = {}  # group_id -> when its outputs could first have gone
+        for gid in list(core.assembler.pending):
+            if gid in done:
+                at = done.stamp_of(gid)
+                queue.append((at, gid))
+                if at >= limit:
+                    unsure[gid] = done[gid]
+            elif core.assembler.pending[gid].complete:  # finished, its `done` entry lost
+                unsure[gid] = core.assembler.pending[gid].first_seen
+            elif pending.stamp_of(gid) >= limit:
+                unsure[gid] = core.assembler.pending[gid].first_seen
+        finished[part] = deque(sorted(queue))
+        if not unsure:
+            return
+        wanted: dict[tuple[str, int], set[bytes]] = {}
+        for topic in (kept, dropped):
+            # key_partition needs the topic's metadata in the (aiokafka) producer
+            await app.producer._ensure_producer().partitions_for(topic.get_topic_name())
+            for gid in unsure:
+                tp = app.producer.key_partition(topic.get_topic_name(), gid.encode())
+                wanted.setdefault((tp.topic, tp.partition), set()).add(gid.encode())
+        since_ms = int((min(unsure.values()) - 60.0) * 1000)  # clock-skew margin
+        loop = asyncio.get_running_loop()
+        try:
+            found = await loop.run_in_executor(None, read_back, kafka, wanted, since_ms)
+        except Exception as exc:  # better twice than never: send the finished ones again
+            log.warning("partition %d: reading outputs back failed (%s)", part, exc)
+            found = {}
+        names = {"kept": kept.get_topic_name(), "dropped": dropped.get_topic_name()}
+        resent = marked = 0
+        now = time.time()
+        for gid in unsure:
+            key = gid.encode()
+            seen = {k: found.get((name, key), []) for k, name in names.items()}
+            there = bool(seen["kept"] or seen["dropped"])
+            group = core.assembler.pending[gid]
+            if gid in done or group.complete:
+                resent += not there
+                if gid not in done:
+                    done[gid] = now
+                    finished[part].append((limit, gid))
+                await emit(core.decide(group, now), seen)
+            elif there:
+                marked += 1
+                done[gid] = now
+                finished[part].append((limit, gid))
+        log.info(
+            "partition %d: %d group(s) touched after the last commit; %d finished ones sent "
+            "again, %d already on the output topics marked done",
+            part,
+            len(unsure),
+            resent,
+            marked,
+        )
+
     positions: dict[Any, int] = {}  # tp -> next offset to read
     messages_in = bus.messages_in.labels(SOURCE)
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        # the state of a partition that moves must be on its changelog before the next
+        # owner reads it
+        await app.producer.flush()
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
+        reconciled.clear()  # each partition reconciles on its first event
 
     @app.agent(source, name="assemble", concurrency=1)
     async def assemble(stream: Any) -> None:
         async for event in stream.events():
             m = event.message
             now = time.time()
+            if m.partition not in reconciled:
+                await reconcile(m.partition)
+                reconciled.add(m.partition)
             if weights is not None and weights.latest is not None:
                 core.learner_version = weights.latest.version
             if m.topic == ticks_name:
@@ -230,11 +362,13 @@ def build_app(
                     last_prune[m.partition] = now
                 for outcome in core.expire(now, prune=due):
                     await emit(outcome)
+                forget_committed(m.partition)
                 if metrics is not None:
                     metrics.pending.set(len(core.assembler.pending))
                 continue
             messages_in.inc()
             positions[m.tp] = m.offset + 1
+            last_read[m.partition] = m.offset
             outcome, error = stage.add(m.value, now)
             if error:
                 await send_dead_letter(dlq, bus, SOURCE, m, error, group_id, log)

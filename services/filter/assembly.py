@@ -8,6 +8,10 @@ State lives in two mappings that the caller owns, so the faust app can back them
   was emitted or dropped (a redelivery, a straggler after a timeout) is ignored instead of
   starting a new group. `prune_done` forgets entries older than a TTL.
 
+With `keep_finished`, a finished group stays in `pending` (complete, and marked in `done`) until
+the caller calls `forget`: the faust app keeps it until the source offset that finished it is
+committed, so that after a crash it can re-send a group whose outputs never reached the broker.
+
 A pending group whose first sample is older than the timeout is handed back by `expire`; the
 caller then drops it or emits what arrived (FilterConfig.timeout_policy). Pure: time is an
 argument. PendingGroup is a msgspec Struct because it is persisted (table changelog).
@@ -73,9 +77,11 @@ class GroupAssembler:
         self,
         pending: MutableMapping[str, PendingGroup] | None = None,
         done: MutableMapping[str, float] | None = None,
+        keep_finished: bool = False,
     ) -> None:
         self.pending: MutableMapping[str, PendingGroup] = {} if pending is None else pending
         self.done: MutableMapping[str, float] = {} if done is None else done
+        self.keep_finished = keep_finished
 
     def add(self, sample: ScoredRollout, now: float) -> Added:
         """Add one sample. A complete group leaves `pending` and is marked done."""
@@ -96,23 +102,37 @@ class GroupAssembler:
             return Added("duplicate")
         group.samples[r.rollout_id] = sample
         if group.complete:
-            self.pending.pop(r.group_id, None)
-            self.done[r.group_id] = now
+            self._finished(group, now)
             return Added("complete", group)
         self.pending[r.group_id] = group  # re-assign: a table only persists on set
         return Added("pending")
 
     def expire(self, now: float, timeout_s: float) -> list[PendingGroup]:
         """Remove and return the pending groups first seen more than `timeout_s` ago."""
-        old = [g for g in self.pending.values() if now - g.first_seen > timeout_s]
+        old = [
+            g
+            for g in self.pending.values()
+            if now - g.first_seen > timeout_s and g.group_id not in self.done
+        ]
         for group in old:
-            self.pending.pop(group.group_id, None)
-            self.done[group.group_id] = now
+            self._finished(group, now)
         return old
+
+    def _finished(self, group: PendingGroup, now: float) -> None:
+        if self.keep_finished:
+            self.pending[group.group_id] = group
+        else:
+            self.pending.pop(group.group_id, None)
+        self.done[group.group_id] = now
+
+    def forget(self, group_id: str) -> None:
+        """Drop a kept finished group's samples (its id stays in `done`)."""
+        self.pending.pop(group_id, None)
 
     def prune_done(self, now: float, ttl_s: float) -> int:
         """Forget finished group ids older than `ttl_s`; returns how many were forgotten."""
         stale = [gid for gid, at in self.done.items() if now - at > ttl_s]
         for gid in stale:
             del self.done[gid]
+            self.pending.pop(gid, None)
         return len(stale)

@@ -61,10 +61,11 @@ class FilterCore:
     learner_version: int | None = None  # newest published version, for the stale filter
     track_pass_rates: bool = True  # False: Outcome.prompt_stats stays None (the app
     # aggregates pass rates per task_id on its own partitioning)
+    keep_finished: bool = False  # see GroupAssembler
 
     def __post_init__(self) -> None:
         self.chain = FilterChain.from_specs(self.config.chain)
-        self.assembler = GroupAssembler(self.pending, self.done)
+        self.assembler = GroupAssembler(self.pending, self.done, self.keep_finished)
         self.tracker = PassRateTracker(
             self.config.pass_rate_alpha, self.config.pass_rate_recent, self.pass_rates
         )
@@ -79,15 +80,19 @@ class FilterCore:
     def expire(self, now: float, prune: bool = True) -> list[Outcome]:
         """Outcomes of the groups whose first sample is older than the group timeout; with
         `prune`, also forget finished group ids older than `done_ttl_s`."""
-        outcomes = []
-        for pending in self.assembler.expire(now, self.config.group_timeout_s):
-            if self.config.timeout_policy == "emit" and pending.samples:
-                outcomes.append(self.finish(pending, now, partial=True))
-            else:
-                outcomes.append(self._timeout_drop(pending, now))
+        expired = self.assembler.expire(now, self.config.group_timeout_s)
+        outcomes = [self.decide(pending, now) for pending in expired]
         if prune:
             self.assembler.prune_done(now, self.config.done_ttl_s)
         return outcomes
+
+    def decide(self, pending: PendingGroup, now: float) -> Outcome:
+        """The Outcome of a finished group: complete, or expired (then by timeout_policy)."""
+        if pending.complete:
+            return self.finish(pending, now)
+        if self.config.timeout_policy == "emit" and pending.samples:
+            return self.finish(pending, now, partial=True)
+        return self._timeout_drop(pending, now)
 
     def finish(self, pending: PendingGroup, now: float, partial: bool = False) -> Outcome:
         """Filter one assembled group and build its messages."""

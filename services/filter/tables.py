@@ -5,7 +5,8 @@ back, so bytes are used from the start). Each value is stored as the MessagePack
 [partition, value]: the source partition of the event that wrote it. faust writes a table
 change to the changelog partition of the *current event*, so a periodic tick for partition p
 may only touch entries written from p; iteration therefore yields only the entries of the
-current event's partition (all entries outside an event, e.g. in tests).
+current event's partition (all entries outside an event, e.g. in tests). With `stamp`, each
+value also carries a number taken when it was written (the filter stores the source offset).
 """
 
 from __future__ import annotations
@@ -26,19 +27,31 @@ class TableView(MutableMapping[str, V], Generic[V]):
         table: MutableMapping[bytes, bytes],
         value_type: type[V],
         partition: Callable[[], int | None],
+        stamp: Callable[[], int] | None = None,
     ) -> None:
         self.table = table
         self.partition = partition
+        self.stamp = stamp
         self._encoder = msgspec.msgpack.Encoder()
-        self._decoder = msgspec.msgpack.Decoder(tuple[int, value_type])  # type: ignore[valid-type]
-        self._part_decoder = msgspec.msgpack.Decoder(tuple[int, msgspec.Raw])
+        shape: Any = tuple[int, value_type, int] if stamp else tuple[int, value_type]  # type: ignore[valid-type]
+        self._decoder = msgspec.msgpack.Decoder(shape)
+        self._part_decoder = msgspec.msgpack.Decoder(
+            tuple[int, msgspec.Raw, int] if stamp else tuple[int, msgspec.Raw]
+        )
 
     def __getitem__(self, key: str) -> V:
-        return self._decoder.decode(self.table[key.encode()])[1]
+        return self._decoder.decode(self.table[key.encode()])[1]  # type: ignore[no-any-return]
+
+    def stamp_of(self, key: str) -> int:
+        """The stamp taken when `key` was last written (needs `stamp`)."""
+        return int(self._decoder.decode(self.table[key.encode()])[2])
 
     def __setitem__(self, key: str, value: V) -> None:
         part = self.partition()
-        self.table[key.encode()] = self._encoder.encode((-1 if part is None else part, value))
+        entry: tuple[Any, ...] = (-1 if part is None else part, value)
+        if self.stamp is not None:
+            entry += (self.stamp(),)
+        self.table[key.encode()] = self._encoder.encode(entry)
 
     def __delitem__(self, key: str) -> None:
         del self.table[key.encode()]

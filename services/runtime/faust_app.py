@@ -16,11 +16,14 @@ import os
 import ssl
 import tempfile
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from rollstream.schemas import DeadLetter, encode
 from rollstream.schemas.topics import qualified
 from rollstream.services.runtime.settings import KafkaSettings
+
+log = logging.getLogger("rollstream.faust")
 
 
 def broker_urls(kafka: KafkaSettings) -> list[str]:
@@ -88,13 +91,14 @@ def make_app(
         producer_max_request_size=8 * 1024 * 1024,
         consumer_max_fetch_size=16 * 1024 * 1024,
         autodiscover=False,
-        # A broker can report a partition's end one short (the embedded broker answers
-        # ListOffsets with the start of the last record batch + 1); faust's recovery check
-        # then raises ConsistencyError on a rebalance. Tables are deduplicated by id, so a
-        # replayed changelog entry is harmless: skip the check rather than crash the worker.
+        # A broker can report a partition's end short (see fetched_ends); faust's recovery
+        # check then raises ConsistencyError on a rebalance. Tables are deduplicated by id, so
+        # a replayed changelog entry is harmless: skip the check rather than crash the worker.
         recovery_consistency_check=False,
     )
-    if instance:
+    read_changelogs_to_fetched_end()
+    drain_buffer_on_flush()
+    if instance and kafka.static_membership:
         conf["consumer_group_instance_id"] = instance
     # faust keeps table files under `datadir` (default: "<app id>-data" in the working
     # directory); without a run folder put it in the temp dir, never in the caller's cwd.
@@ -107,6 +111,86 @@ def make_app(
     )
     conf.update(extra)
     return faust.App(qualified(f"rollstream-{stage}", kafka.namespace), **conf)
+
+
+async def fetched_ends(consumer: Any, ends: Mapping[Any, int | None]) -> dict[Any, int | None]:
+    """`ends` (from ListOffsets) raised to the high watermark a Fetch reports.
+
+    Table recovery reads each changelog partition up to its end as ListOffsets reports it.
+    The embedded broker (Tansu 0.6) answers ListOffsets with the first offset of the last
+    record batch + 1, so when the last batch holds several records a restarted worker
+    stopped short and forgot the newest state: finished groups came out again, pending
+    samples were lost. A Fetch of the last reported offset carries the true high watermark;
+    on a conforming broker it equals the ListOffsets end and nothing changes.
+    `consumer` is the aiokafka consumer; one Fetch per leader (1 KiB a partition; the broker
+    returns at least the last batch; Tansu answers a Fetch with max wait 0 with no partitions,
+    so it waits up to 100 ms, which data at end-1 satisfies at once)."""
+    from aiokafka.protocol.fetch import FetchRequest
+
+    client = consumer._client
+    by_name = {(tp.topic, tp.partition): tp for tp in ends}
+    by_node: dict[int, dict[str, list[tuple[int, int, int]]]] = {}
+    for tp, end in ends.items():
+        node = client.cluster.leader_for_partition(tp) if end else None
+        if node is not None and node >= 0:
+            by_node.setdefault(node, {}).setdefault(tp.topic, []).append(
+                (tp.partition, end - 1, 1024)  # type: ignore[operator]
+            )
+    out = dict(ends)
+    for node, topics in by_node.items():
+        response = await client.send(node, FetchRequest(100, 1, 1 << 20, 0, list(topics.items())))
+        for topic, partitions in response.topics:
+            for partition, error_code, highwater, *_ in partitions:
+                tp = by_name.get((topic, partition))
+                if tp is not None and error_code == 0 and highwater > (out[tp] or 0):
+                    out[tp] = highwater
+    return out
+
+
+def drain_buffer_on_flush() -> None:
+    """faust's ProducerBuffer.flush (table changelog writes wait there) returns when a
+    message takes over 0.1 s to go out, so a commit could pass changelog writes still in the
+    buffer, and a crash then would lose state for committed input. Make it drain fully
+    (a patch applied once per process)."""
+    from faust.transport.producer import ProducerBuffer
+
+    if getattr(ProducerBuffer, "_rollstream_drains", False):
+        return
+    flush_atmost = ProducerBuffer.flush_atmost
+
+    async def flush(self: Any) -> None:
+        while self.size:
+            await flush_atmost(self, None)
+
+    ProducerBuffer.flush = flush  # type: ignore[method-assign]
+    ProducerBuffer._rollstream_drains = True  # type: ignore[attr-defined]
+
+
+def read_changelogs_to_fetched_end() -> None:
+    """Make faust's table recovery use `fetched_ends` (a patch of its aiokafka driver,
+    applied once per process; falls back to the ListOffsets ends if the Fetch fails)."""
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    if getattr(AIOKafkaConsumerThread, "_rollstream_fetched_ends", False):
+        return
+    listed = AIOKafkaConsumerThread._highwaters
+
+    async def _highwaters(self: Any, partitions: Any) -> Any:
+        ends = await listed(self, partitions)
+        if self.consumer.in_transaction:
+            return ends
+        try:
+            fetched = await fetched_ends(self._ensure_consumer(), ends)
+            raised = {tp: v for tp, v in fetched.items() if v != ends.get(tp)}
+            if raised:
+                log.info("changelog ends raised by Fetch: %s", raised)
+            return fetched
+        except Exception as exc:
+            log.warning("changelog ends from Fetch failed (%s); using ListOffsets", exc)
+            return ends
+
+    AIOKafkaConsumerThread._highwaters = _highwaters  # type: ignore[method-assign]
+    AIOKafkaConsumerThread._rollstream_fetched_ends = True  # type: ignore[attr-defined]
 
 
 def run_worker(app: Any, loglevel: str = "WARNING") -> int:

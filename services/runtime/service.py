@@ -100,8 +100,9 @@ class StageContext:
             format=f"%(asctime)s {stage} %(levelname)s %(name)s: %(message)s",
             stream=sys.stderr,
         )
+        libs = os.environ.get("ROLLSTREAM_LIB_LOG_LEVEL", "WARNING").upper()
         for noisy in ("aiokafka", "faust", "mode", "httpx", "urllib3"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+            logging.getLogger(noisy).setLevel(libs)
         return cls(stage, args, cfg)
 
     def start(self) -> StageContext:

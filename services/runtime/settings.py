@@ -29,6 +29,10 @@ class KafkaSettings(BaseModel):
     """Consumer group session timeout. Lower means faster first joins and failure detection
     (`rollstream up` uses 6000, the lowest a stock Kafka broker accepts); the cluster default
     10 s is safe. Heartbeats go every session_timeout/10."""
+    static_membership: bool = True
+    """faust stages (scorer, filter) join their group with `--instance` as group.instance.id,
+    so a restarted worker (a StatefulSet pod) takes its partitions back without a rebalance.
+    false: dynamic membership; a dead worker's partitions move after the session timeout."""
     client_id: str = "rollstream"
     """Kafka client id prefix; the stage name is appended."""
     replication: int = Field(1, ge=1, le=32)

@@ -1,7 +1,7 @@
 """The scorer and filter apps on the real embedded broker: synthetic Rollouts with known
 rewards go in; exactly the expected groups, drops (with reasons), advantages, prompt stats and
-dead letters come out; two filter workers, one killed and restarted mid-stream, lose no group
-and emit none twice."""
+dead letters come out; two filter workers, one killed (or crashing itself between writing a
+group's state and sending it) and restarted mid-stream, lose no group and emit none twice."""
 
 from __future__ import annotations
 
@@ -186,15 +186,22 @@ def scored(gid: str, i: int) -> ScoredRollout:
 
 @pytest.mark.xfail(
     strict=False,
-    reason="known bug, issue #4 open: after a SIGKILL and restart some groups never come out "
-    "(failed in CI and in about 1 run in 3 here); suspected: faust table recovery reads the "
-    "changelog only to the embedded broker's short ListOffsets end; see the closing note",
+    reason="issue #4 open: on the embedded broker, a static member restarted under its own id "
+    "sometimes enters a rebalance loop (its new member id is 'not recognized' after every "
+    "sync), and the stream stalls past the test's 120 s (a few of ~20 runs here); with "
+    "static_membership false, partitions handed between live workers still lost or "
+    "repeated groups in 2 of 3 runs; see the closing note",
 )
+@pytest.mark.parametrize("crash", ["sigkill", "failpoint"])
 def test_two_filter_workers_one_killed_and_restarted_lose_and_repeat_nothing(
-    kafka, tmp_path, processes
+    kafka, tmp_path, processes, crash
 ):
+    """sigkill: worker A is killed once groups come out. failpoint: A kills itself after
+    writing a finished group's state and before sending its outputs (the crash that loses a
+    group unless the restarted worker sends it)."""
     n = 200
-    processes.append(start("filter", kafka, tmp_path, "A"))
+    armed = {"ROLLSTREAM_FAILPOINTS": "filter.before_outputs=5"} if crash == "failpoint" else {}
+    processes.append(start("filter", kafka, tmp_path, "A", **armed))
     processes.append(start("filter", kafka, tmp_path, "B"))
     p = Producer(kafka, "test")
     consumer = Consumer(kafka, "test", ["groups.kept", "groups.dropped"], group=None)
@@ -211,8 +218,9 @@ def test_two_filter_workers_one_killed_and_restarted_lose_and_repeat_nothing(
         while not got and time.monotonic() < deadline:
             got += consumer.poll(500, 0.5)
         assert got, "no group came out before the kill"
-        processes[0].send_signal(signal.SIGKILL)  # worker A dies mid-stream
-        processes[0].wait()
+        if crash == "sigkill":
+            processes[0].send_signal(signal.SIGKILL)  # worker A dies mid-stream
+        assert processes[0].wait(60) in (-signal.SIGKILL, 9)
         processes.append(start("filter", kafka, tmp_path, "A", log="A-restarted"))
         for g in range(n // 2, n):
             for i in (2, 3):
@@ -231,13 +239,18 @@ def test_two_filter_workers_one_killed_and_restarted_lose_and_repeat_nothing(
     assert set(kept) == {f"g{g}" for g in range(n)}
     assert max(kept.values()) == 1
     assert all(len(r.value.samples) == 4 for r in got if r.topic == "groups.kept")
+    if crash == "failpoint":  # the group whose outputs A never sent came out once
+        log = (tmp_path / "A.log").read_text()
+        assert "failpoint filter.before_outputs: exiting before g" in log
+        lost = log.split("exiting before ")[1].split()[0]
+        assert kept[lost] == 1
 
 
 @pytest.mark.xfail(
     strict=False,
-    reason="known bug, issue #4 open: after a SIGKILL and restart some rollouts were not "
-    "scored within 120 s (a restart under a new instance id left partitions with the dead "
-    "static member; the same id mostly passes); see the closing note",
+    reason="issue #4 open: the embedded broker's rebalance loop after a static member's "
+    "restart (see the filter test) can stall the stream past 120 s; passed in all 4 runs "
+    "here this session",
 )
 def test_two_scorer_workers_one_killed_and_restarted_lose_nothing(kafka, tmp_path, processes):
     n = 3000  # rollouts per phase; the kill lands while worker A is still scoring

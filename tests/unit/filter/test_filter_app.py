@@ -67,3 +67,14 @@ def test_table_view_tags_entries_with_their_partition() -> None:
     assert pending["b"].group_id == "b"  # direct lookups see every partition
     current["p"] = None
     assert list(pending) == ["b"]  # outside an event: everything
+
+
+def test_a_stamped_table_view_keeps_the_stamp_taken_at_each_write() -> None:
+    stamp = {"v": 7}
+    view = TableView({}, float, lambda: 3, lambda: stamp["v"])
+    view["g"] = 1.5
+    stamp["v"] = 9
+    view["h"] = 2.5
+    assert (view["g"], view.stamp_of("g"), view["h"], view.stamp_of("h")) == (1.5, 7, 2.5, 9)
+    view["g"] = 4.0
+    assert view.stamp_of("g") == 9 and sorted(view) == ["g", "h"]

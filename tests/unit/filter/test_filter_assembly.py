@@ -81,3 +81,20 @@ def test_pass_rate_tracker_ewma_and_recent() -> None:
     )
     assert msg.policy_version == 7
     assert tracker.update("t2", "toy", 0.25).ewma == 0.25  # prompts are independent
+
+
+def test_keep_finished_holds_the_samples_of_finished_groups_until_forgotten() -> None:
+    asm = GroupAssembler(keep_finished=True)
+    for i in range(2):
+        added = asm.add(scored(i, group_size=2), now=1.0)
+    assert added.status == "complete"
+    assert asm.done == {"g1": 1.0}
+    assert len(asm.pending["g1"].samples) == 2  # kept (complete) for a re-send after a crash
+    assert asm.add(scored(0, group_size=2), now=2.0).status == "late"
+    asm.add(scored(0, group_id="slow"), now=0.0)
+    assert [g.group_id for g in asm.expire(now=100.0, timeout_s=50.0)] == ["slow"]
+    assert asm.expire(now=200.0, timeout_s=50.0) == []  # finished groups never expire again
+    asm.forget("g1")
+    assert "g1" not in asm.pending and "g1" in asm.done
+    assert asm.prune_done(now=1000.0, ttl_s=10.0) == 2
+    assert asm.pending == {} and asm.done == {}
