@@ -249,7 +249,7 @@ def test_two_filter_workers_one_killed_and_restarted_lose_and_repeat_nothing(
 @pytest.mark.xfail(
     strict=False,
     reason="issue #4 open: the embedded broker's rebalance loop after a static member's "
-    "restart (see the filter test) can stall the stream past 120 s; passed in all 4 runs "
+    "restart (see the filter test) can stall the stream past 120 s; passed in all 6 runs "
     "here this session",
 )
 def test_two_scorer_workers_one_killed_and_restarted_lose_nothing(kafka, tmp_path, processes):
