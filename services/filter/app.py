@@ -307,14 +307,22 @@ def build_app(
             log.warning("partition %d: reading outputs back failed (%s)", part, exc)
             found = {}
         names = {"kept": kept.get_topic_name(), "dropped": dropped.get_topic_name()}
-        resent = marked = 0
+        resent = marked = reopened = 0
         now = time.time()
         for gid in unsure:
             key = gid.encode()
             seen = {k: found.get((name, key), []) for k, name in names.items()}
             there = bool(seen["kept"] or seen["dropped"])
             group = core.assembler.pending[gid]
-            if gid in done or group.complete:
+            expired = gid in done and done[gid] - group.first_seen > core.config.group_timeout_s
+            if gid in done and not group.complete and not expired:
+                # finished, but the write of its last sample(s) was lost (changelog partitions
+                # are not written in order): that sample comes again from the source (its
+                # offset is past the commit), so a group not sent yet is simply reopened
+                if not there:
+                    reopened += 1
+                    del done[gid]
+            elif gid in done or group.complete:
                 resent += not there
                 if gid not in done:
                     done[gid] = now
@@ -324,12 +332,14 @@ def build_app(
                 marked += 1
                 done[gid] = now
                 finished[part].append((limit, gid))
+        finished[part] = deque(e for e in finished[part] if e[1] in done)
         log.info(
             "partition %d: %d group(s) touched after the last commit; %d finished ones sent "
-            "again, %d already on the output topics marked done",
+            "again, %d reopened, %d already on the output topics marked done",
             part,
             len(unsure),
             resent,
+            reopened,
             marked,
         )
 

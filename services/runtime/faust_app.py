@@ -122,9 +122,11 @@ async def fetched_ends(consumer: Any, ends: Mapping[Any, int | None]) -> dict[An
     stopped short and forgot the newest state: finished groups came out again, pending
     samples were lost. A Fetch of the last reported offset carries the true high watermark;
     on a conforming broker it equals the ListOffsets end and nothing changes.
-    `consumer` is the aiokafka consumer; one Fetch per leader (1 KiB a partition; the broker
-    returns at least the last batch; Tansu answers a Fetch with max wait 0 with no partitions,
-    so it waits up to 100 ms, which data at end-1 satisfies at once)."""
+    `consumer` is the aiokafka consumer; one Fetch per leader, reading one batch a partition.
+    Tansu leaves out of its answer a partition whose batch exceeds the partition byte limit,
+    and answers a Fetch with max wait 0 with no partitions at all, so the limits are large
+    (16 MiB a partition, like the consumer's) and it may wait 100 ms (data at end-1 answers
+    at once)."""
     from aiokafka.protocol.fetch import FetchRequest
 
     client = consumer._client
@@ -134,11 +136,11 @@ async def fetched_ends(consumer: Any, ends: Mapping[Any, int | None]) -> dict[An
         node = client.cluster.leader_for_partition(tp) if end else None
         if node is not None and node >= 0:
             by_node.setdefault(node, {}).setdefault(tp.topic, []).append(
-                (tp.partition, end - 1, 1024)  # type: ignore[operator]
+                (tp.partition, end - 1, 16 << 20)  # type: ignore[operator]
             )
     out = dict(ends)
     for node, topics in by_node.items():
-        response = await client.send(node, FetchRequest(100, 1, 1 << 20, 0, list(topics.items())))
+        response = await client.send(node, FetchRequest(100, 1, 64 << 20, 0, list(topics.items())))
         for topic, partitions in response.topics:
             for partition, error_code, highwater, *_ in partitions:
                 tp = by_name.get((topic, partition))
