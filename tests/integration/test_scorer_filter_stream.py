@@ -188,9 +188,9 @@ def scored(gid: str, i: int) -> ScoredRollout:
     strict=False,
     reason="issue #4 open: on the embedded broker, a static member restarted under its own id "
     "sometimes enters a rebalance loop (its new member id is 'not recognized' after every "
-    "sync), and the stream stalls past the test's 120 s (a few of ~20 runs here); with "
-    "static_membership false, partitions handed between live workers still lost or "
-    "repeated groups in 2 of 3 runs; see the closing note",
+    "sync) and the stream stalls past the test's 120 s: 8 of 17 failpoint runs, 1 of 12 "
+    "SIGKILL runs here; with static_membership false, 1 of 8 runs stalled on a partition "
+    "handed over to the live worker; see the closing note",
 )
 @pytest.mark.parametrize("crash", ["sigkill", "failpoint"])
 def test_two_filter_workers_one_killed_and_restarted_lose_and_repeat_nothing(
