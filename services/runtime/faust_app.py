@@ -122,11 +122,9 @@ async def fetched_ends(consumer: Any, ends: Mapping[Any, int | None]) -> dict[An
     stopped short and forgot the newest state: finished groups came out again, pending
     samples were lost. A Fetch of the last reported offset carries the true high watermark;
     on a conforming broker it equals the ListOffsets end and nothing changes.
-    `consumer` is the aiokafka consumer; one Fetch per leader, reading one batch a partition.
-    Tansu leaves out of its answer a partition whose batch exceeds the partition byte limit,
-    and answers a Fetch with max wait 0 with no partitions at all, so the limits are large
-    (16 MiB a partition, like the consumer's) and it may wait 100 ms (data at end-1 answers
-    at once)."""
+    `consumer` is the aiokafka consumer; one Fetch per leader, reading one batch a partition
+    (byte limits as the consumer's). Tansu answers a Fetch with max wait 0 with no partitions
+    at all, so it may wait 100 ms (data at end-1 answers at once)."""
     from aiokafka.protocol.fetch import FetchRequest
 
     client = consumer._client

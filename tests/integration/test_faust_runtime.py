@@ -13,8 +13,7 @@ pytestmark = [pytest.mark.kafka]
 
 def test_fetched_ends_give_the_true_end_where_list_offsets_falls_short(kafka) -> None:
     """Table recovery reads changelogs to these ends: the embedded broker's ListOffsets says 1
-    for a partition whose only batch holds 10 records; a Fetch's high watermark says 10 (also
-    when the batch is larger than a small fetch limit, which the broker answers with nothing)."""
+    for a partition whose only batch holds 10 records; a Fetch's high watermark says 10."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
     from aiokafka.structs import TopicPartition
 
@@ -28,7 +27,7 @@ def test_fetched_ends_give_the_true_end_where_list_offsets_falls_short(kafka) ->
         await producer.start()
         await consumer.start()
         try:
-            for _ in range(10):  # one batch of 40 KB (a broker may leave out big batches)
+            for _ in range(10):  # one batch of 40 KB
                 await producer.send(topic, b"x" * 4000, partition=0)
             await producer.send(topic, b"y", partition=1)
             await producer.flush()
