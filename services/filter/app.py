@@ -19,8 +19,9 @@ with the source's partition count; faust assigns co-partitioned topics together,
 of source partition p receives tick p and expires that partition's overdue groups. Table
 writes happen only while processing an event of the entry's own partition.
 
-Delivery: one agent per input (concurrency=1, acks in order); faust flushes the producer
-before each offset commit. A finished group keeps its samples in the pending table until the
+Delivery: one agent per input (concurrency=1, acks in order). Outputs and table changelogs go
+out through librdkafka (runtime/faust_sender.py), whose flush is part of faust's producer
+flush, and faust flushes the producer before each offset commit. A finished group keeps its samples in the pending table until the
 source offset that finished it is committed (each `done` entry is stamped with the last source
 offset read on its partition). When a worker takes a partition over (start, restart,
 rebalance) it reads back the output partitions for the groups finished since the last commit
@@ -52,6 +53,7 @@ from rollstream.services.filter.reconcile import read_back
 from rollstream.services.filter.tables import TableView, event_partition
 from rollstream.services.runtime import failpoints
 from rollstream.services.runtime.faust_app import consumer_lag, make_app, send_dead_letter
+from rollstream.services.runtime.faust_sender import Sender
 from rollstream.services.runtime.metrics import BusMetrics
 from rollstream.services.runtime.service import apply_control
 from rollstream.services.runtime.settings import KafkaSettings
@@ -179,6 +181,8 @@ def build_app(
     """The faust app (see module docstring). `control`/`weights` are runtime Followers."""
     ns = kafka.namespace
     app = make_app("filter", kafka, instance=instance, store=config.table_store, data_dir=data_dir)
+    sender = Sender(kafka, "filter")  # outputs and changelogs through librdkafka (see there)
+    sender.attach(app)
     ticks_name = qualified(TICKS, ns)
     source = app.topic(qualified(SOURCE, ns), ticks_name)
     ticks = app.topic(ticks_name, partitions=partitions, internal=True)
@@ -187,10 +191,14 @@ def build_app(
     dropped = app.topic(qualified("groups.dropped", ns))
     stats_topic = app.topic(qualified("prompt.stats", ns))
     dlq = app.topic(qualified(dlq_name(SOURCE), ns))
+    kept_name, dropped_name = kept.get_topic_name(), dropped.get_topic_name()
+    observations_name, stats_name = observations.get_topic_name(), stats_topic.get_topic_name()
     raw = {"partitions": partitions, "key_type": bytes, "value_type": bytes}  # raw changelogs
     pending_table = app.Table("pending", **raw)
     done_table = app.Table("done", **raw)
     pass_table = app.Table("passrates", **raw)
+    for table in (pending_table, done_table, pass_table):
+        sender.redirect_changelog(table)
     source_name = qualified(SOURCE, ns)
     last_read: dict[int, int] = {}  # partition -> last source offset read
 
@@ -208,11 +216,9 @@ def build_app(
         keep_finished=True,
     )
     stage = FilterStage(core, metrics)
-    tracker = PassRateTracker(
-        config.pass_rate_alpha,
-        config.pass_rate_recent,
-        TableView(pass_table, PassRecord, event_partition),
-    )
+    pass_rates_view = TableView(pass_table, PassRecord, event_partition)
+    tracker = PassRateTracker(config.pass_rate_alpha, config.pass_rate_recent, pass_rates_view)
+    views = (done, pending, pass_rates_view)
     obs_decoder = msgspec.msgpack.Decoder(PassObservation)
     group_id = qualified("rollstream-filter", ns)
     last_prune: dict[int, float] = {}
@@ -234,14 +240,14 @@ def build_app(
         missing = False
         if outcome.group is not None and not (seen and seen["kept"]):
             missing = True
-            await kept.send(key=key, value=encode(outcome.group), headers=outcome.group.headers())
+            sender.send(kept_name, encode(outcome.group), key, headers=outcome.group.headers())
             bus.messages_out.labels("groups.kept").inc()
         there = {drop_id(decode(v, DropRecord)) for v in seen["dropped"]} if seen else set()
         for drop in outcome.drops:
             if drop_id(drop) in there:
                 continue
             missing = True
-            await dropped.send(key=key, value=encode(drop), headers=drop.headers())
+            sender.send(dropped_name, encode(drop), key, headers=drop.headers())
             bus.messages_out.labels("groups.dropped").inc()
         if seen is not None and not missing:
             return
@@ -252,7 +258,7 @@ def build_app(
                 pass_rate=outcome.pass_rate,
                 policy_version=outcome.policy_version,
             )
-            await observations.send(key=outcome.task_id.encode(), value=msgspec.msgpack.encode(obs))
+            sender.send(observations_name, msgspec.msgpack.encode(obs), outcome.task_id.encode())
         stage.count(outcome)
 
     def committed(part: int) -> int:
@@ -347,14 +353,18 @@ def build_app(
     messages_in = bus.messages_in.labels(SOURCE)
 
     @app.on_partitions_revoked.connect
-    async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+    async def on_revoked(_app: Any, revoked: Any, **kwargs: Any) -> None:
         # the state of a partition that moves must be on its changelog before the next
         # owner reads it
         await app.producer.flush()
+        for view in views:
+            view.forget_cache()
 
     @app.on_partitions_assigned.connect
-    async def on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
+    async def on_assigned(_app: Any, assigned: Any, **kwargs: Any) -> None:
         reconciled.clear()  # each partition reconciles on its first event
+        for view in views:
+            view.forget_cache()  # the tables are recovered from their changelogs
 
     @app.agent(source, name="assemble", concurrency=1)
     async def assemble(stream: Any) -> None:
@@ -391,9 +401,7 @@ def build_app(
             obs = obs_decoder.decode(event.message.value)
             record = tracker.update(obs.task_id, obs.task, obs.pass_rate)
             msg = tracker.message(obs.task_id, record, obs.policy_version, time.time())
-            await stats_topic.send(
-                key=obs.task_id.encode(), value=encode(msg), headers=msg.headers()
-            )
+            sender.send(stats_name, encode(msg), obs.task_id.encode(), headers=msg.headers())
             bus.messages_out.labels("prompt.stats").inc()
 
     @app.timer(interval=config.tick_s)

@@ -7,6 +7,10 @@ change to the changelog partition of the *current event*, so a periodic tick for
 may only touch entries written from p; iteration therefore yields only the entries of the
 current event's partition (all entries outside an event, e.g. in tests). With `stamp`, each
 value also carries a number taken when it was written (the filter stores the source offset).
+
+Decoded values are cached (the filter reads a pending group on every sample): the view must be
+the only writer of the table while it runs, and `forget_cache` must be called whenever the
+table can change underneath (a partition assigned and recovered from the changelog, or revoked).
 """
 
 from __future__ import annotations
@@ -38,9 +42,19 @@ class TableView(MutableMapping[str, V], Generic[V]):
         self._part_decoder = msgspec.msgpack.Decoder(
             tuple[int, msgspec.Raw, int] if stamp else tuple[int, msgspec.Raw]
         )
+        self._cache: dict[str, V] = {}
 
     def __getitem__(self, key: str) -> V:
-        return self._decoder.decode(self.table[key.encode()])[1]  # type: ignore[no-any-return]
+        try:
+            return self._cache[key]
+        except KeyError:
+            value: V = self._decoder.decode(self.table[key.encode()])[1]
+            self._cache[key] = value
+            return value
+
+    def forget_cache(self) -> None:
+        """Read every value from the table again from now on."""
+        self._cache.clear()
 
     def stamp_of(self, key: str) -> int:
         """The stamp taken when `key` was last written (needs `stamp`)."""
@@ -52,8 +66,10 @@ class TableView(MutableMapping[str, V], Generic[V]):
         if self.stamp is not None:
             entry += (self.stamp(),)
         self.table[key.encode()] = self._encoder.encode(entry)
+        self._cache[key] = value
 
     def __delitem__(self, key: str) -> None:
+        self._cache.pop(key, None)
         del self.table[key.encode()]
 
     def __iter__(self) -> Iterator[str]:

@@ -7,6 +7,12 @@ rollstream.schemas, so bad messages reach the DLQ), a short session timeout for 
 the embedded broker, static membership (`consumer_group_instance_id`) so a restart of the same
 instance does not trigger a rebalance, and `rocksdb://` as table store for real deployments
 (the default `memory://` rebuilds tables from the changelog at start).
+
+Speed: faust's per-message machinery cost more than the stages' work (benchmarks/RESULTS.md).
+Three changes take most of it away: the fetch loop delivers each fetched batch in one task
+(`deliver_fetches_in_one_task`), the Monitor sensor skips its per-message bookkeeping
+(faust_monitor.py), and the stages send outputs and changelogs through librdkafka
+(faust_sender.py), flushed whenever faust flushes its producer.
 """
 
 from __future__ import annotations
@@ -95,9 +101,11 @@ def make_app(
         # check then raises ConsistencyError on a rebalance. Tables are deduplicated by id, so
         # a replayed changelog entry is harmless: skip the check rather than crash the worker.
         recovery_consistency_check=False,
+        Monitor="rollstream.services.runtime.faust_monitor:QuietMonitor",
     )
     read_changelogs_to_fetched_end()
     drain_buffer_on_flush()
+    deliver_fetches_in_one_task()
     if instance and kafka.static_membership:
         conf["consumer_group_instance_id"] = instance
     # faust keeps table files under `datadir` (default: "<app id>-data" in the working
@@ -164,6 +172,97 @@ def drain_buffer_on_flush() -> None:
 
     ProducerBuffer.flush = flush  # type: ignore[method-assign]
     ProducerBuffer._rollstream_drains = True  # type: ignore[attr-defined]
+
+
+def deliver_fetches_in_one_task() -> None:
+    """Hand each fetched batch to the streams in one task, not four tasks per message.
+
+    faust's fetch loop (Consumer._drain_messages) races the delivery of every message against
+    "flow suspended" (a rebalance), "stopped" and "crashed" with `Service.wait_first`: four
+    tasks and an `asyncio.wait` per message, ~0.05 CPU ms, as much as everything else a stage
+    does with a message. This version waits for the next fetch as faust does (outside the
+    race), then races the delivery of the whole fetched batch against the same three events:
+    a rebalance still cancels the delivery at once (the rest of the batch is dropped, as
+    faust drops it, and read again from the committed offsets). Read offsets, gaps,
+    `commit_every` and the periodic yield are kept as faust has them (a patch applied once per
+    process, to the faust-streaming 0.15 loop)."""
+    import asyncio
+
+    from faust.transport.consumer import CONSUMER_FETCHING, Consumer
+
+    if getattr(Consumer, "_rollstream_batch_delivery", False):
+        return
+
+    async def _drain_messages(self: Any, fetcher: Any) -> None:
+        callback = self.callback
+        getmany = self.getmany
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        get_read_offset = self._read_offset.__getitem__
+        set_read_offset = self._read_offset.__setitem__
+        set_flag = self.diag.set_flag
+        unset_flag = self.diag.unset_flag
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        yield_every = 100
+        sleep = asyncio.sleep
+
+        async def deliver(first: tuple[Any, Any], ait: Any) -> None:
+            num_since_yield = 0
+            item = first
+            while True:
+                tp, message = item
+                num_since_yield += 1
+                if num_since_yield > yield_every:
+                    await sleep(0)
+                    num_since_yield = 0
+                offset = message.offset
+                r_offset = get_read_offset(tp)
+                if r_offset is None or offset >= r_offset:
+                    gap = offset - (r_offset or 0)
+                    if gap > 1 and r_offset and acks_enabled_for(message.topic):
+                        await self._add_gap(tp, r_offset + 1, offset)
+                    commit_every = self._commit_every
+                    if commit_every is not None and self._n_acked >= commit_every:
+                        self._n_acked = 0
+                        await self.commit()
+                    await callback(message)
+                    set_read_offset(tp, offset)
+                try:
+                    item = await ait.__anext__()
+                except StopAsyncIteration:
+                    return
+
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                set_flag(CONSUMER_FETCHING)
+                ait = getmany(timeout=1.0).__aiter__()
+                await self.sleep(0)
+                if not self.should_stop:
+                    try:
+                        first = await ait.__anext__()  # waits for the fetch, as faust does
+                    except StopAsyncIteration:
+                        first = None
+                    if first is not None:
+                        await self.wait_first(deliver(first, ait), self.suspend_flow.wait())
+                    unset_flag(CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                self.log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                self.log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            unset_flag(CONSUMER_FETCHING)
+
+    Consumer._drain_messages = _drain_messages  # type: ignore[method-assign]
+    Consumer._rollstream_batch_delivery = True  # type: ignore[attr-defined]
 
 
 def read_changelogs_to_fetched_end() -> None:

@@ -12,9 +12,10 @@ and starts one task per rollout, up to `max_in_flight` at once, so slow rewards 
 judge) overlap; past that it stops reading (back-pressure). Results are sent and events acked
 strictly in arrival order:
 faust commits the first run of consecutive acked offsets and, acked out of order, could commit
-past a rollout still being scored (research/ecosystem.md, faust #606). faust flushes the
-producer before each offset commit, so delivery is at least once: after a crash the rollouts
-since the last commit are scored again, and the filter drops the repeats by rollout_id.
+past a rollout still being scored (research/ecosystem.md, faust #606). Results go out through
+librdkafka (runtime/faust_sender.py), whose flush is part of faust's producer flush, and faust
+flushes the producer before each offset commit, so delivery is at least once: after a crash the
+rollouts since the last commit are scored again, and the filter drops the repeats by rollout_id.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 from rollstream.schemas import Rollout, SchemaError, ScoredRollout, decode, encode
 from rollstream.schemas.topics import dlq_name, qualified
 from rollstream.services.runtime.faust_app import consumer_lag, make_app, send_dead_letter
+from rollstream.services.runtime.faust_sender import Sender
 from rollstream.services.runtime.metrics import BusMetrics
 from rollstream.services.runtime.service import apply_control
 from rollstream.services.runtime.settings import KafkaSettings
@@ -150,8 +152,10 @@ def build_app(
     """The faust app (see module docstring). `control` is a runtime Follower or None."""
     ns = kafka.namespace
     app = make_app("scorer", kafka, instance=instance)
+    sender = Sender(kafka, "scorer")  # outputs through librdkafka, flushed with faust's producer
+    sender.attach(app)
     source = app.topic(qualified(SOURCE, ns))
-    sink = app.topic(qualified(SINK, ns))
+    sink_name = qualified(SINK, ns)
     dlq = app.topic(qualified(dlq_name(SOURCE), ns))
     group = qualified("rollstream-scorer", ns)
     messages_in = bus.messages_in.labels(SOURCE)
@@ -162,7 +166,7 @@ def build_app(
         """Send the scored rollout, or the input as a dead letter (the caller acks)."""
         m = event.message
         if msg is not None:
-            await sink.send(key=m.key, value=encode(msg), headers=msg.headers())
+            sender.send(sink_name, encode(msg), m.key, headers=msg.headers())
             messages_out.inc()
             return
         await send_dead_letter(dlq, bus, SOURCE, m, error, group, log)
@@ -182,7 +186,7 @@ def build_app(
                     msg, error = None, f"internal error: {type(exc).__name__}: {exc}"
                 await deliver(event, msg, error)
 
-        return _common(app, scorer, bus, positions, control)
+        return _common(app, scorer, bus, positions, control, sender)
 
     window: asyncio.Queue[tuple[Any, asyncio.Future[Any]]] = asyncio.Queue()
     slots = asyncio.Semaphore(config.max_in_flight)
@@ -211,11 +215,16 @@ def build_app(
             event.ack()
             slots.release()
 
-    return _common(app, scorer, bus, positions, control)
+    return _common(app, scorer, bus, positions, control, sender)
 
 
 def _common(
-    app: Any, scorer: Scorer, bus: BusMetrics, positions: dict[Any, int], control: Any
+    app: Any,
+    scorer: Scorer,
+    bus: BusMetrics,
+    positions: dict[Any, int],
+    control: Any,
+    sender: Sender,
 ) -> Any:
     """The timers and shutdown hook of either scoring path."""
     seen = {"seq": 0}
@@ -234,5 +243,6 @@ def _common(
     @app.on_before_shutdown.connect
     async def close_rewards(app: Any, **kwargs: Any) -> None:
         await scorer.combiner.close()
+        await sender.flush()
 
     return app

@@ -78,3 +78,23 @@ def test_a_stamped_table_view_keeps_the_stamp_taken_at_each_write() -> None:
     assert (view["g"], view.stamp_of("g"), view["h"], view.stamp_of("h")) == (1.5, 7, 2.5, 9)
     view["g"] = 4.0
     assert view.stamp_of("g") == 9 and sorted(view) == ["g", "h"]
+
+
+def test_a_table_view_reads_values_written_underneath_once_told_to_forget_its_cache() -> None:
+    """The view caches decoded values; a changelog recovery writes the table directly, and
+    the app calls forget_cache on every assignment and revocation."""
+    table: dict[bytes, bytes] = {}
+    view = TableView(table, float, lambda: 0)
+    other = TableView(table, float, lambda: 0)  # stands in for the changelog recovery
+    view["g"] = 1.0
+    other["g"] = 2.0
+    assert view["g"] == 1.0  # cached
+    view.forget_cache()
+    assert view["g"] == 2.0
+    del other["g"]
+    assert view["g"] == 2.0  # cached until told
+    view.forget_cache()
+    assert "g" not in view
+    view["h"] = 3.0
+    del view["h"]
+    assert "h" not in view and table == {}
