@@ -20,14 +20,14 @@ of source partition p receives tick p and expires that partition's overdue group
 writes happen only while processing an event of the entry's own partition.
 
 Delivery: one agent per input (concurrency=1, acks in order). Outputs and table changelogs go
-out through librdkafka (runtime/faust_sender.py), whose flush is part of faust's producer
-flush, and faust flushes the producer before each offset commit. A finished group keeps its samples in the pending table until the
-source offset that finished it is committed (each `done` entry is stamped with the last source
-offset read on its partition). When a worker takes a partition over (start, restart,
-rebalance) it reads back the output partitions for the groups finished since the last commit
-(reconcile.py) and sends only what is missing: a worker killed at any point loses no group and
-emits none twice. The internal pass-rate observation of such a group is sent again only when
-one of its outputs was missing.
+out through librdkafka (runtime/faust_sender.py), whose flush is part of faust's producer flush,
+and faust flushes the producer before each offset commit. A finished group keeps its samples in
+the pending table until the source offset that finished it is committed (each `done` entry is
+stamped with the last source offset read on its partition). When a worker takes a partition over
+(start, restart, rebalance) it reads back the output partitions for the groups finished since
+the last commit (reconcile.py) and sends only what is missing: a worker killed at any point
+loses no group and emits none twice. The internal pass-rate observation of such a group is sent
+again only when one of its outputs was missing.
 """
 
 from __future__ import annotations

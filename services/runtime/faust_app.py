@@ -4,9 +4,10 @@ How we run faust safely (research/ecosystem.md): at-least-once (never `exactly_o
 `concurrency=1` on agents whose offsets matter, dedupe by id in table state, topics created
 explicitly with the registry's partition counts, raw bytes in and out (decoded with
 rollstream.schemas, so bad messages reach the DLQ), a short session timeout for fast joins on
-the embedded broker, static membership (`consumer_group_instance_id`) so a restart of the same
-instance does not trigger a rebalance, and `rocksdb://` as table store for real deployments
-(the default `memory://` rebuilds tables from the changelog at start).
+the embedded broker, static membership (`consumer_group_instance_id`) where asked for and the
+session timeout is 10 s or more, so a restart of the same instance does not trigger a rebalance,
+and `rocksdb://` as table store for real deployments (the default `memory://` rebuilds tables
+from the changelog at start).
 
 Speed: faust's per-message machinery cost more than the stages' work (benchmarks/RESULTS.md).
 Three changes take most of it away: the fetch loop delivers each fetched batch in one task
@@ -30,6 +31,15 @@ from rollstream.schemas.topics import qualified
 from rollstream.services.runtime.settings import KafkaSettings
 
 log = logging.getLogger("rollstream.faust")
+
+
+STATIC_MIN_SESSION_MS = 10_000
+
+
+def static_membership(kafka: KafkaSettings) -> bool:
+    """Whether faust stages join with their instance id as group.instance.id: asked for, and
+    with a session timeout of at least STATIC_MIN_SESSION_MS (see KafkaSettings)."""
+    return kafka.static_membership and kafka.session_timeout_ms >= STATIC_MIN_SESSION_MS
 
 
 def broker_urls(kafka: KafkaSettings) -> list[str]:
@@ -106,8 +116,15 @@ def make_app(
     read_changelogs_to_fetched_end()
     drain_buffer_on_flush()
     deliver_fetches_in_one_task()
-    if instance and kafka.static_membership:
+    rewind_uncommitted_partitions()
+    if instance and static_membership(kafka):
         conf["consumer_group_instance_id"] = instance
+    elif instance and kafka.static_membership:
+        log.info(
+            "static membership off: kafka.session_timeout_ms %d is under %d (see KafkaSettings)",
+            kafka.session_timeout_ms,
+            STATIC_MIN_SESSION_MS,
+        )
     # faust keeps table files under `datadir` (default: "<app id>-data" in the working
     # directory); without a run folder put it in the temp dir, never in the caller's cwd.
     base = os.path.join(tempfile.gettempdir(), "rollstream-faust")
@@ -263,6 +280,46 @@ def deliver_fetches_in_one_task() -> None:
 
     Consumer._drain_messages = _drain_messages  # type: ignore[method-assign]
     Consumer._rollstream_batch_delivery = True  # type: ignore[attr-defined]
+
+
+async def seek_to_committed_or_reset(consumer: Any, reset: str = "earliest") -> dict[Any, Any]:
+    """Seek each assigned partition of the aiokafka `consumer` to its committed offset, and one
+    with none to the `reset` point ("earliest": the log start; "latest": the end). Returns the
+    committed offsets (None where there is none), as aiokafka's `seek_to_committed` does."""
+    committed: dict[Any, Any] = await consumer.seek_to_committed()
+    for tp, offset in committed.items():
+        if offset == 0:
+            consumer.seek(tp, 0)
+    unset = [tp for tp, offset in committed.items() if offset is None or offset < 0]
+    if unset:
+        if reset == "latest":
+            await consumer.seek_to_end(*unset)
+        else:
+            await consumer.seek_to_beginning(*unset)
+    return committed
+
+
+def rewind_uncommitted_partitions() -> None:
+    """After a rebalance, faust seeks every assigned partition back to its committed offset
+    to read again what it fetched but did not process; aiokafka's `seek_to_committed` skips a
+    partition with no committed offset (or 0), leaving it where the fetcher stopped. Records a
+    worker fetched in a generation that ended under it (faust drops a fetched batch when the
+    generation changes) were then never read, by anyone: seen on the filter when a partition
+    that no worker had committed yet moved during two quick rebalances. This version seeks such
+    partitions to where a fresh consumer would start (`consumer_auto_offset_reset`: the log
+    start for "earliest"); the stages drop what they see twice by id (a patch applied once per
+    process)."""
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    if getattr(AIOKafkaConsumerThread, "_rollstream_rewinds", False):
+        return
+
+    async def seek_to_committed(self: Any) -> Any:
+        reset = self.app.conf.consumer_auto_offset_reset
+        return await self.call_thread(seek_to_committed_or_reset, self._ensure_consumer(), reset)
+
+    AIOKafkaConsumerThread.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
+    AIOKafkaConsumerThread._rollstream_rewinds = True  # type: ignore[attr-defined]
 
 
 def read_changelogs_to_fetched_end() -> None:

@@ -29,10 +29,16 @@ class KafkaSettings(BaseModel):
     """Consumer group session timeout. Lower means faster first joins and failure detection
     (`rollstream up` uses 6000, the lowest a stock Kafka broker accepts); the cluster default
     10 s is safe. Heartbeats go every session_timeout/10."""
-    static_membership: bool = True
-    """faust stages (scorer, filter) join their group with `--instance` as group.instance.id,
-    so a restarted worker (a StatefulSet pod) takes its partitions back without a rebalance.
-    false: dynamic membership; a dead worker's partitions move after the session timeout."""
+    static_membership: bool = False
+    """true: faust stages (scorer, filter) join their group with `--instance` as
+    group.instance.id, so a restarted worker (a StatefulSet pod) takes its partitions back
+    without a rebalance; used only with session_timeout_ms >= 10000 (a restart takes longer
+    than a shorter timeout anyway). For a real Kafka cluster; off by default because the
+    embedded broker (Tansu 0.6) mishandles static members: with a 6 s timeout it evicts one
+    after every rebalance, in a loop (it holds their JoinGroup and SyncGroup 3 s each without
+    counting them as signs of life), and with 10 s a static member restarted under its id
+    joined but never completed its SyncGroup. false (default): dynamic membership; a dead
+    worker's partitions move to the others when its session times out."""
     client_id: str = "rollstream"
     """Kafka client id prefix; the stage name is appended."""
     replication: int = Field(1, ge=1, le=32)

@@ -50,9 +50,9 @@ def start(
     """`rollstream run STAGE --instance NAME` on the test broker, output in LOG (or NAME).log.
 
     A killed worker is restarted with its own instance id, as a supervisor or a StatefulSet
-    does (static membership: it takes its partitions back without waiting for a rebalance).
-    Seen on the embedded broker: a worker joining under a *new* id before the dead member's
-    session expired left the dead member's partitions assigned to it, unread, past 120 s."""
+    does. The workers join as dynamic members (static membership needs a session timeout of
+    10 s or more, see KafkaSettings.static_membership): the dead worker's partitions move to
+    the live one when its 6 s session expires, and back at the next rebalance."""
     environ = dict(
         os.environ,
         ROLLSTREAM_BOOTSTRAP=kafka.bootstrap,
@@ -184,14 +184,6 @@ def scored(gid: str, i: int) -> ScoredRollout:
     )
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue #4 open: on the embedded broker, a static member restarted under its own id "
-    "sometimes enters a rebalance loop (its new member id is 'not recognized' after every "
-    "sync) and the stream stalls past the test's 120 s: 8 of 17 failpoint runs, 1 of 12 "
-    "SIGKILL runs here; with static_membership false, 1 of 8 runs stalled on a partition "
-    "handed over to the live worker; see the closing note",
-)
 @pytest.mark.parametrize("crash", ["sigkill", "failpoint"])
 def test_two_filter_workers_one_killed_and_restarted_lose_and_repeat_nothing(
     kafka, tmp_path, processes, crash
@@ -246,12 +238,6 @@ def test_two_filter_workers_one_killed_and_restarted_lose_and_repeat_nothing(
         assert kept[lost] == 1
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue #4 open: the embedded broker's rebalance loop after a static member's "
-    "restart (see the filter test) can stall the stream past 120 s; passed in all 6 runs "
-    "here this session",
-)
 def test_two_scorer_workers_one_killed_and_restarted_lose_nothing(kafka, tmp_path, processes):
     n = 3000  # rollouts per phase; the kill lands while worker A is still scoring
     processes.append(start("scorer", kafka, tmp_path, "A"))
