@@ -312,7 +312,7 @@ def build_app(
         except Exception as exc:  # better twice than never: send the finished ones again
             log.warning("partition %d: reading outputs back failed (%s)", part, exc)
             found = {}
-        names = {"kept": kept.get_topic_name(), "dropped": dropped.get_topic_name()}
+        names = {"kept": kept_name, "dropped": dropped_name}
         resent = marked = reopened = 0
         now = time.time()
         for gid in unsure:

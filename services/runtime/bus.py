@@ -53,6 +53,40 @@ class Record(Generic[M]):
     timestamp_ms: int
 
 
+def producer_config(
+    kafka: KafkaSettings,
+    stage: str,
+    linger_ms: int = 5,
+    idempotent: bool = True,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """librdkafka producer settings of every rollstream producer (the bus's, the faust
+    stages' Sender): batched, idempotent, no compression, 8 MiB messages."""
+    cfg = kafka.client_config(stage)
+    cfg.update(
+        {
+            "linger.ms": linger_ms,
+            "enable.idempotence": idempotent,
+            "compression.type": "none",
+            "message.max.bytes": 8 * 1024 * 1024,
+            "queue.buffering.max.kbytes": 256 * 1024,
+        }
+    )
+    cfg.update(extra or {})
+    return cfg
+
+
+def produce(producer: _KProducer, topic: str, value: bytes | None, **kw: Any) -> None:
+    """`producer.produce(topic, value, **kw)`, serving delivery reports while librdkafka's
+    local queue is full (back-pressure instead of BufferError)."""
+    while True:
+        try:
+            producer.produce(topic, value, **kw)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
 class Producer:
     """Keyed, batched, idempotent producer of registry messages."""
 
@@ -68,18 +102,7 @@ class Producer:
     ) -> None:
         self.kafka = kafka
         self.metrics = metrics or BusMetrics(StageMetrics(stage))
-        cfg = kafka.client_config(stage)
-        cfg.update(
-            {
-                "linger.ms": linger_ms,
-                "enable.idempotence": idempotent,
-                "compression.type": "none",
-                "message.max.bytes": 8 * 1024 * 1024,
-                "queue.buffering.max.kbytes": 256 * 1024,
-            }
-        )
-        cfg.update(extra or {})
-        self._p = _KProducer(cfg)
+        self._p = _KProducer(producer_config(kafka, stage, linger_ms, idempotent, extra))
         self._errors: list[str] = []
 
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
@@ -98,18 +121,7 @@ class Producer:
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
         real = qualified(topic, self.kafka.namespace)
-        while True:
-            try:
-                self._p.produce(
-                    real,
-                    value,
-                    key=key,
-                    headers=headers,  # type: ignore[arg-type]
-                    on_delivery=self._on_delivery,
-                )
-                break
-            except BufferError:
-                self._p.poll(0.05)
+        produce(self._p, real, value, key=key, headers=headers, on_delivery=self._on_delivery)
         self._p.poll(0)
         self.metrics.messages_out.labels(topic).inc()
 

@@ -26,7 +26,6 @@ so callbacks never race the stage's code.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -34,9 +33,8 @@ from typing import Any
 from confluent_kafka import KafkaError
 from confluent_kafka import Producer as _KProducer
 
+from rollstream.services.runtime.bus import produce, producer_config
 from rollstream.services.runtime.settings import KafkaSettings
-
-log = logging.getLogger("rollstream.faust")
 
 POLL_EVERY = 64  # serve delivery reports after this many sends
 
@@ -49,18 +47,8 @@ class Sender:
     """A librdkafka producer for one faust app (see module docstring)."""
 
     def __init__(self, kafka: KafkaSettings, stage: str, *, linger_ms: int = 5) -> None:
-        cfg = kafka.client_config(stage)
-        cfg.update(
-            {
-                "linger.ms": linger_ms,
-                "enable.idempotence": True,
-                "partitioner": "murmur2_random",
-                "compression.type": "none",
-                "message.max.bytes": 8 * 1024 * 1024,
-                "queue.buffering.max.kbytes": 256 * 1024,
-            }
-        )
-        self._p = _KProducer(cfg)
+        extra = {"partitioner": "murmur2_random"}
+        self._p = _KProducer(producer_config(kafka, stage, linger_ms, extra=extra))
         self._errors: list[str] = []
         self._sends = 0
 
@@ -85,12 +73,7 @@ class Sender:
             kw["headers"] = headers
         if partition is not None:
             kw["partition"] = partition
-        while True:
-            try:
-                self._p.produce(topic, value, **kw)
-                break
-            except BufferError:
-                self._p.poll(0.01)
+        produce(self._p, topic, value, **kw)
         self._sends += 1
         if self._sends % POLL_EVERY == 0:
             self._p.poll(0)
@@ -113,12 +96,6 @@ class Sender:
         if self._errors:
             errors, self._errors = self._errors, []
             raise SendError(f"{len(errors)} message(s) refused by the broker: {errors[:3]}")
-
-    def close(self) -> None:
-        """Send what is queued (up to 10 s) and drop the producer."""
-        left = self._p.flush(10.0)
-        if left:
-            log.warning("%d message(s) not acknowledged at close", left)
 
     def attach(self, app: Any) -> None:
         """Make `app.producer.flush()` (faust's, before each commit) flush this Sender too."""
