@@ -21,11 +21,17 @@ ties it into faust's delivery contract:
 
 Delivery reports are served on the event loop's thread (`poll` after sends and while flushing),
 so callbacks never race the stage's code.
+
+A flush waits only for the messages sent before it began, not until librdkafka's queue is
+empty: the stage keeps sending while faust commits, and under load the queue is seldom empty
+(waiting for that made commits take seconds and overlap the next one). Each message carries a
+sequence number; the numbers not acknowledged yet are kept in a heap.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -50,11 +56,20 @@ class Sender:
         extra = {"partitioner": "murmur2_random"}
         self._p = _KProducer(producer_config(kafka, stage, linger_ms, extra=extra))
         self._errors: list[str] = []
-        self._sends = 0
+        self._sends = 0  # sequence number of the next message
+        self._unacked: list[int] = []  # heap of sent sequence numbers, lazily cleaned:
+        self._acked: set[int] = set()  # those acknowledged but still in the heap
 
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
         if err is not None:
             self._errors.append(f"{msg.topic()}[{msg.partition()}]: {err}")
+
+    def _oldest_unacked(self) -> int:
+        """The lowest sequence number not acknowledged yet (`_sends` when none is left)."""
+        heap, acked = self._unacked, self._acked
+        while heap and heap[0] in acked:
+            acked.discard(heapq.heappop(heap))
+        return heap[0] if heap else self._sends
 
     def send(
         self,
@@ -68,29 +83,42 @@ class Sender:
     ) -> None:
         """Queue one message for `topic` (a real topic name). Waits (serving delivery reports)
         only while librdkafka's queue is full."""
-        kw: dict[str, Any] = {"key": key, "on_delivery": on_delivery or self._on_delivery}
+        seq = self._sends
+        then = on_delivery or self._on_delivery
+        acked = self._acked
+
+        def delivered(err: KafkaError | None, msg: Any) -> None:
+            acked.add(seq)
+            then(err, msg)
+
+        kw: dict[str, Any] = {"key": key, "on_delivery": delivered}
         if headers:
             kw["headers"] = headers
         if partition is not None:
             kw["partition"] = partition
         produce(self._p, topic, value, **kw)
-        self._sends += 1
+        heapq.heappush(self._unacked, seq)
+        self._sends = seq + 1
         if self._sends % POLL_EVERY == 0:
             self._p.poll(0)
+            self._oldest_unacked()  # keeps the heap to what is in flight
 
     def pending(self) -> int:
         """Messages queued or in flight (not acknowledged yet)."""
         return len(self._p)
 
     async def flush(self, timeout_s: float = 60.0) -> None:
-        """Wait until every message sent so far is acknowledged, without blocking the event
-        loop; SendError if one was refused or the time ran out."""
+        """Wait until every message sent before this call is acknowledged (later sends may
+        still be in flight), without blocking the event loop; SendError if one was refused
+        or the time ran out."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
+        upto = self._sends
         self._p.poll(0)
-        while len(self._p):
+        while self._oldest_unacked() < upto:
             if loop.time() > deadline:
-                raise SendError(f"{len(self._p)} messages not acknowledged in {timeout_s} s")
+                left = sum(1 for s in self._unacked if s < upto and s not in self._acked)
+                raise SendError(f"{left} messages not acknowledged in {timeout_s} s")
             await asyncio.sleep(0.001)
             self._p.poll(0)
         if self._errors:

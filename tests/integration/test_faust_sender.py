@@ -59,6 +59,43 @@ def test_keys_land_where_aiokafka_puts_them_and_flush_returns_when_all_are_acked
         assert m.partition() == partitioner(m.key(), all_parts, all_parts)
 
 
+def test_flush_waits_for_earlier_sends_only_while_the_stage_keeps_sending(kafka) -> None:
+    """faust commits while the stage keeps working; a flush that waited for an empty queue
+    would not return while messages keep coming (commits took seconds under load)."""
+    topic = qualified("groups.kept", kafka.namespace)
+    sender = Sender(kafka, "test")
+    before = [f"before-{i}".encode() for i in range(200)]
+
+    async def main() -> tuple[bool, int]:
+        for v in before:
+            sender.send(topic, v, v)
+        stop = asyncio.Event()
+
+        async def keep_sending() -> int:
+            n = 0
+            while not stop.is_set():  # one message every ~millisecond: never an empty queue
+                sender.send(topic, b"after", b"after-%d" % n)
+                n += 1
+                await asyncio.sleep(0.001)
+            return n
+
+        busy = asyncio.create_task(keep_sending())
+        await asyncio.sleep(0.05)
+        try:
+            await sender.flush(timeout_s=5.0)
+            in_flight_after = sender.pending() > 0
+        finally:
+            stop.set()
+        await busy
+        await sender.flush()
+        return in_flight_after, await busy
+
+    in_flight_after, n_after = asyncio.run(main())
+    assert in_flight_after  # the later messages were still going out when flush returned
+    got = read_all(kafka, topic, len(before) + n_after)
+    assert sorted(m.value() for m in got if m.value() != b"after") == sorted(before)
+
+
 def test_flush_raises_when_a_message_is_refused(kafka) -> None:
     """A refused message must stop faust's commit (flush runs before it)."""
     topic = qualified("groups.kept", kafka.namespace)
