@@ -178,6 +178,7 @@ class Consumer:
                 "auto.offset.reset": "earliest" if from_beginning else "latest",
                 "session.timeout.ms": kafka.session_timeout_ms,
                 "heartbeat.interval.ms": max(100, kafka.session_timeout_ms // 10),
+                "fetch.wait.max.ms": kafka.fetch_wait_max_ms,
                 "fetch.max.bytes": 64 * 1024 * 1024,
                 "max.partition.fetch.bytes": 16 * 1024 * 1024,
                 "enable.partition.eof": False,

@@ -117,6 +117,7 @@ def make_app(
     drain_buffer_on_flush()
     deliver_fetches_in_one_task()
     rewind_uncommitted_partitions()
+    wait_at_most_in_fetches()
     if instance and static_membership(kafka):
         conf["consumer_group_instance_id"] = instance
     elif instance and kafka.static_membership:
@@ -135,7 +136,9 @@ def make_app(
         f"{qualified(stage, kafka.namespace)}-{os.getpid()}",
     )
     conf.update(extra)
-    return faust.App(qualified(f"rollstream-{stage}", kafka.namespace), **conf)
+    app = faust.App(qualified(f"rollstream-{stage}", kafka.namespace), **conf)
+    app.rollstream_fetch_wait_max_ms = kafka.fetch_wait_max_ms  # type: ignore[attr-defined]
+    return app
 
 
 async def fetched_ends(consumer: Any, ends: Mapping[Any, int | None]) -> dict[Any, int | None]:
@@ -189,6 +192,27 @@ def drain_buffer_on_flush() -> None:
 
     ProducerBuffer.flush = flush  # type: ignore[method-assign]
     ProducerBuffer._rollstream_drains = True  # type: ignore[attr-defined]
+
+
+def wait_at_most_in_fetches() -> None:
+    """Make faust's consumers ask fetches to wait at most the app's kafka.fetch_wait_max_ms
+    for data (`make_app` puts it on the app; faust passes a fixed 1500 to aiokafka). Set on the
+    consumer before faust starts it, which is when aiokafka hands it to its fetcher."""
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread as thread
+
+    if getattr(thread, "_rollstream_fetch_wait", False):
+        return
+    create = thread._create_worker_consumer
+
+    def _create_worker_consumer(self: Any, transport: Any) -> Any:
+        consumer = create(self, transport)
+        ms = getattr(self.app, "rollstream_fetch_wait_max_ms", None)
+        if ms is not None:
+            consumer._fetch_max_wait_ms = ms
+        return consumer
+
+    thread._create_worker_consumer = _create_worker_consumer  # type: ignore[method-assign]
+    thread._rollstream_fetch_wait = True  # type: ignore[attr-defined]
 
 
 def deliver_fetches_in_one_task() -> None:

@@ -60,6 +60,30 @@ def test_static_membership_only_when_asked_for_and_the_session_outlasts_a_restar
     assert app.conf.broker_session_timeout == timeout_ms / 1000
 
 
+@pytest.mark.parametrize("wait_ms", [37, 800])
+def test_faust_consumers_wait_in_fetches_as_long_as_configured(wait_ms: int) -> None:
+    """faust passes aiokafka a fixed 1500 ms; on the embedded broker that put ~0.7 s on a
+    rollout's way from publish to group (benchmarks/RESULTS.md)."""
+    from rollstream.services.runtime.faust_app import make_app
+    from rollstream.services.runtime.settings import KafkaSettings
+
+    async def main() -> int:
+        app = make_app("scorer", KafkaSettings(fetch_wait_max_ms=wait_ms))
+        thread = app.consumer._thread
+        consumer = thread._create_worker_consumer(app.transport)
+        await consumer.stop()  # never started: closes it
+        thread.thread_loop.close()  # the consumer thread's own loop, never run
+        return consumer._fetch_max_wait_ms
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)  # the one faust's app takes
+    try:
+        assert loop.run_until_complete(main()) == wait_ms
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
 def test_a_partition_without_a_committed_offset_is_read_again_from_the_start(kafka) -> None:
     """After a rebalance faust seeks back to the committed offsets to read again what it
     fetched but dropped; aiokafka alone leaves a partition with no committed offset (or 0)
