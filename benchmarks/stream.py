@@ -19,13 +19,17 @@ whose completions are right or wrong at random (groups of 8 keyed by group_id) a
     python benchmarks/stream.py [--rollouts 20000] [--partitions 1 2 4] [--workers 1 2] [--quick]
 
 Prints tables and writes benchmarks/results/stream.json. Reads and writes only topics of fresh
-namespaces (`bench<hex>.`) on the broker it uses.
+namespaces (`bench<hex>.`) on the broker it uses. Without `--bootstrap`, each run gets a fresh
+embedded broker: it keeps every earlier run's messages in memory, and on one broker its CPU per
+message grew run after run (0.12 to 0.23 ms per rollout over four equal runs, topics deleted or
+not), which made the later configurations look slower.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -38,6 +42,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -277,6 +282,22 @@ def forward_worker(kind: str, bootstrap: str, namespace: str, partitions: int) -
 # ---- runs on the broker ------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def broker_for(bootstrap: str | None, logdir: Path, name: str) -> Iterator[tuple[str, dict]]:
+    """(bootstrap, processes whose CPU counts too) for one run: `bootstrap` if given, else a
+    fresh embedded broker, stopped afterwards (see module docstring)."""
+    if bootstrap:
+        yield bootstrap, {}
+        return
+    from rollstream.services.runtime.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker(log_path=logdir / f"broker-{name}.log").start()
+    try:
+        yield broker.bootstrap, ({"broker": broker.proc.pid} if broker.proc else {})
+    finally:
+        broker.stop()
+
+
 def fresh(bootstrap: str, partitions: int) -> KafkaSettings:
     from rollstream.services.runtime.admin import create_topics
 
@@ -329,7 +350,10 @@ def run_stream(
     roles = {"pipeline": ["scorer", "filter"]}.get(kind, [kind])
     outputs = GROUP_TOPICS if kind in ("pipeline", "filter") else ("rollouts.scored",)
     want = k // N if outputs == GROUP_TOPICS else k  # groups, or messages
-    consumer = reader(kafka, outputs)
+    # in a pipeline the scorer may be done before the filter's first group: its CPU counts
+    # between its own first and last output on rollouts.scored
+    scorer_out = qualified("rollouts.scored", kafka.namespace) if kind == "pipeline" else None
+    consumer = reader(kafka, outputs + (("rollouts.scored",) if scorer_out else ()))
     procs = Workers(kafka, logdir)
     start = time.time()
     for role in roles:
@@ -340,6 +364,7 @@ def run_stream(
     count, first, last, gap, error = 0, 0.0, 0.0, 0.0, None
     cpu0: dict[str, float] = {}
     cpu1: dict[str, float] = {}
+    scored_n, scored_cpu0, scored_cpu1 = 0, 0.0, 0.0  # scorer outputs, scorer CPU at 1st, last
     deadline = start + 120 + k / 100
     try:
         while len(seen) < want if outputs == GROUP_TOPICS else count < want:
@@ -351,6 +376,13 @@ def run_stream(
             if error:
                 break
             msgs = [m for m in consumer.consume(1000, 0.05) if m.error() is None]
+            if scorer_out:
+                n_scored = sum(1 for m in msgs if m.topic() == scorer_out)
+                if n_scored:
+                    scorer_cpu = sum(v for n, v in procs.cpu().items() if n.startswith("scorer"))
+                    scored_cpu0 = scored_cpu0 if scored_n else scorer_cpu
+                    scored_n, scored_cpu1 = scored_n + n_scored, scorer_cpu
+                    msgs = [m for m in msgs if m.topic() != scorer_out]
             if not msgs:
                 continue
             now = time.time()
@@ -372,6 +404,9 @@ def run_stream(
     cpu = {name: round(cpu1.get(name, 0.0) - cpu0.get(name, 0.0), 2) for name in cpu1}
     machine = cpu.pop("machine", 0.0)
     ours = sum(cpu.values())
+    ms = cpu_per_rollout(cpu, (done - 1) * per_msg)
+    if scorer_out and scored_n > 1:
+        ms["scorer"] = round((scored_cpu1 - scored_cpu0) * 1000 / (scored_n - 1), 3)
     return {
         "kind": kind,
         "partitions": partitions,
@@ -387,7 +422,8 @@ def run_stream(
         "window_s": round(window, 2),
         "max_gap_s": round(gap, 2),
         "cpu_s": cpu,  # CPU seconds of each process between first and last output
-        "cpu_ms_per_rollout": (ms := cpu_per_rollout(cpu, (done - 1) * per_msg)),
+        # per role; a pipeline's scorer between its own first and last output
+        "cpu_ms_per_rollout": ms,
         # per-worker capacity: rollouts per CPU-second of that role = what one worker does
         # on one dedicated core (load-independent, unlike rollouts_per_s)
         "capacity_per_core": {role: round(1000 / v) for role, v in ms.items() if v > 0},
@@ -593,40 +629,34 @@ def main() -> None:
         k = min(args.rollouts, 20000)
         rates = {name: round(v) for name, v in bench_cores(k).items()}
         results["cores"] = {"rollouts": k, "rates": rates}
-    from rollstream.services.runtime.broker import EmbeddedBroker
-
     logdir = Path(tempfile.mkdtemp(prefix="rollstream-bench-stream-"))
-    broker = None if args.bootstrap else EmbeddedBroker(log_path=logdir / "broker.log").start()
-    bootstrap = args.bootstrap or broker.bootstrap  # type: ignore[union-attr]
-    others = {"broker": broker.proc.pid} if broker is not None and broker.proc else {}
     t_all = time.time()
     results["loadavg_before"] = [round(x, 2) for x in os.getloadavg()]
-    try:
-        if "baselines" not in args.skip:
-            for kind in ["forward", "forward_table", "scorer", "filter"]:
-                parts = args.partitions[0]
+    if "baselines" not in args.skip:
+        for kind in ["forward", "forward_table", "scorer", "filter"]:
+            parts = args.partitions[0]
+            with broker_for(args.bootstrap, logdir, kind) as (bootstrap, others):
                 row = run_stream(bootstrap, kind, parts, 1, args.rollouts, logdir, others)
-                results["baselines"].append(row)
-                save(args.out, results)
-                print(f"  {kind}: {row['rollouts_per_s']:,}/s", flush=True)
-        for parts in args.partitions:
-            for workers in args.workers:
+            results["baselines"].append(row)
+            save(args.out, results)
+            print(f"  {kind}: {row['rollouts_per_s']:,}/s", flush=True)
+    for parts in args.partitions:
+        for workers in args.workers:
+            with broker_for(args.bootstrap, logdir, f"p{parts}w{workers}") as (bootstrap, others):
                 row = run_stream(
                     bootstrap, "pipeline", parts, workers, args.rollouts, logdir, others
                 )
-                results["pipeline"].append(row)
-                save(args.out, results)
-                print(f"  pipeline p={parts} w={workers}: {row['rollouts_per_s']:,}/s", flush=True)
-        if "latency" not in args.skip:
+            results["pipeline"].append(row)
+            save(args.out, results)
+            print(f"  pipeline p={parts} w={workers}: {row['rollouts_per_s']:,}/s", flush=True)
+    if "latency" not in args.skip:
+        with broker_for(args.bootstrap, logdir, "latency") as (bootstrap, _):
             try:
                 results["latency"] = run_latency(
                     bootstrap, max(args.partitions), args.latency_rate, args.latency_seconds, logdir
                 )
             except RuntimeError as exc:
                 results["latency"] = {"error": str(exc)}
-    finally:
-        if broker is not None:
-            broker.stop()
     results["wall_s"] = round(time.time() - t_all, 1)
     results["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     results["logs"] = str(logdir)
