@@ -21,7 +21,9 @@ from __future__ import annotations
 import logging
 import os
 import ssl
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -34,6 +36,7 @@ log = logging.getLogger("rollstream.faust")
 
 
 STATIC_MIN_SESSION_MS = 10_000
+STOP_TIMEOUT_S = 20.0  # see run_worker; env ROLLSTREAM_STOP_TIMEOUT_S
 
 
 def static_membership(kafka: KafkaSettings) -> bool:
@@ -373,11 +376,40 @@ def read_changelogs_to_fetched_end() -> None:
     AIOKafkaConsumerThread._rollstream_fetched_ends = True  # type: ignore[attr-defined]
 
 
-def run_worker(app: Any, loglevel: str = "WARNING") -> int:
-    """Run a faust worker in this thread until SIGTERM/SIGINT; returns its exit code."""
+def run_worker(app: Any, loglevel: str = "WARNING", stop_timeout_s: float | None = None) -> int:
+    """Run a faust worker in this thread until SIGTERM/SIGINT; returns its exit code.
+
+    faust's stop waits for the broker (the last commit, leaving the group): with the broker
+    gone it hung for minutes. So a worker that has not stopped `stop_timeout_s` after the
+    signal (default 20 s, env ROLLSTREAM_STOP_TIMEOUT_S; under Kubernetes' 30 s grace), or
+    gets a second signal, exits at once with status 1 and says why. Nothing is lost: what it
+    did not commit is read again after a restart, and the stages drop what they already sent.
+    """
     import faust
 
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    env_grace = float(os.environ.get("ROLLSTREAM_STOP_TIMEOUT_S", STOP_TIMEOUT_S))
+    grace: float = env_grace if stop_timeout_s is None else stop_timeout_s
+
+    def give_up(why: str) -> None:
+        print(
+            f"rollstream: {why}; exiting without the last commit (is the broker reachable?). "
+            "What was not committed is read again after a restart.",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(1)
+
+    class Worker(faust.Worker):  # type: ignore[misc]
+        def _schedule_shutdown(self, signal: Any) -> None:
+            if self._signal_stop_time:
+                give_up(f"second {signal.name} while stopping")
+            why = f"not stopped {grace:g} s after {signal.name}"
+            timer = threading.Timer(grace, give_up, (why,))
+            timer.daemon = True
+            timer.start()
+            super()._schedule_shutdown(signal)
+
+    worker = Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:

@@ -269,3 +269,44 @@ def test_two_scorer_workers_one_killed_and_restarted_lose_nothing(kafka, tmp_pat
     ids = {r.value.rollout.rollout_id for r in got}
     assert ids == {f"g{i // 4}/{i % 4}" for i in range(2 * n)}  # repeats allowed, no loss
     assert all(r.value.reward == (1.0 if r.value.rollout.completion == "5" else 0.0) for r in got)
+
+
+@pytest.mark.parametrize("broker_gone", [False, True])
+def test_a_worker_stops_on_sigterm_even_when_the_broker_is_gone(
+    broker_gone: bool, tmp_path, processes
+) -> None:
+    """faust's stop waits for the broker (last commit, leaving the group); with the broker
+    gone a worker ignored SIGTERM for minutes. Now it stops cleanly when it can, and exits 1
+    with the reason once ROLLSTREAM_STOP_TIMEOUT_S has passed when it cannot."""
+    from rollstream.services.runtime.admin import create_topics
+    from rollstream.services.runtime.broker import EmbeddedBroker
+    from rollstream.services.runtime.settings import KafkaSettings
+
+    broker = EmbeddedBroker(log_path=tmp_path / "own-broker.log").start()
+    try:
+        kafka = KafkaSettings(bootstrap=broker.bootstrap, namespace="stop", session_timeout_ms=6000)
+        create_topics(kafka)
+        processes.append(start("scorer", kafka, tmp_path, "A", ROLLSTREAM_STOP_TIMEOUT_S="4"))
+        p = Producer(kafka, "test")
+        p.send("rollouts.raw", rollout("g0", 0, "5"), key="g0")
+        p.flush()
+        consumer = Consumer(kafka, "test", ["rollouts.scored"], group=None)
+        try:  # the worker is consuming and has sent
+            assert collect(consumer, lambda got: got["rollouts.scored"], 90)["rollouts.scored"]
+        finally:
+            consumer.close()
+        p.close()
+        if broker_gone:
+            broker.stop()
+        t0 = time.monotonic()
+        processes[0].send_signal(signal.SIGTERM)
+        rc = processes[0].wait(60)
+        took = time.monotonic() - t0
+    finally:
+        broker.stop()
+    log = (tmp_path / "A.log").read_text(errors="replace")
+    if broker_gone:
+        assert rc == 1 and "not stopped 4 s after SIGTERM" in log, log[-2000:]
+        assert took < 30
+    else:
+        assert rc == 0 and "not stopped" not in log, log[-2000:]
