@@ -27,6 +27,11 @@ from rollstream.services.runtime.settings import KafkaSettings
 
 log = logging.getLogger("rollstream")
 
+# Followers of the compacted control/weights topics are idle nearly always: their fetches wait
+# up to 500 ms (librdkafka's default), not kafka.fetch_wait_max_ms. On the embedded broker 12
+# idle consumers cost it 22 % of a core at 100 ms and 6.5 % at 500 ms.
+FOLLOWER_FETCH_WAIT_MS = 500
+
 
 def stage_parser(stage: str, description: str = "") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"rollstream run {stage}", description=description)
@@ -150,7 +155,8 @@ class Follower(threading.Thread):
         newer: Callable[[Any, Any], bool],
     ) -> None:
         super().__init__(name=f"follow-{topic}", daemon=True)
-        self.consumer = Consumer(kafka, stage, [topic], group=None, from_beginning=True)
+        wait = {"fetch.wait.max.ms": max(kafka.fetch_wait_max_ms, FOLLOWER_FETCH_WAIT_MS)}
+        self.consumer = Consumer(kafka, stage, [topic], group=None, from_beginning=True, extra=wait)
         self.accept = accept
         self.newer = newer
         self.latest: Any = None

@@ -44,7 +44,8 @@ class KafkaSettings(BaseModel):
     fetch.wait.max.ms; faust's fetch_max_wait_ms, which faust fixes at 1500). Kafka answers a
     fetch as soon as there is data, so there this only sets how often an idle consumer asks;
     the embedded broker (Tansu) looks for new data at intervals that grow with it: one hop's
-    p50 was 130 ms at 500 and 22 ms at 100 (see benchmarks/RESULTS.md)."""
+    p50 was 130 ms at 500 and 22 ms at 100 (see benchmarks/RESULTS.md). Followers of the
+    compacted control and weights topics, idle nearly always, wait at least 500 ms."""
     client_id: str = "rollstream"
     """Kafka client id prefix; the stage name is appended."""
     replication: int = Field(1, ge=1, le=32)
