@@ -25,13 +25,13 @@ so callbacks never race the stage's code.
 A flush waits only for the messages sent before it began, not until librdkafka's queue is
 empty: the stage keeps sending while faust commits, and under load the queue is seldom empty
 (waiting for that made commits take seconds and overlap the next one). Each message carries a
-sequence number; the numbers not acknowledged yet are kept in a heap.
+sequence number, given out in order; the Sender keeps the lowest one not acknowledged yet and
+the acknowledged ones above it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -57,8 +57,8 @@ class Sender:
         self._p = _KProducer(producer_config(kafka, stage, linger_ms, extra=extra))
         self._errors: list[str] = []
         self._sends = 0  # sequence number of the next message
-        self._unacked: list[int] = []  # heap of sent sequence numbers, lazily cleaned:
-        self._acked: set[int] = set()  # those acknowledged but still in the heap
+        self._oldest = 0  # no message below this sequence number is unacknowledged
+        self._acked: set[int] = set()  # acknowledged sequence numbers above _oldest
 
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
         if err is not None:
@@ -66,10 +66,12 @@ class Sender:
 
     def _oldest_unacked(self) -> int:
         """The lowest sequence number not acknowledged yet (`_sends` when none is left)."""
-        heap, acked = self._unacked, self._acked
-        while heap and heap[0] in acked:
-            acked.discard(heapq.heappop(heap))
-        return heap[0] if heap else self._sends
+        oldest, acked = self._oldest, self._acked
+        while oldest in acked:
+            acked.discard(oldest)
+            oldest += 1
+        self._oldest = oldest
+        return oldest
 
     def send(
         self,
@@ -97,11 +99,10 @@ class Sender:
         if partition is not None:
             kw["partition"] = partition
         produce(self._p, topic, value, **kw)
-        heapq.heappush(self._unacked, seq)
         self._sends = seq + 1
         if self._sends % POLL_EVERY == 0:
             self._p.poll(0)
-            self._oldest_unacked()  # keeps the heap to what is in flight
+            self._oldest_unacked()  # keeps the acknowledged set to what is above a gap
 
     def pending(self) -> int:
         """Messages queued or in flight (not acknowledged yet)."""
@@ -117,7 +118,7 @@ class Sender:
         self._p.poll(0)
         while self._oldest_unacked() < upto:
             if loop.time() > deadline:
-                left = sum(1 for s in self._unacked if s < upto and s not in self._acked)
+                left = sum(1 for s in range(self._oldest, upto) if s not in self._acked)
                 raise SendError(f"{left} messages not acknowledged in {timeout_s} s")
             await asyncio.sleep(0.001)
             self._p.poll(0)
