@@ -56,6 +56,17 @@ class GeneratorConfig(BaseModel):
     (PipelineRL's max_lag; 0 = no bound), so generators do not race ahead of the learner and
     produce data that expires. A pause longer than `version_wait_s` ends anyway, so a learner
     waiting for data never deadlocks with a generator waiting for weights."""
+    ahead_batches: float = Field(0.0, ge=0)
+    """Pace sampling by the learner (0 = off): pause while the kept groups expected from what
+    was sampled since start reach `replay.batch_groups` x (versions published since start +
+    ahead_batches), i.e. stay about this many learner batches ahead (services/generator/
+    pacing.py). 1-2 keeps the learner fed while bounding staleness."""
+    oversample: bool = True
+    """With `ahead_batches`: count a sampled group as the share of groups the filter keeps
+    (measured on groups.kept / groups.dropped), so sampling goes on until enough informative
+    groups are expected (dynamic sampling as a stream). False: every group counts as kept."""
+    pace_interval_s: float = Field(0.25, gt=0, le=10)
+    """How often the topic counts behind pacing and `max_raw_lag` are read."""
     version_wait_s: float = Field(10.0, gt=0)
     """Longest pause for a new version under `rollouts_per_version`."""
     swap_policy: Literal["finish", "abort"] = "finish"

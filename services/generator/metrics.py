@@ -25,6 +25,17 @@ class GeneratorMetrics:
         self.gen_time = m.histogram("generate_seconds", "Wall time of one generate call")
         self.control = m.counter("control_updates_total", "Control updates", ["result"])
         self.raw_lag = m.gauge("rollouts_raw_lag_messages", "Unscored rollouts on rollouts.raw")
+        self.phase = m.counter(
+            "phase_seconds_total",
+            "Wall seconds by phase: generate, publish, swap, wait_prompts, paused",
+            ["phase"],
+        )
+        self.idle = m.gauge(
+            "idle_ratio", "Share of the last minute or so not spent in generate calls"
+        )
+        self.keep_rate = m.gauge(
+            "keep_rate_ratio", "Kept / (kept + dropped) groups lately, as pacing sees it"
+        )
 
 
 def register(m: StageMetrics) -> GeneratorMetrics:

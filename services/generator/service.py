@@ -8,8 +8,12 @@ Delivery: a batch of prompts is committed only after all its rollouts are acknow
 in between regenerates those prompts; their group_id and rollout_ids are derived from the
 prompt's partition and offset, so downstream dedup by rollout_id drops the repeats.
 Back-pressure: sampling pauses while the scorer lags more than `max_raw_lag` rollouts behind
-on `rollouts.raw`, or while these weights are more than `max_staleness` versions behind the
-newest published version (e.g. after a refused swap); paused time is a metric.
+on `rollouts.raw`, while these weights are more than `max_staleness` versions behind the
+newest published version (e.g. after a refused swap), and, with `ahead_batches`, while the
+kept groups on their way would keep the learner busy for more than that many batches
+(pacing.py; the counts come from topic end offsets, read every `pace_interval_s`). Time per
+phase (generate, publish, waiting for prompts, paused by reason) and the idle fraction are
+metrics.
 Weights: a new WeightUpdate is fetched from the weight store, its sha256 verified, and loaded in
 place between batches; a bad file or an older version is refused and sampling continues on the
 current weights. Every rollout carries the exact version that produced it.
@@ -35,7 +39,9 @@ from rollstream.schemas import (
 from rollstream.services.generator.backend import Backend, GenRequest, GenSample, RequestError
 from rollstream.services.generator.config import LIVE_KNOBS, GeneratorConfig
 from rollstream.services.generator.metrics import GeneratorMetrics
+from rollstream.services.generator.pacing import Pacer
 from rollstream.services.runtime.bus import Consumer, Producer, Record
+from rollstream.services.runtime.config import RunConfig
 from rollstream.services.runtime.service import StageContext, follow_control, follow_weights
 
 log = logging.getLogger(__name__)
@@ -73,6 +79,14 @@ class Generator:
         self.raw_lag = 0  # last probed lag of the scorer group on rollouts.raw
         self._sent = 0  # rollouts published by this process
         self._sent_at_probe = 0  # ... when the last probe started
+        self._groups_sent = 0
+        self._groups_at_probe = 0
+        self.pacer: Pacer | None = None
+        if cfg.ahead_batches > 0:
+            per_version = _groups_per_version(ctx.cfg)
+            self.pacer = Pacer(per_version, cfg.ahead_batches, cfg.oversample)
+        self.paced_since: float | None = None
+        self.busy = Busy()
         self._lag_thread = threading.Thread(target=self._watch_lag, daemon=True, name="raw-lag")
 
     # ---- live knobs -------------------------------------------------------------------------
@@ -138,18 +152,28 @@ class Generator:
 
     # ---- flow control -----------------------------------------------------------------------
     def _watch_lag(self) -> None:
-        from rollstream.services.runtime.admin import group_lag
+        from rollstream.services.runtime.admin import FlowProbe
 
+        probe = None
         while not self.ctx.stopping:
-            sent = self._sent  # published before the probe reads the end offsets
+            sent, groups = self._sent, self._groups_sent  # published before the probe reads
             try:
-                lag = group_lag(self.ctx.kafka, "rollstream-scorer", "rollouts.raw")
+                if probe is None:
+                    topics = ["rollouts.raw", "groups.kept", "groups.dropped"]
+                    probe = FlowProbe(self.ctx.kafka, topics, "rollstream-scorer", "rollouts.raw")
+                totals, lag = probe.read()
             except Exception as exc:  # the probe is advisory
-                log.debug("lag probe: %s", exc)
+                log.debug("flow probe: %s", exc)
             else:
-                self.raw_lag, self._sent_at_probe = lag, sent
+                if self.pacer is not None:
+                    size = self._sent / self._groups_sent if self._groups_sent else 8.0
+                    self.pacer.observe(totals, size)
+                    self.m.keep_rate.set(self.pacer.keep_rate)
+                self.raw_lag, self._sent_at_probe, self._groups_at_probe = lag, sent, groups
                 self.m.raw_lag.set(lag)
-            time.sleep(1.0)
+            time.sleep(self.cfg.pace_interval_s if self.pacer else 1.0)
+        if probe is not None:
+            probe.close()
 
     def lag_estimate(self) -> int:
         """The last probed lag plus what this process published since (the probe runs once a
@@ -161,6 +185,14 @@ class Generator:
             return "staleness"
         if self.lag_estimate() > self.cfg.max_raw_lag:
             return "raw_lag"
+        if self.pacer is not None:
+            unseen = self._groups_sent - self._groups_at_probe
+            if self.pacer.should_pause(self.newest, unseen):
+                if self.paced_since is None:
+                    self.paced_since = time.monotonic()
+                if time.monotonic() - self.paced_since < self.cfg.version_wait_s:
+                    return "pacing"
+            self.paced_since = None
         budget = self.cfg.rollouts_per_version
         if budget and self.on_version >= budget:
             if self.budget_hit is None:
@@ -198,6 +230,7 @@ class Generator:
             version = self.version
             recs, reqs, outs = self.generate(recs, reqs)
             gen_s = time.perf_counter() - t0
+            self.busy.add("generate", gen_s)
             # abort policy: a version that arrived mid-batch means regenerate on it
             if self.cfg.swap_policy == "abort" and self.maybe_swap():
                 log.info("batch aborted by weights v%d; regenerating", self.version)
@@ -205,9 +238,11 @@ class Generator:
             break
         self.m.gen_time.observe(gen_s)
         self.m.occupancy.set(len(recs) / self.cfg.batch_prompts)
+        t0 = time.perf_counter()
         for rec, req, samples in zip(recs, reqs, outs, strict=True):
             self.publish(rec, req, samples, version, started, gen_s)
         self.consumer.commit()
+        self.busy.add("publish", time.perf_counter() - t0)
 
     def generate(
         self, recs: list[Record[PromptTask]], reqs: list[GenRequest]
@@ -288,6 +323,7 @@ class Generator:
         self.m.rollouts.inc(len(samples))
         self.on_version += len(samples)
         self._sent += len(samples)
+        self._groups_sent += 1
 
     # ---- loop -------------------------------------------------------------------------------
     def run(self) -> None:
@@ -297,15 +333,27 @@ class Generator:
         self.m.version.set(self.version)
         while not self.ctx.stopping:
             self.apply_control()
+            t0 = time.perf_counter()
             self.maybe_swap()
+            self.busy.add("swap", time.perf_counter() - t0)
             reason = self.pause_reason()
             if reason:
-                time.sleep(0.1)
-                self.m.paused.labels(reason).inc(0.1)
+                time.sleep(0.02 if reason == "pacing" else 0.1)
+                self.m.paused.labels(reason).inc(time.perf_counter() - t0)
+                self.busy.add("paused", time.perf_counter() - t0)
+                self._export_busy()
                 continue
+            t0 = time.perf_counter()
             recs = self.consumer.poll(self.cfg.batch_prompts, self.cfg.poll_timeout_s)
+            self.busy.add("wait_prompts", time.perf_counter() - t0)
             if recs:
                 self.run_batch(recs)
+            self._export_busy()
+
+    def _export_busy(self) -> None:
+        for phase, secs in self.busy.take().items():
+            self.m.phase.labels(phase).inc(secs)
+        self.m.idle.set(self.busy.idle_fraction("generate"))
 
     def close(self) -> None:
         self.control.stop()
@@ -320,3 +368,35 @@ class Generator:
 
 def _struct_items(s: Sampling) -> list[tuple[str, object]]:
     return [(f, getattr(s, f)) for f in s.__struct_fields__]
+
+
+def _groups_per_version(cfg: RunConfig) -> int:
+    """Kept groups the learner trains per published version: replay's batch_groups times the
+    learner's publish_every (from the run config's raw sections: a stage does not import
+    another stage's config model)."""
+    batch = int(cfg.replay.get("batch_groups", 8))
+    return batch * int(cfg.learner.get("publish_every", 1))
+
+
+class Busy:
+    """Seconds per phase, kept two ways: what is new since the last `take` (for counters) and a
+    decaying window of about a minute (for the idle fraction)."""
+
+    def __init__(self, window_s: float = 60.0) -> None:
+        self.window_s = window_s
+        self.new: dict[str, float] = {}
+        self.recent: dict[str, float] = {}
+
+    def add(self, phase: str, secs: float) -> None:
+        self.new[phase] = self.new.get(phase, 0.0) + secs
+        self.recent[phase] = self.recent.get(phase, 0.0) + secs
+        if sum(self.recent.values()) > self.window_s:
+            self.recent = {k: v / 2 for k, v in self.recent.items()}
+
+    def take(self) -> dict[str, float]:
+        out, self.new = self.new, {}
+        return out
+
+    def idle_fraction(self, working: str) -> float:
+        total = sum(self.recent.values())
+        return 1.0 - self.recent.get(working, 0.0) / total if total > 0 else 0.0

@@ -223,6 +223,13 @@ class ReplayBuffer:
         return out
 
     # ---- output -------------------------------------------------------------------------
+    def has_full_batch(self) -> bool:
+        """Whether the live groups fill a batch: `batch_groups` groups, or `batch_tokens`
+        tokens under a token budget (call `expire` first so that stale groups do not count)."""
+        if self.cfg.batch_tokens is not None:
+            return self._live_tokens >= self.cfg.batch_tokens
+        return len(self._slot) >= self.cfg.batch_groups
+
     def build_batch(self) -> BatchDraft:
         """Choose the next batch (empty when the buffer is); apply the uses it costs."""
         expired = self.expire()

@@ -130,9 +130,22 @@ class Replay:
         log.info("replay: control revision %d applied: %s", update.revision, params)
 
     # ---- output -----------------------------------------------------------------------------
+    def batch_ready(self) -> bool:
+        """A full batch is there, or the oldest group has waited `partial_after_s`."""
+        self._drop(self.buffer.expire())
+        if len(self.buffer) == 0:
+            return False
+        if self.buffer.has_full_batch():
+            return True
+        after = self.buffer.cfg.partial_after_s
+        since = self._oldest_arrival_ms()
+        if after is None or since is None:
+            return False
+        return time.time() * 1000 - since >= after * 1000
+
     def maybe_send(self) -> TrainBatch | None:
-        """Build and send one batch if the learner has a credit and the buffer a group."""
-        if not self.credits.can_send() or len(self.buffer) == 0:
+        """Build and send one batch if the learner has a credit and a batch is ready."""
+        if not self.credits.can_send() or not self.batch_ready():
             return None
         t0 = time.perf_counter()
         since = self._oldest_arrival_ms()

@@ -205,3 +205,57 @@ def end_offsets(
     for t, p in todo:  # no answer in time: fall back to what ListOffsets says
         ends[(t, p)] = consumer.get_watermark_offsets(TopicPartition(t, p), timeout=timeout_s)[1]
     return ends
+
+
+class FlowProbe:
+    """One long-lived client that reads, on each `read()`, the total end offset (messages ever
+    written) of some registry topics and how far one consumer group lags on one of them.
+
+    `group_lag` builds a new client per call; a stage that asks several times a second (the
+    generator's pacing) keeps this one instead. The group is only read (`committed`), never
+    joined or committed to."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        topics: list[str],
+        lag_group: str,
+        lag_topic: str,
+        timeout_s: float = 5.0,
+    ) -> None:
+        from confluent_kafka import Consumer
+
+        self.kafka, self.timeout_s = kafka, timeout_s
+        self.lag_topic = qualified(lag_topic, kafka.namespace)
+        self.consumer = Consumer(
+            {
+                **kafka.client_config("admin"),
+                "group.id": qualified(lag_group, kafka.namespace),
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                "fetch.wait.max.ms": 10,  # an empty fetch answers at once (see end_offsets)
+            }
+        )
+        md = admin_client(kafka).list_topics(timeout=timeout_s)
+        self.tps: list[TopicPartition] = []
+        for t in {*topics, lag_topic}:
+            real = qualified(t, kafka.namespace)
+            parts = md.topics[real].partitions if real in md.topics else {}
+            self.tps += [TopicPartition(real, p) for p in sorted(parts)]
+
+    def read(self) -> tuple[dict[str, int], int]:
+        """({registry topic: total end offset}, lag of the group on the lag topic)."""
+        ends = end_offsets(self.consumer, self.tps, self.timeout_s)
+        totals: dict[str, int] = {}
+        for (t, _), end in ends.items():
+            name = unqualified(t, self.kafka.namespace)
+            totals[name] = totals.get(name, 0) + end
+        lag_tps = [TopicPartition(tp.topic, tp.partition) for tp in self.tps]
+        lag_tps = [tp for tp in lag_tps if tp.topic == self.lag_topic]
+        lag = 0
+        for tp in self.consumer.committed(lag_tps, timeout=self.timeout_s):
+            lag += max(0, ends[(tp.topic, tp.partition)] - max(tp.offset, 0))
+        return totals, lag
+
+    def close(self) -> None:
+        self.consumer.close()

@@ -101,6 +101,7 @@ class Loop:
                 json.dumps(
                     {
                         "t": now - self.started,
+                        "wall": now,
                         "version": e.policy_version,
                         "step": e.step,
                         "accuracy": e.accuracy,

@@ -131,6 +131,19 @@ def write_report(run: Path) -> dict[str, Any]:
     fig.savefig(run / "drops.png", dpi=110)
     plt.close(fig)
 
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for stage in ("generator", "learner"):
+        ts, idle = series(hist, stage, f"rollstream_{stage}_idle_ratio")
+        if ts:
+            ax.plot([t / 60 for t in ts], [100 * v for v in idle], label=stage)
+    ax.set(xlabel="wall time (min)", ylabel="% idle (last minute)", title="idle share")
+    ax.set_ylim(0, 100)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(run / "idle.png", dpi=110)
+    plt.close(fig)
+
     summary = {
         "run": run.name,
         "wall_minutes": round(hist[-1]["t"] / 60, 2) if hist else 0.0,
@@ -140,9 +153,23 @@ def write_report(run: Path) -> dict[str, Any]:
         "eval_points": len(evals),
         "learner_steps": max((e["step"] for e in evals), default=0),
         "drops": drops,
+        **idle_shares(hist[-1] if hist else {}),
     }
     (run / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def idle_shares(last: dict[str, Any]) -> dict[str, float | None]:
+    """Idle share of the learner and generator over the whole run, from their phase totals:
+    learner waiting for a batch / all its time; generator not in a generate call / all."""
+    lrn = by_label(last.get("learner", {}), "rollstream_learner_step_phase_seconds_sum", "phase")
+    gen = by_label(last.get("generator", {}), "rollstream_generator_phase_seconds_total", "phase")
+    out: dict[str, float | None] = {"learner_idle": None, "generator_idle": None}
+    if sum(lrn.values()) > 0:
+        out["learner_idle"] = round(lrn.get("wait", 0.0) / sum(lrn.values()), 3)
+    if sum(gen.values()) > 0:
+        out["generator_idle"] = round(1.0 - gen.get("generate", 0.0) / sum(gen.values()), 3)
+    return out
 
 
 def main(args: argparse.Namespace) -> int:

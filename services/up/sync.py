@@ -89,6 +89,7 @@ def run_sync(cfg: RunConfig, run_dir: Path | None = None, log: Any = print) -> i
         )
         rec = {
             "t": time.time() - started,
+            "wall": time.time(),
             "version": trainer.version,
             "step": trainer.step,
             "accuracy": acc.accuracy,
@@ -96,6 +97,8 @@ def run_sync(cfg: RunConfig, run_dir: Path | None = None, log: Any = print) -> i
             "n": acc.n,
         }
         evals.append(rec)
+        with open(run_dir / "eval.jsonl", "a") as f:  # as it happens, for live readers
+            f.write(json.dumps(rec) + "\n")
         log(
             f"[sync {rec['t']:6.0f}s] step {trainer.step} v{trainer.version} "
             f"accuracy {acc.accuracy:.3f} {acc.per_task}"
@@ -215,7 +218,6 @@ def run_sync(cfg: RunConfig, run_dir: Path | None = None, log: Any = print) -> i
         "evals": evals,
         **counts,
     }
-    (run_dir / "eval.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals))
     (run_dir / "sync_summary.json").write_text(json.dumps(summary, indent=2))
     log(
         f"sync run: {trainer.step} steps in {summary['wall_s']:.0f}s; accuracy "

@@ -53,8 +53,12 @@ def summarize_stage(stage: str, snap: dict[str, float], rates: dict[str, float])
     if stage == "generator":
         paused = total(snap, p + "paused_seconds_total")
         notes.append(f"tok/s {rates.get('tokens', 0):.0f} paused {paused:.0f}s")
+        if p + "idle_ratio" in snap:
+            notes.append(f"idle {total(snap, p + 'idle_ratio'):.0%}")
     if stage == "learner":
         notes.append(f"step {total(snap, p + 'step'):.0f} loss {total(snap, p + 'loss'):.3f}")
+        if p + "idle_ratio" in snap:
+            notes.append(f"idle {total(snap, p + 'idle_ratio'):.0%}")
         if total(snap, p + "staleness_versions_count"):
             mean = total(snap, p + "staleness_versions_sum") / total(
                 snap, p + "staleness_versions_count"

@@ -74,7 +74,9 @@ def test_replay_killed_mid_run_loses_and_repeats_nothing(kafka: KafkaSettings, p
         p.send("groups.kept", group(f"g{i:02d}", version=0 if i < 5 else 3), f"g{i:02d}")
     p.flush()
     uses_cap = 2 if policy == "prioritized" else 1
-    cfg = ReplayConfig(policy=policy, batch_groups=3, max_uses=uses_cap, max_staleness=2)
+    cfg = ReplayConfig(
+        policy=policy, batch_groups=3, max_uses=uses_cap, max_staleness=2, partial_after_s=0.5
+    )
     first = Replay(cfg, kafka)
     first.rebuild()
     pump(first, 3)
@@ -102,6 +104,32 @@ def test_replay_killed_mid_run_loses_and_repeats_nothing(kafka: KafkaSettings, p
     drops = read_all(kafka, "groups.dropped")
     assert {d.group_id for d in drops} == {f"g{i:02d}" for i in range(5)}
     assert {d.reason for d in drops} == {"expired"}
+
+
+def test_replay_waits_for_a_full_batch_unless_the_oldest_group_waited_too_long(
+    kafka: KafkaSettings,
+) -> None:
+    """A learner with credits gets full batches: 2 groups of a 4-group batch stay put, three
+    more make one batch of 4; the fifth goes out alone after `partial_after_s`."""
+    p = Producer(kafka, "test")
+    replay = Replay(ReplayConfig(batch_groups=4, partial_after_s=3.0, max_staleness=100), kafka)
+    replay.rebuild()
+    grant(p, 10)
+    for i in range(2):
+        p.send("groups.kept", group(f"a{i}"), f"a{i}")
+    p.flush()
+    pump(replay, 1.5)
+    assert read_all(kafka, "batches.train", polls=2) == []  # credits, but half a batch
+    for i in range(2, 5):
+        p.send("groups.kept", group(f"a{i}"), f"a{i}")
+    p.flush()
+    pump(replay, 1.0)
+    sent = [{it.group.group_id for it in b.items} for b in read_all(kafka, "batches.train", 2)]
+    assert len(sent) == 1 and len(sent[0]) == 4 and {"a0", "a1"} <= sent[0]
+    pump(replay, 3.5)  # the fifth group has now waited longer than partial_after_s
+    sent = [{it.group.group_id for it in b.items} for b in read_all(kafka, "batches.train", 2)]
+    assert len(sent) == 2 and sent[0] | sent[1] == {f"a{i}" for i in range(5)}
+    replay.close()
 
 
 def test_learner_killed_mid_run_trains_every_batch_once(kafka: KafkaSettings, tmp_path) -> None:

@@ -1,0 +1,376 @@
+"""Time to a trained model: several run configs side by side, the same seeds and budget, and a
+table of wall time to +10 / +20 / +30 points of held-out accuracy.
+
+    python benchmarks/time_to_target.py                       # the ablation, 2 seeds
+    python benchmarks/time_to_target.py --rows sync async --seeds 0 --budget-s 60   # a smoke
+
+Each run is `rollstream up --no-view` (async) or `rollstream up --mode sync`, started by this
+script as its own process group. With enough cores every run gets `--cores-per-run` cores of
+its own (`taskset`) and up to cores/cores-per-run runs go at once; otherwise they go one after
+another on all cores. Time is wall clock from the launch of the process (broker, model load
+and stage start-up included) to the first held-out evaluation at or above the run's own
+starting accuracy + 10, 20, 30 points. Held-out items, evaluator, base model and budget are
+the same for every row.
+
+Prints the table; writes JSON (every run's evals and counts) and one PNG (accuracy against
+wall time and against learner step, one line per row, seeds pooled by median).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+GAINS = (0.10, 0.20, 0.30)
+
+# name -> (mode, --set overrides on top of the default run). Filters that drop what
+# zero_variance keeps need bounds inside (1/8, 7/8): with groups of 8 a band of [0.05, 0.95]
+# or learnability 0.09 drops exactly the zero-variance groups and nothing else.
+ROWS: dict[str, tuple[str, list[str]]] = {
+    "sync": ("sync", []),
+    "async": ("async", []),
+    "async-s0": ("async", ["replay.max_staleness=0"]),
+    "async-s1": ("async", ["replay.max_staleness=1"]),
+    "async-s4": ("async", ["replay.max_staleness=4"]),
+    "priority": ("async", ["replay.policy=prioritized", "replay.max_uses=2"]),
+    "band": (
+        "async",
+        [
+            "filter.chain=[{name: zero_variance},"
+            " {name: pass_rate_band, params: {lo: 0.2, hi: 0.8}}]"
+        ],
+    ),
+    "learnability": (
+        "async",
+        ["filter.chain=[{name: zero_variance}, {name: learnability, params: {threshold: 0.2}}]"],
+    ),
+    "no-oversample": ("async", ["generator.oversample=false"]),
+    "old-async": (
+        "async",  # this round's starting point: partial batches, a fixed budget per version
+        [
+            "replay.partial_after_s=0.001",
+            "generator.ahead_batches=0",
+            "generator.rollouts_per_version=128",
+            "learner.prefetch=2",
+        ],
+    ),
+}
+DEFAULT_ROWS = [
+    "sync",
+    "async",
+    "async-s0",
+    "async-s1",
+    "async-s4",
+    "priority",
+    "band",
+    "learnability",
+    "no-oversample",
+]
+
+
+@dataclass
+class Run:
+    row: str
+    seed: int
+    name: str
+    cores: list[int] | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    launched: float = 0.0
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    counts: dict[str, Any] = field(default_factory=dict)
+    wall_s: float = 0.0
+    returncode: int | None = None
+
+    def run_dir(self, runs: Path) -> Path:
+        mode = ROWS[self.row][0]
+        return runs / (f"{self.name}-sync" if mode == "sync" else self.name)
+
+
+def command(run: Run, budget_s: float, extra: list[str]) -> list[str]:
+    mode, sets = ROWS[run.row]
+    cmd = [sys.executable, "-m", "rollstream.services.cli", "up", "--name", run.name]
+    cmd += ["--mode", "sync"] if mode == "sync" else ["--no-view"]
+    for s in [f"target.minutes={budget_s / 60:.4f}", f"seed={run.seed}", *sets, *extra]:
+        cmd += ["--set", s]
+    if run.cores:
+        cmd = ["taskset", "-c", ",".join(map(str, run.cores)), *cmd]
+    return cmd
+
+
+def start(run: Run, budget_s: float, extra: list[str], logs: Path) -> None:
+    log = open(logs / f"{run.name}.log", "wb")  # noqa: SIM115 (closed with the process)
+    env = dict(os.environ)
+    if run.cores:  # torch and BLAS: no more threads than the cores this run has
+        env.setdefault("OMP_NUM_THREADS", str(len(run.cores)))
+    run.launched = time.time()
+    run.proc = subprocess.Popen(
+        command(run, budget_s, extra),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+    )
+
+
+def stop(run: Run) -> None:
+    if run.proc is None or run.proc.poll() is not None:
+        return
+    os.killpg(run.proc.pid, signal.SIGINT)
+    try:
+        run.proc.wait(90)
+    except subprocess.TimeoutExpired:
+        os.killpg(run.proc.pid, signal.SIGKILL)
+        run.proc.wait()
+
+
+def collect(run: Run, runs: Path) -> None:
+    d = run.run_dir(runs)
+    path = d / "eval.jsonl"
+    if path.exists():
+        run.evals = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for e in run.evals:
+        e["since_launch"] = e.get("wall", run.launched) - run.launched
+    if (d / "ledger.json").exists():
+        run.counts = json.loads((d / "ledger.json").read_text()).get("ledger", {})
+    elif (d / "sync_summary.json").exists():
+        s = json.loads((d / "sync_summary.json").read_text())
+        run.counts = {k: s.get(k) for k in ("generated", "trained", "dropped", "steps")}
+    metrics = d / "metrics.jsonl"
+    if metrics.exists():  # async: the learner's last step, and the stages' idle shares
+        from rollstream.services.up.report import idle_shares
+
+        last = _last_json_line(metrics)
+        run.counts["steps"] = last.get("learner", {}).get("rollstream_learner_step")
+        run.counts.update(idle_shares(last))
+
+
+def _last_json_line(path: Path) -> dict[str, Any]:
+    lines = path.read_text().splitlines()
+    for line in reversed(lines):
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError:
+            continue
+    return {}
+
+
+def reached(evals: list[dict[str, Any]], gain: float, key: str) -> float | None:
+    """First `key` (since_launch or step) at which accuracy >= start + gain."""
+    if not evals:
+        return None
+    base = evals[0]["accuracy"]
+    for e in evals:
+        if e["accuracy"] >= base + gain - 1e-9:
+            return float(e[key])
+    return None
+
+
+def summarize(runs: list[Run], rows: list[str]) -> list[dict[str, Any]]:
+    out = []
+    for row in rows:
+        rs = [r for r in runs if r.row == row]
+        entry: dict[str, Any] = {"row": row, "seeds": [r.seed for r in rs]}
+        for g in GAINS:
+            times = [reached(r.evals, g, "since_launch") for r in rs]
+            steps = [reached(r.evals, g, "step") for r in rs]
+            entry[f"t+{round(g * 100)}"] = times
+            entry[f"step+{round(g * 100)}"] = steps
+        entry["best"] = [max((e["accuracy"] for e in r.evals), default=None) for r in rs]
+        entry["start"] = [r.evals[0]["accuracy"] if r.evals else None for r in rs]
+        for k in ("steps", "generated", "trained", "dropped", "expired", "pending"):
+            entry[k] = [r.counts.get(k) for r in rs]
+        entry["learner_idle"] = [r.counts.get("learner_idle") for r in rs]
+        entry["generator_idle"] = [r.counts.get("generator_idle") for r in rs]
+        out.append(entry)
+    return out
+
+
+def _median(values: list[Any]) -> float | None:
+    """Median over seeds; a seed that never got there counts as infinitely slow."""
+    if not values:
+        return None
+    vals = [float("inf") if v is None else float(v) for v in values]
+    m = statistics.median(vals)
+    return None if m == float("inf") else m
+
+
+def _fmt(v: float | None, unit: str = "") -> str:
+    if v is None:
+        return "—"
+    return f"{v:,.0f}{unit}" if abs(v) >= 10 or unit == " s" else f"{v:.3g}{unit}"
+
+
+def table(summary: list[dict[str, Any]]) -> str:
+    head = (
+        "| row | +10 pts | +20 pts | +30 pts | step at +30 | best | learner steps | generated |"
+        " trained | dropped | expired | learner idle | generator idle |"
+    )
+    lines = [head, "|" + "---|" * 14]
+    for e in summary:
+        cells = [
+            e["row"],
+            *(_fmt(_median(e[f"t+{g}"]), " s") for g in (10, 20, 30)),
+            _fmt(_median(e["step+30"])),
+            "—" if _median(e["best"]) is None else f"{_median(e['best']) * 100:.1f} %",
+            *(_fmt(_median(e[k])) for k in ("steps", "generated", "trained", "dropped")),
+            _fmt(_median(e["expired"])),
+            *(
+                "—" if _median(e[k]) is None else f"{_median(e[k]) * 100:.0f} %"
+                for k in ("learner_idle", "generator_idle")
+            ),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(runs: list[Run], rows: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_s) = plt.subplots(1, 2, figsize=(12, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, row in enumerate(rows):
+        for j, r in enumerate(x for x in runs if x.row == row):
+            if not r.evals:
+                continue
+            label = row if j == 0 else None
+            c = colors[i % len(colors)]
+            acc = [e["accuracy"] * 100 for e in r.evals]
+            ax_t.plot([e["since_launch"] for e in r.evals], acc, color=c, label=label, lw=1.2)
+            ax_s.plot([e["step"] for e in r.evals], acc, color=c, label=label, lw=1.2)
+    ax_t.set_xlabel("wall seconds since launch")
+    ax_s.set_xlabel("learner step")
+    for ax in (ax_t, ax_s):
+        ax.set_ylabel("held-out greedy accuracy (%)")
+        ax.grid(alpha=0.3)
+    ax_t.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plan_cores(n_runs: int, per_run: int, parallel: int | None) -> tuple[int, list[list[int]]]:
+    """How many runs at once, and the cores of each slot (empty: no pinning)."""
+    cores = sorted(os.sched_getaffinity(0))
+    slots = len(cores) // per_run
+    if parallel is not None:
+        slots = min(slots, parallel)
+    if slots < 2:  # one at a time on every core
+        return 1, [[]]
+    return slots, [cores[i * per_run : (i + 1) * per_run] for i in range(slots)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--rows", nargs="+", default=DEFAULT_ROWS, choices=sorted(ROWS))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    ap.add_argument("--budget-s", type=float, default=300.0, help="training budget per run")
+    ap.add_argument("--cores-per-run", type=int, default=2)
+    ap.add_argument("--parallel", type=int, default=None, help="most runs at once")
+    ap.add_argument("--set", action="append", default=[], help="PATH=VALUE for every run")
+    ap.add_argument("--tag", default="", help="suffix of the output files and run names")
+    ap.add_argument("--runs-dir", type=Path, default=ROOT / "runs")
+    args = ap.parse_args(argv)
+
+    tag = f"-{args.tag}" if args.tag else ""
+    stamp = time.strftime("%m%d-%H%M%S")
+    runs = [
+        Run(row, seed, f"ttt{tag}-{stamp}-{row}-s{seed}")
+        for seed in args.seeds
+        for row in args.rows
+    ]
+    slots, cores = plan_cores(len(runs), args.cores_per_run, args.parallel)
+    logs = args.runs_dir / f"ttt{tag}-{stamp}-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    print(f"{len(runs)} runs, {slots} at a time, {args.budget_s:.0f} s budget each", flush=True)
+    pending, active, done = list(runs), [], []
+    free = list(range(len(cores)))
+    grace = args.budget_s + 180  # start-up, final eval and a clean stop
+    try:
+        while pending or active:
+            while pending and free:
+                run, slot = pending.pop(0), free.pop(0)
+                run.cores = cores[slot] or None
+                run.counts["slot"] = slot
+                start(run, args.budget_s, args.set, logs)
+                active.append(run)
+                print(f"  start {run.name} cores={run.cores or 'all'}", flush=True)
+            time.sleep(1.0)
+            for run in list(active):
+                assert run.proc is not None
+                if run.proc.poll() is None and time.time() - run.launched < grace:
+                    continue
+                stop(run)
+                run.returncode = run.proc.returncode
+                run.wall_s = time.time() - run.launched
+                collect(run, args.runs_dir)
+                active.remove(run)
+                free.append(run.counts["slot"])
+                done.append(run)
+                print(
+                    f"  done  {run.name} rc={run.returncode} {run.wall_s:.0f}s "
+                    f"evals={len(run.evals)} best="
+                    f"{max((e['accuracy'] for e in run.evals), default=float('nan')):.3f}",
+                    flush=True,
+                )
+    finally:
+        for run in active:
+            stop(run)
+    summary = summarize(done, args.rows)
+    text = table(summary)
+    print(text)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"time_to_target{tag}.json"
+    host = {"cores": os.cpu_count(), "affinity": len(os.sched_getaffinity(0))}
+    out.write_text(
+        json.dumps(
+            {
+                "argv": sys.argv[1:],
+                "budget_s": args.budget_s,
+                "cores_per_run": args.cores_per_run,
+                "parallel": slots,
+                "host": host,
+                "summary": summary,
+                "table": text,
+                "runs": [
+                    {
+                        "row": r.row,
+                        "seed": r.seed,
+                        "name": r.name,
+                        "cores": r.cores,
+                        "returncode": r.returncode,
+                        "wall_s": r.wall_s,
+                        "counts": r.counts,
+                        "evals": r.evals,
+                    }
+                    for r in done
+                ],
+            },
+            indent=1,
+        )
+    )
+    png = RESULTS / f"time_to_target{tag}.png"
+    plot(done, args.rows, png)
+    print(f"wrote {out} and {png}")
+    failed = [r.name for r in done if r.returncode not in (0, None) or not r.evals]
+    if failed:
+        print(f"runs that failed or never evaluated: {failed}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

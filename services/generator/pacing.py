@@ -1,0 +1,88 @@
+"""Pacing sampling by the learner: sample until enough *kept* groups are on their way for the
+learner's next `ahead_batches` batches, then wait for a new policy version. Pure: no I/O (the
+generator feeds it topic counts from runtime/admin.FlowProbe and its own sends).
+
+Why. The learner takes `batch_groups` kept groups per version (replay hands out full
+batches). If the generators sample far more than that, what they sample ages past
+`max_staleness` and is dropped unused; if they sample less, the learner waits. A fixed
+rollout budget per version (`rollouts_per_version`) cannot be right for long: the share of
+groups the filter keeps moves as the policy learns (zero-variance groups grow as prompts get
+solved). So the target is counted in kept groups:
+
+    expected kept groups since start  <  batch_groups * (versions since start + ahead_batches)
+
+where expected kept = groups already kept + keep_rate * groups still in flight (sampled, not
+yet kept or dropped), keep_rate = kept / (kept + dropped) over a recent window of
+`groups.kept` / `groups.dropped` — over-sampling exactly as much as the filter drops (DAPO's
+dynamic sampling, done as a stream). `oversample=False` counts every sampled group as kept
+(a fixed number of groups per version, whatever the filter drops).
+
+Every count is global (topic end offsets), so several generator replicas share one target.
+Errors lean towards sampling more, never towards a stall: a partial or lost batch, or a group
+replay expired, makes the learner look further behind than it is, never further ahead.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Pacer:
+    batch_groups: int
+    ahead_batches: float
+    oversample: bool = True
+    window: int = 256
+    """Finished groups (kept + dropped) the keep rate is measured over."""
+    prior_keep: float = 0.5
+    """Keep rate assumed until `window / 4` groups have finished."""
+    min_keep: float = 0.05
+    start: dict[str, int] | None = None
+    version0: int | None = None
+    keep_rate: float = field(init=False)
+    kept: int = 0  # kept groups since start
+    finished: int = 0  # kept + dropped groups since start
+    sampled: float = 0.0  # sampled groups since start (all generators), at the last probe
+    _hist: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=4096))
+
+    def __post_init__(self) -> None:
+        self.keep_rate = self.prior_keep
+
+    def observe(self, totals: dict[str, int], group_size: float) -> None:
+        """A probe: total messages ever on rollouts.raw, groups.kept, groups.dropped."""
+        if self.start is None:
+            self.start = dict(totals)
+        s = self.start
+        self.kept = totals.get("groups.kept", 0) - s.get("groups.kept", 0)
+        dropped = totals.get("groups.dropped", 0) - s.get("groups.dropped", 0)
+        self.finished = self.kept + dropped
+        raw = totals.get("rollouts.raw", 0) - s.get("rollouts.raw", 0)
+        self.sampled = raw / max(group_size, 1.0)
+        self._hist.append((self.kept, self.finished))
+        while len(self._hist) > 2 and self.finished - self._hist[1][1] >= self.window:
+            self._hist.popleft()
+        k0, f0 = self._hist[0]
+        if self.finished - f0 >= self.window // 4:
+            rate = (self.kept - k0) / (self.finished - f0)
+            self.keep_rate = min(1.0, max(self.min_keep, rate))
+
+    def expected_kept(self, unseen_groups: float = 0.0) -> float:
+        """Kept groups expected from everything sampled since start; `unseen_groups`: groups
+        sent since the last probe (not in its counts yet)."""
+        in_flight = max(0.0, self.sampled - self.finished) + unseen_groups
+        if not self.oversample:
+            return self.finished + in_flight
+        return self.kept + self.keep_rate * in_flight
+
+    def target(self, version: int) -> float:
+        """Kept groups the learner can use by the time it has moved `ahead_batches` past
+        `version` (counted from the first version this pacer saw)."""
+        if self.version0 is None:
+            self.version0 = version
+        return self.batch_groups * (version - self.version0 + self.ahead_batches)
+
+    def should_pause(self, version: int, unseen_groups: float = 0.0) -> bool:
+        if self.start is None:
+            return False  # no probe yet: sample (the first batch is needed anyway)
+        return self.expected_kept(unseen_groups) >= self.target(version)

@@ -1,0 +1,70 @@
+"""Pacing by the learner (services/generator/pacing.py): how many groups a generator samples
+before it waits for a new version, given what the filter keeps."""
+
+from __future__ import annotations
+
+from rollstream.services.generator.pacing import Pacer
+
+N = 8  # samples per group
+
+
+def totals(raw_groups: int, kept: int, dropped: int) -> dict[str, int]:
+    return {"rollouts.raw": raw_groups * N, "groups.kept": kept, "groups.dropped": dropped}
+
+
+def sampled_before_pause(p: Pacer, version: int, keep: float, start: tuple[int, int, int]):
+    """Sample one group at a time, the filter finishing each at once with `keep` kept;
+    return how many groups were sampled before the pacer said pause."""
+    raw, kept, dropped = start
+    n = 0
+    acc = 0.0
+    while not p.should_pause(version) and n < 10_000:
+        raw += 1
+        acc += keep
+        if acc >= 1.0:
+            kept, acc = kept + 1, acc - 1.0
+        else:
+            dropped += 1
+        p.observe(totals(raw, kept, dropped), N)
+        n += 1
+    return n, (raw, kept, dropped)
+
+
+def test_oversampling_samples_as_many_more_groups_as_the_filter_drops() -> None:
+    for keep in (1.0, 0.5, 0.25):
+        p = Pacer(batch_groups=16, ahead_batches=2, oversample=True, window=64, prior_keep=1.0)
+        p.observe(totals(0, 0, 0), N)
+        n, state = sampled_before_pause(p, version=0, keep=keep, start=(0, 0, 0))
+        assert abs(n * keep - 32) <= 2, (keep, n)  # 2 batches of kept groups, whatever the rate
+        assert p.kept >= 30
+        # the learner takes a version: one more batch of kept groups may be sampled
+        m, _ = sampled_before_pause(p, version=1, keep=keep, start=state)
+        assert abs(m * keep - 16) <= 2, (keep, m)
+
+
+def test_without_oversampling_a_fixed_number_of_groups_goes_out_per_version() -> None:
+    p = Pacer(batch_groups=16, ahead_batches=2, oversample=False)
+    p.observe(totals(0, 0, 0), N)
+    n, state = sampled_before_pause(p, version=0, keep=0.25, start=(0, 0, 0))
+    assert n == 32  # only 8 of them kept: the learner will wait
+    m, _ = sampled_before_pause(p, version=1, keep=0.25, start=state)
+    assert m == 16
+
+
+def test_groups_in_flight_count_at_the_keep_rate_and_counts_start_at_the_first_probe() -> None:
+    p = Pacer(batch_groups=10, ahead_batches=1, oversample=True, window=40)
+    # the topics already hold an earlier run's traffic: only what comes after counts
+    p.observe(totals(1000, 300, 700), N)
+    assert not p.should_pause(5)
+    # 40 groups finished, 10 kept: keep rate 0.25; 20 more sampled and not yet finished
+    p.observe(totals(1060, 310, 730), N)
+    assert p.keep_rate == 0.25
+    assert p.expected_kept() == 10 + 0.25 * 20
+    assert p.should_pause(5)  # 15 expected >= 10 * (0 versions + 1 batch ahead)
+    assert not p.should_pause(6)  # the learner moved on a version: target 20
+    assert p.should_pause(6, unseen_groups=20.0)  # 20 groups sent since the probe: 5 more
+
+
+def test_no_probe_yet_means_sample() -> None:
+    p = Pacer(batch_groups=16, ahead_batches=0.5)
+    assert not p.should_pause(0, unseen_groups=1_000)
