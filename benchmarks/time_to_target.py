@@ -39,7 +39,10 @@ GAINS = (0.10, 0.20, 0.30)
 # or learnability 0.09 drops exactly the zero-variance groups and nothing else.
 ROWS: dict[str, tuple[str, list[str]]] = {
     "sync": ("sync", []),
+    "sync-2threads": ("sync", ["learner.threads=2"]),  # sync's one process on both cores
     "async": ("async", []),
+    "ahead2": ("async", ["generator.ahead_batches=2"]),
+    "ahead4": ("async", ["generator.ahead_batches=4"]),
     "async-s0": ("async", ["replay.max_staleness=0"]),
     "async-s1": ("async", ["replay.max_staleness=1"]),
     "async-s4": ("async", ["replay.max_staleness=4"]),
@@ -85,6 +88,7 @@ class Run:
     seed: int
     name: str
     cores: list[int] | None = None
+    slot: int = 0
     proc: subprocess.Popen[bytes] | None = None
     launched: float = 0.0
     evals: list[dict[str, Any]] = field(default_factory=list)
@@ -143,7 +147,9 @@ def collect(run: Run, runs: Path) -> None:
     for e in run.evals:
         e["since_launch"] = e.get("wall", run.launched) - run.launched
     if (d / "ledger.json").exists():
-        run.counts = json.loads((d / "ledger.json").read_text()).get("ledger", {})
+        led = json.loads((d / "ledger.json").read_text()).get("ledger", {})
+        run.counts = {k: v for k, v in led.items() if isinstance(v, int | float)}
+        run.counts["dropped"] = led.get("dropped_total")
     elif (d / "sync_summary.json").exists():
         s = json.loads((d / "sync_summary.json").read_text())
         run.counts = {k: s.get(k) for k in ("generated", "trained", "dropped", "steps")}
@@ -217,7 +223,7 @@ def table(summary: list[dict[str, Any]]) -> str:
         "| row | +10 pts | +20 pts | +30 pts | step at +30 | best | learner steps | generated |"
         " trained | dropped | expired | learner idle | generator idle |"
     )
-    lines = [head, "|" + "---|" * 14]
+    lines = [head, "|" + "---|" * 13]
     for e in summary:
         cells = [
             e["row"],
@@ -305,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
             while pending and free:
                 run, slot = pending.pop(0), free.pop(0)
                 run.cores = cores[slot] or None
-                run.counts["slot"] = slot
+                run.slot = slot
                 start(run, args.budget_s, args.set, logs)
                 active.append(run)
                 print(f"  start {run.name} cores={run.cores or 'all'}", flush=True)
@@ -319,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                 run.wall_s = time.time() - run.launched
                 collect(run, args.runs_dir)
                 active.remove(run)
-                free.append(run.counts["slot"])
+                free.append(run.slot)
                 done.append(run)
                 print(
                     f"  done  {run.name} rc={run.returncode} {run.wall_s:.0f}s "
