@@ -8,8 +8,12 @@ use aiokafka because faust is built on it. kafka-python is not used anywhere, so
 not needed; if you add it, add `crc32c` with it.
 
 Reads: any registry topics, decoded with rollstream.schemas. A message that fails to decode or
-validate goes to `<topic>.dlq` as a DeadLetter (raw bytes, error, original coordinates) and the
-consumer goes on. Writes: registry topics, keyed, with `schema`/`v` headers.
+validate (a null value included) goes to `<topic>.dlq` as a DeadLetter (raw bytes, error,
+original coordinates) and the consumer goes on with the rest of the fetched batch. A consumer
+built without a producer opens one for its dead letters on the first bad record; a read-only
+one (`dead_letters=False`: status, the eval reader) skips the record, logs it and counts it in
+`skipped`. A dead letter that cannot be sent is logged and counted, never a lost batch.
+Writes: registry topics, keyed, with `schema`/`v` headers.
 
 Delivery: at least once. `Consumer.commit()` first flushes the producer (every output and
 dead letter is acknowledged by the broker), then commits the offsets of the records handed out
@@ -159,6 +163,7 @@ class Consumer:
         metrics: BusMetrics | None = None,
         from_beginning: bool = True,
         extra: dict[str, Any] | None = None,
+        dead_letters: bool = True,
     ) -> None:
         self.kafka = kafka
         self.stage = stage
@@ -167,6 +172,9 @@ class Consumer:
         self.group = group
         self.metrics = metrics or BusMetrics(StageMetrics(stage))
         self.producer = producer
+        self.dead_letters = dead_letters
+        self._own_producer: Producer | None = None  # opened for dead letters when needed
+        self.skipped: list[str] = []  # bad records not dead-lettered: "topic[p]@offset: why"
         cfg = kafka.client_config(stage)
         cfg.update(
             {
@@ -220,9 +228,12 @@ class Consumer:
             self.metrics.messages_in.labels(topic).inc()
             value = m.value() or b""
             try:
-                msg = decode(value, self.types[topic])
+                msg = decode(m.value(), self.types[topic])
             except SchemaError as exc:
-                self.dead_letter(topic, part, off, m.key(), value, str(exc))
+                try:
+                    self.dead_letter(topic, part, off, m.key(), value, str(exc))
+                except Exception as dl_exc:  # the rest of the batch still counts
+                    log.error("dead letter %s[%d]@%d not sent: %s", topic, part, off, dl_exc)
                 continue
             ts = m.timestamp()[1]
             out.append(Record(topic, part, off, m.key(), msg, ts))
@@ -233,12 +244,17 @@ class Consumer:
     ) -> None:
         """Send a message this consumer cannot use to `<topic>.dlq`, with the reason."""
         log.warning("dead letter %s[%d]@%d: %s", topic, partition, offset, error)
+        if not self.dead_letters:
+            self.metrics.skipped.labels(topic).inc()
+            self.skipped.append(f"{topic}[{partition}]@{offset}: {error}")
+            del self.skipped[:-100]
+            return
         self.metrics.dead_letters.labels(topic).inc()
-        if self.producer is None:
-            raise BusError(
-                f"undecodable message at {topic}[{partition}]@{offset} and no producer"
-                f" for the dead-letter topic: {error}"
-            )
+        producer = self.producer
+        if producer is None:
+            if self._own_producer is None:
+                self._own_producer = Producer(self.kafka, self.stage, self.metrics)
+            producer = self._own_producer
         dl = DeadLetter(
             topic=topic,
             partition=partition,
@@ -249,7 +265,9 @@ class Consumer:
             consumer=self.group or self.stage,
             produced_at=time.time(),
         )
-        self.producer.send(dlq_name(topic), dl, key)
+        producer.send(dlq_name(topic), dl, key)
+        if producer is self._own_producer:
+            producer.flush(10.0)  # no commit() will flush it: readers without a group
 
     def commit(self) -> None:
         """Make every output durable, then commit what was handed out (no-op without group)."""
@@ -295,4 +313,9 @@ class Consumer:
 
     def close(self) -> None:
         """Leave the group cleanly (uncommitted records will be re-read by the next owner)."""
+        if self._own_producer is not None:
+            try:
+                self._own_producer.close()
+            except BusError as exc:
+                log.error("%s: dead letters not acknowledged: %s", self.stage, exc)
         self._c.close()

@@ -65,7 +65,7 @@ def latest_control(kafka, stage: str, timeout_s: float = 2.0) -> tuple[dict, int
     """The newest ControlUpdate params and revision for `stage` (empty, 0 if none)."""
     from rollstream.services.runtime.bus import Consumer
 
-    c = Consumer(kafka, "control-cli", ["control"], group=None)
+    c = Consumer(kafka, "control-cli", ["control"], group=None, dead_letters=False)
     params: dict = {}
     revision = 0
     deadline = time.monotonic() + timeout_s
