@@ -105,7 +105,6 @@ class Generator:
             return False
         self._weights_seq = self.weights.seq
         upd: WeightUpdate = self.weights.latest
-        self.newest = max(self.newest, upd.version)
         if upd.version <= self.version:
             if upd.version < self.version:
                 self.m.refused.labels("older").inc()
@@ -113,13 +112,15 @@ class Generator:
                     "refused weights v%d: older than the loaded v%d", upd.version, self.version
                 )
             return False
-        from rollstream.services.models.weights import WeightError, fetch_version
+        from rollstream.services.models.weights import fetch_version
 
         t0 = time.perf_counter()
         try:
-            local = fetch_version(upd.uri, upd.sha256, upd.weights_file)
+            local = fetch_version(
+                upd.uri, upd.sha256, upd.weights_file, files=upd.files, store=self._store()
+            )
             self.backend.load_weights(str(local))
-        except (WeightError, OSError, ValueError, RuntimeError) as exc:
+        except Exception as exc:  # any bad update (safetensors' own errors too) is refused
             self.m.refused.labels("bad_file").inc()
             log.error(
                 "refused weights v%d from %s: %s; staying on v%d",
@@ -129,12 +130,21 @@ class Generator:
                 self.version,
             )
             return False
+        # Only a verified version counts as published: a forged v+1000 must not make the
+        # staleness bound pause this generator forever.
+        self.newest = max(self.newest, upd.version)
         self.version = upd.version
         self.on_version, self.budget_hit = 0, None
         self.m.version.set(self.version)
         self.m.swap.observe(time.perf_counter() - t0)
         log.info("loaded weights v%d in %.3fs", upd.version, time.perf_counter() - t0)
         return True
+
+    def _store(self) -> str | None:
+        """The weight store updates must point into (None: not known here, not checked)."""
+        from rollstream.services.models.weights import default_store
+
+        return default_store(self.ctx.cfg.weights.uri, self.ctx.args.run_dir)
 
     # ---- flow control -----------------------------------------------------------------------
     def _watch_lag(self) -> None:

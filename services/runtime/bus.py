@@ -29,7 +29,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaError, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 from confluent_kafka import Consumer as _KConsumer
 from confluent_kafka import Producer as _KProducer
 
@@ -41,6 +47,16 @@ from rollstream.services.runtime.settings import KafkaSettings
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
+
+# Commit errors that mean "this member is no longer (or not yet again) in the group".
+REJOIN_ERRORS = frozenset(
+    {
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.REBALANCE_IN_PROGRESS,
+        KafkaError._ASSIGNMENT_LOST,
+    }
+)
 
 
 class BusError(RuntimeError):
@@ -269,15 +285,36 @@ class Consumer:
         if producer is self._own_producer:
             producer.flush(10.0)  # no commit() will flush it: readers without a group
 
-    def commit(self) -> None:
-        """Make every output durable, then commit what was handed out (no-op without group)."""
+    def commit(self) -> bool:
+        """Make every output durable, then commit what was handed out (no-op without group).
+
+        False when the group refused the commit because this member's session expired (a
+        broker pause, a long stall) or a rebalance is under way: librdkafka rejoins by itself,
+        the records since the last commit are read again by whoever owns their partitions, and
+        consumers drop them by id. The process goes on; it does not exit."""
         if self.producer is not None:
             self.producer.flush()
         if not self.group or not self._pending:
-            return
+            return True
         offsets = [TopicPartition(t, p, o) for (t, p), o in self._pending.items()]
-        self._c.commit(offsets=offsets, asynchronous=False)
+        try:
+            self._c.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if err is None or not (err.code() in REJOIN_ERRORS or err.retriable()):
+                raise
+            log.warning(
+                "%s: commit refused (%s); rejoining the group, records since the last commit"
+                " will be read again and dropped by id",
+                self.stage,
+                err.str(),
+            )
+            self.metrics.commits_refused.labels(err.name()).inc()
+            if err.code() in REJOIN_ERRORS:
+                self._pending.clear()  # no longer ours to commit
+            return False
         self._pending.clear()
+        return True
 
     def lag(self) -> dict[str, int]:
         """Messages between this consumer's position and the end, per registry topic."""

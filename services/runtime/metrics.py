@@ -64,6 +64,9 @@ class BusMetrics:
         self.skipped = m.counter(
             "skipped_records_total", "Bad records a read-only reader skipped", ["topic"]
         )
+        self.commits_refused = m.counter(
+            "commits_refused_total", "Offset commits the group refused (rejoined)", ["error"]
+        )
         self.consumer_lag = m.gauge(
             "consumer_lag_messages", "Messages behind the end of the topic", ["topic"]
         )
