@@ -33,7 +33,7 @@ from rollstream.schemas import (
     pack_ids,
 )
 from rollstream.services.generator.backend import Backend, GenRequest, GenSample, RequestError
-from rollstream.services.generator.config import LIVE_KNOBS, GeneratorConfig
+from rollstream.services.generator.config import GeneratorConfig, validate_control
 from rollstream.services.generator.metrics import GeneratorMetrics
 from rollstream.services.runtime.bus import Consumer, Producer, Record
 from rollstream.services.runtime.service import StageContext, follow_control, follow_weights
@@ -51,6 +51,7 @@ class Generator:
         model_name: str,
     ) -> None:
         self.ctx, self.cfg, self.backend, self.tokenizer = ctx, cfg, backend, tokenizer
+        self.base_cfg = cfg  # the run's config; live knobs apply onto it
         self.model_name = model_name
         self.m = GeneratorMetrics(ctx.metrics)
         self.producer = Producer(ctx.kafka, "generator", ctx.bus_metrics)
@@ -81,16 +82,9 @@ class Generator:
             return
         self._control_seq = self.control.seq
         params = dict(self.control.latest.params)
-        unknown = set(params) - LIVE_KNOBS
-        sampling = {k: params.pop(k) for k in list(params) if k in self.cfg.sampling.model_fields}
         try:
-            if unknown:
-                raise ValueError(f"unknown knob(s) {sorted(unknown)}; live: {sorted(LIVE_KNOBS)}")
-            new = self.cfg.model_copy(update={k: v for k, v in params.items()})
-            new.sampling = self.cfg.sampling.model_validate(
-                {**self.cfg.sampling.model_dump(), **sampling}
-            )
-            self.cfg = GeneratorConfig.model_validate(new.model_dump())
+            # onto the run's config, so a knob removed from `control` goes back to it
+            self.cfg = validate_control(params, self.base_cfg)
         except (ValidationError, ValueError) as exc:
             self.m.control.labels("rejected").inc()
             log.warning("control update rejected: %s", exc)
