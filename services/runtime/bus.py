@@ -253,6 +253,11 @@ class Consumer:
                 continue
             ts = m.timestamp()[1]
             out.append(Record(topic, part, off, m.key(), msg, ts))
+        if self._own_producer is not None:
+            try:  # dead letters are acknowledged before the records after them are used
+                self._own_producer.flush(10.0)
+            except BusError as exc:
+                log.error("%s: dead letters not acknowledged: %s", self.stage, exc)
         return out
 
     def dead_letter(
@@ -282,8 +287,6 @@ class Consumer:
             produced_at=time.time(),
         )
         producer.send(dlq_name(topic), dl, key)
-        if producer is self._own_producer:
-            producer.flush(10.0)  # no commit() will flush it: readers without a group
 
     def commit(self) -> bool:
         """Make every output durable, then commit what was handed out (no-op without group).
