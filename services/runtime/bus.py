@@ -190,7 +190,8 @@ class Consumer:
         self.producer = producer
         self.dead_letters = dead_letters
         self._own_producer: Producer | None = None  # opened for dead letters when needed
-        self.skipped: list[str] = []  # bad records not dead-lettered: "topic[p]@offset: why"
+        self.skipped = 0  # bad records not dead-lettered (dead_letters=False)
+        self.skipped_last: list[str] = []  # the last 100 of them: "topic[p]@offset: why"
         cfg = kafka.client_config(stage)
         cfg.update(
             {
@@ -267,8 +268,9 @@ class Consumer:
         log.warning("dead letter %s[%d]@%d: %s", topic, partition, offset, error)
         if not self.dead_letters:
             self.metrics.skipped.labels(topic).inc()
-            self.skipped.append(f"{topic}[{partition}]@{offset}: {error}")
-            del self.skipped[:-100]
+            self.skipped += 1
+            self.skipped_last.append(f"{topic}[{partition}]@{offset}: {error}")
+            del self.skipped_last[:-100]
             return
         self.metrics.dead_letters.labels(topic).inc()
         producer = self.producer

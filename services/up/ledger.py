@@ -81,7 +81,7 @@ def read_all(
     finally:
         c.close()
     if skipped is not None and c.skipped:
-        skipped[topic] += len(c.skipped)
+        skipped[topic] += c.skipped
     return out
 
 
