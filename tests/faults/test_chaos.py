@@ -41,8 +41,11 @@ def test_random_kills_and_a_broker_pause_lose_nothing(
     print({k: v for k, v in res.items() if k != "output_tail"})
     assert res["returncode"] == 0, res["output_tail"]
     assert len(res["kills"]) >= 4, res["kills"]
-    # only the killed processes were restarted: none exited by itself over the broker pause
-    assert sum(res["restarts"].values()) <= len(res["kills"]), (res["restarts"], res["kills"])
+    # generator and learner ride out the broker pause (issue 16 D8): restarted only if killed.
+    # (Other stages may be restarted by `up` when one was starting during the pause.)
+    for stage in ("generator-0", "learner-0"):
+        killed = sum(1 for _, victim in res["kills"] if victim == stage)
+        assert res["restarts"][stage] <= killed, (stage, res["restarts"], res["kills"])
     led = res["ledger"]
     assert led["balanced"] and led["trained_twice"] == 0 and led["unknown"] == 0, led
     assert led["trained"] > 0
