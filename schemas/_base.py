@@ -12,6 +12,7 @@ Token ids and logprobs travel as packed little-endian int32 / float32 bytes; `id
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar, TypeVar
 
 import msgspec
@@ -72,6 +73,11 @@ def envelope(data: bytes | bytearray | memoryview) -> tuple[str, int]:
 
 def decode(data: bytes | bytearray | memoryview, typ: type[M]) -> M:
     """Decode `data` as `typ`; unknown fields are ignored, anything else wrong is a SchemaError."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        # A record with a null value (a tombstone) or no value at all is bad input like any
+        # other, never a crash of the consumer (msgspec would raise TypeError).
+        what = "null value (tombstone)" if data is None else f"value of type {type(data).__name__}"
+        raise SchemaError(what, expected=typ.__name__)
     dec = _decoders.get(typ)
     if dec is None:
         dec = _decoders[typ] = msgspec.msgpack.Decoder(typ)
@@ -90,6 +96,9 @@ def decode(data: bytes | bytearray | memoryview, typ: type[M]) -> M:
 def decode_any(data: bytes | bytearray | memoryview) -> Message:
     """Decode any registered message by its `schema` tag (used by tap and record)."""
     from rollstream.schemas import MESSAGE_TYPES
+
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise SchemaError("null value (tombstone)" if data is None else "not bytes")
 
     try:
         schema, _ = envelope(data)
@@ -113,6 +122,24 @@ def _explain(data: Any, name: str, version: int, exc: Exception) -> SchemaError:
             f"major version {v} not supported (reader speaks v{version})", expected=name
         )
     return SchemaError(f"invalid field: {exc}", expected=name)
+
+
+def check_packed(field: str, buf: bytes, dtype: np.dtype) -> int:
+    """Number of elements in packed array `buf`; ValueError when its byte length is not a
+    multiple of the element size (a truncated or forged array). Raised inside a Struct's
+    `__post_init__`, msgspec turns it into a ValidationError, so `decode` names it."""
+    if len(buf) % dtype.itemsize:
+        raise ValueError(
+            f"`{field}` has {len(buf)} bytes, not a multiple of {dtype.itemsize} ({dtype.name})"
+        )
+    return len(buf) // dtype.itemsize
+
+
+def check_finite(field: str, *values: float) -> None:
+    """ValueError when any of `values` is NaN or infinite (a reward, advantage, weight)."""
+    for x in values:
+        if not math.isfinite(x):
+            raise ValueError(f"`{field}` is not finite ({x})")
 
 
 def pack_ids(values: Any) -> bytes:

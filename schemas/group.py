@@ -6,7 +6,7 @@ from typing import Annotated
 
 import msgspec
 
-from rollstream.schemas._base import Message
+from rollstream.schemas._base import Message, check_finite
 from rollstream.schemas.rollout import ScoredRollout
 
 
@@ -35,6 +35,11 @@ class Group(Message, tag="Group", kw_only=True):  # type: ignore[call-arg]
     stats: GroupStats
     policy_version: int  # oldest policy version among the samples
     produced_at: float
+
+    def __post_init__(self) -> None:
+        if len(self.advantages) != len(self.samples):
+            raise ValueError(f"{len(self.advantages)} advantages for {len(self.samples)} samples")
+        check_finite("advantages", *self.advantages)
 
 
 class DropRecord(Message, tag="DropRecord", kw_only=True):  # type: ignore[call-arg]

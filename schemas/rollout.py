@@ -5,8 +5,17 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import msgspec
+import numpy as np
 
-from rollstream.schemas._base import Message, floats, ids
+from rollstream.schemas._base import (
+    FLOAT32,
+    INT32,
+    Message,
+    check_finite,
+    check_packed,
+    floats,
+    ids,
+)
 from rollstream.schemas.prompt import Sampling
 
 FinishReason = Literal["stop", "length", "abort"]
@@ -41,6 +50,17 @@ class Rollout(Message, tag="Rollout", kw_only=True):  # type: ignore[call-arg]
     generate_s: float = 0.0  # generation wall time of the batch this sample was in
     produced_at: float
 
+    def __post_init__(self) -> None:
+        # Shapes are checked where the record is decoded, so a forged or truncated array is a
+        # dead letter at the first consumer, never a crash of the learner's batching.
+        check_packed("prompt_ids", self.prompt_ids, INT32)
+        n = check_packed("completion_ids", self.completion_ids, INT32)
+        m = check_packed("logprobs", self.logprobs, FLOAT32)
+        if n != m:
+            raise ValueError(f"{n} completion tokens but {m} logprobs")
+        if m and not np.isfinite(floats(self.logprobs)).all():
+            raise ValueError("`logprobs` holds NaN or infinite values")
+
     def prompt_tokens(self):  # -> np.ndarray (P,) int32, a view
         return ids(self.prompt_ids)
 
@@ -66,3 +86,8 @@ class ScoredRollout(Message, tag="ScoredRollout", kw_only=True):  # type: ignore
     timed_out: list[str] = []
     score_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     produced_at: float
+
+    def __post_init__(self) -> None:
+        check_finite("reward", self.reward)
+        for name, value in self.rewards.items():
+            check_finite(f"rewards.{name}", value)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import msgspec
 
-from rollstream.schemas._base import Message
+from rollstream.schemas._base import Message, check_finite
 from rollstream.schemas.group import Group
 
 
@@ -19,6 +19,9 @@ class BatchItem(msgspec.Struct, kw_only=True):
     weight: float = 1.0
     uses: Annotated[int, msgspec.Meta(ge=1)] = 1
     replayed: bool = False
+
+    def __post_init__(self) -> None:
+        check_finite("weight", self.weight)
 
 
 class TrainBatch(Message, tag="TrainBatch", kw_only=True):  # type: ignore[call-arg]
@@ -52,3 +55,6 @@ class Feedback(Message, tag="Feedback", kw_only=True):  # type: ignore[call-arg]
     trained_rollouts: Annotated[int, msgspec.Meta(ge=0)] = 0
     priorities: dict[str, float] = {}
     produced_at: float
+
+    def __post_init__(self) -> None:
+        check_finite("priorities", *self.priorities.values())

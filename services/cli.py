@@ -94,7 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
         "control", help="change a stage's live knobs: control generator temperature=0.8"
     )
     p.add_argument("stage")
-    p.add_argument("params", nargs="+", help="KEY=VALUE (VALUE parsed as YAML)")
+    p.add_argument("params", nargs="*", help="KEY=VALUE (VALUE parsed as YAML)")
+    p.add_argument(
+        "--unset",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="remove a knob (the stage goes back to its configured value)",
+    )
     _kafka_args(p)
 
     p = sub.add_parser("up", help="run the whole pipeline (embedded broker unless --bootstrap)")

@@ -34,6 +34,8 @@ def main(argv: list[str]) -> int:
         from rollstream.services.models.load import ensure_base_model
 
         model_dir = str(ensure_base_model())
+    from rollstream.services.models.weights import default_store
+
     ev = Evaluator(
         cfg,
         ctx.kafka,
@@ -43,6 +45,7 @@ def main(argv: list[str]) -> int:
         items=items,
         metrics=ctx.metrics,
         bus_metrics=ctx.bus_metrics,
+        store=default_store(ctx.cfg.weights.uri, ctx.args.run_dir),
     )
     ctx.start()
     try:

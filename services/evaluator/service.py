@@ -92,7 +92,9 @@ class Evaluator:
         items: Sequence[Item],
         metrics: StageMetrics | None = None,
         bus_metrics: BusMetrics | None = None,
+        store: str | None = None,
     ) -> None:
+        self.store = store  # the weight store updates must point into (None: unchecked)
         if not items:
             raise ValueError("no held-out items to evaluate (set evaluator.tasks)")
         from rollstream.services.models.load import load_model, load_tokenizer
@@ -115,7 +117,9 @@ class Evaluator:
         from rollstream.services.models.weights import WeightError, fetch_version
 
         try:
-            local = fetch_version(upd.uri, upd.sha256, upd.weights_file)
+            local = fetch_version(
+                upd.uri, upd.sha256, upd.weights_file, files=upd.files, store=self.store
+            )
             state = load_file(str(local / upd.weights_file), device=str(self.device))
             res = self.model.load_state_dict(state, strict=False)
             missing = [k for k in res.missing_keys if not k.endswith("lm_head.weight")]
@@ -124,7 +128,7 @@ class Evaluator:
                     f"weights do not fit the model: missing {missing[:3]},"
                     f" unexpected {res.unexpected_keys[:3]}"
                 )
-        except (WeightError, OSError, ValueError, RuntimeError) as exc:
+        except Exception as exc:  # any bad update (safetensors' own errors too) is refused
             reason = "checksum" if isinstance(exc, WeightError) else "bad_file"
             self.m.refused.labels(reason).inc()
             log.error("evaluator: refused weights v%d from %s: %s", upd.version, upd.uri, exc)

@@ -245,3 +245,9 @@ class FilterCore:
             FilterSpec(name=f.spec, label=f.label, params=f.params.model_dump())
             for f in self.chain.filters
         ]
+
+
+def validate_control(params: Mapping[str, Any]) -> None:
+    """FilterConfigError (a ValueError) naming a bad live knob, checked against the defaults
+    (used by `rollstream control filter ...` before it publishes anything)."""
+    FilterCore(track_pass_rates=False).update(params)

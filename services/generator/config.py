@@ -90,3 +90,20 @@ LIVE_KNOBS = set(SamplingDefaults.model_fields) | {
     "batch_prompts",
     "template",
 }
+
+
+def validate_control(
+    params: dict[str, Any], base: GeneratorConfig | None = None
+) -> GeneratorConfig:
+    """The generator config with live knobs `params` applied onto `base` (the run's config;
+    defaults if None); ValueError naming an unknown knob or a bad value. Used by the stage and
+    by `rollstream control` before it publishes anything."""
+    base = base or GeneratorConfig()
+    params = dict(params)
+    unknown = set(params) - LIVE_KNOBS
+    if unknown:
+        raise ValueError(f"unknown knob(s) {sorted(unknown)}; live: {sorted(LIVE_KNOBS)}")
+    sampling = {k: params.pop(k) for k in list(params) if k in SamplingDefaults.model_fields}
+    merged = {**base.model_dump(), **params}
+    merged["sampling"] = {**base.sampling.model_dump(), **sampling}
+    return GeneratorConfig.model_validate(merged)

@@ -37,7 +37,7 @@ from rollstream.schemas import (
     pack_ids,
 )
 from rollstream.services.generator.backend import Backend, GenRequest, GenSample, RequestError
-from rollstream.services.generator.config import LIVE_KNOBS, GeneratorConfig
+from rollstream.services.generator.config import GeneratorConfig, validate_control
 from rollstream.services.generator.metrics import GeneratorMetrics
 from rollstream.services.generator.pacing import Pacer
 from rollstream.services.runtime.bus import Consumer, Producer, Record
@@ -57,6 +57,7 @@ class Generator:
         model_name: str,
     ) -> None:
         self.ctx, self.cfg, self.backend, self.tokenizer = ctx, cfg, backend, tokenizer
+        self.base_cfg = cfg  # the run's config; live knobs apply onto it
         self.model_name = model_name
         self.m = GeneratorMetrics(ctx.metrics)
         self.producer = Producer(ctx.kafka, "generator", ctx.bus_metrics)
@@ -95,16 +96,9 @@ class Generator:
             return
         self._control_seq = self.control.seq
         params = dict(self.control.latest.params)
-        unknown = set(params) - LIVE_KNOBS
-        sampling = {k: params.pop(k) for k in list(params) if k in self.cfg.sampling.model_fields}
         try:
-            if unknown:
-                raise ValueError(f"unknown knob(s) {sorted(unknown)}; live: {sorted(LIVE_KNOBS)}")
-            new = self.cfg.model_copy(update={k: v for k, v in params.items()})
-            new.sampling = self.cfg.sampling.model_validate(
-                {**self.cfg.sampling.model_dump(), **sampling}
-            )
-            self.cfg = GeneratorConfig.model_validate(new.model_dump())
+            # onto the run's config, so a knob removed from `control` goes back to it
+            self.cfg = validate_control(params, self.base_cfg)
         except (ValidationError, ValueError) as exc:
             self.m.control.labels("rejected").inc()
             log.warning("control update rejected: %s", exc)
@@ -119,7 +113,6 @@ class Generator:
             return False
         self._weights_seq = self.weights.seq
         upd: WeightUpdate = self.weights.latest
-        self.newest = max(self.newest, upd.version)
         if upd.version <= self.version:
             if upd.version < self.version:
                 self.m.refused.labels("older").inc()
@@ -127,13 +120,15 @@ class Generator:
                     "refused weights v%d: older than the loaded v%d", upd.version, self.version
                 )
             return False
-        from rollstream.services.models.weights import WeightError, fetch_version
+        from rollstream.services.models.weights import fetch_version
 
         t0 = time.perf_counter()
         try:
-            local = fetch_version(upd.uri, upd.sha256, upd.weights_file)
+            local = fetch_version(
+                upd.uri, upd.sha256, upd.weights_file, files=upd.files, store=self._store()
+            )
             self.backend.load_weights(str(local))
-        except (WeightError, OSError, ValueError, RuntimeError) as exc:
+        except Exception as exc:  # any bad update (safetensors' own errors too) is refused
             self.m.refused.labels("bad_file").inc()
             log.error(
                 "refused weights v%d from %s: %s; staying on v%d",
@@ -143,12 +138,21 @@ class Generator:
                 self.version,
             )
             return False
+        # Only a verified version counts as published: a forged v+1000 must not make the
+        # staleness bound pause this generator forever.
+        self.newest = max(self.newest, upd.version)
         self.version = upd.version
         self.on_version, self.budget_hit = 0, None
         self.m.version.set(self.version)
         self.m.swap.observe(time.perf_counter() - t0)
         log.info("loaded weights v%d in %.3fs", upd.version, time.perf_counter() - t0)
         return True
+
+    def _store(self) -> str | None:
+        """The weight store updates must point into (None: not known here, not checked)."""
+        from rollstream.services.models.weights import default_store
+
+        return default_store(self.ctx.cfg.weights.uri, self.ctx.args.run_dir)
 
     # ---- flow control -----------------------------------------------------------------------
     def _watch_lag(self) -> None:

@@ -31,10 +31,9 @@ def _device(name: str) -> str:
 
 def make_publisher(ctx: StageContext, model_dir: str) -> Any:
     """publisher(model, version, step) -> WeightUpdate, writing into the run's weight store."""
-    from rollstream.services.models.weights import publish_version
+    from rollstream.services.models.weights import default_store, publish_version
 
-    run_dir = Path(ctx.args.run_dir or os.getcwd())
-    store = ctx.cfg.weights.uri or str(run_dir / "weights")
+    store = default_store(ctx.cfg.weights.uri, ctx.args.run_dir or os.getcwd())
 
     def publish(model: Any, version: int, step: int) -> Any:
         return publish_version(

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rollstream.schemas import WeightUpdate
+from rollstream.schemas import WeightUpdate, encode
 from rollstream.services.learner.metrics import LearnerMetrics
 from rollstream.services.learner.trainer import StepResult, Trainer
 from rollstream.services.runtime.bus import Consumer, Producer
@@ -104,6 +104,11 @@ class LearnerService:
         for rec in recs:
             result = self.trainer.train(rec.value)
             self.trainer.offsets[f"{rec.topic}:{rec.partition}"] = rec.offset + 1
+            if self.trainer.rejected:  # rows that cannot be trained: dead letters, not a crash
+                why = "; ".join(f"group {g}: {w}" for g, w in self.trainer.rejected)
+                self.consumer.dead_letter(
+                    rec.topic, rec.partition, rec.offset, rec.key, encode(rec.value), why
+                )
             if result is None:
                 self.m.duplicates.inc()
                 continue

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import torch
 
 from rollstream.schemas import Feedback, TrainBatch, decode, encode
@@ -65,6 +66,10 @@ class StepResult:
     priorities: dict[str, float]
     staleness: list[int] = field(default_factory=list)  # learner version - sample version
     compute_s: float = 0.0
+
+
+# an empty batch to check one item at a time with rows_of
+_ONE = TrainBatch(batch_id="", learner_id="", seq=1, items=[], learner_version=0, produced_at=0.0)
 
 
 class Trainer:
@@ -125,14 +130,43 @@ class Trainer:
         return self.seq + self.cfg.prefetch
 
     def train(self, batch: TrainBatch) -> StepResult | None:
-        """Train on a batch for this learner; None when it is another learner's or a repeat."""
+        """Train on a batch for this learner; None when it is another learner's or a repeat.
+
+        Items that cannot be trained (a token id outside the vocabulary, an empty prompt) are
+        left out and named in `self.rejected` as (group_id, why); the caller dead-letters them.
+        A batch of nothing but such items trains nothing and returns None."""
+        self.rejected: list[tuple[str, str]] = []
         if batch.learner_id != self.cfg.learner_id:
             return None
         self.seq = max(self.seq, batch.seq)
         if batch.batch_id in self.trained:
             return None
+        good = []
+        for item in batch.items:
+            why = self.unusable(item)
+            if why:
+                self.rejected.append((item.group.group_id, why))
+            else:
+                good.append(item)
+        if self.rejected:
+            if not good:
+                return None
+            batch = msgspec.structs.replace(batch, items=good)
         self._command(d.TRAIN, encode(batch))
         return self.apply(batch)
+
+    def unusable(self, item: Any) -> str:
+        """Why a batch item cannot be trained ("" if it can): checked before any rank sees it,
+        so a forged row is refused instead of crashing the step on every restart."""
+        vocab = self.model.get_input_embeddings().num_embeddings
+        try:
+            rows = rows_of(msgspec.structs.replace(_ONE, items=[item]))
+        except ValueError as exc:
+            return str(exc)
+        for r in rows:
+            if len(r.tokens) and (int(r.tokens.min()) < 0 or int(r.tokens.max()) >= vocab):
+                return f"{r.rollout_id}: token id outside the vocabulary (0..{vocab - 1})"
+        return ""
 
     def apply(self, batch: TrainBatch) -> StepResult:
         """Train on `batch`, unchecked (every rank of a data-parallel learner runs this)."""

@@ -185,30 +185,83 @@ def fetch_version(
     weights_file: str = WEIGHTS_FILE,
     storage_options: dict[str, Any] | None = None,
     cache: str | Path | None = None,
+    *,
+    files: dict[str, str] | None = None,
+    store: str | None = None,
 ) -> Path:
-    """A local directory holding the version at `uri` with its weights verified against
-    `expected_sha256`; WeightError if missing, truncated or different."""
+    """A local directory holding the version at `uri`, every file a loader reads verified;
+    WeightError if missing, truncated, different, or not where it may be.
+
+    Checked: `weights_file` is the one file loaders read (model.safetensors; a WeightUpdate
+    naming config.json would otherwise pass the check while the weights load unverified), its
+    sha256 is `expected_sha256`, every file of the `files` manifest (config.json, tokenizer)
+    matches its digest, and with `store` the version lies inside the weight store. A missing
+    fsspec backend (s3:// without s3fs) is a WeightError too, never a crash of the caller."""
+    if weights_file != WEIGHTS_FILE:
+        raise WeightError(f"{uri}: weights_file {weights_file!r} is not {WEIGHTS_FILE!r}")
+    if files is not None and files.get(WEIGHTS_FILE, expected_sha256) != expected_sha256:
+        raise WeightError(f"{uri}: the manifest's {WEIGHTS_FILE} digest is not sha256")
+    if store is not None:
+        check_in_store(uri, store)
     if _is_local(uri):
         local = _local_path(uri)
     else:
-        import fsspec
-
-        fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
         local = Path(cache or "/tmp/rollstream-weights") / hashlib.sha1(uri.encode()).hexdigest()
         if not (local / weights_file).exists():
             try:
+                import fsspec
+
+                fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
                 fs.get(path.rstrip("/") + "/", str(local) + "/", recursive=True)
             except FileNotFoundError:
                 raise WeightError(f"{uri}: not found in the weight store") from None
-    path = local / weights_file
-    if not path.is_file():
-        raise WeightError(f"{path}: weights file missing")
-    digest = sha256_file(path)
-    if digest != expected_sha256:
-        if not _is_local(uri):
-            shutil.rmtree(local, ignore_errors=True)  # a later try downloads it again
-        raise WeightError(
-            f"{path}: sha256 {digest[:12]}… does not match the published "
-            f"{expected_sha256[:12]}… (corrupt or truncated file)"
-        )
+            except ImportError as exc:
+                raise WeightError(f"{uri}: no filesystem for this URI ({exc})") from None
+    expected = {**(files or {}), WEIGHTS_FILE: expected_sha256}
+    for name, digest in sorted(expected.items()):
+        path = local / name
+        if "/" in name or name.startswith(".") or not path.is_file():
+            raise WeightError(f"{path}: file missing")
+        got = sha256_file(path)
+        if got != digest:
+            if not _is_local(uri):
+                shutil.rmtree(local, ignore_errors=True)  # a later try downloads it again
+            raise WeightError(
+                f"{path}: sha256 {got[:12]}… does not match the published "
+                f"{digest[:12]}… (corrupt or truncated file)"
+            )
     return local
+
+
+def check_in_store(uri: str, store: str) -> None:
+    """WeightError unless `uri` names a place inside the weight store `store` (a directory or
+    an fsspec URI): an update must not make a stage read files from anywhere else."""
+    if _is_local(uri) != _is_local(store):
+        raise WeightError(f"{uri}: not inside the weight store {store}")
+    if _is_local(uri):
+        inside = _local_path(uri).resolve().is_relative_to(_local_path(store).resolve())
+    else:
+        root = store.rstrip("/") + "/"
+        inside = uri.startswith(root) and ".." not in uri[len(root) :].split("/")
+    if not inside:
+        raise WeightError(f"{uri}: not inside the weight store {store}")
+
+
+def check_store_backend(store: str, storage_options: dict[str, Any] | None = None) -> None:
+    """ValueError at config time when no filesystem can open `store` (s3:// without s3fs)."""
+    if _is_local(store):
+        return
+    try:
+        import fsspec
+
+        fsspec.core.url_to_fs(store, **(storage_options or {}))
+    except ImportError as exc:
+        raise ValueError(f"weights.uri {store!r}: {exc}") from None
+
+
+def default_store(uri: str | None, run_dir: str | None) -> str | None:
+    """The run's weight store: `weights.uri`, else `<run folder>/weights` (the learner's
+    default), else None when neither is known to this process."""
+    if uri:
+        return uri
+    return str(Path(run_dir) / "weights") if run_dir else None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -103,3 +103,12 @@ class ReplayConfig(BaseModel):
         if self.policy == "fifo":
             self.max_uses = 1
         return self
+
+
+def validate_control(params: dict[str, Any], base: ReplayConfig | None = None) -> ReplayConfig:
+    """`base` (defaults if None) with live knobs `params`; ValueError naming an unknown knob
+    or a bad value."""
+    unknown = set(params) - set(LIVE_KNOBS)
+    if unknown:
+        raise ValueError(f"unknown knob(s) {sorted(unknown)}; live: {sorted(LIVE_KNOBS)}")
+    return ReplayConfig.model_validate({**(base or ReplayConfig()).model_dump(), **params})

@@ -28,7 +28,7 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from rollstream.schemas import ControlUpdate, DropRecord, Feedback, Group, TrainBatch, encode
 from rollstream.schemas.topics import qualified
 from rollstream.services.replay.buffer import ReplayBuffer
-from rollstream.services.replay.config import LIVE_KNOBS, ReplayConfig
+from rollstream.services.replay.config import ReplayConfig, validate_control
 from rollstream.services.replay.credits import Credits
 from rollstream.services.replay.metrics import ReplayMetrics
 from rollstream.services.replay.resume import MARGIN_MS, Resume, last_resume, sent_batches
@@ -63,6 +63,7 @@ class Replay:
         self.m = ReplayMetrics(stage)
         bus = bus_metrics or BusMetrics(stage)
         self.buffer = ReplayBuffer(cfg)
+        self.base_cfg = cfg  # the run's config; live knobs apply onto it
         self.credits = Credits()
         self.producer = Producer(kafka, "replay", bus)
         self.groups = Consumer(
@@ -118,9 +119,9 @@ class Replay:
             self.buffer.update_priorities(fb.priorities)
 
     def apply_control(self, update: ControlUpdate) -> None:
-        params = {k: v for k, v in update.params.items() if k in LIVE_KNOBS}
+        params = dict(update.params)
         try:
-            new = ReplayConfig.model_validate({**self.buffer.cfg.model_dump(), **params})
+            new = validate_control(params, self.base_cfg)  # a removed knob reverts to the run's
         except ValueError as exc:
             log.warning("replay: control revision %d refused: %s", update.revision, exc)
             self.m.control.labels("refused").inc()

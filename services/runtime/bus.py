@@ -8,8 +8,12 @@ use aiokafka because faust is built on it. kafka-python is not used anywhere, so
 not needed; if you add it, add `crc32c` with it.
 
 Reads: any registry topics, decoded with rollstream.schemas. A message that fails to decode or
-validate goes to `<topic>.dlq` as a DeadLetter (raw bytes, error, original coordinates) and the
-consumer goes on. Writes: registry topics, keyed, with `schema`/`v` headers.
+validate (a null value included) goes to `<topic>.dlq` as a DeadLetter (raw bytes, error,
+original coordinates) and the consumer goes on with the rest of the fetched batch. A consumer
+built without a producer opens one for its dead letters on the first bad record; a read-only
+one (`dead_letters=False`: status, the eval reader) skips the record, logs it and counts it in
+`skipped`. A dead letter that cannot be sent is logged and counted, never a lost batch.
+Writes: registry topics, keyed, with `schema`/`v` headers.
 
 Delivery: at least once. `Consumer.commit()` first flushes the producer (every output and
 dead letter is acknowledged by the broker), then commits the offsets of the records handed out
@@ -25,7 +29,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaError, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 from confluent_kafka import Consumer as _KConsumer
 from confluent_kafka import Producer as _KProducer
 
@@ -37,6 +47,16 @@ from rollstream.services.runtime.settings import KafkaSettings
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
+
+# Commit errors that mean "this member is no longer (or not yet again) in the group".
+REJOIN_ERRORS = frozenset(
+    {
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.REBALANCE_IN_PROGRESS,
+        KafkaError._ASSIGNMENT_LOST,
+    }
+)
 
 
 class BusError(RuntimeError):
@@ -159,6 +179,7 @@ class Consumer:
         metrics: BusMetrics | None = None,
         from_beginning: bool = True,
         extra: dict[str, Any] | None = None,
+        dead_letters: bool = True,
     ) -> None:
         self.kafka = kafka
         self.stage = stage
@@ -167,6 +188,10 @@ class Consumer:
         self.group = group
         self.metrics = metrics or BusMetrics(StageMetrics(stage))
         self.producer = producer
+        self.dead_letters = dead_letters
+        self._own_producer: Producer | None = None  # opened for dead letters when needed
+        self.skipped = 0  # bad records not dead-lettered (dead_letters=False)
+        self.skipped_last: list[str] = []  # the last 100 of them: "topic[p]@offset: why"
         cfg = kafka.client_config(stage)
         cfg.update(
             {
@@ -220,12 +245,20 @@ class Consumer:
             self.metrics.messages_in.labels(topic).inc()
             value = m.value() or b""
             try:
-                msg = decode(value, self.types[topic])
+                msg = decode(m.value(), self.types[topic])
             except SchemaError as exc:
-                self.dead_letter(topic, part, off, m.key(), value, str(exc))
+                try:
+                    self.dead_letter(topic, part, off, m.key(), value, str(exc))
+                except Exception as dl_exc:  # the rest of the batch still counts
+                    log.error("dead letter %s[%d]@%d not sent: %s", topic, part, off, dl_exc)
                 continue
             ts = m.timestamp()[1]
             out.append(Record(topic, part, off, m.key(), msg, ts))
+        if self._own_producer is not None:
+            try:  # dead letters are acknowledged before the records after them are used
+                self._own_producer.flush(10.0)
+            except BusError as exc:
+                log.error("%s: dead letters not acknowledged: %s", self.stage, exc)
         return out
 
     def dead_letter(
@@ -233,12 +266,18 @@ class Consumer:
     ) -> None:
         """Send a message this consumer cannot use to `<topic>.dlq`, with the reason."""
         log.warning("dead letter %s[%d]@%d: %s", topic, partition, offset, error)
+        if not self.dead_letters:
+            self.metrics.skipped.labels(topic).inc()
+            self.skipped += 1
+            self.skipped_last.append(f"{topic}[{partition}]@{offset}: {error}")
+            del self.skipped_last[:-100]
+            return
         self.metrics.dead_letters.labels(topic).inc()
-        if self.producer is None:
-            raise BusError(
-                f"undecodable message at {topic}[{partition}]@{offset} and no producer"
-                f" for the dead-letter topic: {error}"
-            )
+        producer = self.producer
+        if producer is None:
+            if self._own_producer is None:
+                self._own_producer = Producer(self.kafka, self.stage, self.metrics)
+            producer = self._own_producer
         dl = DeadLetter(
             topic=topic,
             partition=partition,
@@ -249,17 +288,38 @@ class Consumer:
             consumer=self.group or self.stage,
             produced_at=time.time(),
         )
-        self.producer.send(dlq_name(topic), dl, key)
+        producer.send(dlq_name(topic), dl, key)
 
-    def commit(self) -> None:
-        """Make every output durable, then commit what was handed out (no-op without group)."""
+    def commit(self) -> bool:
+        """Make every output durable, then commit what was handed out (no-op without group).
+
+        False when the group refused the commit because this member's session expired (a
+        broker pause, a long stall) or a rebalance is under way: librdkafka rejoins by itself,
+        the records since the last commit are read again by whoever owns their partitions, and
+        consumers drop them by id. The process goes on; it does not exit."""
         if self.producer is not None:
             self.producer.flush()
         if not self.group or not self._pending:
-            return
+            return True
         offsets = [TopicPartition(t, p, o) for (t, p), o in self._pending.items()]
-        self._c.commit(offsets=offsets, asynchronous=False)
+        try:
+            self._c.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if err is None or not (err.code() in REJOIN_ERRORS or err.retriable()):
+                raise
+            log.warning(
+                "%s: commit refused (%s); rejoining the group, records since the last commit"
+                " will be read again and dropped by id",
+                self.stage,
+                err.str(),
+            )
+            self.metrics.commits_refused.labels(err.name()).inc()
+            if err.code() in REJOIN_ERRORS:
+                self._pending.clear()  # no longer ours to commit
+            return False
         self._pending.clear()
+        return True
 
     def lag(self) -> dict[str, int]:
         """Messages between this consumer's position and the end, per registry topic."""
@@ -295,4 +355,9 @@ class Consumer:
 
     def close(self) -> None:
         """Leave the group cleanly (uncommitted records will be re-read by the next owner)."""
+        if self._own_producer is not None:
+            try:
+                self._own_producer.close()
+            except BusError as exc:
+                log.error("%s: dead letters not acknowledged: %s", self.stage, exc)
         self._c.close()

@@ -31,22 +31,53 @@ def topics(args: argparse.Namespace) -> int:
     return 0
 
 
+# Stages that follow `control`, and the function that checks their knobs (ValueError).
+CONTROL_VALIDATORS = {
+    "generator": "rollstream.services.generator.config",
+    "scorer": "rollstream.services.scorer.combine",
+    "filter": "rollstream.services.filter.core",
+    "replay": "rollstream.services.replay.config",
+}
+
+
 def control(args: argparse.Namespace) -> int:
-    """Merge KEY=VALUE into the stage's current knobs and publish them on `control`."""
+    """Merge KEY=VALUE into the stage's current knobs (minus `--unset KEY`), check them against
+    the stage's knob schema, and publish them on `control`. Exit 2, publishing nothing, on an
+    unknown stage, an unknown knob or a bad value, so nothing refused stays in the state."""
+    import importlib
+    import sys
+
     import yaml
 
     from rollstream.schemas import ControlUpdate
     from rollstream.services.runtime.bus import Producer
 
+    if args.stage not in CONTROL_VALIDATORS:
+        print(
+            f"rollstream control: stage {args.stage!r} has no live knobs;"
+            f" stages: {', '.join(sorted(CONTROL_VALIDATORS))}",
+            file=sys.stderr,
+        )
+        return 2
     kafka = kafka_from(args.bootstrap, args.namespace)
     params: dict[str, object] = {}
     for item in args.params:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+            print(f"rollstream control: expected KEY=VALUE, got {item!r}", file=sys.stderr)
+            return 2
         params[key.strip()] = yaml.safe_load(value)
     current, revision = latest_control(kafka, args.stage)
-    merged = {**current, **params}
+    unset = set(getattr(args, "unset", None) or [])
+    merged = {k: v for k, v in {**current, **params}.items() if k not in unset}
+    validator = importlib.import_module(CONTROL_VALIDATORS[args.stage]).validate_control
+    try:
+        validator(merged)
+    except ValueError as exc:
+        print(
+            f"rollstream control: {args.stage}: refused, nothing published: {exc}", file=sys.stderr
+        )
+        return 2
     producer = Producer(kafka, "control")
     update = ControlUpdate(
         stage=args.stage,
@@ -65,7 +96,7 @@ def latest_control(kafka, stage: str, timeout_s: float = 2.0) -> tuple[dict, int
     """The newest ControlUpdate params and revision for `stage` (empty, 0 if none)."""
     from rollstream.services.runtime.bus import Consumer
 
-    c = Consumer(kafka, "control-cli", ["control"], group=None)
+    c = Consumer(kafka, "control-cli", ["control"], group=None, dead_letters=False)
     params: dict = {}
     revision = 0
     deadline = time.monotonic() + timeout_s

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from rollstream.services.runtime.settings import KafkaSettings
 
@@ -49,6 +49,22 @@ class WeightStoreSpec(BaseModel):
     """How many newest versions to keep in the store."""
     storage_options: dict[str, Any] = {}
     """fsspec options for remote stores (endpoint_url, key, secret, ...)."""
+
+    @field_validator("uri")
+    @classmethod
+    def _backend_installed(cls, uri: str | None) -> str | None:
+        """An s3:// store without s3fs fails here, when the config loads, not at the first
+        weight version (the learner would crash, the generators refuse every update)."""
+        if uri is None or "://" not in uri or uri.startswith("file://"):
+            return uri
+        import fsspec
+
+        protocol = uri.split("://", 1)[0]
+        try:
+            fsspec.get_filesystem_class(protocol)
+        except (ImportError, ValueError) as exc:
+            raise ValueError(f"no filesystem for {protocol}:// ({exc})") from None
+        return uri
 
 
 class TargetSpec(BaseModel):

@@ -61,6 +61,12 @@ class BusMetrics:
         self.dead_letters = m.counter(
             "dead_letters_total", "Messages sent to a dead-letter topic", ["topic"]
         )
+        self.skipped = m.counter(
+            "skipped_records_total", "Bad records a read-only reader skipped", ["topic"]
+        )
+        self.commits_refused = m.counter(
+            "commits_refused_total", "Offset commits the group refused (rejoined)", ["error"]
+        )
         self.consumer_lag = m.gauge(
             "consumer_lag_messages", "Messages behind the end of the topic", ["topic"]
         )

@@ -183,7 +183,11 @@ class Combiner:
                     raise RewardConfigError(f"{knob}.{key}: no reward with that key")
                 if isinstance(value, bool) or not isinstance(value, int | float):
                     raise RewardConfigError(f"{knob}.{key}: {value!r} is not a number")
-                if not math.isfinite(value) or (knob == "timeouts" and value <= 0):
+                if (
+                    not math.isfinite(value)
+                    or (knob == "timeouts" and value <= 0)
+                    or (knob == "weights" and abs(value) > 1000)  # RewardSpec.weight's bounds
+                ):
                     raise RewardConfigError(f"{knob}.{key}: {value!r} is out of range")
                 changes.setdefault(key, {})[fields[knob]] = float(value)
         self.components = [replace(c, **changes.get(c.key, {})) for c in self.components]
@@ -242,3 +246,10 @@ def _as_float(comp: Component, value: Any) -> float:
     if not math.isfinite(number):
         raise RewardError(comp.key, f"returned {number}, not a finite number")
     return number
+
+
+def validate_control(params: dict[str, Any]) -> None:
+    """Shape and ranges of scorer knobs (`rollstream control scorer ...`) without the run's
+    reward keys, which only the stage knows (it refuses a key it does not have)."""
+    keys = {k for v in params.values() if isinstance(v, dict) for k in v}
+    Combiner([Component(key=k, reward=None) for k in keys]).update(params)  # type: ignore[arg-type]

@@ -9,7 +9,11 @@ How each limit is enforced (`Sandbox.isolation` tells which mode was found to wo
 - output: the verdict is read from a pipe capped at `max_output_bytes`; the code's own
   stdout/stderr go to /dev/null; RLIMIT_FSIZE caps any file it writes.
 - files: a fresh temporary working directory per run (HOME and TMPDIR point there), removed
-  afterwards; writes outside it are refused by an audit hook in the child (always on).
+  afterwards; writes outside it (open, sqlite3, FIFOs and device nodes) are refused by an
+  audit hook in the child (always on).
+- the verdict: the child proves its verdict with a nonce; frame and memory introspection
+  (sys._getframe, settrace/setprofile, gc walks, /proc, ctypes) is refused in every mode so
+  the solution cannot read it (sandbox_harness.py; the limits are in RELIABILITY.md).
 - privileges: when the service runs as root, the child runs as `uid` (default 65534, nobody),
   so it cannot read root's files or exceed RLIMIT_NPROC (root is exempt from it).
 - network, mode "namespace": the child runs under `unshare --user --net --pid --fork
@@ -160,8 +164,10 @@ class Sandbox:
     @staticmethod
     def _blocked(mode: str) -> list[str]:
         if mode == "audit":
-            return ["files", "network", "process", "signals"]
-        return ["files"]  # the kernel handles the rest
+            return ["files", "network", "process", "signals", "introspection"]
+        # the kernel handles network, processes and signals; files and introspection (the
+        # verdict's nonce, ctypes) are this process's own business in every mode
+        return ["files", "introspection"]
 
     async def _run_once(self, code: str, tests: list[str], mode: str, python: str) -> SandboxResult:
         nonce = secrets.token_hex(16)

@@ -13,8 +13,13 @@ sandbox.py passes this file's source to `python -I -B -c`. It reads one JSON obj
 4. writes "<nonce> <passed> <total>" on the private stdout and exits at once.
 
 A solution that exits early or prints a forged verdict does not know the nonce, so the parent
-scores it as a failure. (Code that deliberately inspects this harness's frames could find the
-nonce: the sandbox protects the machine, not the reward against an adversarial policy.)
+scores it as a failure. To keep the nonce secret from code running in this same process, the
+"introspection" category (always blocked) refuses what could reach the harness's frames or
+memory: sys._getframe, sys._current_frames, settrace/setprofile, the gc module's object walks,
+the frame attributes of tracebacks/generators/coroutines, reading /proc, and ctypes (importing
+it included). The "files" category also refuses sqlite3 databases and FIFOs / device nodes
+outside the working directory (os.mkfifo / os.mknod have no audit event, so this harness
+replaces them in `os` and `posix`). What stays possible is in RELIABILITY.md.
 """
 
 import json
@@ -40,6 +45,18 @@ _NETWORK = ("socket.",)
 _PROCESS = ("os.fork", "os.forkpty", "os.exec", "os.posix_spawn", "os.spawn", "os.system")
 _PROCESS += ("subprocess.", "pty.", "ctypes.dl", "os.startfile")
 _SIGNALS = ("os.kill", "os.killpg", "signal.pthread_kill")
+_INTROSPECTION = (
+    "sys._getframe",
+    "sys._current_frames",
+    "sys.settrace",
+    "sys.setprofile",
+    "gc.get_objects",
+    "gc.get_referrers",
+    "gc.get_referents",
+    "ctypes.",
+)
+_FRAME_ATTRS = {"tb_frame", "gi_frame", "cr_frame", "ag_frame", "f_back"}
+_NO_IMPORT = {"ctypes", "_ctypes"}
 
 
 def _make_hook(block, root):
@@ -50,6 +67,9 @@ def _make_hook(block, root):
         prefixes += _PROCESS
     if "signals" in block:
         prefixes += _SIGNALS
+    if "introspection" in block:
+        prefixes += _INTROSPECTION
+    introspection = "introspection" in block
     files = "files" in block
     realpath = os.path.realpath
     inside = root.rstrip(os.sep) + os.sep
@@ -65,9 +85,22 @@ def _make_hook(block, root):
     def hook(event, args):
         if prefixes and event.startswith(prefixes):
             raise PermissionError(f"{event} is not allowed in the sandbox")
+        if introspection:
+            if event == "object.__getattr__" and args[1] in _FRAME_ATTRS:
+                raise PermissionError(f"{args[1]} is not allowed in the sandbox")
+            if event == "import" and args[0].partition(".")[0] in _NO_IMPORT:
+                raise PermissionError(f"importing {args[0]} is not allowed in the sandbox")
+            if event == "open" and isinstance(args[0], str | bytes):
+                path = os.fsdecode(args[0])
+                if realpath(path).startswith("/proc/"):
+                    raise PermissionError("/proc is not readable in the sandbox")
         if not files:
             return
-        if event == "open":
+        if event == "sqlite3.connect":
+            db = os.fsdecode(args[0]) if isinstance(args[0], str | bytes) else ""
+            if db.startswith("file:") or (db not in ("", ":memory:") and outside(db)):
+                raise PermissionError("sqlite3 outside the sandbox directory is not allowed")
+        elif event == "open":
             flags = args[2] if len(args) > 2 and isinstance(args[2], int) else 0
             mode = args[1] if len(args) > 1 and isinstance(args[1], str) else ""
             writes = flags & _WRITE_FLAGS or any(c in mode for c in "wax+")
@@ -80,6 +113,31 @@ def _make_hook(block, root):
     return hook
 
 
+def _guard_nodes(root):
+    """os.mkfifo / os.mknod raise no audit event: replace them (in `os` and `posix`) with
+    versions that refuse a path outside the working directory."""
+    import posix
+
+    inside = root.rstrip(os.sep) + os.sep
+
+    def guarded(original):
+        def call(path, *args, **kwargs):
+            if isinstance(path, int) or kwargs.get("dir_fd") is not None:
+                raise PermissionError("dir_fd is not allowed in the sandbox")
+            full = os.path.realpath(os.path.dirname(os.path.abspath(os.fsdecode(path))))
+            if not (full + os.sep).startswith(inside):
+                raise PermissionError("creating nodes outside the sandbox is not allowed")
+            return original(path, *args, **kwargs)
+
+        return call
+
+    for name in ("mkfifo", "mknod"):
+        original = getattr(posix, name, None)
+        if original is not None:
+            setattr(posix, name, guarded(original))
+            setattr(os, name, getattr(posix, name))
+
+
 def _main():
     payload = json.loads(sys.stdin.buffer.read())
     nonce = payload.pop("nonce")
@@ -88,6 +146,8 @@ def _main():
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
     if payload.get("block"):
+        if "files" in payload["block"]:
+            _guard_nodes(os.getcwd())
         sys.addaudithook(_make_hook(set(payload["block"]), os.getcwd()))
     tests = payload["tests"]
     passed = 0

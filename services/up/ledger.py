@@ -38,6 +38,7 @@ class Ledger:
     groups_trained: int = 0
     learner_version: int = 0
     learner_step: int = 0
+    skipped_records: dict[str, int] = field(default_factory=dict)  # bad records, per topic
 
     @property
     def balanced(self) -> bool:
@@ -57,9 +58,15 @@ class Ledger:
         }
 
 
-def read_all(kafka: KafkaSettings, topic: str, timeout_s: float = 30.0) -> list[Any]:
-    """Every decodable message of `topic`, from the beginning to the current end."""
-    c = Consumer(kafka, "status", [topic], group=None, from_beginning=True)
+def read_all(
+    kafka: KafkaSettings,
+    topic: str,
+    timeout_s: float = 30.0,
+    skipped: Counter[str] | None = None,
+) -> list[Any]:
+    """Every decodable message of `topic`, from the beginning to the current end; bad records
+    are skipped, logged and counted in `skipped[topic]` (a reader never dead-letters)."""
+    c = Consumer(kafka, "status", [topic], group=None, from_beginning=True, dead_letters=False)
     out: list[Any] = []
     deadline = time.monotonic() + timeout_s
     try:
@@ -73,12 +80,16 @@ def read_all(kafka: KafkaSettings, topic: str, timeout_s: float = 30.0) -> list[
                     break
     finally:
         c.close()
+    if skipped is not None and c.skipped:
+        skipped[topic] += c.skipped
     return out
 
 
 def compute(kafka: KafkaSettings) -> Ledger:
     led = Ledger()
-    raw_ids: Counter[str] = Counter(r.rollout_id for r in read_all(kafka, "rollouts.raw"))
+    skipped: Counter[str] = Counter()
+    raw = read_all(kafka, "rollouts.raw", skipped=skipped)
+    raw_ids: Counter[str] = Counter(r.rollout_id for r in raw)
     led.generated = len(raw_ids)
     led.duplicates_raw = sum(n - 1 for n in raw_ids.values())
     final: dict[str, str] = {}
@@ -91,7 +102,7 @@ def compute(kafka: KafkaSettings) -> Ledger:
         final.setdefault(rid, state)
 
     dropped: Counter[str] = Counter()
-    for d in read_all(kafka, "groups.dropped"):
+    for d in read_all(kafka, "groups.dropped", skipped=skipped):
         for rid in d.rollout_ids:
             if rid in final:
                 continue  # a repeated DropRecord (at-least-once) is not a second drop
@@ -102,12 +113,12 @@ def compute(kafka: KafkaSettings) -> Ledger:
                 dropped[d.reason] += 1
     led.dropped = dict(dropped)
     kept: dict[str, list[str]] = {}
-    for g in read_all(kafka, "groups.kept"):
+    for g in read_all(kafka, "groups.kept", skipped=skipped):
         kept.setdefault(g.group_id, [s.rollout.rollout_id for s in g.samples])
     led.groups_kept = len(kept)
     seen_groups: Counter[str] = Counter()
     seen_batches: set[str] = set()
-    for f in read_all(kafka, "learner.feedback"):
+    for f in read_all(kafka, "learner.feedback", skipped=skipped):
         led.learner_version = max(led.learner_version, f.learner_version)
         led.learner_step = max(led.learner_step, f.step)
         if any(b in seen_batches for b in f.trained_batches):
@@ -125,6 +136,7 @@ def compute(kafka: KafkaSettings) -> Ledger:
             led.trained += 1
     led.groups_trained = len(seen_groups)
     led.pending = led.generated - sum(1 for rid in final if rid in raw_ids)
+    led.skipped_records = dict(skipped)
     return led
 
 
@@ -138,6 +150,8 @@ def render(led: Ledger) -> str:
         f"groups kept {led.groups_kept}, trained {led.groups_trained} (reuses {led.reuses});"
         f" learner step {led.learner_step}, version {led.learner_version}",
         f"regenerated duplicates on rollouts.raw {led.duplicates_raw} (deduplicated by id)",
+        "bad records skipped (not messages of the pipeline): "
+        + (", ".join(f"{k} {v}" for k, v in sorted(led.skipped_records.items())) or "none"),
         (
             "ledger BALANCED"
             if led.balanced

@@ -129,7 +129,14 @@ class Loop:
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)
         self.sup.start_all()
-        evals = Consumer(self.cfg.kafka, "up", ["eval.results"], group=None, from_beginning=True)
+        evals = Consumer(
+            self.cfg.kafka,
+            "up",
+            ["eval.results"],
+            group=None,
+            from_beginning=True,
+            dead_letters=False,  # a bad record is skipped and logged, never the end of `up`
+        )
         title = f"rollstream up · {self.run_dir.name} · {self.cfg.kafka.bootstrap}"
         live = None
         if self.view:

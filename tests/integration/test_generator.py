@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
+import msgspec
 import pytest
 from generator_harness import (
     GeneratorProcess,
@@ -30,6 +31,7 @@ from generator_harness import (
 from tiny_llama import VLLM_SIZES, hf_greedy, hf_logprobs, hf_model, two_versions
 
 from rollstream.schemas import PromptTask, Sampling, decode
+from rollstream.services.models.weights import sha256_file
 from rollstream.services.runtime.bus import Consumer
 from rollstream.services.runtime.settings import KafkaSettings
 
@@ -171,6 +173,20 @@ def test_corrupt_weight_files_are_refused_and_sampling_goes_on(
         lambda: generator.metric("swaps_refused_total", reason="bad_file") >= 2,
         60,
         "the truncated file to be refused",
+    )
+    # A forged update: a truncated file with a digest that matches it, and a version far
+    # ahead. Loading fails inside safetensors; the generator stays up, on v0, and is not
+    # paused by a version it never verified.
+    forged = publish_weights(tmp_path / "store-c", models["v1"], version=1)
+    path = stored_file(forged)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    digest = sha256_file(path)
+    files = {**forged.files, "model.safetensors": digest}
+    send_weights(kafka, msgspec.structs.replace(forged, version=1000, sha256=digest, files=files))
+    wait_until(
+        lambda: generator.metric("swaps_refused_total", reason="bad_file") >= 3,
+        60,
+        "the forged, truncated file to be refused",
     )
     ids = send_prompts(kafka, PROMPTS, n=2, tag="after-bad", sampling=GREEDY)
     recs = tap.wait_for(ids, 6)

@@ -78,3 +78,18 @@ def test_lr_schedules_by_hand() -> None:
     assert [lin(s) for s in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]
     cos = lr_lambda(LearnerConfig(schedule="cosine"), 2)
     assert [cos(s) for s in range(3)] == pytest.approx([1.0, 0.5, 0.0])
+
+
+def test_a_row_that_cannot_be_trained_is_left_out_and_named(make_batch, make_model) -> None:
+    """issue 16 D3: a token id outside the vocabulary crashed the step (and every restart
+    crash-looped on the same batch); now that item is rejected and the rest trains."""
+    t = Trainer(cfg(), make_model())
+    good = ("ok", [([1, 2], [3, 4], None), ([1, 2], [5], None)], [1.0, -1.0], 1.0)
+    bad = ("forged", [([1, 2], [3, 10_000], None), ([1, 2], [5], None)], [1.0, -1.0], 1.0)
+    batch = msgspec.structs.replace(make_batch([good, bad]), learner_id="learner")
+    result = t.train(batch)
+    assert result is not None and result.groups == ["ok"]
+    assert [g for g, _ in t.rejected] == ["forged"]
+    assert "outside the vocabulary" in t.rejected[0][1]
+    only_bad = msgspec.structs.replace(make_batch([bad]), learner_id="learner", batch_id="b2")
+    assert t.train(only_bad) is None and t.step == 1

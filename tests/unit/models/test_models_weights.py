@@ -8,7 +8,12 @@ import uuid
 import pytest
 import torch
 
-from rollstream.services.models.weights import WeightError, fetch_version, publish_version
+from rollstream.services.models.weights import (
+    WeightError,
+    fetch_version,
+    publish_version,
+    sha256_file,
+)
 
 
 def state(seed: int) -> dict[str, torch.Tensor]:
@@ -108,3 +113,53 @@ def test_an_fsspec_store_round_trips_and_prunes(tmp_path):
             fetch_version(f"{root}/pi/v00000001", upd.sha256, cache=tmp_path / "cache")
     finally:
         fs.rm(root.removeprefix("memory:/"), recursive=True)
+
+
+def test_every_file_a_loader_reads_is_verified(tmp_path):
+    """issue 16 D5: an update naming config.json as its weights file (whose digest is right)
+    must not get model.safetensors loaded unverified; a tampered config.json is refused."""
+    upd = publish_version(state(0), store=str(tmp_path), policy="pi", version=1)
+    local = fetch_version(upd.uri, upd.sha256, files=upd.files, store=str(tmp_path))
+    cfg = local / "config.json"
+    cfg.write_text('{"model_type": "llama"}')
+    files = {**upd.files, "config.json": sha256_file(cfg)}
+    assert fetch_version(upd.uri, upd.sha256, files=files) == local
+    (local / "model.safetensors").write_bytes(b"forged")
+    with pytest.raises(WeightError, match="is not 'model.safetensors'"):
+        fetch_version(upd.uri, files["config.json"], "config.json", files=files)
+    upd = publish_version(state(0), store=str(tmp_path), policy="pi", version=2)
+    local = fetch_version(upd.uri, upd.sha256)
+    cfg = local / "config.json"
+    cfg.write_text('{"model_type": "llama"}')
+    files = {**upd.files, "config.json": sha256_file(cfg)}
+    cfg.write_text('{"model_type": "llama", "forged": 1}')
+    with pytest.raises(WeightError, match="config.json: sha256"):
+        fetch_version(upd.uri, upd.sha256, files=files)
+
+
+def test_a_version_outside_the_weight_store_is_refused(tmp_path):
+    elsewhere = publish_version(state(0), store=str(tmp_path / "other"), policy="pi", version=1)
+    store = tmp_path / "store"
+    store.mkdir()
+    with pytest.raises(WeightError, match="not inside the weight store"):
+        fetch_version(elsewhere.uri, elsewhere.sha256, store=str(store))
+    with pytest.raises(WeightError, match="not inside the weight store"):
+        fetch_version(f"{store}/../other/pi/v00000001", elsewhere.sha256, store=str(store))
+    with pytest.raises(WeightError, match="not inside the weight store"):
+        fetch_version("memory://x/pi/v1", elsewhere.sha256, store=str(store))
+
+
+def test_a_uri_without_a_filesystem_is_refused_not_a_crash(tmp_path):
+    pytest.importorskip("fsspec")
+    try:
+        import s3fs  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("s3fs is installed here")
+    with pytest.raises(WeightError, match="no filesystem"):
+        fetch_version("s3://bucket/pi/v00000001", "ab" * 32, cache=tmp_path)
+    from rollstream.services.runtime.config import WeightStoreSpec
+
+    with pytest.raises(ValueError, match="no filesystem for s3://"):
+        WeightStoreSpec(uri="s3://bucket/weights")

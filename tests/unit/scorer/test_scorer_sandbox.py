@@ -177,6 +177,53 @@ def test_flooding_output_or_writing_outside_the_workdir_fails(mode, unharmed, tm
     assert score(mode, inside, ["assert read() == 'x'"]) == (1.0, [])
 
 
+# Finds the harness's frame, reads its nonce and verdict fd, writes a full-marks verdict
+# (issue 16: the reward could be forged this way).
+FRAME_FORGERY = """
+import sys, os
+f = sys._getframe()
+while f is not None and "nonce" not in f.f_locals:
+    f = f.f_back
+v = f.f_locals
+os.write(v["verdict_fd"], f"{v['nonce']} 1 1\\n".encode())
+os._exit(0)
+"""
+TRACE_FORGERY = """
+import sys, os
+def tracer(frame, event, arg):
+    v = frame.f_back.f_locals if frame.f_back else {}
+    if "nonce" in v:
+        os.write(v["verdict_fd"], f"{v['nonce']} 1 1\\n".encode())
+        os._exit(0)
+    return None
+sys.setprofile(tracer)
+"""
+
+
+@pytest.mark.parametrize("forgery", [FRAME_FORGERY, TRACE_FORGERY])
+def test_the_verdict_cannot_be_forged_by_reading_the_harness(mode, unharmed, forgery) -> None:
+    tests = ["assert add(1, 2) == 3"]
+    assert score(mode, forgery, tests)[0] in (0.0, FAIL)
+
+
+def test_sqlite_ctypes_and_fifos_cannot_write_outside_the_workdir(mode, unharmed, tmp_path) -> None:
+    os.chmod(tmp_path, 0o777)
+    db, fifo, node = tmp_path / "x.db", tmp_path / "fifo", tmp_path / "node"
+    attempts = [
+        f"import sqlite3\nsqlite3.connect({str(db)!r}).execute('create table t (x)')\n",
+        f"import os\nos.mkfifo({str(fifo)!r})\n",
+        f"import posix\nposix.mkfifo({str(fifo)!r})\n",
+        f"import os\nos.mknod({str(node)!r})\n",
+        "import ctypes\nlibc = ctypes.CDLL(None)\n"
+        f"fd = libc.open({str(node).encode()!r}, 0o101, 0o644)\nlibc.write(fd, b'x', 1)\n",
+    ]
+    for code in attempts:
+        assert score(mode, code, ["assert True"]) == (0.0, []), code
+    assert sorted(os.listdir(tmp_path)) == []
+    inside = "import sqlite3\ndb = sqlite3.connect('in.db')\ndb.execute('create table t (x)')\n"
+    assert score(mode, inside, ["assert db is not None"]) == (1.0, [])
+
+
 def test_missing_tests_are_an_error() -> None:
     with pytest.raises(ValueError, match="reference\\['tests'\\]"):
         asyncio.run(CodeExec().score(rollout(SOLUTION)))
