@@ -5,9 +5,10 @@ a CPU) is held twice on one device, as on a one-host run: the learner's fp32 mas
 the generator's live bf16 (CUDA) / fp32 (CPU) copy. One swap is timed phase by phase:
 
   gather      learner state dict -> CPU tensors (after: cast to bf16 on the device first)
-  serialise   safetensors bytes (before only: save_file builds them; after: streamed)
-  write_hash  before: write, then a second read to hash every file; after: hashed as written
-  other       config and tokenizer files (after: small files hashed, weights digest reused)
+  write       before: save_file (serialise the whole file in memory, then write it);
+              after: write_safetensors (tensor buffers streamed, sha256 in a second thread)
+  hash        before: a second read of every file to hash it; after: none (hashed on write)
+  other       config (and tokenizer) files; after: their hashes, the rename into place
   notify      WeightUpdate encoded and decoded (the Kafka hop itself is not on this host:
               no Kafka clients there; benchmarks/stream.py measures the broker)
   verify      the generator's check: before/full: read + sha256 of the file; after/size:
@@ -23,6 +24,7 @@ benchmarks/results/weight_swap.json) and prints the phase table.
 
 GPU host:   python benchmarks/weight_swap.py                 (about 1-2 minutes)
 CPU check:  python benchmarks/weight_swap.py --size tiny --device cpu --repeats 2
+CPU figure: python benchmarks/weight_swap.py --size 50m --device cpu --repeats 3
 """
 
 from __future__ import annotations
@@ -50,6 +52,14 @@ SIZES = {
         num_attention_heads=14,
         num_key_value_heads=2,
         vocab_size=151936,
+    ),
+    "50m": dict(
+        hidden_size=512,
+        intermediate_size=1536,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        vocab_size=32000,
     ),
     "tiny": dict(
         hidden_size=64,
@@ -111,7 +121,7 @@ def load_into(model: Any, path: Path, device: str) -> None:
 def swap_before(learner: Any, gen: Any, store: Path, version: int, device: str) -> dict:
     """The publish/verify/load path before this change (commit 362c312), phase by phase."""
     import msgspec
-    from safetensors.torch import save, save_file
+    from safetensors.torch import save_file
 
     from rollstream.schemas import WeightUpdate
     from rollstream.services.models.weights import _drop_tied, _unshare, sha256_file
@@ -123,18 +133,17 @@ def swap_before(learner: Any, gen: Any, store: Path, version: int, device: str) 
     _drop_tied(learner, tensors)
     _unshare(tensors)
     ph["gather"] = time.perf_counter() - t
-    t = time.perf_counter()
-    save(tensors, metadata={"format": "pt"})  # what save_file builds before it writes
-    ph["serialise"] = time.perf_counter() - t
     out = store / f"before-v{version:08d}"
     out.mkdir(parents=True)
     t = time.perf_counter()
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-    ph["write_hash"] = time.perf_counter() - t - ph["serialise"]
+    ph["write"] = time.perf_counter() - t  # serialise in memory, then write
     t = time.perf_counter()
     learner.config.save_pretrained(str(out))
+    ph["other"] = time.perf_counter() - t
+    t = time.perf_counter()
     files = {p.name: sha256_file(p) for p in sorted(out.iterdir()) if p.is_file()}
-    ph["write_hash"] += time.perf_counter() - t  # the second read: hash after writing
+    ph["hash"] = time.perf_counter() - t  # the second read: every file hashed after writing
     t = time.perf_counter()
     upd = WeightUpdate(
         policy="p",
@@ -182,6 +191,7 @@ def swap_after(
         phases=ph,
     )
     ph["other"] = ph.pop("other_files") + ph.pop("rename")
+    ph["write"] = ph.pop("write_hash")  # hashed while written: no separate hash phase
     t = time.perf_counter()
     upd = msgspec.msgpack.decode(msgspec.msgpack.encode(upd), type=WeightUpdate)
     ph["notify"] = time.perf_counter() - t
@@ -200,7 +210,7 @@ def swap_after(
     return ph
 
 
-PHASES = ("gather", "serialise", "write_hash", "other", "notify", "verify", "load", "first")
+PHASES = ("gather", "write", "hash", "other", "notify", "verify", "load", "first")
 
 
 def median_phases(runs: list[dict]) -> dict:

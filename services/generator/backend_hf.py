@@ -56,10 +56,13 @@ class HFBackend:
         # the logprobs would not be those of the distribution sampled from.
         from transformers import GenerationConfig
 
-        neutral = GenerationConfig(eos_token_id=self.stop_ids, pad_token_id=self.pad_id)
-        neutral.temperature, neutral.top_p, neutral.repetition_penalty = 1.0, 1.0, 1.0
-        neutral.top_k = 0  # set after construction: its validation warns about top_k=0
-        self.model.generation_config = neutral
+        self.model.generation_config = GenerationConfig(
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.pad_id,
+            temperature=1.0,
+            top_p=1.0,
+            repetition_penalty=1.0,
+        )  # top_k: passed per call when sampling (else generate's global default, 50)
         self._vocab_text: list[str] | None = None
         log.info(
             "generator: transformers backend, %s (%s), stop ids %s",
@@ -122,6 +125,7 @@ class HFBackend:
                 attention_mask=attn.to(self.device),
                 max_new_tokens=p.max_tokens,
                 do_sample=not greedy,
+                **({} if greedy else {"top_k": 0}),
                 logits_processor=LogitsProcessorList(procs),
                 pad_token_id=self.pad_id,
                 eos_token_id=self.stop_ids,
