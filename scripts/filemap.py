@@ -40,6 +40,7 @@ PATTERNS = {  # glob -> description, for data files that cannot carry a comment
     "benchmarks/results/*.json": "benchmark results (written by the script of the same name)",
     "tests/golden/*.msgpack": "golden bytes of one message type (tests/unit/test_schemas.py)",
     "examples/*.yaml": "example run file",
+    "examples/data/gsm8k_sample.jsonl": "256 generated GSM8K-shaped rows (scripts/make_gsm8k_*)",
     "docs/*.png": "figure used in the README",
 }
 BY_SUFFIX = {

@@ -89,6 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output dir (default: the built-in model's home)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="rebuild even if it exists")
+    p.add_argument(
+        "--tasks",
+        default=None,
+        help="warm up on these registered tasks instead: add,sort@4,my_pkg.parity@6 (needs --out)",
+    )
+    p.add_argument(
+        "--dataset", default=None, help="warm up on a JSONL of prompt/answer rows (needs --out)"
+    )
+    p.add_argument("--prompt-field", default="prompt", help="--dataset: prompt field")
+    p.add_argument("--answer-field", default="answer", help="--dataset: answer field")
 
     p = sub.add_parser(
         "control", help="change a stage's live knobs: control generator temperature=0.8"
@@ -152,7 +162,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "init-model":
         from rollstream.services.models.build import init_model_cli
 
-        return init_model_cli(args.out, args.seed, args.force)
+        return init_model_cli(
+            args.out,
+            args.seed,
+            args.force,
+            tasks=args.tasks,
+            dataset=args.dataset,
+            prompt_field=args.prompt_field,
+            answer_field=args.answer_field,
+        )
     commands = {
         "topics": "rollstream.services.runtime.commands:topics",
         "tap": "rollstream.services.runtime.tap:main",

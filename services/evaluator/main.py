@@ -30,6 +30,7 @@ def main(argv: list[str]) -> int:
 
         torch.set_num_threads(cfg.threads)
     model_dir = ctx.args.model or ctx.cfg.model.path
+    user_model = model_dir is not None
     if model_dir is None:
         from rollstream.services.models.load import ensure_base_model
 
@@ -46,6 +47,9 @@ def main(argv: list[str]) -> int:
         metrics=ctx.metrics,
         bus_metrics=ctx.bus_metrics,
         store=default_store(ctx.cfg.weights.uri, ctx.args.run_dir),
+        template=ctx.cfg.model.template,
+        system_prompt=ctx.cfg.model.system_prompt,
+        user_model=user_model,
     )
     ctx.start()
     try:

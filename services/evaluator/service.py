@@ -93,11 +93,21 @@ class Evaluator:
         metrics: StageMetrics | None = None,
         bus_metrics: BusMetrics | None = None,
         store: str | None = None,
+        template: str | None = "plain",
+        system_prompt: str | None = None,
+        user_model: bool = False,
     ) -> None:
+        """`template`: plain, chat, or auto (chat for a `user_model` dir whose tokenizer has a
+        chat template), as the generator puts prompts to the same model."""
         self.store = store  # the weight store updates must point into (None: unchecked)
         if not items:
             raise ValueError("no held-out items to evaluate (set evaluator.tasks)")
-        from rollstream.services.models.load import load_model, load_tokenizer
+        from rollstream.services.models.load import (
+            describe,
+            load_model,
+            load_tokenizer,
+            resolve_template,
+        )
 
         self.cfg, self.run_name, self.items = cfg, run, list(items)
         stage_metrics = metrics or StageMetrics("evaluator")
@@ -106,6 +116,17 @@ class Evaluator:
         self.tokenizer = load_tokenizer(model_dir)
         self.model = load_model(model_dir, device=str(self.device))
         self.model.eval()
+        self.template = resolve_template(
+            template, model_dir if user_model else None, self.tokenizer
+        )
+        self.system_prompt = system_prompt
+        log.info(
+            "evaluator: %s (%s), prompts as %s, %d held-out items",
+            describe(self.model),
+            model_dir,
+            self.template,
+            len(self.items),
+        )
         self.producer = Producer(kafka, "evaluator", bus_metrics or BusMetrics(stage_metrics))
         self.weights: Follower = follow_weights(kafka, "evaluator", policy)
         self.schedule = EvalSchedule(cfg.min_interval_s)
@@ -146,6 +167,8 @@ class Evaluator:
             self.items,
             batch_size=self.cfg.batch_size,
             max_new_tokens=self.cfg.max_new_tokens,
+            template=self.template,
+            system_prompt=self.system_prompt,
         )
         took = time.perf_counter() - t0
         result = EvalResult(

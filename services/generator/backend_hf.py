@@ -10,11 +10,14 @@ vocabularies; use the vLLM backend (xgrammar) for large ones.
 
 from __future__ import annotations
 
+import logging
 import re as _re
 import time
 from itertools import groupby
 
 from rollstream.services.generator.backend import GenRequest, GenSample, RequestError
+
+log = logging.getLogger(__name__)
 
 
 class HFBackend:
@@ -25,7 +28,12 @@ class HFBackend:
     ) -> None:
         import torch
 
-        from rollstream.services.models.load import load_model, load_tokenizer
+        from rollstream.services.models.load import (
+            describe,
+            load_model,
+            load_tokenizer,
+            stop_token_ids,
+        )
 
         self.torch = torch
         self.device = (
@@ -41,7 +49,27 @@ class HFBackend:
         self.pad_id = (
             self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
         )
+        self.stop_ids = stop_token_ids(self.model, self.tokenizer)
+        self._stop_set = set(self.stop_ids)
+        # Sampling is set per request, by our own processors only: a hub model's defaults
+        # (top_k=20, repetition_penalty=1.05, ...) would otherwise apply after the recorder, and
+        # the logprobs would not be those of the distribution sampled from.
+        from transformers import GenerationConfig
+
+        self.model.generation_config = GenerationConfig(
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.pad_id,
+            temperature=1.0,
+            top_p=1.0,
+            repetition_penalty=1.0,
+        )  # top_k: passed per call when sampling (else generate's global default, 50)
         self._vocab_text: list[str] | None = None
+        log.info(
+            "generator: transformers backend, %s (%s), stop ids %s",
+            describe(self.model),
+            model_dir,
+            self.stop_ids,
+        )
 
     # ---- generation -------------------------------------------------------------------------
     def generate(self, requests: list[GenRequest]) -> list[list[GenSample]]:
@@ -55,7 +83,12 @@ class HFBackend:
 
     def _generate_same(self, reqs: list[GenRequest]) -> list[list[GenSample]]:
         torch = self.torch
-        from transformers import LogitsProcessorList
+        from transformers import (
+            LogitsProcessorList,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
 
         p = reqs[0]
         rows = [r.prompt_ids for r in reqs for _ in range(r.n)]
@@ -66,50 +99,49 @@ class HFBackend:
             input_ids[i, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
             attn[i, width - len(ids) :] = 1
         greedy = p.temperature == 0
-        kwargs: dict = dict(
-            max_new_tokens=p.max_tokens,
-            do_sample=not greedy,
-            output_scores=True,
-            return_dict_in_generate=True,
-            pad_token_id=self.pad_id,
-            eos_token_id=self.eos_id,
-        )
-        if not greedy:
-            kwargs.update(
-                temperature=p.temperature,
-                top_p=p.top_p,
-                top_k=p.top_k if p.top_k and p.top_k > 0 else 0,
-            )
-        else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
+        # Every processor is ours, in sampling order, so that the recorder at the end sees the
+        # distribution actually sampled from; generate's own warpers stay off (they would run
+        # after any processor passed in).
+        procs: list = []
         pattern = p.regex or (("|".join(_re.escape(c) for c in p.choice)) if p.choice else None)
         if p.json_schema:
             raise RequestError("json_schema constraints need the vLLM backend")
         if pattern:
-            kwargs["logits_processor"] = LogitsProcessorList(
-                [RegexLogitsProcessor(pattern, self._vocab(), self.eos_id, width)]
-            )
+            procs.append(RegexLogitsProcessor(pattern, self._vocab(), self.eos_id, width))
+        if not greedy:
+            if p.temperature != 1.0:
+                procs.append(TemperatureLogitsWarper(p.temperature))
+            if p.top_k and p.top_k > 0:
+                procs.append(TopKLogitsWarper(p.top_k))
+            if p.top_p < 1.0:
+                procs.append(TopPLogitsWarper(p.top_p))
+        recorder = ChosenLogprobs()
+        procs.append(recorder)
         if p.seed is not None:
             torch.manual_seed(p.seed)
         with torch.inference_mode():
-            res = self.model.generate(
-                input_ids=input_ids.to(self.device), attention_mask=attn.to(self.device), **kwargs
+            seqs = self.model.generate(
+                input_ids=input_ids.to(self.device),
+                attention_mask=attn.to(self.device),
+                max_new_tokens=p.max_tokens,
+                do_sample=not greedy,
+                **({} if greedy else {"top_k": 0}),
+                logits_processor=LogitsProcessorList(procs),
+                pad_token_id=self.pad_id,
+                eos_token_id=self.stop_ids,
             )
-        seqs = res.sequences[:, width:].cpu()
-        # (steps, rows, V) processed scores -> logprob of each chosen token
-        steps = len(res.scores)
-        lp = torch.empty((len(rows), steps))
-        for t, sc in enumerate(res.scores):
-            logp = torch.log_softmax(sc.float(), dim=-1).cpu()
-            lp[:, t] = logp.gather(1, seqs[:, t : t + 1]).squeeze(1)
-        samples = [self._sample(seqs[i].tolist(), lp[i].tolist(), p.stop) for i in range(len(rows))]
+            new = seqs[:, width:]
+            lp = recorder.finish(new).cpu()  # (rows, steps)
+        new = new.cpu()
+        samples = [self._sample(new[i].tolist(), lp[i].tolist(), p.stop) for i in range(len(rows))]
         it = iter(samples)
         return [[next(it) for _ in range(r.n)] for r in reqs]
 
     def _sample(self, ids: list[int], lps: list[float], stop: list[str]) -> GenSample:
         finish = "length"
-        if self.eos_id in ids:
-            cut = ids.index(self.eos_id) + 1  # keep EOS: the learner must learn to stop
+        ends = [k for k, t in enumerate(ids) if t in self._stop_set]
+        if ends:
+            cut = ends[0] + 1  # keep the stop token: the learner must learn to stop
             ids, lps, finish = ids[:cut], lps[:cut], "stop"
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         if stop:
@@ -162,6 +194,35 @@ class HFBackend:
 
     def close(self) -> None:
         self.model = None
+
+
+class ChosenLogprobs:
+    """The last logits processor of a generate call: keeps the log-softmax of the scores each
+    token is drawn from, one step at a time, and gathers the chosen token's entry on the next
+    call (when that token has joined `input_ids`). Memory is one (rows, V) tensor, on the
+    model's device, instead of generate's `output_scores` (steps x rows x V)."""
+
+    def __init__(self) -> None:
+        self._prev = None
+        self._chosen: list = []
+
+    def __call__(self, input_ids, scores):  # (B, T) long, (B, V) float -> (B, V)
+        import torch
+
+        if self._prev is not None:
+            self._chosen.append(self._prev.gather(1, input_ids[:, -1:]).squeeze(1))
+        self._prev = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def finish(self, new_tokens):  # (B, steps) long -> (B, steps) float logprobs
+        import torch
+
+        if self._prev is not None and new_tokens.shape[1] > len(self._chosen):
+            self._chosen.append(self._prev.gather(1, new_tokens[:, -1:]).squeeze(1))
+        self._prev = None
+        if not self._chosen:
+            return torch.empty((new_tokens.shape[0], 0))
+        return torch.stack(self._chosen, dim=1)
 
 
 class RegexLogitsProcessor:

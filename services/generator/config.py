@@ -44,8 +44,11 @@ class GeneratorConfig(BaseModel):
     poll_timeout_s: float = Field(0.2, gt=0, le=10)
     """How long to wait to fill a batch before generating a partial one."""
     sampling: SamplingDefaults = SamplingDefaults()
-    template: Literal["plain", "chat"] = "plain"
-    """Prompt template: the prompt as is, or wrapped with the tokenizer's chat template."""
+    template: Literal["plain", "chat"] | None = None
+    """Prompt template: the prompt as is, or wrapped with the tokenizer's chat template;
+    None = `model.template` decides (auto: chat for a model dir with a chat template)."""
+    system_prompt: str | None = None
+    """System turn before every prompt under the chat template; None = `model.system_prompt`."""
     max_staleness: int = Field(4, ge=0)
     """Pause sampling while this generator's weights are more than this many versions behind
     the newest published version."""
@@ -89,6 +92,7 @@ LIVE_KNOBS = set(SamplingDefaults.model_fields) | {
     "swap_policy",
     "batch_prompts",
     "template",
+    "system_prompt",
 }
 
 

@@ -40,6 +40,7 @@ from rollstream.services.generator.backend import Backend, GenRequest, GenSample
 from rollstream.services.generator.config import GeneratorConfig, validate_control
 from rollstream.services.generator.metrics import GeneratorMetrics
 from rollstream.services.generator.pacing import Pacer
+from rollstream.services.models.load import encode_prompt, resolve_template
 from rollstream.services.runtime.bus import Consumer, Producer, Record
 from rollstream.services.runtime.config import RunConfig
 from rollstream.services.runtime.service import StageContext, follow_control, follow_weights
@@ -59,6 +60,13 @@ class Generator:
         self.ctx, self.cfg, self.backend, self.tokenizer = ctx, cfg, backend, tokenizer
         self.base_cfg = cfg  # the run's config; live knobs apply onto it
         self.model_name = model_name
+        user_model = ctx.cfg.model.path or getattr(getattr(ctx, "args", None), "model", None)
+        self.template = resolve_template(ctx.cfg.model.template, user_model, tokenizer)
+        log.info(
+            "generator: prompts as %s%s",
+            self.template,
+            " (chat template of the model's tokenizer)" if self.template == "chat" else "",
+        )
         self.m = GeneratorMetrics(ctx.metrics)
         self.producer = Producer(ctx.kafka, "generator", ctx.bus_metrics)
         self.consumer = Consumer(
@@ -125,7 +133,13 @@ class Generator:
         t0 = time.perf_counter()
         try:
             local = fetch_version(
-                upd.uri, upd.sha256, upd.weights_file, files=upd.files, store=self._store()
+                upd.uri,
+                upd.sha256,
+                upd.weights_file,
+                files=upd.files,
+                store=self._store(),
+                verify=self.ctx.cfg.weights.verify,
+                expected_size=upd.size_bytes,
             )
             self.backend.load_weights(str(local))
         except Exception as exc:  # any bad update (safetensors' own errors too) is refused
@@ -212,13 +226,9 @@ class Generator:
         s = self.cfg.sampling.model_dump()
         if task.sampling is not None:
             s.update({k: v for k, v in _struct_items(task.sampling) if v is not None and k != "n"})
-        template = task.template or self.cfg.template
-        if template == "chat":
-            ids = self.tokenizer.apply_chat_template(  # type: ignore[attr-defined]
-                [{"role": "user", "content": task.prompt}], add_generation_prompt=True
-            )
-        else:
-            ids = self.tokenizer.encode(task.prompt)  # type: ignore[attr-defined]
+        template = task.template or self.cfg.template or self.template
+        system = self.cfg.system_prompt or self.ctx.cfg.model.system_prompt
+        ids = encode_prompt(self.tokenizer, task.prompt, template, system)
         return GenRequest(
             request_id=f"{task.task_id}@{rec.partition}.{rec.offset}",
             prompt_ids=list(ids),

@@ -29,11 +29,14 @@ def _device(name: str) -> str:
     return name
 
 
-def make_publisher(ctx: StageContext, model_dir: str) -> Any:
-    """publisher(model, version, step) -> WeightUpdate, writing into the run's weight store."""
+def make_publisher(ctx: StageContext, model_dir: str, bf16: bool = False) -> Any:
+    """publisher(model, version, step) -> WeightUpdate, writing into the run's weight store
+    (in bf16 when the learner computes in bf16 and weights.wire_dtype is auto)."""
     from rollstream.services.models.weights import default_store, publish_version
 
     store = default_store(ctx.cfg.weights.uri, ctx.args.run_dir or os.getcwd())
+    wire = ctx.cfg.weights.wire_dtype
+    wire_dtype = ("bfloat16" if bf16 else None) if wire == "auto" else wire
 
     def publish(model: Any, version: int, step: int) -> Any:
         return publish_version(
@@ -45,6 +48,7 @@ def make_publisher(ctx: StageContext, model_dir: str) -> Any:
             model_dir=model_dir,
             keep=ctx.cfg.weights.keep,
             storage_options=ctx.cfg.weights.storage_options,
+            wire_dtype=wire_dtype,
         )
 
     return publish
@@ -80,7 +84,12 @@ def build_trainer(ctx: StageContext, cfg: Any, par: Any) -> tuple[Any, str]:
     import torch
 
     from rollstream.services.learner.trainer import Trainer
-    from rollstream.services.models.load import ensure_base_model, load_model, load_tokenizer
+    from rollstream.services.models.load import (
+        describe,
+        ensure_base_model,
+        load_model,
+        load_tokenizer,
+    )
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -95,6 +104,12 @@ def build_trainer(ctx: StageContext, cfg: Any, par: Any) -> tuple[Any, str]:
     model = load_model(model_dir, device=load_on, dtype="float32")
     bf16 = device.startswith("cuda") and ctx.cfg.model.dtype in ("auto", "bfloat16")
     tok = load_tokenizer(model_dir)
+    log.info(
+        "learner: %s (%s), compute %s, master weights float32",
+        describe(model),
+        model_dir,
+        "bfloat16 autocast" if bf16 else "float32",
+    )
     trainer = Trainer(
         cfg,
         model,
@@ -157,7 +172,7 @@ def run_main(ctx: StageContext, cfg: Any, trainer: Any, model_dir: str) -> int:
         trainer,
         ctx.kafka,
         ckpt,
-        make_publisher(ctx, model_dir),
+        make_publisher(ctx, model_dir, bf16=trainer.autocast_dtype is not None),
         ctx.cfg.model.policy,
         ctx.metrics,
         ctx.bus_metrics,

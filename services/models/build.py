@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
@@ -167,10 +168,55 @@ def format_summary(summary: dict[str, Any]) -> str:
     )
 
 
-def init_model_cli(out: str | None, seed: int, force: bool) -> int:
-    """`rollstream init-model [--out DIR] [--seed N] [--force]`; returns the exit code."""
-    from rollstream.services.models.load import default_model_dir
+def parse_tasks(spec: str) -> list[tuple[str, int, float]]:
+    """`add,sort@4,my_pkg.parity@6` -> mixture entries (task, difficulty, weight 1.0); a task
+    without `@N` gets its default difficulty. TaskError names an unknown task."""
+    from rollstream.services.tasks import get_task
 
+    entries = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, _, level = part.partition("@")
+        task = get_task(name)
+        difficulty = task.resolve_difficulty(int(level) if level else None)
+        entries.append((name, difficulty, 1.0))
+    return entries
+
+
+def init_model_cli(
+    out: str | None,
+    seed: int,
+    force: bool,
+    tasks: str | None = None,
+    dataset: str | None = None,
+    prompt_field: str = "prompt",
+    answer_field: str = "answer",
+) -> int:
+    """`rollstream init-model [--out DIR] [--seed N] [--force] [--tasks T,...] [--dataset F]`;
+    returns the exit code. With --tasks / --dataset the built-in model is warmed up on those
+    instead of the default mixture and written to --out (required: the default run's model
+    stays as it is)."""
+    from rollstream.services.models.load import default_model_dir
+    from rollstream.services.tasks import TaskError
+
+    warmup = None
+    if tasks or dataset:
+        if not out:
+            print("error: --tasks/--dataset need --out DIR", file=sys.stderr)
+            return 2
+        try:
+            mixture = parse_tasks(tasks) if tasks else []
+            if dataset:
+                from rollstream.services.models.warmup import dataset_task
+
+                task = dataset_task(dataset, None, prompt_field, answer_field)
+                mixture.append((task.name, 1, 1.0))
+        except (TaskError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        longest = max(len(it.answer) for it in heldout_of(mixture)) if mixture else 12
+        warmup = WarmupSettings(
+            mixture=mixture, sft_weights={}, max_new_tokens=max(12, min(128, longest + 4))
+        )
     target = Path(out) if out else default_model_dir()
     summary_path = target / SUMMARY_FILE
     if (target / "model.safetensors").exists() and not force:
@@ -179,10 +225,18 @@ def init_model_cli(out: str | None, seed: int, force: bool) -> int:
             print(format_summary(json.loads(summary_path.read_text())))
         return 0
     target.parent.mkdir(parents=True, exist_ok=True)
-    summary = init_model(target, seed=seed)
+    summary = init_model(target, seed=seed, warmup=warmup)
     print(f"base model written to {target}")
     print(format_summary(summary))
+    if tasks or dataset:
+        print(f"train on it: rollstream up --set model.path={target} (and feed.tasks to match)")
     return 0
+
+
+def heldout_of(mixture: list[tuple[str, int, float]]) -> list[Any]:
+    from rollstream.services.tasks import heldout_items
+
+    return heldout_items(mixture)
 
 
 def tiny_settings(steps: int = 20) -> tuple[BaseModelSpec, WarmupSettings]:

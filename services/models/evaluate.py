@@ -25,15 +25,25 @@ def greedy_completions(
     *,
     max_new_tokens: int = 32,
     batch_size: int = 64,
+    template: str = "plain",
+    system_prompt: str | None = None,
 ) -> list[str]:
-    """Greedy completions of `prompts` (text after the prompt, special tokens removed)."""
+    """Greedy completions of `prompts` (text after the prompt, special tokens removed), each
+    put to the model as is (`plain`) or through its chat template (`chat`); generation stops
+    at any of the model's stop tokens."""
     import torch
+
+    from rollstream.services.models.load import encode_prompt, stop_token_ids
 
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stops = stop_token_ids(model, tokenizer)
     out: list[str] = []
     for start in range(0, len(prompts), batch_size):
-        chunk = [tokenizer.encode(p) for p in prompts[start : start + batch_size]]
+        chunk = [
+            encode_prompt(tokenizer, p, template, system_prompt)
+            for p in prompts[start : start + batch_size]
+        ]
         width = max(len(ids) for ids in chunk)
         input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
         attn = torch.zeros_like(input_ids)
@@ -50,7 +60,7 @@ def greedy_completions(
                 top_p=None,
                 top_k=None,
                 pad_token_id=pad,
-                eos_token_id=tokenizer.eos_token_id,
+                eos_token_id=stops,
             )
         for row in gen[:, width:].tolist():
             out.append(tokenizer.decode(row, skip_special_tokens=True))
@@ -64,6 +74,8 @@ def heldout_accuracy(
     *,
     batch_size: int = 64,
     max_new_tokens: int = 32,
+    template: str = "plain",
+    system_prompt: str | None = None,
 ) -> Accuracy:
     """Fraction of `items` (tasks.Item) whose greedy completion passes the task's checker;
     overall and per task."""
@@ -78,6 +90,8 @@ def heldout_accuracy(
             [it.prompt for it in items],
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
+            template=template,
+            system_prompt=system_prompt,
         )
     finally:
         model.train(was_training)

@@ -81,3 +81,55 @@ def load_model(model_dir: str | Path, device: str = "cpu", dtype: str | None = N
         str(model_dir), local_files_only=True, dtype=getattr(torch, DTYPES[dtype])
     )
     return model.to(device)
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def resolve_template(template: str | None, model_path: str | None, tokenizer: Any) -> str:
+    """`plain` or `chat`. `auto` (or None): chat for a user's model (`model.path` set) whose
+    tokenizer has a chat template, plain otherwise - the built-in model is trained on plain
+    prompts. `chat` on a tokenizer without a template is an error, said at start."""
+    if template in (None, "auto"):
+        return "chat" if model_path and has_chat_template(tokenizer) else "plain"
+    if template == "chat" and not has_chat_template(tokenizer):
+        raise ValueError(
+            "model.template is chat but the model's tokenizer has no chat template "
+            "(tokenizer_config.json / chat_template.jinja); set model.template=plain"
+        )
+    if template not in ("plain", "chat"):
+        raise ValueError(f"model.template: unknown {template!r} (auto, plain, chat)")
+    return template
+
+
+def encode_prompt(
+    tokenizer: Any, prompt: str, template: str = "plain", system_prompt: str | None = None
+) -> list[int]:
+    """Token ids of `prompt`: as is (`plain`), or as one user turn of the tokenizer's chat
+    template, after `system_prompt` if given, ending with the assistant's turn opening."""
+    if template != "chat":
+        return list(tokenizer.encode(prompt))
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages.append({"role": "user", "content": prompt})
+    ids = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    return list(ids)
+
+
+def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """The tokenizer's EOS, then every other eos_token_id of the model's generation config
+    (a chat model ends a turn with one token, a document with another)."""
+    eos = tokenizer.eos_token_id
+    gen = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    extra = gen if isinstance(gen, list) else [gen]
+    return [eos] + [t for t in extra if t is not None and t != eos]
+
+
+def describe(model: Any) -> str:
+    """`Qwen2ForCausalLM, 494.0M parameters, cuda:0, bfloat16` (for start-up log lines)."""
+    p = next(model.parameters())
+    n = sum(t.numel() for t in model.parameters())
+    dtype = str(p.dtype).removeprefix("torch.")
+    return f"{type(model).__name__}, {n / 1e6:.1f}M parameters, {p.device}, {dtype}"

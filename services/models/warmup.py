@@ -172,3 +172,55 @@ def warm_up(
             )
     model.eval()
     return ema, WarmupReport(step, held_at, loss_value, time.perf_counter() - start)
+
+
+def dataset_task(
+    path: str,
+    name: str | None = None,
+    prompt_field: str = "prompt",
+    answer_field: str = "answer",
+) -> Any:
+    """A JSONL file of prompt/answer rows as a registered task (name: the file's stem), so the
+    warm-up can train on it like on any task: items are rows drawn at random, the held-out
+    split is the task's usual hashed 10 %, and a completion is right when its first line equals
+    the answer's first line (a GSM8K answer's `#### N` line counts as its answer: `N`)."""
+    import json
+    from pathlib import Path
+
+    from rollstream.services.tasks import Task, TaskError, register
+
+    file = Path(path).expanduser()
+    rows: list[tuple[str, str]] = []
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise TaskError(f"--dataset {path}: {exc.strerror or exc}") from None
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            prompt, answer = row[prompt_field], row[answer_field]
+        except (ValueError, KeyError, TypeError):
+            raise TaskError(
+                f"{file}:{lineno}: not a JSON object with {prompt_field!r} and {answer_field!r}"
+            ) from None
+        answer = str(answer)
+        if "####" in answer:
+            answer = answer.rsplit("####", 1)[1].strip().replace(",", "")
+        rows.append((str(prompt), answer.strip().split("\n", 1)[0]))
+    if not rows:
+        raise TaskError(f"--dataset {path}: no rows")
+
+    def make(rng: random.Random, difficulty: int) -> tuple[str, str]:
+        return rows[rng.randrange(len(rows))]
+
+    task = Task(
+        name=name or file.stem,
+        make=make,
+        description=f"rows of {file}",
+        default_difficulty=1,
+        min_difficulty=1,
+        max_difficulty=1,
+    )
+    return register(task, replace=True)

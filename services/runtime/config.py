@@ -37,6 +37,13 @@ class ModelSpec(BaseModel):
     """Policy name: the key of its WeightUpdates and its folder in the weight store."""
     dtype: str = Field("auto", pattern=r"^(auto|float32|bfloat16|float16)$")
     """Weights dtype in the generator and learner (auto: bf16 on GPU, fp32 on CPU)."""
+    template: str = Field("auto", pattern=r"^(auto|plain|chat)$")
+    """How prompts are put to the model, in the generator and the evaluator: `chat` wraps each
+    prompt as a user turn of the tokenizer's chat template; `plain` sends it as is; `auto` is
+    chat for a `path` whose tokenizer has a chat template, plain for the built-in model. A
+    PromptTask's own `template` and `generator.template` override it."""
+    system_prompt: str | None = None
+    """System turn put before every prompt under the chat template (None: none)."""
 
 
 class WeightStoreSpec(BaseModel):
@@ -49,6 +56,14 @@ class WeightStoreSpec(BaseModel):
     """How many newest versions to keep in the store."""
     storage_options: dict[str, Any] = {}
     """fsspec options for remote stores (endpoint_url, key, secret, ...)."""
+    wire_dtype: str = Field("auto", pattern=r"^(auto|float32|bfloat16|float16)$")
+    """dtype of the published weights: auto = bfloat16 when the learner computes in bf16 (GPU),
+    else the master weights' float32. bf16 halves the bytes written, read and loaded."""
+    verify: str = Field("full", pattern=r"^(full|size)$")
+    """How a generator checks a version before loading it: `full` reads and hashes the whole
+    weights file against the published sha256; `size` (a local store written by a learner on
+    this host, which hashed the bytes as it wrote them) checks size and safetensors header
+    only, saving a second read. Remote stores are always checked in full."""
 
     @field_validator("uri")
     @classmethod

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import Field
 
 from rollstream.schemas import Rollout
+from rollstream.services.scorer.extract import after_hash
 from rollstream.services.scorer.reward import RewardParams, parse_params, require_answer
 
 
@@ -39,6 +40,8 @@ class MathVerify:
         if gold is None:
             from math_verify import parse
 
+            if "####" in answer:  # a GSM8K reference: worked steps, then `#### 72`
+                answer = (after_hash(answer) or "").replace(",", "")
             text = answer if "$" in answer or "\\boxed" in answer else f"${answer}$"
             gold = parse(text, parsing_timeout=None) or parse(answer, parsing_timeout=None)
             if not gold:

@@ -52,6 +52,16 @@ def test_math_verify_compares_mathematically() -> None:
     assert reward.score(rollout("", answer="12")) == 0.0
 
 
+def test_math_verify_takes_a_gsm8k_reference_by_its_hash_line() -> None:
+    reward = load_reward("math_verify")
+    gold = (
+        "She sells 16 - 3 - 4 = <<16-3-4=9>>9 eggs.\nShe makes 9 * 2 = $<<9*2=18>>18.\n#### 1,018"
+    )
+    assert reward.score(rollout("9 * 2 = 18, plus 1000\n#### 1018", answer=gold)) == 1.0
+    assert reward.score(rollout("so 18 dollars: \\boxed{1018}", answer=gold)) == 1.0
+    assert reward.score(rollout("#### 18", answer=gold)) == 0.0, "an intermediate number is not it"
+
+
 def test_task_reward_calls_the_task_checker() -> None:
     from rollstream.services.tasks import get_task
 
