@@ -24,6 +24,23 @@ def _kafka_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="run YAML layered over the built-in defaults (repeatable; later files win)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override a config field after files and env, e.g. --set target.minutes=5",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="rollstream",
@@ -98,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     _kafka_args(p)
 
     p = sub.add_parser("up", help="run the whole pipeline (embedded broker unless --bootstrap)")
-    p.add_argument("--config", default=None, help="run YAML (default: the built-in tiny CPU run)")
+    _config_args(p)
     p.add_argument("--mode", choices=["stream", "sync"], default="stream")
     p.add_argument("--stage", action="append", default=[], help="stage whose replicas to set")
     p.add_argument("--replicas", action="append", type=int, default=[], help="replicas for --stage")
@@ -106,14 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-view", action="store_true", help="plain log lines instead of the live view"
     )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="PATH=VALUE",
-        help="override a config field, e.g. --set target.minutes=5",
-    )
     _kafka_args(p)
+
+    p = sub.add_parser(
+        "config", help="print the resolved run config and where each value came from"
+    )
+    p.add_argument("action", choices=["show"])
+    _config_args(p)
 
     p = sub.add_parser("status", help="the ledger: generated, pending, dropped, trained, expired")
     p.add_argument("run", nargs="?", default=None, help="run folder (default: latest under runs/)")
@@ -153,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         "replay": "rollstream.services.runtime.record:replay_main",
         "control": "rollstream.services.runtime.commands:control",
         "up": "rollstream.services.up.main:main",
+        "config": "rollstream.services.up.main:config_main",
         "status": "rollstream.services.up.status:main",
         "report": "rollstream.services.up.report:main",
     }

@@ -35,6 +35,11 @@ class Loop:
         self.reward: list[float] = []
         self.prev: dict[str, tuple[float, dict[str, float]]] = {}
         self.restarts = 0
+        self.failed: dict[str, list[str]] = {}
+        """Stages given up on (name -> the reason and their last error lines)."""
+        self.unclean: dict[str, int] = {}
+        self.per_task: dict[str, float] = {}
+        self.last_line = 0.0
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.stopping = True
@@ -97,6 +102,7 @@ class Loop:
         for r in evals.poll(100, 0.0):
             e = r.value
             self.accuracy.append((now - self.started, e.accuracy))
+            self.per_task = dict(e.per_task)
             evf.write(
                 json.dumps(
                     {
@@ -111,18 +117,76 @@ class Loop:
                 + "\n"
             )
             evf.flush()
-        for p in self.sup.dead():
-            if p.popen is not None and p.popen.returncode == 0:
-                continue  # finished its work (e.g. a feed with a fixed number of epochs)
-            if not self.stopping and time.time() - p.started_at >= min(30.0, 2.0**p.restarts):
-                # back off: a process that keeps dying is restarted at most every 2^k s
-                log.warning(
-                    "%s exited with %s; restarting", p.name, p.popen.returncode if p.popen else "?"
-                )
-                self.restarts += 1
-                self.sup.restart(p)
+        self.supervise(now)
+        stages["_restarts"] = {p.name: p.restarts for p in self.sup.procs if p.restarts}
+        stages["_errors"] = {
+            p.name: p.last_error for p in self.sup.procs if p.last_error and not p.alive()
+        }
         frac, label, done = self.progress(learner_step)
         return stages, frac, label, done
+
+    def supervise(self, now: float) -> None:
+        """Restart a process that died with an error (backing off 2^k s); one that failed
+        `up.fail_restarts` times within `up.fail_window_s` stops the run with its error."""
+        rule = self.cfg.up
+        for p in self.sup.dead():
+            if p.popen is None or p.popen.returncode == 0:
+                continue  # finished its work (e.g. a feed with a fixed number of epochs)
+            if self.stopping:
+                continue
+            code = p.popen.returncode
+            if self.sup.note_failure(p, now):
+                recent = [t for t in p.failures if now - t <= rule.fail_window_s]
+                why = f"exited with {code}"
+                print(f"{p.name} {why}; last lines of {p.log}:", flush=True)
+                for line in p.last_error:
+                    print(f"    {line}", flush=True)
+                if len(recent) >= rule.fail_restarts:
+                    self.failed[p.name] = [
+                        f"{why} {len(recent)} times within {rule.fail_window_s:g} s "
+                        f"(up.fail_restarts={rule.fail_restarts}); log {p.log}",
+                        *p.last_error,
+                    ]
+                    self.stopping = True
+                    continue
+            if time.time() - p.started_at >= min(30.0, 2.0**p.restarts):
+                # back off: a process that keeps dying is restarted at most every 2^k s
+                log.warning("%s exited with %s; restarting", p.name, code)
+                self.restarts += 1
+                self.sup.restart(p)
+
+    def progress_line(self, stages: dict[str, Any], label: str) -> str:
+        """One line for logs and pipes: everything a user watches, in one place."""
+        learner = stages.get("learner", {})
+        gen = stages.get("generator", {})
+        replay = stages.get("replay", {})
+        acc = f"{self.accuracy[-1][1]:.1%}" if self.accuracy else "-"
+        tasks = " ".join(f"{k} {v:.1%}" for k, v in sorted(self.per_task.items()))
+        lag = sum(s.get("lag", 0.0) for k, s in stages.items() if not k.startswith("_"))
+        drops = sum(s.get("drops", 0.0) for k, s in stages.items() if not k.startswith("_"))
+        stale = replay.get("staleness")
+        return (
+            f"[{time.time() - self.started:5.0f}s] step {learner.get('step', 0):.0f} "
+            f"version {learner.get('version', '-')} accuracy {acc}"
+            + (f" ({tasks})" if tasks else "")
+            + f" reward {self.reward[-1]:.3f}" * bool(self.reward)
+            + f" rollouts/s {gen.get('out_rate', 0.0):.1f}"
+            + (f" staleness {stale:.2f}" if stale is not None else " staleness -")
+            + f" lag {lag:.0f} drops {drops:.0f} restarts {self.restarts} · {label}"
+        )
+
+    def summary(self) -> list[str]:
+        """What went wrong, for the end of `up`'s output (empty when nothing did)."""
+        lines = []
+        for name, why in self.failed.items():
+            lines.append(f"FAILED: {name} {why[0]}")
+            lines += [f"    {x}" for x in why[1:]]
+        if self.unclean:
+            lines.append(f"FAILED: stages that did not exit cleanly at stop: {self.unclean}")
+        for p in self.sup.procs:
+            if p.restarts and p.name not in self.failed:
+                lines.append(f"note: {p.name} was restarted {p.restarts} time(s); log {p.log}")
+        return lines
 
     def run(self) -> int:
         signal.signal(signal.SIGINT, self._on_signal)
@@ -145,13 +209,20 @@ class Loop:
                     time.sleep(1.0)
                     stages, frac, label, done = self.tick(evals, hist, evf)
                     if live is not None:
-                        live.update(render(title, stages, self.accuracy, self.reward, frac, label))
-                    else:
-                        acc = f"{self.accuracy[-1][1]:.3f}" if self.accuracy else "-"
-                        print(
-                            f"[{time.time() - self.started:6.0f}s] {label} accuracy {acc}",
-                            flush=True,
+                        live.update(
+                            render(
+                                title,
+                                stages,
+                                self.accuracy,
+                                self.reward,
+                                frac,
+                                label,
+                                self.per_task,
+                            )
                         )
+                    elif time.time() - self.last_line >= self.cfg.up.progress_every_s or done:
+                        self.last_line = time.time()
+                        print(self.progress_line(stages, label), flush=True)
                     if done:
                         break
         finally:
@@ -160,7 +231,7 @@ class Loop:
             print("stopping: SIGTERM to every stage (they commit and checkpoint)...", flush=True)
             codes = self.sup.stop_all(grace_s=60.0, order=ORDER)
             evals.close()
-            bad = {k: v for k, v in codes.items() if v not in (0, -15)}
-            if bad:
-                print(f"stages that did not exit cleanly: {bad}", flush=True)
-        return 0
+            self.unclean = {
+                k: v for k, v in codes.items() if v not in (0, -15) and k not in self.failed
+            }
+        return 1 if (self.failed or self.unclean) else 0

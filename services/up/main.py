@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from rollstream.services.runtime.config import RunConfig, dump, load_config
+from rollstream.services.runtime.config import RunConfig, dump, load_layers
 
 ORDER = ("feed", "generator", "scorer", "filter", "replay", "learner", "evaluator")
 
@@ -33,7 +33,7 @@ def resolve(args: argparse.Namespace) -> RunConfig:
     sets += [f"stages.{s}.replicas={r}" for s, r in zip(args.stage, args.replicas, strict=True)]
     if args.name:
         sets.append(f"name={args.name}")
-    cfg = load_config(args.config or default_config_path(), sets)
+    cfg, _ = load_layers([default_config_path(), *args.config], sets)
     validate_sections(cfg)
     if args.bootstrap:
         cfg.kafka.bootstrap = args.bootstrap
@@ -69,6 +69,47 @@ def validate_sections(cfg: RunConfig) -> None:
             errors.append(str(exc))
     if errors:
         raise ConfigError("; ".join(errors))
+
+
+def resolved_with_sources(args: argparse.Namespace) -> list[tuple[str, Any, str]]:
+    """Every field of the resolved run config, stage sections included with their models'
+    defaults, as (dotted path, value, where it came from)."""
+    import importlib
+
+    from rollstream.services.runtime.config import section
+
+    base = default_config_path()
+    cfg, sources = load_layers([base, *args.config], list(args.set))
+    data = cfg.model_dump(mode="json")
+    for stage, model in SECTION_MODELS.items():
+        mod = importlib.import_module(f"rollstream.services.{stage}.config")
+        data[stage] = section(cfg, stage, getattr(mod, model)).model_dump(mode="json")
+    rows: list[tuple[str, Any, str]] = []
+
+    def walk(value: Any, dotted: str) -> None:
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                walk(v, f"{dotted}.{k}" if dotted else str(k))
+            return
+        origin = sources.get(dotted)
+        if origin is None:  # a list element's parent, or a field no layer set
+            parent = next((s for k, s in sources.items() if dotted.startswith(k + ".")), None)
+            origin = parent or "built-in default"
+        rows.append((dotted, value, origin.replace(f"file {base}", "defaults (default.yaml)")))
+
+    walk(data, "")
+    return rows
+
+
+def config_main(args: argparse.Namespace) -> int:
+    """`rollstream config show`: the config `up` would run with, one field a line, each with
+    the layer that set it (defaults, a run file, an env variable, --set, or the model's
+    built-in default)."""
+    rows = resolved_with_sources(args)
+    width = min(60, max(len(f"{k}: {json.dumps(v)}") for k, v, _ in rows))
+    for key, value, origin in rows:
+        print(f"{key}: {json.dumps(value)}".ljust(width + 2) + f"# {origin}")
+    return 0
 
 
 def new_run_dir(name: str, root: Path = Path("runs")) -> Path:
@@ -119,6 +160,10 @@ def main(args: argparse.Namespace) -> int:
     from rollstream.services.up.report import write_report
 
     write_report(run_dir)
+    summary = loop.summary()
+    (run_dir / "summary.txt").write_text("".join(x + "\n" for x in summary))
+    for line in summary:
+        print(line, flush=True)
     print(f"run folder: {run_dir}")
     return code
 
