@@ -11,6 +11,22 @@ import sys
 STAGES = ("feed", "generator", "scorer", "filter", "replay", "learner", "evaluator")
 
 
+RUN_HELP = """usage: rollstream run STAGE [stage options]
+
+Run one stage as a service (what `rollstream up` and the Helm chart start per process).
+
+stages:
+  feed        publish prompts from the tasks (curriculum from prompt.stats)
+  generator   sample rollouts with the current policy (vLLM or transformers)
+  scorer      score rollouts.raw into rollouts.scored (faust)
+  filter      assemble groups, drop by rule, compute advantages (faust)
+  replay      the buffer between filter and learner (priority, staleness bound)
+  learner     train on replay's batches, publish weight versions
+  evaluator   held-out greedy accuracy per policy version
+
+`rollstream run STAGE --help` lists that stage's options."""
+
+
 def _kafka_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--bootstrap",
@@ -143,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = build_parser()
+    if argv[:1] == ["run"] and (len(argv) == 1 or argv[1] in ("-h", "--help")):
+        # `run` passes everything after STAGE to the stage, so argparse can't answer --help
+        print(RUN_HELP)
+        return 0 if len(argv) > 1 else 2
     args = ap.parse_args(argv)
     if args.cmd is None:
         ap.print_help()

@@ -169,7 +169,7 @@ class Loop:
             f"[{time.time() - self.started:5.0f}s] step {learner.get('step', 0):.0f} "
             f"version {learner.get('version', '-')} accuracy {acc}"
             + (f" ({tasks})" if tasks else "")
-            + f" reward {self.reward[-1]:.3f}" * bool(self.reward)
+            + (f" reward {self.reward[-1]:.3f}" if self.reward else " reward -")
             + f" rollouts/s {gen.get('out_rate', 0.0):.1f}"
             + (f" staleness {stale:.2f}" if stale is not None else " staleness -")
             + f" lag {lag:.0f} drops {drops:.0f} restarts {self.restarts} · {label}"

@@ -171,7 +171,8 @@ def error_tail(log: Path, lines: int = 8, scan_bytes: int = 64_000) -> list[str]
             text = f.read().decode("utf-8", errors="replace")
     except OSError:
         return []
-    tail = [x.rstrip() for x in text.splitlines() if x.strip()]
+    # drop blank lines and Python's ^^^^/~~~~ markers: they point at nothing once quoted
+    tail = [x.rstrip() for x in text.splitlines() if x.strip().strip("^~")]
     starts = [i for i, x in enumerate(tail) if x.startswith("Traceback (most recent call last)")]
     if starts:
         tail = tail[starts[-1] :]
