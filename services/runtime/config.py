@@ -33,6 +33,8 @@ class ConfigError(ValueError):
 
 
 class ModelSpec(BaseModel):
+    """The policy's model: where it comes from, its name, its dtype."""
+
     model_config = ConfigDict(extra="forbid")
 
     path: str | None = None
@@ -44,6 +46,8 @@ class ModelSpec(BaseModel):
 
 
 class WeightStoreSpec(BaseModel):
+    """Where the learner writes weight versions (claim checks on the `weights` topic)."""
+
     model_config = ConfigDict(extra="forbid")
 
     uri: str | None = None
@@ -56,6 +60,8 @@ class WeightStoreSpec(BaseModel):
 
 
 class TargetSpec(BaseModel):
+    """When `rollstream up` stops (the first target reached; none = until Ctrl-C)."""
+
     model_config = ConfigDict(extra="forbid")
 
     steps: int | None = Field(None, ge=1)
@@ -67,6 +73,8 @@ class TargetSpec(BaseModel):
 
 
 class StageSpec(BaseModel):
+    """Processes and environment of one stage."""
+
     model_config = ConfigDict(extra="forbid")
 
     replicas: int = Field(1, ge=0, le=64)
@@ -76,6 +84,8 @@ class StageSpec(BaseModel):
 
 
 class UpSpec(BaseModel):
+    """How `rollstream up` supervises the stages and reports progress."""
+
     model_config = ConfigDict(extra="forbid")
 
     fail_restarts: int = Field(3, ge=1)
