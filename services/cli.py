@@ -139,6 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-view", action="store_true", help="plain log lines instead of the live view"
     )
+    p.add_argument(
+        "--plugins",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="folder of user tasks/rewards/filters, put on every stage's import path",
+    )
     _kafka_args(p)
 
     p = sub.add_parser(

@@ -108,6 +108,9 @@ class RunConfig(BaseModel):
     model: ModelSpec = ModelSpec()
     weights: WeightStoreSpec = WeightStoreSpec()
     target: TargetSpec = TargetSpec()
+    plugins: list[str] = []
+    """Folders put first on every stage's `sys.path`, so user tasks, rewards and filters in
+    them can be named as "module:object" (`rollstream up --plugins DIR` adds one)."""
     up: UpSpec = UpSpec()
     """How `rollstream up` supervises the stages and reports progress."""
     stages: dict[str, StageSpec] = {}

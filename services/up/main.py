@@ -34,6 +34,10 @@ def resolve(args: argparse.Namespace) -> RunConfig:
     if args.name:
         sets.append(f"name={args.name}")
     cfg, _ = load_layers([default_config_path(), *args.config], sets)
+    from rollstream.services.runtime.plugins import add_plugin_dirs
+
+    # absolute paths in the run's config.yaml: every stage (any cwd) finds the same folders
+    cfg.plugins = add_plugin_dirs([*cfg.plugins, *getattr(args, "plugins", [])])
     validate_sections(cfg)
     if args.bootstrap:
         cfg.kafka.bootstrap = args.bootstrap
