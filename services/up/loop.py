@@ -13,8 +13,9 @@ from typing import Any
 
 from rollstream.services.runtime.bus import Consumer
 from rollstream.services.runtime.config import RunConfig
-from rollstream.services.up.scrape import scrape, total
+from rollstream.services.up.scrape import by_label, scrape, total
 from rollstream.services.up.supervisor import Supervisor
+from rollstream.services.up.tbevents import EventWriter
 from rollstream.services.up.view import render, summarize_stage
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class Loop:
         self.unclean: dict[str, int] = {}
         self.per_task: dict[str, float] = {}
         self.last_line = 0.0
+        self.tb: EventWriter | None = None
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.stopping = True
@@ -99,10 +101,16 @@ class Loop:
                 self.reward.append(snap["rollstream_scorer_reward_mean{reward=total}"] / len(procs))
         hist.write(json.dumps(record) + "\n")
         hist.flush()
+        if self.tb is not None:
+            self.tb.scalars(self.tb_series(stages, record), int(learner_step), now)
         for r in evals.poll(100, 0.0):
             e = r.value
             self.accuracy.append((now - self.started, e.accuracy))
             self.per_task = dict(e.per_task)
+            if self.tb is not None:
+                acc = {"accuracy/held_out": e.accuracy}
+                acc.update({f"accuracy/{k}": v for k, v in e.per_task.items()})
+                self.tb.scalars(acc, e.step, now)
             evf.write(
                 json.dumps(
                     {
@@ -124,6 +132,32 @@ class Loop:
         }
         frac, label, done = self.progress(learner_step)
         return stages, frac, label, done
+
+    def tb_series(self, stages: dict[str, Any], record: dict[str, Any]) -> dict[str, float]:
+        """The plots' series as TensorBoard scalars (accuracy is written as evals arrive)."""
+        out: dict[str, float] = {}
+        if self.reward:
+            out["reward/mean"] = self.reward[-1]
+        for stage, s in stages.items():
+            if stage.startswith("_"):
+                continue
+            out[f"throughput/{stage}_out_per_s"] = s["out_rate"]
+            out[f"lag/{stage}"] = s["lag"]
+        if "staleness" in stages.get("replay", {}):
+            out["staleness/mean_at_handout"] = stages["replay"]["staleness"]
+        for stage, name in (
+            ("filter", "samples_dropped_total"),
+            ("replay", "dropped_rollouts_total"),
+        ):
+            for reason, v in by_label(
+                record.get(stage, {}), f"rollstream_{stage}_{name}", "reason"
+            ).items():
+                out[f"drops/{reason}"] = out.get(f"drops/{reason}", 0.0) + v
+        learner = record.get("learner", {})
+        if "rollstream_learner_loss" in learner:
+            out["learner/loss"] = total(learner, "rollstream_learner_loss")
+        out["restarts"] = float(self.restarts)
+        return out
 
     def supervise(self, now: float) -> None:
         """Restart a process that died with an error (backing off 2^k s); one that failed
@@ -200,6 +234,7 @@ class Loop:
 
             live = Live(refresh_per_second=2, transient=False)
             live.start()
+        self.tb = EventWriter(self.run_dir / "tensorboard")
         try:
             with (
                 open(self.run_dir / "metrics.jsonl", "a") as hist,
@@ -231,6 +266,7 @@ class Loop:
             print("stopping: SIGTERM to every stage (they commit and checkpoint)...", flush=True)
             codes = self.sup.stop_all(grace_s=60.0, order=ORDER)
             evals.close()
+            self.tb.close()
             self.unclean = {
                 k: v for k, v in codes.items() if v not in (0, -15) and k not in self.failed
             }

@@ -50,14 +50,33 @@ def check_run(run: Path) -> dict:
     assert evals[-1]["accuracy"] > evals[0]["accuracy"], evals
     for png in ("accuracy.png", "throughput.png", "staleness.png", "drops.png"):
         assert (run / png).stat().st_size > 1000
+    # TensorBoard: `tensorboard --logdir runs/` shows the same held-out accuracy series
+    from tb_events import read_events
+
+    (events,) = (run / "tensorboard").glob("events.out.tfevents.*")
+    acc = [
+        (e.step, v.simple_value)
+        for e in read_events(events)
+        for v in e.summary.value
+        if v.tag == "accuracy/held_out"
+    ]
+    assert [round(a, 4) for _, a in acc] == [round(e["accuracy"], 4) for e in evals]
+    assert [s for s, _ in acc] == [e["step"] for e in evals]
     return ledger
 
 
 def test_short_up_run_learns_and_the_ledger_balances(rollstream_home: Path, tmp_path: Path, up):
     res = up(rollstream_home, tmp_path, *SHORT, "--name", "short")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "ledger BALANCED" in res.stdout
+    assert "ledger BALANCED" in res.stdout and "FAILED" not in res.stdout
     check_run(only_run(tmp_path))
+    # without a terminal: one progress line every up.progress_every_s (10 s), not every second
+    lines = [x for x in res.stdout.splitlines() if x.startswith("[") and "s] step " in x]
+    assert 3 * 60 / 10 - 3 <= len(lines) <= 3 * 60 / 10 + 3, len(lines)
+    last = lines[-1]
+    for part in ("step ", "version ", "accuracy ", "reward ", "rollouts/s ", "staleness ", "lag "):
+        assert part in last, (part, last)
+    assert all(f"{t} " in last for t in ("sort", "reverse", "count")), last  # per task
 
 
 def test_up_survives_a_stage_killed_with_sigkill(rollstream_home: Path, tmp_path: Path):
