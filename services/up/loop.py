@@ -15,7 +15,7 @@ from rollstream.services.runtime.bus import Consumer
 from rollstream.services.runtime.config import RunConfig
 from rollstream.services.up.scrape import by_label, scrape, total
 from rollstream.services.up.supervisor import Supervisor
-from rollstream.services.up.tbevents import EventWriter
+from rollstream.services.up.tbevents import EventWriter, WandbSink
 from rollstream.services.up.view import render, summarize_stage
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ class Loop:
         self.per_task: dict[str, float] = {}
         self.last_line = 0.0
         self.tb: EventWriter | None = None
+        self.wandb: WandbSink | None = None
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.stopping = True
@@ -101,16 +102,19 @@ class Loop:
                 self.reward.append(snap["rollstream_scorer_reward_mean{reward=total}"] / len(procs))
         hist.write(json.dumps(record) + "\n")
         hist.flush()
-        if self.tb is not None:
-            self.tb.scalars(self.tb_series(stages, record), int(learner_step), now)
+        series = self.tb_series(stages, record)
+        for sink in (self.tb, self.wandb):
+            if sink is not None:
+                sink.scalars(series, int(learner_step), now)
         for r in evals.poll(100, 0.0):
             e = r.value
             self.accuracy.append((now - self.started, e.accuracy))
             self.per_task = dict(e.per_task)
-            if self.tb is not None:
-                acc = {"accuracy/held_out": e.accuracy}
-                acc.update({f"accuracy/{k}": v for k, v in e.per_task.items()})
-                self.tb.scalars(acc, e.step, now)
+            acc = {"accuracy/held_out": e.accuracy}
+            acc.update({f"accuracy/{k}": v for k, v in e.per_task.items()})
+            for sink in (self.tb, self.wandb):
+                if sink is not None:
+                    sink.scalars(acc, e.step, now)
             evf.write(
                 json.dumps(
                     {
@@ -235,6 +239,9 @@ class Loop:
             live = Live(refresh_per_second=2, transient=False)
             live.start()
         self.tb = EventWriter(self.run_dir / "tensorboard")
+        self.wandb = WandbSink.open(
+            self.run_dir.name, self.run_dir, self.cfg.model_dump(mode="json")
+        )
         try:
             with (
                 open(self.run_dir / "metrics.jsonl", "a") as hist,
@@ -267,6 +274,8 @@ class Loop:
             codes = self.sup.stop_all(grace_s=60.0, order=ORDER)
             evals.close()
             self.tb.close()
+            if self.wandb is not None:
+                self.wandb.close()
             self.unclean = {
                 k: v for k, v in codes.items() if v not in (0, -15) and k not in self.failed
             }

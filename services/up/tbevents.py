@@ -91,3 +91,35 @@ class EventWriter:
 
     def close(self) -> None:
         self._f.close()
+
+
+class WandbSink:
+    """The same scalars to Weights & Biases, only when `wandb` is installed and configured
+    (WANDB_PROJECT set); otherwise `open` returns None and nothing is sent anywhere."""
+
+    def __init__(self, run: object) -> None:
+        self.run = run
+
+    @classmethod
+    def open(cls, name: str, run_dir: Path, config: dict[str, object]) -> WandbSink | None:
+        import importlib.util
+        import os
+
+        if not os.environ.get("WANDB_PROJECT") or importlib.util.find_spec("wandb") is None:
+            return None
+        import wandb
+
+        try:
+            run = wandb.init(name=name, dir=str(run_dir), config=config)
+        except Exception as exc:  # a bad key or no network: the run goes on without it
+            print(f"Weights & Biases: not logging ({type(exc).__name__}: {exc})", flush=True)
+            return None
+        return cls(run)
+
+    def scalars(self, values: dict[str, float], step: int, wall_time: float | None = None) -> None:
+        # W&B's own step must only grow; an eval arrives after later learner steps were
+        # logged, so the learner step travels as a value instead
+        self.run.log({**values, "learner_step": step})  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        self.run.finish()  # type: ignore[attr-defined]
