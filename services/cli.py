@@ -140,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-view", action="store_true", help="plain log lines instead of the live view"
     )
     p.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_DIR",
+        help="continue a stopped run (runs/NAME) from its checkpoints and committed offsets",
+    )
+    p.add_argument(
         "--plugins",
         action="append",
         default=[],

@@ -149,8 +149,9 @@ def _set_path(data: dict[str, Any], path: str, value: Any) -> None:
 
 
 REPLACED_WHOLE = frozenset({"target"})
-"""Sections a layer replaces instead of merging: a run file with `target: {steps: 100}` means
-"stop at 100 steps", not "at 100 steps or at the defaults' 10 minutes"."""
+"""Sections a run file replaces instead of merging: a run file with `target: {steps: 100}`
+means "stop at 100 steps", not "at 100 steps or at the defaults' 10 minutes". (`--set` and
+env variables name one field each, and change only that field.)"""
 
 
 def _merge(
@@ -159,14 +160,14 @@ def _merge(
     origin: str,
     sources: dict[str, str],
     prefix: str = "",
+    whole: frozenset[str] = frozenset(),
 ) -> None:
     """Layer `top` over `base` in place: mappings merge key by key, anything else (scalars,
     lists such as `filter.chain`) replaces. `sources` records, per dotted leaf, who set it."""
     for key, value in top.items():
         dotted = f"{prefix}{key}"
-        whole = dotted in REPLACED_WHOLE
-        if not whole and isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value, origin, sources, dotted + ".")
+        if dotted not in whole and isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value, origin, sources, dotted + ".", whole)
             continue
         base[key] = value
         for k in [k for k in sources if k == dotted or k.startswith(dotted + ".")]:
@@ -213,7 +214,7 @@ def load_layers(
     sources: dict[str, str] = {}
     for path in paths or []:
         p = Path(path)
-        _merge(data, _read_yaml(p), f"file {p}", sources)
+        _merge(data, _read_yaml(p), f"file {p}", sources, whole=REPLACED_WHOLE)
     env = dict(os.environ) if env is None else env
     for key, value in sorted(env.items()):
         if key.startswith("ROLLSTREAM_") and "__" in key:

@@ -23,7 +23,14 @@ ORDER = ("feed", "generator", "scorer", "filter", "replay", "learner", "evaluato
 
 
 class Loop:
-    def __init__(self, cfg: RunConfig, run_dir: Path, config_path: Path, view: bool = True) -> None:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        run_dir: Path,
+        config_path: Path,
+        view: bool = True,
+        resume: bool = False,
+    ) -> None:
         self.cfg, self.run_dir, self.view = cfg, run_dir, view
         self.sup = Supervisor(run_dir, config_path, cfg.kafka.bootstrap, cfg.kafka.namespace)
         for stage in ORDER:
@@ -42,6 +49,9 @@ class Loop:
         self.per_task: dict[str, float] = {}
         self.last_line = 0.0
         self.tb: EventWriter | None = None
+        self.seen_evals: set[tuple[int, int]] = set()
+        if resume:
+            self._continue_history()
         self.wandb: WandbSink | None = None
 
     def _on_signal(self, signum: int, frame: object) -> None:
@@ -108,6 +118,9 @@ class Loop:
                 sink.scalars(series, int(learner_step), now)
         for r in evals.poll(100, 0.0):
             e = r.value
+            if (e.policy_version, e.step) in self.seen_evals:
+                continue  # written before a resume
+            self.seen_evals.add((e.policy_version, e.step))
             self.accuracy.append((now - self.started, e.accuracy))
             self.per_task = dict(e.per_task)
             acc = {"accuracy/held_out": e.accuracy}
@@ -136,6 +149,25 @@ class Loop:
         }
         frac, label, done = self.progress(learner_step)
         return stages, frac, label, done
+
+    def _continue_history(self) -> None:
+        """A resumed run: its clock goes on from the last metrics record, the evals it already
+        has are not written twice (eval.results is read from the beginning), and the view and
+        the accuracy target start from the last accuracy."""
+        last_t = 0.0
+        hist = self.run_dir / "metrics.jsonl"
+        if hist.exists():
+            for line in hist.read_text().splitlines():
+                if line.strip():
+                    last_t = max(last_t, json.loads(line).get("t", 0.0))
+        self.started = time.time() - last_t
+        evf = self.run_dir / "eval.jsonl"
+        for line in evf.read_text().splitlines() if evf.exists() else []:
+            if line.strip():
+                e = json.loads(line)
+                self.seen_evals.add((e["version"], e["step"]))
+                self.accuracy.append((e["t"], e["accuracy"]))
+                self.per_task = dict(e.get("per_task") or {})
 
     def tb_series(self, stages: dict[str, Any], record: dict[str, Any]) -> dict[str, float]:
         """The plots' series as TensorBoard scalars (accuracy is written as evals arrive)."""

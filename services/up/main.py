@@ -126,15 +126,61 @@ def new_run_dir(name: str, root: Path = Path("runs")) -> Path:
     return d
 
 
+class ResumeError(ValueError):
+    """A run folder that cannot be continued; the message says why."""
+
+
+def resume_config(args: argparse.Namespace) -> tuple[RunConfig, Path]:
+    """The stopped run's own resolved config, with this call's `--config`/`--set` layered on
+    top (a new target, say). Only a run whose Kafka kept its topics and offsets can go on."""
+    run_dir = Path(args.resume)
+    saved = run_dir / "config.yaml"
+    if not saved.exists():
+        raise ResumeError(f"{run_dir} is not a run folder (no config.yaml)")
+    info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
+    if info.get("embedded_broker") and not args.bootstrap:
+        raise ResumeError(
+            f"{run_dir} ran on the embedded broker, which keeps nothing once it stops (Tansu "
+            "with memory storage): its topics and committed offsets are gone, so the run "
+            "cannot continue where it stopped. Runs against a Kafka that keeps its data "
+            "(`rollstream up --bootstrap HOST:PORT`) can be resumed."
+        )
+    sets = list(args.set)
+    if len(args.stage) != len(args.replicas):
+        raise ValueError("--stage and --replicas come in pairs: --stage generator --replicas 2")
+    sets += [f"stages.{s}.replicas={r}" for s, r in zip(args.stage, args.replicas, strict=True)]
+    cfg, _ = load_layers([saved, *args.config], sets)
+    from rollstream.services.runtime.plugins import add_plugin_dirs
+
+    cfg.plugins = add_plugin_dirs([*cfg.plugins, *getattr(args, "plugins", [])])
+    validate_sections(cfg)
+    if args.bootstrap:
+        cfg.kafka.bootstrap = args.bootstrap
+    if args.namespace:
+        cfg.kafka.namespace = args.namespace
+    return cfg, run_dir
+
+
 def main(args: argparse.Namespace) -> int:
-    cfg = resolve(args)
+    resume = getattr(args, "resume", None)
+    if resume:
+        cfg, run_dir = resume_config(args)
+    else:
+        cfg = resolve(args)
     if args.mode == "sync":
+        if resume:
+            raise ResumeError("--resume continues a streaming run; --mode sync has no state")
         from rollstream.services.up.sync import run_sync
 
         return run_sync(cfg)
-    run_dir = new_run_dir(cfg.name)
+    if not resume:
+        run_dir = new_run_dir(cfg.name)
+        embedded = not args.bootstrap
+        (run_dir / "run.json").write_text(json.dumps({"embedded_broker": embedded}))
+    else:
+        print(f"resuming {run_dir} on {cfg.kafka.bootstrap}", flush=True)
     with ExitStack() as stack:
-        if not args.bootstrap:
+        if not args.bootstrap and not resume:
             from rollstream.services.runtime.broker import EmbeddedBroker
 
             broker = stack.enter_context(EmbeddedBroker(log_path=run_dir / "broker.log"))
@@ -153,7 +199,7 @@ def main(args: argparse.Namespace) -> int:
             print("base model:", ensure_base_model())
         from rollstream.services.up.loop import Loop
 
-        loop = Loop(cfg, run_dir, config_path, view=not args.no_view)
+        loop = Loop(cfg, run_dir, config_path, view=not args.no_view, resume=bool(resume))
         code = loop.run()
         from rollstream.services.up.ledger import compute, render
 

@@ -177,3 +177,73 @@ def test_a_stage_that_keeps_failing_stops_up_with_its_error(
     # it stopped early, not at the 4-minute target
     progress = [x for x in res.stdout.splitlines() if x.startswith("[")]
     assert progress and float(progress[-1][1:].split("s]")[0]) < 200, progress[-3:]
+
+
+def test_resume_continues_a_stopped_run_with_a_continuous_ledger(
+    rollstream_home: Path, tmp_path: Path, up, bootstrap: str
+):
+    """`up --resume runs/NAME` picks up where the run stopped: the learner from its
+    checkpoint, every stage from its committed offsets on the same topics, the metrics and
+    evals appended, and the ledger over the whole run still balanced."""
+    first = up(
+        rollstream_home,
+        tmp_path,
+        "--bootstrap",
+        bootstrap,
+        "--namespace",
+        f"resume{os.getpid()}",
+        "--set",
+        "target.steps=20",
+        "--set",
+        "evaluator.min_interval_s=10",
+        "--set",
+        "evaluator.items_per_task=30",
+        "--name",
+        "res",
+    )
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    run = only_run(tmp_path)
+    led1 = json.loads((run / "ledger.json").read_text())["ledger"]
+    evals1 = (run / "eval.jsonl").read_text().splitlines()
+    t1 = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["t"]
+    assert led1["balanced"] and led1["learner_step"] >= 20, led1
+
+    again = up(
+        rollstream_home,
+        tmp_path,
+        "--resume",
+        str(run),
+        "--set",
+        "target.steps=40",
+        "--set",
+        "target.minutes=null",
+    )
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"resuming {run}" in again.stdout
+    assert only_run(tmp_path) == run, "no new run folder"
+    led2 = json.loads((run / "ledger.json").read_text())["ledger"]
+    assert led2["balanced"], led2
+    assert led2["trained_twice"] == 0 and led2["unknown"] == 0
+    # continuous: the same topics, so everything of the first part is still counted
+    assert led2["generated"] > led1["generated"] and led2["trained"] > led1["trained"]
+    assert led2["learner_step"] >= 40
+    learner_log = (run / "logs" / "learner-0.log").read_text()
+    assert "learner: resumed at step" in learner_log
+    evals = [json.loads(x) for x in (run / "eval.jsonl").read_text().splitlines()]
+    assert evals[: len(evals1)] == [json.loads(x) for x in evals1], "evals kept, not rewritten"
+    keys = [(e["version"], e["step"]) for e in evals]
+    assert len(keys) == len(set(keys)) and len(evals) > len(evals1), keys
+    assert evals[-1]["step"] > json.loads(evals1[-1])["step"]
+    times = [json.loads(x)["t"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert times == sorted(times) and times[-1] > t1, "the run's clock goes on"
+
+
+def test_resume_refuses_a_run_of_the_embedded_broker_saying_why(tmp_path: Path, up):
+    run = tmp_path / "runs" / "gone"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("name: gone\n")
+    (run / "run.json").write_text('{"embedded_broker": true}')
+    res = up(tmp_path / "home", tmp_path, "--resume", str(run), timeout=120)
+    assert res.returncode != 0
+    assert "embedded broker, which keeps nothing once it stops" in res.stderr
+    assert "--bootstrap" in res.stderr

@@ -62,3 +62,12 @@ def test_config_show_prints_each_value_and_its_source(
     # fields nobody set are shown too, with their model default (e.g. a stage's own fields)
     assert lines["up.fail_restarts"].endswith("# built-in default")
     assert "learner.objective" in lines and "evaluator.items_per_task" in lines
+
+
+def test_set_changes_one_field_of_the_target_and_a_file_replaces_it(tmp_path: Path) -> None:
+    cfg, _ = load_layers([default_config_path()], ["target.steps=40"], env={})
+    assert cfg.target.steps == 40 and cfg.target.minutes == 10  # the default's 10 min stays
+    cfg, _ = load_layers(
+        [default_config_path()], ["target.steps=40", "target.minutes=null"], env={}
+    )
+    assert cfg.target.steps == 40 and cfg.target.minutes is None
