@@ -111,6 +111,20 @@ def test_up_survives_a_stage_killed_with_sigkill(rollstream_home: Path, tmp_path
             time.sleep(2)
         else:
             pytest.fail("no trained version within 4 minutes")
+        # `rollstream status` on the live run: one cut of the topics, a balanced ledger with
+        # what is still in flight shown as pending (the guard is a hang guard: it used to
+        # read each topic until a 30 s deadline)
+        live = subprocess.run(
+            [sys.executable, "-m", "rollstream.services.cli", "status", "runs/kill"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=100,
+        )
+        assert live.returncode == 0, live.stdout + live.stderr
+        assert "live ledger" in live.stdout and "ledger BALANCED" in live.stdout, live.stdout
+        assert "live: pending" in live.stdout, live.stdout
         victim = json.loads(pids.read_text())["learner-0"]["pid"]
         os.kill(victim, signal.SIGKILL)
         out, _ = proc.communicate(timeout=600)
