@@ -112,7 +112,7 @@ def config_main(args: argparse.Namespace) -> int:
     rows = resolved_with_sources(args)
     width = min(60, max(len(f"{k}: {json.dumps(v)}") for k, v, _ in rows))
     for key, value, origin in rows:
-        print(f"{key}: {json.dumps(value)}".ljust(width + 2) + f"# {origin}")
+        print(f"{key}: {json.dumps(value)}".ljust(width) + f"  # {origin}")
     return 0
 
 
