@@ -1,8 +1,8 @@
-"""Print (or --write into README.md) the file map: one line per tracked file, each described
+"""Print (or --write into docs/files.md) the file map: one line per tracked file, each described
 by its own first docstring/comment line, so the map cannot drift from the code.
 
     python scripts/filemap.py            # print
-    python scripts/filemap.py --write    # replace the block between the file-map markers
+    python scripts/filemap.py --write    # replace the block between docs/files.md's markers
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ START, END = "<!-- file-map:start -->", "<!-- file-map:end -->"
 # Files that cannot carry their own description.
 FIXED = {
     ".gitignore": "files git leaves alone (virtual environments, runs/, caches)",
-    "README.md": "this file",
+    "README.md": "what rollstream is, quickstart, the default run, extending, deploying, tests",
     "pyproject.toml": "the `rollstream` distribution: dependencies, extras, console script, tools",
     "Dockerfile": "one image for every stage (CPU or CUDA variant by build argument)",
 }
@@ -111,7 +111,7 @@ def render() -> str:
 def main() -> int:
     block = render()
     if "--write" in sys.argv:
-        readme = ROOT / "README.md"
+        readme = ROOT / "docs" / "files.md"
         text = readme.read_text()
         head, _, rest = text.partition(START)
         _, _, tail = rest.partition(END)

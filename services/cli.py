@@ -11,6 +11,22 @@ import sys
 STAGES = ("feed", "generator", "scorer", "filter", "replay", "learner", "evaluator")
 
 
+RUN_HELP = """usage: rollstream run STAGE [stage options]
+
+Run one stage as a service (what `rollstream up` and the Helm chart start per process).
+
+stages:
+  feed        publish prompts from the tasks (curriculum from prompt.stats)
+  generator   sample rollouts with the current policy (vLLM or transformers)
+  scorer      score rollouts.raw into rollouts.scored (faust)
+  filter      assemble groups, drop by rule, compute advantages (faust)
+  replay      the buffer between filter and learner (priority, staleness bound)
+  learner     train on replay's batches, publish weight versions
+  evaluator   held-out greedy accuracy per policy version
+
+`rollstream run STAGE --help` lists that stage's options."""
+
+
 def _kafka_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--bootstrap",
@@ -21,6 +37,23 @@ def _kafka_args(p: argparse.ArgumentParser) -> None:
         "--namespace",
         default=None,
         help="prefix for every topic and group (env ROLLSTREAM_NAMESPACE)",
+    )
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="run YAML layered over the built-in defaults (repeatable; later files win)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override a config field after files and env, e.g. --set target.minutes=5",
     )
 
 
@@ -115,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     _kafka_args(p)
 
     p = sub.add_parser("up", help="run the whole pipeline (embedded broker unless --bootstrap)")
-    p.add_argument("--config", default=None, help="run YAML (default: the built-in tiny CPU run)")
+    _config_args(p)
     p.add_argument("--mode", choices=["stream", "sync"], default="stream")
     p.add_argument("--stage", action="append", default=[], help="stage whose replicas to set")
     p.add_argument("--replicas", action="append", type=int, default=[], help="replicas for --stage")
@@ -124,13 +157,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-view", action="store_true", help="plain log lines instead of the live view"
     )
     p.add_argument(
-        "--set",
+        "--resume",
+        default=None,
+        metavar="RUN_DIR",
+        help="continue a stopped run (runs/NAME) from its checkpoints and committed offsets",
+    )
+    p.add_argument(
+        "--plugins",
         action="append",
         default=[],
-        metavar="PATH=VALUE",
-        help="override a config field, e.g. --set target.minutes=5",
+        metavar="DIR",
+        help="folder of user tasks/rewards/filters, put on every stage's import path",
     )
     _kafka_args(p)
+
+    p = sub.add_parser(
+        "config", help="print the resolved run config and where each value came from"
+    )
+    p.add_argument("action", choices=["show"])
+    _config_args(p)
 
     p = sub.add_parser("status", help="the ledger: generated, pending, dropped, trained, expired")
     p.add_argument("run", nargs="?", default=None, help="run folder (default: latest under runs/)")
@@ -144,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = build_parser()
+    if argv[:1] == ["run"] and (len(argv) == 1 or argv[1] in ("-h", "--help")):
+        # `run` passes everything after STAGE to the stage, so argparse can't answer --help
+        print(RUN_HELP)
+        return 0 if len(argv) > 1 else 2
     args = ap.parse_args(argv)
     if args.cmd is None:
         ap.print_help()
@@ -178,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         "replay": "rollstream.services.runtime.record:replay_main",
         "control": "rollstream.services.runtime.commands:control",
         "up": "rollstream.services.up.main:main",
+        "config": "rollstream.services.up.main:config_main",
         "status": "rollstream.services.up.status:main",
         "report": "rollstream.services.up.report:main",
     }

@@ -163,13 +163,24 @@ def _import(spec: str) -> Any:
 
 def load_filter(spec: str, params: Mapping[str, Any] | None = None) -> Filter:
     """Build the filter named `spec` (built-in name or "package.module:Class")."""
+    from rollstream.services.runtime import plugins
+
     if spec in BUILTIN_FILTERS:
         cls = _import(BUILTIN_FILTERS[spec])
     elif ":" in spec:
         cls = _import(spec)
     else:
-        known = ", ".join(sorted(BUILTIN_FILTERS))
-        raise FilterConfigError(f"unknown filter {spec!r}; built-ins: {known}")
+        try:
+            cls = plugins.entry_point("filters", spec)
+        except plugins.PluginError as exc:
+            raise FilterConfigError(str(exc)) from exc
+        if cls is None:
+            known = ", ".join(sorted(BUILTIN_FILTERS))
+            installed = ", ".join(plugins.names("filters")) or "none"
+            raise FilterConfigError(
+                f"unknown filter {spec!r}; built-ins: {known}; installed (rollstream.filters "
+                f"entry points): {installed}"
+            )
     if not inspect.isclass(cls) or not callable(getattr(cls, "apply", None)):
         raise FilterConfigError(f"{spec!r} is not a filter class")
     return cls(**dict(params or {}))

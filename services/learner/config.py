@@ -41,11 +41,15 @@ class LearnerConfig(BaseModel):
     lr: float = Field(default=1e-5, gt=0)
     """AdamW learning rate (peak, after warm-up)."""
     weight_decay: float = Field(default=0.0, ge=0)
+    """AdamW decoupled weight decay."""
     betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW beta1, beta2."""
     adam_eps: float = Field(default=1e-8, gt=0)
+    """AdamW epsilon."""
     schedule: Literal["constant", "linear", "cosine"] = "constant"
     """Learning-rate schedule after warm-up; linear and cosine decay to 0 at `total_steps`."""
     warmup_steps: int = Field(default=0, ge=0)
+    """Steps of linear learning-rate warm-up from 0."""
     total_steps: int | None = Field(default=None, ge=1)
     """Steps the schedule decays over (default: the run's target.steps, else constant)."""
     max_grad_norm: float | None = Field(default=1.0, gt=0)
@@ -59,6 +63,7 @@ class LearnerConfig(BaseModel):
     publish_every: int = Field(default=1, ge=1)
     """Publish a weight version (and checkpoint) every this many steps."""
     keep_checkpoints: int = Field(default=2, ge=1)
+    """How many newest learner checkpoints to keep (older ones are deleted)."""
     feedback_every_s: float = Field(default=2.0, gt=0)
     """Re-send the credit total this often while waiting for data (a lost Feedback heals)."""
     device: str = "auto"

@@ -347,6 +347,31 @@ class Consumer:
             self.metrics.consumer_lag.labels(topic).set(value)
         return lags
 
+    def ends(self) -> dict[tuple[str, int], int | None]:
+        """Per assigned partition, its end offset as the last fetch response reported it; an
+        empty partition answers 0; None while a partition with data has not been fetched yet
+        (Tansu's ListOffsets(latest) can be short of the end, see `lag`)."""
+        out: dict[tuple[str, int], int | None] = {}
+        for tp in self._c.assignment():
+            key = (unqualified(tp.topic, self.kafka.namespace), tp.partition)
+            try:
+                _, high = self._c.get_watermark_offsets(tp, cached=True)
+                if high < 0:
+                    _, listed = self._c.get_watermark_offsets(tp, timeout=5.0, cached=False)
+                    high = 0 if listed == 0 else -1
+            except Exception:
+                high = -1
+            out[key] = high if high >= 0 else None
+        return out
+
+    def positions(self) -> dict[tuple[str, int], int]:
+        """Per assigned partition, the offset of the next record this consumer will return."""
+        out: dict[tuple[str, int], int] = {}
+        for tp in self._c.position(self._c.assignment()):
+            key = (unqualified(tp.topic, self.kafka.namespace), tp.partition)
+            out[key] = max(tp.offset, 0)
+        return out
+
     def assignment(self) -> list[tuple[str, int]]:
         return [
             (unqualified(tp.topic, self.kafka.namespace), tp.partition)

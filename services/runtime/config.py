@@ -6,6 +6,10 @@ pydantic model (`services/<stage>/config.py`) through `section()`. Every error n
 as a dotted path, e.g. `generator.sampling.temperature: Input should be less than or equal to 10`.
 Environment variables `ROLLSTREAM_<SECTION>__<FIELD>=value` override fields (for Kubernetes),
 e.g. `ROLLSTREAM_LEARNER__LR=1e-5`; `--set path=value` does the same from the command line.
+
+Layers, lowest first: the built-in defaults (`services/up/default.yaml`, for `rollstream up`
+and `rollstream config show`), each `--config FILE` in order, the environment, each `--set`.
+Mappings merge key by key; lists (e.g. `filter.chain`) and the `target` section replace.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ class ConfigError(ValueError):
 
 
 class ModelSpec(BaseModel):
+    """The policy's model: where it comes from, its name, its dtype."""
+
     model_config = ConfigDict(extra="forbid")
 
     path: str | None = None
@@ -47,6 +53,8 @@ class ModelSpec(BaseModel):
 
 
 class WeightStoreSpec(BaseModel):
+    """Where the learner writes weight versions (claim checks on the `weights` topic)."""
+
     model_config = ConfigDict(extra="forbid")
 
     uri: str | None = None
@@ -83,6 +91,8 @@ class WeightStoreSpec(BaseModel):
 
 
 class TargetSpec(BaseModel):
+    """When `rollstream up` stops (the first target reached; none = until Ctrl-C)."""
+
     model_config = ConfigDict(extra="forbid")
 
     steps: int | None = Field(None, ge=1)
@@ -94,12 +104,28 @@ class TargetSpec(BaseModel):
 
 
 class StageSpec(BaseModel):
+    """Processes and environment of one stage."""
+
     model_config = ConfigDict(extra="forbid")
 
     replicas: int = Field(1, ge=0, le=64)
     """Processes of this stage (`rollstream up`) or pods (Helm)."""
     env: dict[str, str] = {}
     """Extra environment for this stage's processes."""
+
+
+class UpSpec(BaseModel):
+    """How `rollstream up` supervises the stages and reports progress."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fail_restarts: int = Field(3, ge=1)
+    """A stage process that exits with an error this many times within `fail_window_s` stops
+    the run: `rollstream up` shows its last error lines and exits 1."""
+    fail_window_s: float = Field(300.0, gt=0)
+    """The window, in seconds, over which `fail_restarts` failures are counted."""
+    progress_every_s: float = Field(10.0, gt=0)
+    """Without a terminal (`--no-view` or piped output): one progress line this often."""
 
 
 class RunConfig(BaseModel):
@@ -113,6 +139,11 @@ class RunConfig(BaseModel):
     model: ModelSpec = ModelSpec()
     weights: WeightStoreSpec = WeightStoreSpec()
     target: TargetSpec = TargetSpec()
+    plugins: list[str] = []
+    """Folders put first on every stage's `sys.path`, so user tasks, rewards and filters in
+    them can be named as "module:object" (`rollstream up --plugins DIR` adds one)."""
+    up: UpSpec = UpSpec()
+    """How `rollstream up` supervises the stages and reports progress."""
     stages: dict[str, StageSpec] = {}
     """Replicas and env per stage name (feed, generator, scorer, filter, replay, learner,
     evaluator)."""
@@ -148,34 +179,83 @@ def _set_path(data: dict[str, Any], path: str, value: Any) -> None:
     cur[keys[-1]] = value
 
 
-def load_config(
-    path: str | Path | None = None,
+REPLACED_WHOLE = frozenset({"target"})
+"""Sections a run file replaces instead of merging: a run file with `target: {steps: 100}`
+means "stop at 100 steps", not "at 100 steps or at the defaults' 10 minutes". (`--set` and
+env variables name one field each, and change only that field.)"""
+
+
+def _merge(
+    base: dict[str, Any],
+    top: dict[str, Any],
+    origin: str,
+    sources: dict[str, str],
+    prefix: str = "",
+    whole: frozenset[str] = frozenset(),
+) -> None:
+    """Layer `top` over `base` in place: mappings merge key by key, anything else (scalars,
+    lists such as `filter.chain`) replaces. `sources` records, per dotted leaf, who set it."""
+    for key, value in top.items():
+        dotted = f"{prefix}{key}"
+        if dotted not in whole and isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value, origin, sources, dotted + ".", whole)
+            continue
+        base[key] = value
+        for k in [k for k in sources if k == dotted or k.startswith(dotted + ".")]:
+            del sources[k]
+        _record(value, origin, sources, dotted)
+
+
+def _record(value: Any, origin: str, sources: dict[str, str], dotted: str) -> None:
+    if isinstance(value, dict) and value:
+        for k, v in value.items():
+            _record(v, origin, sources, f"{dotted}.{k}")
+    else:
+        sources[dotted] = origin
+
+
+def _nest(dotted: str, value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    _set_path(out, dotted, value)
+    return out
+
+
+def _read_yaml(p: Path) -> dict[str, Any]:
+    if not p.exists():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        loaded = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping")
+    return loaded
+
+
+def load_layers(
+    paths: list[str | Path] | None = None,
     overrides: list[str] | None = None,
     env: dict[str, str] | None = None,
-) -> RunConfig:
-    """Read, override and validate a run file. ConfigError names every bad field."""
+) -> tuple[RunConfig, dict[str, str]]:
+    """Layer run files (in order), then `ROLLSTREAM_<SECTION>__<FIELD>` environment variables,
+    then `--set PATH=VALUE` items, validate the result, and say where every value came from:
+    the second element maps each dotted field that a layer set to that layer ("file NAME",
+    "env NAME", "--set"); fields no layer set keep the model's default."""
     data: dict[str, Any] = {}
-    if path is not None:
+    sources: dict[str, str] = {}
+    for path in paths or []:
         p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"config file {p} does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping")
-        data = loaded
+        _merge(data, _read_yaml(p), f"file {p}", sources, whole=REPLACED_WHOLE)
     env = dict(os.environ) if env is None else env
     for key, value in sorted(env.items()):
         if key.startswith("ROLLSTREAM_") and "__" in key:
             dotted = key[len("ROLLSTREAM_") :].lower().replace("__", ".")
-            _set_path(data, dotted, yaml.safe_load(value))
+            _merge(data, _nest(dotted, yaml.safe_load(value)), f"env {key}", sources)
     for item in overrides or []:
         dotted, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"--set expects PATH=VALUE, got {item!r}")
-        _set_path(data, dotted.strip(), yaml.safe_load(value))
+        _merge(data, _nest(dotted.strip(), yaml.safe_load(value)), "--set", sources)
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as exc:
@@ -184,7 +264,18 @@ def load_config(
     if unknown:
         raise ConfigError(f"stages: unknown stage(s) {sorted(unknown)}; known: {STAGE_NAMES}")
     cfg = cfg.model_copy(update={"kafka": cfg.kafka.with_env()})
-    return cfg
+    return cfg, sources
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> RunConfig:
+    """Read one run file (as is, no defaults under it), apply env and `--set` overrides, and
+    validate. ConfigError names every bad field. `rollstream up` layers its run files over the
+    built-in defaults with `load_layers`."""
+    return load_layers([path] if path is not None else [], overrides, env)[0]
 
 
 def section(cfg: RunConfig, name: str, model: type[T]) -> T:

@@ -100,6 +100,9 @@ class StageContext:
         parser = parser or stage_parser(stage)
         args = parser.parse_args(argv)
         cfg = load_config(args.config, args.set)
+        from rollstream.services.runtime.plugins import add_plugin_dirs
+
+        add_plugin_dirs(cfg.plugins)
         logging.basicConfig(
             level=args.log_level.upper(),
             format=f"%(asctime)s {stage} %(levelname)s %(name)s: %(message)s",

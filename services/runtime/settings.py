@@ -15,6 +15,8 @@ DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
 
 class KafkaSettings(BaseModel):
+    """The Kafka cluster every stage talks to, and how its clients behave."""
+
     model_config = ConfigDict(extra="forbid")
 
     bootstrap: str = Field(DEFAULT_BOOTSTRAP, min_length=3)

@@ -139,15 +139,24 @@ def _import(spec: str) -> Any:
 def load_reward(spec: str, params: dict[str, Any] | None = None) -> Reward:
     """Build the reward named `spec` (a built-in name or "pkg.module:object") with `params`."""
     params = dict(params or {})
+    from rollstream.services.runtime import plugins
+
     if spec in BUILTIN_REWARDS:
         obj = _import(BUILTIN_REWARDS[spec])
     elif ":" in spec:
         obj = _import(spec)
     else:
-        known = ", ".join(sorted(BUILTIN_REWARDS))
-        raise RewardConfigError(
-            f"unknown reward {spec!r}; built-ins: {known}; or give 'package.module:object'"
-        )
+        try:
+            obj = plugins.entry_point("rewards", spec)
+        except plugins.PluginError as exc:
+            raise RewardConfigError(str(exc)) from exc
+        if obj is None:
+            known = ", ".join(sorted(BUILTIN_REWARDS))
+            installed = ", ".join(plugins.names("rewards")) or "none"
+            raise RewardConfigError(
+                f"unknown reward {spec!r}; built-ins: {known}; installed (rollstream.rewards "
+                f"entry points): {installed}; or give 'package.module:object'"
+            )
     if inspect.isclass(obj):
         try:
             reward = obj(**params)

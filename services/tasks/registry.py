@@ -58,7 +58,23 @@ def get_task(name: str) -> Task:
     if task is not None:
         return task
     if "." not in name and ":" not in name:
-        raise TaskError(f"unknown task {name!r}; known: {', '.join(list_tasks())}")
+        from rollstream.services.runtime import plugins
+
+        try:
+            obj = plugins.entry_point("tasks", name)
+        except plugins.PluginError as exc:
+            raise TaskError(str(exc)) from exc
+        if obj is None:
+            installed = ", ".join(plugins.names("tasks")) or "none"
+            raise TaskError(
+                f"unknown task {name!r}; known: {', '.join(list_tasks())}; installed "
+                f"(rollstream.tasks entry points): {installed}"
+            )
+        if not isinstance(obj, Task):
+            raise TaskError(f"entry point {name!r} is a {type(obj).__name__}, not a Task")
+        if obj.name != name:
+            raise TaskError(f"entry point {name!r} names a task called {obj.name!r}")
+        return register(obj)
     task = load_task(name)
     if not task.source:
         task = replace(task, source=name)

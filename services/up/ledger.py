@@ -64,20 +64,31 @@ def read_all(
     timeout_s: float = 30.0,
     skipped: Counter[str] | None = None,
 ) -> list[Any]:
-    """Every decodable message of `topic`, from the beginning to the current end; bad records
-    are skipped, logged and counted in `skipped[topic]` (a reader never dead-letters)."""
+    """Every decodable message of `topic` from the beginning up to its end as of this call:
+    each partition's end is taken once, from the first fetch that reports it, and reading
+    stops there, so a topic that is still being written (a live run) is read in seconds
+    instead of chasing its end. BusError if that end is not reached within `timeout_s`. Bad
+    records are skipped, logged and counted in `skipped[topic]` (a reader never
+    dead-letters)."""
+    from rollstream.services.runtime.bus import BusError
+
     c = Consumer(kafka, "status", [topic], group=None, from_beginning=True, dead_letters=False)
     out: list[Any] = []
+    cut: dict[tuple[str, int], int] = {}
     deadline = time.monotonic() + timeout_s
     try:
-        idle = 0
-        while time.monotonic() < deadline:
-            recs = c.poll(5000, 0.5)
+        while True:
+            recs = c.poll(5000, 0.2)
             out += [r.value for r in recs]
-            if not recs:
-                idle += 1
-                if c.lag().get(topic, 0) == 0 and idle >= 2:
-                    break
+            for tp, end in c.ends().items():
+                if end is not None:
+                    cut.setdefault(tp, end)
+            pos = c.positions()
+            parts = c.assignment()
+            if len(cut) == len(parts) and all(pos.get(tp, 0) >= cut[tp] for tp in cut):
+                break
+            if time.monotonic() > deadline:
+                raise BusError(f"{topic}: end not reached in {timeout_s:g} s (cut {cut}, at {pos})")
     finally:
         c.close()
     if skipped is not None and c.skipped:
@@ -86,8 +97,15 @@ def read_all(
 
 
 def compute(kafka: KafkaSettings) -> Ledger:
+    """The ledger over one consistent cut: the topics are read downstream first (feedback,
+    kept, dropped, then rollouts.raw), each to its end when its reading starts, so every
+    rollout a later stage names was already on the earlier topic within the cut; what was
+    produced after shows up as generated and pending, never as unknown."""
     led = Ledger()
     skipped: Counter[str] = Counter()
+    feedback = read_all(kafka, "learner.feedback", skipped=skipped)
+    kept_msgs = read_all(kafka, "groups.kept", skipped=skipped)
+    dropped_msgs = read_all(kafka, "groups.dropped", skipped=skipped)
     raw = read_all(kafka, "rollouts.raw", skipped=skipped)
     raw_ids: Counter[str] = Counter(r.rollout_id for r in raw)
     led.generated = len(raw_ids)
@@ -102,7 +120,7 @@ def compute(kafka: KafkaSettings) -> Ledger:
         final.setdefault(rid, state)
 
     dropped: Counter[str] = Counter()
-    for d in read_all(kafka, "groups.dropped", skipped=skipped):
+    for d in dropped_msgs:
         for rid in d.rollout_ids:
             if rid in final:
                 continue  # a repeated DropRecord (at-least-once) is not a second drop
@@ -113,12 +131,12 @@ def compute(kafka: KafkaSettings) -> Ledger:
                 dropped[d.reason] += 1
     led.dropped = dict(dropped)
     kept: dict[str, list[str]] = {}
-    for g in read_all(kafka, "groups.kept", skipped=skipped):
+    for g in kept_msgs:
         kept.setdefault(g.group_id, [s.rollout.rollout_id for s in g.samples])
     led.groups_kept = len(kept)
     seen_groups: Counter[str] = Counter()
     seen_batches: set[str] = set()
-    for f in read_all(kafka, "learner.feedback", skipped=skipped):
+    for f in feedback:
         led.learner_version = max(led.learner_version, f.learner_version)
         led.learner_step = max(led.learner_step, f.step)
         if any(b in seen_batches for b in f.trained_batches):

@@ -13,8 +13,9 @@ from typing import Any
 
 from rollstream.services.runtime.bus import Consumer
 from rollstream.services.runtime.config import RunConfig
-from rollstream.services.up.scrape import scrape, total
+from rollstream.services.up.scrape import by_label, scrape, total
 from rollstream.services.up.supervisor import Supervisor
+from rollstream.services.up.tbevents import EventWriter, WandbSink
 from rollstream.services.up.view import render, summarize_stage
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,14 @@ ORDER = ("feed", "generator", "scorer", "filter", "replay", "learner", "evaluato
 
 
 class Loop:
-    def __init__(self, cfg: RunConfig, run_dir: Path, config_path: Path, view: bool = True) -> None:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        run_dir: Path,
+        config_path: Path,
+        view: bool = True,
+        resume: bool = False,
+    ) -> None:
         self.cfg, self.run_dir, self.view = cfg, run_dir, view
         self.sup = Supervisor(run_dir, config_path, cfg.kafka.bootstrap, cfg.kafka.namespace)
         for stage in ORDER:
@@ -35,6 +43,16 @@ class Loop:
         self.reward: list[float] = []
         self.prev: dict[str, tuple[float, dict[str, float]]] = {}
         self.restarts = 0
+        self.failed: dict[str, list[str]] = {}
+        """Stages given up on (name -> the reason and their last error lines)."""
+        self.unclean: dict[str, int] = {}
+        self.per_task: dict[str, float] = {}
+        self.last_line = 0.0
+        self.tb: EventWriter | None = None
+        self.seen_evals: set[tuple[int, int]] = set()
+        if resume:
+            self._continue_history()
+        self.wandb: WandbSink | None = None
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.stopping = True
@@ -94,9 +112,22 @@ class Loop:
                 self.reward.append(snap["rollstream_scorer_reward_mean{reward=total}"] / len(procs))
         hist.write(json.dumps(record) + "\n")
         hist.flush()
+        series = self.tb_series(stages, record)
+        for sink in (self.tb, self.wandb):
+            if sink is not None:
+                sink.scalars(series, int(learner_step), now)
         for r in evals.poll(100, 0.0):
             e = r.value
+            if (e.policy_version, e.step) in self.seen_evals:
+                continue  # written before a resume
+            self.seen_evals.add((e.policy_version, e.step))
             self.accuracy.append((now - self.started, e.accuracy))
+            self.per_task = dict(e.per_task)
+            acc = {"accuracy/held_out": e.accuracy}
+            acc.update({f"accuracy/{k}": v for k, v in e.per_task.items()})
+            for sink in (self.tb, self.wandb):
+                if sink is not None:
+                    sink.scalars(acc, e.step, now)
             evf.write(
                 json.dumps(
                     {
@@ -112,18 +143,121 @@ class Loop:
                 + "\n"
             )
             evf.flush()
-        for p in self.sup.dead():
-            if p.popen is not None and p.popen.returncode == 0:
-                continue  # finished its work (e.g. a feed with a fixed number of epochs)
-            if not self.stopping and time.time() - p.started_at >= min(30.0, 2.0**p.restarts):
-                # back off: a process that keeps dying is restarted at most every 2^k s
-                log.warning(
-                    "%s exited with %s; restarting", p.name, p.popen.returncode if p.popen else "?"
-                )
-                self.restarts += 1
-                self.sup.restart(p)
+        self.supervise(now)
+        stages["_restarts"] = {p.name: p.restarts for p in self.sup.procs if p.restarts}
+        stages["_errors"] = {
+            p.name: p.last_error for p in self.sup.procs if p.last_error and not p.alive()
+        }
         frac, label, done = self.progress(learner_step)
         return stages, frac, label, done
+
+    def _continue_history(self) -> None:
+        """A resumed run: its clock goes on from the last metrics record, the evals it already
+        has are not written twice (eval.results is read from the beginning), and the view and
+        the accuracy target start from the last accuracy."""
+        last_t = 0.0
+        hist = self.run_dir / "metrics.jsonl"
+        if hist.exists():
+            for line in hist.read_text().splitlines():
+                if line.strip():
+                    last_t = max(last_t, json.loads(line).get("t", 0.0))
+        self.started = time.time() - last_t
+        evf = self.run_dir / "eval.jsonl"
+        for line in evf.read_text().splitlines() if evf.exists() else []:
+            if line.strip():
+                e = json.loads(line)
+                self.seen_evals.add((e["version"], e["step"]))
+                self.accuracy.append((e["t"], e["accuracy"]))
+                self.per_task = dict(e.get("per_task") or {})
+
+    def tb_series(self, stages: dict[str, Any], record: dict[str, Any]) -> dict[str, float]:
+        """The plots' series as TensorBoard scalars (accuracy is written as evals arrive)."""
+        out: dict[str, float] = {}
+        if self.reward:
+            out["reward/mean"] = self.reward[-1]
+        for stage, s in stages.items():
+            if stage.startswith("_"):
+                continue
+            out[f"throughput/{stage}_out_per_s"] = s["out_rate"]
+            out[f"lag/{stage}"] = s["lag"]
+        if "staleness" in stages.get("replay", {}):
+            out["staleness/mean_at_handout"] = stages["replay"]["staleness"]
+        for stage, name in (
+            ("filter", "samples_dropped_total"),
+            ("replay", "dropped_rollouts_total"),
+        ):
+            for reason, v in by_label(
+                record.get(stage, {}), f"rollstream_{stage}_{name}", "reason"
+            ).items():
+                out[f"drops/{reason}"] = out.get(f"drops/{reason}", 0.0) + v
+        learner = record.get("learner", {})
+        if "rollstream_learner_loss" in learner:
+            out["learner/loss"] = total(learner, "rollstream_learner_loss")
+        out["restarts"] = float(self.restarts)
+        return out
+
+    def supervise(self, now: float) -> None:
+        """Restart a process that died with an error (backing off 2^k s); one that failed
+        `up.fail_restarts` times within `up.fail_window_s` stops the run with its error."""
+        rule = self.cfg.up
+        for p in self.sup.dead():
+            if p.popen is None or p.popen.returncode == 0:
+                continue  # finished its work (e.g. a feed with a fixed number of epochs)
+            if self.stopping:
+                continue
+            code = p.popen.returncode
+            if self.sup.note_failure(p, now):
+                recent = [t for t in p.failures if now - t <= rule.fail_window_s]
+                why = f"exited with {code}"
+                print(f"{p.name} {why}; last lines of {p.log}:", flush=True)
+                for line in p.last_error:
+                    print(f"    {line}", flush=True)
+                if len(recent) >= rule.fail_restarts:
+                    self.failed[p.name] = [
+                        f"{why} {len(recent)} times within {rule.fail_window_s:g} s "
+                        f"(up.fail_restarts={rule.fail_restarts}); log {p.log}",
+                        *p.last_error,
+                    ]
+                    self.stopping = True
+                    continue
+            if time.time() - p.started_at >= min(30.0, 2.0**p.restarts):
+                # back off: a process that keeps dying is restarted at most every 2^k s
+                log.warning("%s exited with %s; restarting", p.name, code)
+                self.restarts += 1
+                self.sup.restart(p)
+
+    def progress_line(self, stages: dict[str, Any], label: str) -> str:
+        """One line for logs and pipes: everything a user watches, in one place."""
+        learner = stages.get("learner", {})
+        gen = stages.get("generator", {})
+        replay = stages.get("replay", {})
+        acc = f"{self.accuracy[-1][1]:.1%}" if self.accuracy else "-"
+        tasks = " ".join(f"{k} {v:.1%}" for k, v in sorted(self.per_task.items()))
+        lag = sum(s.get("lag", 0.0) for k, s in stages.items() if not k.startswith("_"))
+        drops = sum(s.get("drops", 0.0) for k, s in stages.items() if not k.startswith("_"))
+        stale = replay.get("staleness")
+        return (
+            f"[{time.time() - self.started:5.0f}s] step {learner.get('step', 0):.0f} "
+            f"version {learner.get('version', '-')} accuracy {acc}"
+            + (f" ({tasks})" if tasks else "")
+            + (f" reward {self.reward[-1]:.3f}" if self.reward else " reward -")
+            + f" rollouts/s {gen.get('out_rate', 0.0):.1f}"
+            + (f" staleness {stale:.2f}" if stale is not None else " staleness -")
+            + f" lag {lag:.0f} drops {drops:.0f} restarts {self.restarts} · {label}"
+        )
+
+    def summary(self) -> list[str]:
+        """What went wrong, for the end of `up`'s output (empty when nothing did)."""
+        lines = []
+        for name, why in self.failed.items():
+            lines.append(f"FAILED: {name} {why[0]}")
+            lines += [f"    {x}" for x in why[1:]]
+        if self.unclean:
+            lines.append(f"FAILED: stages that did not exit cleanly at stop: {self.unclean}")
+        for p in self.sup.procs:
+            if p.restarts and p.name not in self.failed:
+                lines.append(f"note: {p.name} was restarted {p.restarts} time(s); log {p.log}")
+        return lines
 
     def run(self) -> int:
         signal.signal(signal.SIGINT, self._on_signal)
@@ -144,6 +278,10 @@ class Loop:
 
             live = Live(refresh_per_second=2, transient=False)
             live.start()
+        self.tb = EventWriter(self.run_dir / "tensorboard")
+        self.wandb = WandbSink.open(
+            self.run_dir.name, self.run_dir, self.cfg.model_dump(mode="json")
+        )
         try:
             with (
                 open(self.run_dir / "metrics.jsonl", "a") as hist,
@@ -153,13 +291,20 @@ class Loop:
                     time.sleep(1.0)
                     stages, frac, label, done = self.tick(evals, hist, evf)
                     if live is not None:
-                        live.update(render(title, stages, self.accuracy, self.reward, frac, label))
-                    else:
-                        acc = f"{self.accuracy[-1][1]:.3f}" if self.accuracy else "-"
-                        print(
-                            f"[{time.time() - self.started:6.0f}s] {label} accuracy {acc}",
-                            flush=True,
+                        live.update(
+                            render(
+                                title,
+                                stages,
+                                self.accuracy,
+                                self.reward,
+                                frac,
+                                label,
+                                self.per_task,
+                            )
                         )
+                    elif time.time() - self.last_line >= self.cfg.up.progress_every_s or done:
+                        self.last_line = time.time()
+                        print(self.progress_line(stages, label), flush=True)
                     if done:
                         break
         finally:
@@ -168,7 +313,10 @@ class Loop:
             print("stopping: SIGTERM to every stage (they commit and checkpoint)...", flush=True)
             codes = self.sup.stop_all(grace_s=60.0, order=ORDER)
             evals.close()
-            bad = {k: v for k, v in codes.items() if v not in (0, -15)}
-            if bad:
-                print(f"stages that did not exit cleanly: {bad}", flush=True)
-        return 0
+            self.tb.close()
+            if self.wandb is not None:
+                self.wandb.close()
+            self.unclean = {
+                k: v for k, v in codes.items() if v not in (0, -15) and k not in self.failed
+            }
+        return 1 if (self.failed or self.unclean) else 0

@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from rollstream.services.runtime.config import RunConfig, dump, load_config
+from rollstream.services.runtime.config import RunConfig, dump, load_layers
 
 ORDER = ("feed", "generator", "scorer", "filter", "replay", "learner", "evaluator")
 
@@ -33,7 +33,11 @@ def resolve(args: argparse.Namespace) -> RunConfig:
     sets += [f"stages.{s}.replicas={r}" for s, r in zip(args.stage, args.replicas, strict=True)]
     if args.name:
         sets.append(f"name={args.name}")
-    cfg = load_config(args.config or default_config_path(), sets)
+    cfg, _ = load_layers([default_config_path(), *args.config], sets)
+    from rollstream.services.runtime.plugins import add_plugin_dirs
+
+    # absolute paths in the run's config.yaml: every stage (any cwd) finds the same folders
+    cfg.plugins = add_plugin_dirs([*cfg.plugins, *getattr(args, "plugins", [])])
     validate_sections(cfg)
     if args.bootstrap:
         cfg.kafka.bootstrap = args.bootstrap
@@ -71,6 +75,47 @@ def validate_sections(cfg: RunConfig) -> None:
         raise ConfigError("; ".join(errors))
 
 
+def resolved_with_sources(args: argparse.Namespace) -> list[tuple[str, Any, str]]:
+    """Every field of the resolved run config, stage sections included with their models'
+    defaults, as (dotted path, value, where it came from)."""
+    import importlib
+
+    from rollstream.services.runtime.config import section
+
+    base = default_config_path()
+    cfg, sources = load_layers([base, *args.config], list(args.set))
+    data = cfg.model_dump(mode="json")
+    for stage, model in SECTION_MODELS.items():
+        mod = importlib.import_module(f"rollstream.services.{stage}.config")
+        data[stage] = section(cfg, stage, getattr(mod, model)).model_dump(mode="json")
+    rows: list[tuple[str, Any, str]] = []
+
+    def walk(value: Any, dotted: str) -> None:
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                walk(v, f"{dotted}.{k}" if dotted else str(k))
+            return
+        origin = sources.get(dotted)
+        if origin is None:  # a list element's parent, or a field no layer set
+            parent = next((s for k, s in sources.items() if dotted.startswith(k + ".")), None)
+            origin = parent or "built-in default"
+        rows.append((dotted, value, origin.replace(f"file {base}", "defaults (default.yaml)")))
+
+    walk(data, "")
+    return rows
+
+
+def config_main(args: argparse.Namespace) -> int:
+    """`rollstream config show`: the config `up` would run with, one field a line, each with
+    the layer that set it (defaults, a run file, an env variable, --set, or the model's
+    built-in default)."""
+    rows = resolved_with_sources(args)
+    width = min(60, max(len(f"{k}: {json.dumps(v)}") for k, v, _ in rows))
+    for key, value, origin in rows:
+        print(f"{key}: {json.dumps(value)}".ljust(width) + f"  # {origin}")
+    return 0
+
+
 def new_run_dir(name: str, root: Path = Path("runs")) -> Path:
     d = root / name
     i = 1
@@ -81,15 +126,61 @@ def new_run_dir(name: str, root: Path = Path("runs")) -> Path:
     return d
 
 
+class ResumeError(ValueError):
+    """A run folder that cannot be continued; the message says why."""
+
+
+def resume_config(args: argparse.Namespace) -> tuple[RunConfig, Path]:
+    """The stopped run's own resolved config, with this call's `--config`/`--set` layered on
+    top (a new target, say). Only a run whose Kafka kept its topics and offsets can go on."""
+    run_dir = Path(args.resume)
+    saved = run_dir / "config.yaml"
+    if not saved.exists():
+        raise ResumeError(f"{run_dir} is not a run folder (no config.yaml)")
+    info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
+    if info.get("embedded_broker") and not args.bootstrap:
+        raise ResumeError(
+            f"{run_dir} ran on the embedded broker, which keeps nothing once it stops (Tansu "
+            "with memory storage): its topics and committed offsets are gone, so the run "
+            "cannot continue where it stopped. Runs against a Kafka that keeps its data "
+            "(`rollstream up --bootstrap HOST:PORT`) can be resumed."
+        )
+    sets = list(args.set)
+    if len(args.stage) != len(args.replicas):
+        raise ValueError("--stage and --replicas come in pairs: --stage generator --replicas 2")
+    sets += [f"stages.{s}.replicas={r}" for s, r in zip(args.stage, args.replicas, strict=True)]
+    cfg, _ = load_layers([saved, *args.config], sets)
+    from rollstream.services.runtime.plugins import add_plugin_dirs
+
+    cfg.plugins = add_plugin_dirs([*cfg.plugins, *getattr(args, "plugins", [])])
+    validate_sections(cfg)
+    if args.bootstrap:
+        cfg.kafka.bootstrap = args.bootstrap
+    if args.namespace:
+        cfg.kafka.namespace = args.namespace
+    return cfg, run_dir
+
+
 def main(args: argparse.Namespace) -> int:
-    cfg = resolve(args)
+    resume = getattr(args, "resume", None)
+    if resume:
+        cfg, run_dir = resume_config(args)
+    else:
+        cfg = resolve(args)
     if args.mode == "sync":
+        if resume:
+            raise ResumeError("--resume continues a streaming run; --mode sync has no state")
         from rollstream.services.up.sync import run_sync
 
         return run_sync(cfg)
-    run_dir = new_run_dir(cfg.name)
+    if not resume:
+        run_dir = new_run_dir(cfg.name)
+        embedded = not args.bootstrap
+        (run_dir / "run.json").write_text(json.dumps({"embedded_broker": embedded}))
+    else:
+        print(f"resuming {run_dir} on {cfg.kafka.bootstrap}", flush=True)
     with ExitStack() as stack:
-        if not args.bootstrap:
+        if not args.bootstrap and not resume:
             from rollstream.services.runtime.broker import EmbeddedBroker
 
             broker = stack.enter_context(EmbeddedBroker(log_path=run_dir / "broker.log"))
@@ -108,7 +199,7 @@ def main(args: argparse.Namespace) -> int:
             print("base model:", ensure_base_model())
         from rollstream.services.up.loop import Loop
 
-        loop = Loop(cfg, run_dir, config_path, view=not args.no_view)
+        loop = Loop(cfg, run_dir, config_path, view=not args.no_view, resume=bool(resume))
         code = loop.run()
         from rollstream.services.up.ledger import compute, render
 
@@ -119,6 +210,10 @@ def main(args: argparse.Namespace) -> int:
     from rollstream.services.up.report import write_report
 
     write_report(run_dir)
+    summary = loop.summary()
+    (run_dir / "summary.txt").write_text("".join(x + "\n" for x in summary))
+    for line in summary:
+        print(line, flush=True)
     print(f"run folder: {run_dir}")
     return code
 

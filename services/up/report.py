@@ -102,11 +102,16 @@ def write_report(run: Path) -> dict[str, Any]:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(8, 4))
-    ts, sums = series(hist, "learner", "rollstream_learner_staleness_versions_sum")
-    _, counts = series(hist, "learner", "rollstream_learner_staleness_versions_count")
+    # replay's histogram: learner version - group version at hand-out, the bound's definition
+    ts, sums = series(hist, "replay", "rollstream_replay_staleness_versions_sum")
+    _, counts = series(hist, "replay", "rollstream_replay_staleness_versions_count")
     mean = [s / c if c else 0.0 for s, c in zip(sums, counts, strict=True)]
     ax.plot([t / 60 for t in ts], mean)
-    ax.set(xlabel="wall time (min)", ylabel="versions", title="mean staleness of trained samples")
+    ax.set(
+        xlabel="wall time (min)",
+        ylabel="versions",
+        title="mean staleness of handed-out groups (bound: replay.max_staleness)",
+    )
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(run / "staleness.png", dpi=110)
@@ -151,7 +156,15 @@ def write_report(run: Path) -> dict[str, Any]:
         "final_accuracy": evals[-1]["accuracy"] if evals else None,
         "best_accuracy": max(e["accuracy"] for e in evals) if evals else None,
         "eval_points": len(evals),
-        "learner_steps": max((e["step"] for e in evals), default=0),
+        # the learner's own step gauge at the end of the run; evals only see the steps of the
+        # versions they evaluated (the last one is usually a few steps behind)
+        "learner_steps": int(
+            max(
+                (total(r.get("learner", {}), "rollstream_learner_step") for r in hist),
+                default=0.0,
+            )
+        ),
+        "learner_step_at_last_eval": evals[-1]["step"] if evals else None,
         "drops": drops,
         **idle_shares(hist[-1] if hist else {}),
     }

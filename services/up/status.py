@@ -38,8 +38,10 @@ def main(args: argparse.Namespace) -> int:
         from rollstream.services.runtime.admin import describe
 
         led = compute(kafka)
-        print(f"live ledger ({kafka.bootstrap})")
+        print(f"live ledger ({kafka.bootstrap}; one cut of the topics, taken now)")
         print(render(led))
+        if led.pending:
+            print(f"live: pending {led.pending} (in a topic or a buffer while the run goes on)")
         for info in describe(kafka):
             if info.group_lags:
                 lags = ", ".join(f"{g}={lag}" for g, lag in sorted(info.group_lags.items()))

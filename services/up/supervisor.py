@@ -30,6 +30,11 @@ class Proc:
     popen: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     started_at: float = field(default_factory=time.time)
+    failures: list[float] = field(default_factory=list)
+    """When this process exited non-zero (not counting the stop at the end of the run)."""
+    last_error: list[str] = field(default_factory=list)
+    """The last lines of its log at its latest failure (the traceback's tail, if any)."""
+    exit_seen: bool = False
 
     @property
     def name(self) -> str:
@@ -99,6 +104,8 @@ class Supervisor:
                 "pid": p.popen.pid if p.popen else None,
                 "port": p.port,
                 "restarts": p.restarts,
+                "failures": len(p.failures),
+                "last_error": p.last_error,
             }
             for p in self.procs
         }
@@ -115,7 +122,19 @@ class Supervisor:
 
     def restart(self, proc: Proc) -> None:
         proc.restarts += 1
+        proc.exit_seen = False
         self.start(proc)
+
+    def note_failure(self, proc: Proc, now: float | None = None) -> bool:
+        """Record a process's non-zero exit once (its time and the tail of its log); True the
+        first time this exit is seen."""
+        if proc.exit_seen:
+            return False
+        proc.exit_seen = True
+        proc.failures.append(time.time() if now is None else now)
+        proc.last_error = error_tail(proc.log)
+        self.write_pids()
+        return True
 
     def kill(self, proc: Proc, sig: int = signal.SIGKILL) -> None:
         if proc.alive() and proc.popen is not None:
@@ -139,3 +158,24 @@ class Supervisor:
                 self.kill(p, signal.SIGKILL)
                 p.popen.wait()
         return {p.name: (p.popen.returncode if p.popen else 0) for p in self.procs}
+
+
+def error_tail(log: Path, lines: int = 8, scan_bytes: int = 64_000) -> list[str]:
+    """The lines that say why a process died: from the last traceback (or else the last
+    lines) of its log, at most `lines` of them, ending with the exception line."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - scan_bytes))
+            text = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return []
+    # drop blank lines and Python's ^^^^/~~~~ markers: they point at nothing once quoted
+    tail = [x.rstrip() for x in text.splitlines() if x.strip().strip("^~")]
+    starts = [i for i, x in enumerate(tail) if x.startswith("Traceback (most recent call last)")]
+    if starts:
+        tail = tail[starts[-1] :]
+        # the frame nearest the error and the exception line are what a user needs
+        return [tail[0], *tail[1:][-(lines - 1) :]] if len(tail) > lines else tail
+    return tail[-lines:]

@@ -26,12 +26,28 @@ def sparkline(values: list[float], lo: float = 0.0, hi: float = 1.0, width: int 
 
 def stage_rows(stages: dict[str, dict[str, Any]]) -> Table:
     t = Table(expand=True, box=None, header_style="bold")
-    for col in ("stage", "procs", "in/s", "out/s", "lag", "dead letters", "version", "notes"):
+    cols = (
+        "stage",
+        "procs",
+        "restarts",
+        "in/s",
+        "out/s",
+        "lag",
+        "dead letters",
+        "version",
+        "notes",
+    )
+    for col in cols:
         t.add_column(col, justify="left" if col in ("stage", "notes") else "right")
+    restarts = stages.get("_restarts", {})
     for name, s in stages.items():
+        if name.startswith("_"):
+            continue
+        n = sum(v for k, v in restarts.items() if k.rsplit("-", 1)[0] == name)
         t.add_row(
             name,
             s["procs"],
+            Text(str(n), style="bold red") if n else "0",
             f"{s['in_rate']:.1f}",
             f"{s['out_rate']:.1f}",
             f"{s['lag']:.0f}",
@@ -45,6 +61,7 @@ def stage_rows(stages: dict[str, dict[str, Any]]) -> Table:
 def summarize_stage(stage: str, snap: dict[str, float], rates: dict[str, float]) -> dict[str, Any]:
     p = f"rollstream_{stage}_"
     notes = []
+    out: dict[str, Any] = {}
     drops = by_label(snap, p + "dropped_rollouts_total", "reason")  # replay
     for k, v in by_label(snap, p + "samples_dropped_total", "reason").items():  # filter
         drops[k] = drops.get(k, 0.0) + v
@@ -56,21 +73,25 @@ def summarize_stage(stage: str, snap: dict[str, float], rates: dict[str, float])
         if p + "idle_ratio" in snap:
             notes.append(f"idle {total(snap, p + 'idle_ratio'):.0%}")
     if stage == "learner":
-        notes.append(f"step {total(snap, p + 'step'):.0f} loss {total(snap, p + 'loss'):.3f}")
+        out["step"] = total(snap, p + "step")
+        notes.append(f"step {out['step']:.0f} loss {total(snap, p + 'loss'):.3f}")
         if p + "idle_ratio" in snap:
             notes.append(f"idle {total(snap, p + 'idle_ratio'):.0%}")
-        if total(snap, p + "staleness_versions_count"):
-            mean = total(snap, p + "staleness_versions_sum") / total(
-                snap, p + "staleness_versions_count"
-            )
-            notes.append(f"staleness {mean:.2f}")
     if stage == "replay":
         notes.append(
             f"buffer {total(snap, p + 'buffer_groups'):.0f} "
             f"expired {total(snap, p + 'expired_groups_total'):.0f}"
         )
+        # the bound's own definition: learner version - group version at hand-out
+        if total(snap, p + "staleness_versions_count"):
+            out["staleness"] = total(snap, p + "staleness_versions_sum") / total(
+                snap, p + "staleness_versions_count"
+            )
+            notes.append(f"staleness {out['staleness']:.2f} (at hand-out)")
     version = total(snap, p + "policy_version")
     return {
+        **out,
+        "drops": sum(drops.values()),
         "in_rate": rates.get("in", 0.0),
         "out_rate": rates.get("out", 0.0),
         "lag": total(snap, p + "consumer_lag_messages"),
@@ -87,6 +108,7 @@ def render(
     reward: list[float],
     progress: float,
     progress_label: str,
+    per_task: dict[str, float] | None = None,
 ) -> Panel:
     acc_vals = [a for _, a in accuracy]
     acc_line = Text(
@@ -95,10 +117,24 @@ def render(
     acc_line.append(sparkline(acc_vals), style="green")
     if acc_vals:
         acc_line.append(f"  (start {acc_vals[0]:.1%}, best {max(acc_vals):.1%})")
+    if per_task:
+        acc_line.append(
+            "\n  per task: " + "  ".join(f"{k} {v:.1%}" for k, v in sorted(per_task.items()))
+        )
     rew_line = Text(f"reward mean       {reward[-1]:.3f} " if reward else "reward mean       - ")
     rew_line.append(sparkline(reward), style="cyan")
     bar = ProgressBar(total=1.0, completed=min(1.0, progress), width=50)
+    errors = Text("")
+    for name, lines in stages.get("_errors", {}).items():
+        errors.append(f"{name} failed:\n", style="bold red")
+        errors.append("".join(f"  {x}\n" for x in lines[-4:]), style="red")
     return Panel(
-        Group(stage_rows(stages), Text(""), acc_line, rew_line, Group(Text(progress_label), bar)),
+        Group(
+            stage_rows(stages),
+            errors,
+            acc_line,
+            rew_line,
+            Group(Text(progress_label), bar),
+        ),
         title=title,
     )

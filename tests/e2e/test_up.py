@@ -50,14 +50,33 @@ def check_run(run: Path) -> dict:
     assert evals[-1]["accuracy"] > evals[0]["accuracy"], evals
     for png in ("accuracy.png", "throughput.png", "staleness.png", "drops.png"):
         assert (run / png).stat().st_size > 1000
+    # TensorBoard: `tensorboard --logdir runs/` shows the same held-out accuracy series
+    from tb_events import read_events
+
+    (events,) = (run / "tensorboard").glob("events.out.tfevents.*")
+    acc = [
+        (e.step, v.simple_value)
+        for e in read_events(events)
+        for v in e.summary.value
+        if v.tag == "accuracy/held_out"
+    ]
+    assert [round(a, 4) for _, a in acc] == [round(e["accuracy"], 4) for e in evals]
+    assert [s for s, _ in acc] == [e["step"] for e in evals]
     return ledger
 
 
 def test_short_up_run_learns_and_the_ledger_balances(rollstream_home: Path, tmp_path: Path, up):
     res = up(rollstream_home, tmp_path, *SHORT, "--name", "short")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "ledger BALANCED" in res.stdout
+    assert "ledger BALANCED" in res.stdout and "FAILED" not in res.stdout
     check_run(only_run(tmp_path))
+    # without a terminal: one progress line every up.progress_every_s (10 s), not every second
+    lines = [x for x in res.stdout.splitlines() if x.startswith("[") and "s] step " in x]
+    assert 3 * 60 / 10 - 3 <= len(lines) <= 3 * 60 / 10 + 3, len(lines)
+    last = lines[-1]
+    for part in ("step ", "version ", "accuracy ", "reward ", "rollouts/s ", "staleness ", "lag "):
+        assert part in last, (part, last)
+    assert all(f"{t} " in last for t in ("sort", "reverse", "count")), last  # per task
 
 
 def test_up_survives_a_stage_killed_with_sigkill(rollstream_home: Path, tmp_path: Path):
@@ -92,6 +111,20 @@ def test_up_survives_a_stage_killed_with_sigkill(rollstream_home: Path, tmp_path
             time.sleep(2)
         else:
             pytest.fail("no trained version within 4 minutes")
+        # `rollstream status` on the live run: one cut of the topics, a balanced ledger with
+        # what is still in flight shown as pending (the guard is a hang guard: it used to
+        # read each topic until a 30 s deadline)
+        live = subprocess.run(
+            [sys.executable, "-m", "rollstream.services.cli", "status", "runs/kill"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=100,
+        )
+        assert live.returncode == 0, live.stdout + live.stderr
+        assert "live ledger" in live.stdout and "ledger BALANCED" in live.stdout, live.stdout
+        assert "live: pending" in live.stdout, live.stdout
         victim = json.loads(pids.read_text())["learner-0"]["pid"]
         os.kill(victim, signal.SIGKILL)
         out, _ = proc.communicate(timeout=600)
@@ -126,3 +159,105 @@ def test_bad_config_fails_at_start_naming_the_field(tmp_path: Path, up):
     assert res.returncode != 0
     assert "learner.lr" in res.stderr and "generator.sampling.temperature" in res.stderr
     assert not (tmp_path / "runs").exists(), "nothing may start on a bad config"
+
+
+def test_a_stage_that_keeps_failing_stops_up_with_its_error(
+    rollstream_home: Path, tmp_path: Path, up
+):
+    """A typo in a user's reward module: the scorer dies at start, every time. `up` must not
+    loop on it silently: it stops after `up.fail_restarts` failures, shows the error, exits 1
+    and its summary names the stage."""
+    (tmp_path / "myreward.py").write_text(
+        "def reward(completion, task):\n    return scoer(completion)  # typo\n\nscoer_typo +\n"
+    )
+    res = up(
+        rollstream_home,
+        tmp_path,
+        "--set",
+        "scorer.rewards=[{name: 'myreward:reward'}]",
+        "--set",
+        "target.minutes=4",
+        "--set",
+        "up.fail_restarts=2",
+        "--name",
+        "typo",
+        timeout=300,
+    )
+    out = res.stdout + res.stderr
+    assert res.returncode == 1, out[-4000:]
+    assert "FAILED: scorer-0 exited with 1 2 times" in res.stdout, out[-4000:]
+    summary = res.stdout[res.stdout.index("FAILED: scorer-0") :]
+    assert "SyntaxError" in summary and "myreward.py" in summary, summary
+    # it stopped early, not at the 4-minute target
+    progress = [x for x in res.stdout.splitlines() if x.startswith("[")]
+    assert progress and float(progress[-1][1:].split("s]")[0]) < 200, progress[-3:]
+
+
+def test_resume_continues_a_stopped_run_with_a_continuous_ledger(
+    rollstream_home: Path, tmp_path: Path, up, bootstrap: str
+):
+    """`up --resume runs/NAME` picks up where the run stopped: the learner from its
+    checkpoint, every stage from its committed offsets on the same topics, the metrics and
+    evals appended, and the ledger over the whole run still balanced."""
+    first = up(
+        rollstream_home,
+        tmp_path,
+        "--bootstrap",
+        bootstrap,
+        "--namespace",
+        f"resume{os.getpid()}",
+        "--set",
+        "target.steps=20",
+        "--set",
+        "evaluator.min_interval_s=10",
+        "--set",
+        "evaluator.items_per_task=30",
+        "--name",
+        "res",
+    )
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    run = only_run(tmp_path)
+    led1 = json.loads((run / "ledger.json").read_text())["ledger"]
+    evals1 = (run / "eval.jsonl").read_text().splitlines()
+    t1 = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["t"]
+    assert led1["balanced"] and led1["learner_step"] >= 20, led1
+
+    again = up(
+        rollstream_home,
+        tmp_path,
+        "--resume",
+        str(run),
+        "--set",
+        "target.steps=40",
+        "--set",
+        "target.minutes=null",
+    )
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"resuming {run}" in again.stdout
+    assert only_run(tmp_path) == run, "no new run folder"
+    led2 = json.loads((run / "ledger.json").read_text())["ledger"]
+    assert led2["balanced"], led2
+    assert led2["trained_twice"] == 0 and led2["unknown"] == 0
+    # continuous: the same topics, so everything of the first part is still counted
+    assert led2["generated"] > led1["generated"] and led2["trained"] > led1["trained"]
+    assert led2["learner_step"] >= 40
+    learner_log = (run / "logs" / "learner-0.log").read_text()
+    assert "learner: resumed at step" in learner_log
+    evals = [json.loads(x) for x in (run / "eval.jsonl").read_text().splitlines()]
+    assert evals[: len(evals1)] == [json.loads(x) for x in evals1], "evals kept, not rewritten"
+    keys = [(e["version"], e["step"]) for e in evals]
+    assert len(keys) == len(set(keys)) and len(evals) > len(evals1), keys
+    assert evals[-1]["step"] > json.loads(evals1[-1])["step"]
+    times = [json.loads(x)["t"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert times == sorted(times) and times[-1] > t1, "the run's clock goes on"
+
+
+def test_resume_refuses_a_run_of_the_embedded_broker_saying_why(tmp_path: Path, up):
+    run = tmp_path / "runs" / "gone"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("name: gone\n")
+    (run / "run.json").write_text('{"embedded_broker": true}')
+    res = up(tmp_path / "home", tmp_path, "--resume", str(run), timeout=120)
+    assert res.returncode != 0
+    assert "embedded broker, which keeps nothing once it stops" in res.stderr
+    assert "--bootstrap" in res.stderr

@@ -74,10 +74,11 @@ def test_template_checks_fail_with_the_field(
 
 def test_run_config_schema_follows_the_run_file_model() -> None:
     """Every run-file section is accepted except those the chart sets itself (stages ->
-    per-stage replicas; kafka connection and weights.uri -> kafka and weightStore values)."""
+    per-stage replicas; kafka connection and weights.uri -> kafka and weightStore values) and
+    `up` (how `rollstream up` supervises its processes; Kubernetes does that in a cluster)."""
     schema = json.loads((CHART / "values.schema.json").read_text())
     rc = schema["properties"]["runConfig"]["properties"]
-    assert set(rc) == set(RunConfig.model_fields) - {"stages"}
+    assert set(rc) == set(RunConfig.model_fields) - {"stages", "up"}
     assert set(rc["kafka"]["properties"]) == set(KafkaSettings.model_fields) - {
         "bootstrap",
         "namespace",

@@ -1,4 +1,5 @@
-"""The README's topic table is the registry's, and its quickstart is what CI runs."""
+"""The README's topic table is the registry's, its quickstart is what CI runs, its links resolve,
+and the file map in docs/files.md is current."""
 
 from __future__ import annotations
 
@@ -51,5 +52,12 @@ def test_file_map_is_current() -> None:
         text=True,
         check=True,
     ).stdout.strip()
-    block = README.split("<!-- file-map:start -->")[1].split("<!-- file-map:end -->")[0].strip()
-    assert block == out, "README file map is stale: run `python scripts/filemap.py --write`"
+    files_md = (ROOT / "docs" / "files.md").read_text()
+    block = files_md.split("<!-- file-map:start -->")[1].split("<!-- file-map:end -->")[0].strip()
+    assert block == out, "docs/files.md is stale: run `python scripts/filemap.py --write`"
+
+
+def test_readme_links_resolve() -> None:
+    for target in re.findall(r"\]\(([^)#]+)\)", README):
+        if not target.startswith("http"):
+            assert (ROOT / target).exists(), f"README links to a missing {target}"

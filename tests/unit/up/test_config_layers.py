@@ -1,0 +1,73 @@
+"""Run config layering as a user meets it: defaults <- run file(s) <- env <- --set, and
+`rollstream config show` saying where every value came from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rollstream.services.cli import main as cli
+from rollstream.services.runtime.config import ConfigError, load_layers
+from rollstream.services.up.main import default_config_path
+
+
+def two_line_file(tmp_path: Path) -> Path:
+    f = tmp_path / "my.yaml"
+    f.write_text("target: {steps: 50}\nlearner: {lr: 5.0e-5}\n")
+    return f
+
+
+def test_a_two_line_run_file_keeps_the_defaults(tmp_path: Path) -> None:
+    defaults, _ = load_layers([default_config_path()], env={})
+    cfg, _ = load_layers([default_config_path(), two_line_file(tmp_path)], env={})
+    assert cfg.learner["lr"] == 5.0e-5
+    # everything the file does not mention is still the default run's
+    assert cfg.filter["chain"] == defaults.filter["chain"] == [{"name": "zero_variance"}]
+    assert cfg.scorer == defaults.scorer and cfg.replay == defaults.replay
+    assert cfg.learner["objective"] == "grpo" and cfg.feed["n"] == 8
+    # a target replaces the default target instead of adding a 10-minute limit to it
+    assert cfg.target.steps == 50 and cfg.target.minutes is None
+
+
+def test_layers_apply_in_order_files_then_env_then_set(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("learner: {lr: 1.0e-3, threads: 2}\nfeed: {n: 4}\n")
+    b.write_text("learner: {lr: 2.0e-3}\n")
+    env = {"ROLLSTREAM_LEARNER__LR": "3.0e-3", "ROLLSTREAM_FEED__N": "6"}
+    cfg, src = load_layers([default_config_path(), a, b], ["feed.n=7"], env=env)
+    assert cfg.learner["threads"] == 2 and src["learner.threads"] == f"file {a}"
+    assert cfg.learner["lr"] == 3.0e-3 and src["learner.lr"] == "env ROLLSTREAM_LEARNER__LR"
+    assert cfg.feed["n"] == 7 and src["feed.n"] == "--set"
+    cfg, _ = load_layers([default_config_path(), a, b], env={})
+    assert cfg.learner["lr"] == 2.0e-3, "a later file wins over an earlier one"
+
+
+def test_a_bad_value_in_a_layer_still_names_the_field(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="target.steps"):
+        load_layers([default_config_path()], ["target.steps=0"], env={})
+
+
+def test_config_show_prints_each_value_and_its_source(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ROLLSTREAM_REPLAY__BATCH_GROUPS", "8")
+    f = two_line_file(tmp_path)
+    assert cli(["config", "show", "--config", str(f), "--set", "feed.n=4"]) == 0
+    lines = {x.split(":", 1)[0]: x for x in capsys.readouterr().out.splitlines()}
+    assert lines["learner.lr"].endswith(f"# file {f}")
+    assert lines["feed.n"].startswith("feed.n: 4") and lines["feed.n"].endswith("# --set")
+    assert lines["replay.batch_groups"].endswith("# env ROLLSTREAM_REPLAY__BATCH_GROUPS")
+    assert lines["filter.chain"].endswith("# defaults (default.yaml)")
+    # fields nobody set are shown too, with their model default (e.g. a stage's own fields)
+    assert lines["up.fail_restarts"].endswith("# built-in default")
+    assert "learner.objective" in lines and "evaluator.items_per_task" in lines
+
+
+def test_set_changes_one_field_of_the_target_and_a_file_replaces_it(tmp_path: Path) -> None:
+    cfg, _ = load_layers([default_config_path()], ["target.steps=40"], env={})
+    assert cfg.target.steps == 40 and cfg.target.minutes == 10  # the default's 10 min stays
+    cfg, _ = load_layers(
+        [default_config_path()], ["target.steps=40", "target.minutes=null"], env={}
+    )
+    assert cfg.target.steps == 40 and cfg.target.minutes is None

@@ -1,0 +1,34 @@
+"""`rollstream report` tells the learner's own step count, not the step of the last evaluated
+version (which lags it), and plots staleness as the bound defines it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rollstream.services.up.report import write_report
+
+
+def test_report_counts_learner_steps_from_the_learner(tmp_path: Path) -> None:
+    hist = [
+        {
+            "t": 10.0 * i,
+            "learner": {"rollstream_learner_step": float(s)},
+            "generator": {"rollstream_generator_messages_out_total": 100.0 * i},
+            "replay": {
+                "rollstream_replay_staleness_versions_sum": 1.0 * s,
+                "rollstream_replay_staleness_versions_count": 2.0 * s,
+            },
+        }
+        for i, s in enumerate([0, 20, 41, 58])
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in hist))
+    evals = [
+        {"t": 5.0, "version": 0, "step": 0, "accuracy": 0.37, "per_task": {}, "n": 300},
+        {"t": 25.0, "version": 48, "step": 48, "accuracy": 0.41, "per_task": {}, "n": 300},
+    ]
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals))
+    summary = write_report(tmp_path)
+    assert summary["learner_steps"] == 58
+    assert summary["learner_step_at_last_eval"] == 48
+    assert (tmp_path / "staleness.png").stat().st_size > 1000
