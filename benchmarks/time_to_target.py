@@ -290,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], help="PATH=VALUE for every run")
     ap.add_argument("--tag", default="", help="suffix of the output files and run names")
     ap.add_argument("--runs-dir", type=Path, default=ROOT / "runs")
+    ap.add_argument("--out-dir", type=Path, default=RESULTS, help="where the JSON and PNG go")
     args = ap.parse_args(argv)
 
     tag = f"-{args.tag}" if args.tag else ""
@@ -339,8 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(done, args.rows)
     text = table(summary)
     print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"time_to_target{tag}.json"
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    out = args.out_dir / f"time_to_target{tag}.json"
     host = {"cores": os.cpu_count(), "affinity": len(os.sched_getaffinity(0))}
     out.write_text(
         json.dumps(
@@ -369,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             indent=1,
         )
     )
-    png = RESULTS / f"time_to_target{tag}.png"
+    png = args.out_dir / f"time_to_target{tag}.png"
     plot(done, args.rows, png)
     print(f"wrote {out} and {png}")
     failed = [r.name for r in done if r.returncode not in (0, None) or not r.evals]
