@@ -112,7 +112,7 @@ def command(run: Run, budget_s: float, extra: list[str]) -> list[str]:
     return cmd
 
 
-def start(run: Run, budget_s: float, extra: list[str], logs: Path) -> None:
+def start(run: Run, budget_s: float, extra: list[str], logs: Path, runs: Path) -> None:
     log = open(logs / f"{run.name}.log", "wb")  # noqa: SIM115 (closed with the process)
     env = dict(os.environ)
     if run.cores:  # torch and BLAS: no more threads than the cores this run has
@@ -122,7 +122,7 @@ def start(run: Run, budget_s: float, extra: list[str], logs: Path) -> None:
         command(run, budget_s, extra),
         stdout=log,
         stderr=subprocess.STDOUT,
-        cwd=ROOT,
+        cwd=runs.parent,  # `rollstream up` writes its run folder to ./runs/<name>
         env=env,
         start_new_session=True,
     )
@@ -289,9 +289,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parallel", type=int, default=None, help="most runs at once")
     ap.add_argument("--set", action="append", default=[], help="PATH=VALUE for every run")
     ap.add_argument("--tag", default="", help="suffix of the output files and run names")
-    ap.add_argument("--runs-dir", type=Path, default=ROOT / "runs")
+    ap.add_argument("--runs-dir", type=Path, default=ROOT / "runs", help="a folder named runs")
     ap.add_argument("--out-dir", type=Path, default=RESULTS, help="where the JSON and PNG go")
     args = ap.parse_args(argv)
+    args.runs_dir = args.runs_dir.resolve()
+    if args.runs_dir.name != "runs":
+        ap.error("--runs-dir must be a folder named runs (rollstream up writes ./runs/<name>)")
 
     tag = f"-{args.tag}" if args.tag else ""
     stamp = time.strftime("%m%d-%H%M%S")
@@ -313,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                 run, slot = pending.pop(0), free.pop(0)
                 run.cores = cores[slot] or None
                 run.slot = slot
-                start(run, args.budget_s, args.set, logs)
+                start(run, args.budget_s, args.set, logs, args.runs_dir)
                 active.append(run)
                 print(f"  start {run.name} cores={run.cores or 'all'}", flush=True)
             time.sleep(1.0)
