@@ -143,36 +143,6 @@ def _group_offsets(
     return out
 
 
-def group_lag(kafka: KafkaSettings, group: str, topic: str, timeout_s: float = 5.0) -> int:
-    """Messages of registry `topic` not yet committed by consumer `group` (a registry-level
-    name; the namespace is added). A group with no commits counts from offset 0."""
-    from confluent_kafka import Consumer
-
-    admin = admin_client(kafka)
-    real_topic = qualified(topic, kafka.namespace)
-    md = admin.list_topics(real_topic, timeout=timeout_s)
-    parts = sorted(md.topics[real_topic].partitions) if real_topic in md.topics else []
-    probe = Consumer(
-        {
-            **kafka.client_config("admin"),
-            "group.id": qualified(group, kafka.namespace),
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "fetch.wait.max.ms": 10,  # an empty fetch answers at once (see end_offsets)
-        }
-    )
-    try:
-        tps = [TopicPartition(real_topic, p) for p in parts]
-        committed = probe.committed(tps, timeout=timeout_s) if tps else []
-        ends = end_offsets(probe, tps, timeout_s)
-        lag = 0
-        for tp in committed:
-            lag += max(0, ends[(real_topic, tp.partition)] - max(tp.offset, 0))
-        return lag
-    finally:
-        probe.close()
-
-
 def end_offsets(
     consumer: Any, tps: list[TopicPartition], timeout_s: float = 10.0
 ) -> dict[tuple[str, int], int]:
@@ -209,11 +179,9 @@ def end_offsets(
 
 class FlowProbe:
     """One long-lived client that reads, on each `read()`, the total end offset (messages ever
-    written) of some registry topics and how far one consumer group lags on one of them.
-
-    `group_lag` builds a new client per call; a stage that asks several times a second (the
-    generator's pacing) keeps this one instead. The group is only read (`committed`), never
-    joined or committed to."""
+    written) of some registry topics and how far one consumer group lags on one of them (the
+    generator asks several times a second, so the client is kept, not built per call). The
+    group is only read (`committed`), never joined or committed to."""
 
     def __init__(
         self,
@@ -242,6 +210,7 @@ class FlowProbe:
             real = qualified(t, kafka.namespace)
             parts = md.topics[real].partitions if real in md.topics else {}
             self.tps += [TopicPartition(real, p) for p in sorted(parts)]
+        self.lag_tps = [tp for tp in self.tps if tp.topic == self.lag_topic]
 
     def read(self) -> tuple[dict[str, int], int]:
         """({registry topic: total end offset}, lag of the group on the lag topic)."""
@@ -250,10 +219,8 @@ class FlowProbe:
         for (t, _), end in ends.items():
             name = unqualified(t, self.kafka.namespace)
             totals[name] = totals.get(name, 0) + end
-        lag_tps = [TopicPartition(tp.topic, tp.partition) for tp in self.tps]
-        lag_tps = [tp for tp in lag_tps if tp.topic == self.lag_topic]
         lag = 0
-        for tp in self.consumer.committed(lag_tps, timeout=self.timeout_s):
+        for tp in self.consumer.committed(self.lag_tps, timeout=self.timeout_s):
             lag += max(0, ends[(tp.topic, tp.partition)] - max(tp.offset, 0))
         return totals, lag
 
