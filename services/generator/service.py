@@ -349,12 +349,14 @@ class Generator:
             self.apply_control()
             t0 = time.perf_counter()
             self.maybe_swap()
-            self.busy.add("swap", time.perf_counter() - t0)
+            t1 = time.perf_counter()
+            self.busy.add("swap", t1 - t0)
             reason = self.pause_reason()
             if reason:
                 time.sleep(0.02 if reason == "pacing" else 0.1)
-                self.m.paused.labels(reason).inc(time.perf_counter() - t0)
-                self.busy.add("paused", time.perf_counter() - t0)
+                paused = time.perf_counter() - t1  # the swap above is counted as swap only
+                self.m.paused.labels(reason).inc(paused)
+                self.busy.add("paused", paused)
                 self._export_busy()
                 continue
             t0 = time.perf_counter()
