@@ -43,6 +43,7 @@ from rollstream.services.generator.pacing import Pacer
 from rollstream.services.models.load import encode_prompt, resolve_template
 from rollstream.services.runtime.bus import Consumer, Producer, Record
 from rollstream.services.runtime.config import RunConfig
+from rollstream.services.runtime.metrics import Busy
 from rollstream.services.runtime.service import StageContext, follow_control, follow_weights
 
 log = logging.getLogger(__name__)
@@ -392,27 +393,3 @@ def _groups_per_version(cfg: RunConfig) -> int:
     another stage's config model)."""
     batch = int(cfg.replay.get("batch_groups", 8))
     return batch * int(cfg.learner.get("publish_every", 1))
-
-
-class Busy:
-    """Seconds per phase, kept two ways: what is new since the last `take` (for counters) and a
-    decaying window of about a minute (for the idle fraction)."""
-
-    def __init__(self, window_s: float = 60.0) -> None:
-        self.window_s = window_s
-        self.new: dict[str, float] = {}
-        self.recent: dict[str, float] = {}
-
-    def add(self, phase: str, secs: float) -> None:
-        self.new[phase] = self.new.get(phase, 0.0) + secs
-        self.recent[phase] = self.recent.get(phase, 0.0) + secs
-        if sum(self.recent.values()) > self.window_s:
-            self.recent = {k: v / 2 for k, v in self.recent.items()}
-
-    def take(self) -> dict[str, float]:
-        out, self.new = self.new, {}
-        return out
-
-    def idle_fraction(self, working: str) -> float:
-        total = sum(self.recent.values())
-        return 1.0 - self.recent.get(working, 0.0) / total if total > 0 else 0.0

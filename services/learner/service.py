@@ -31,7 +31,7 @@ from rollstream.schemas import WeightUpdate, encode
 from rollstream.services.learner.metrics import LearnerMetrics
 from rollstream.services.learner.trainer import StepResult, Trainer
 from rollstream.services.runtime.bus import Consumer, Producer
-from rollstream.services.runtime.metrics import BusMetrics, StageMetrics
+from rollstream.services.runtime.metrics import BusMetrics, Busy, StageMetrics
 from rollstream.services.runtime.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class LearnerService:
         )
         self.checkpointed_step = 0
         self.last_feedback = 0.0
-        self.busy = {"wait": 0.0, "compute": 0.0, "publish": 0.0}
+        self.busy = Busy()  # wait / compute / publish seconds, for the idle gauge
 
     # ---- start ------------------------------------------------------------------------------
     def start(self, announced: WeightUpdate | None = None) -> None:
@@ -98,7 +98,7 @@ class LearnerService:
         """Wait for batches, train those that are new; returns how many were trained."""
         t0 = time.perf_counter()
         recs = self.consumer.poll(1, timeout_s)
-        self.busy["wait"] += time.perf_counter() - t0
+        self.busy.add("wait", time.perf_counter() - t0)
         self.m.phase.labels("wait").observe(time.perf_counter() - t0)
         trained = 0
         for rec in recs:
@@ -113,7 +113,7 @@ class LearnerService:
                 self.m.duplicates.inc()
                 continue
             trained += 1
-            self.busy["compute"] += result.compute_s
+            self.busy.add("compute", result.compute_s)
             self._observe(result)
             self.send_feedback(result)
             if self.trainer.step % self.trainer.cfg.publish_every == 0:
@@ -132,7 +132,7 @@ class LearnerService:
         self._announce()
         self.m.version.set(self.trainer.version)
         took = time.perf_counter() - t0
-        self.busy["publish"] += took
+        self.busy.add("publish", took)
         self.m.phase.labels("publish").observe(took)
 
     def checkpoint(self) -> None:
@@ -165,11 +165,7 @@ class LearnerService:
                 gauge.set(r.metrics[key])
         for lag in r.staleness:
             m.staleness.observe(lag)
-        total = sum(self.busy.values())
-        if total > 0:
-            m.idle.set(self.busy["wait"] / total)
-        if total > 60:  # a one-minute window, roughly
-            self.busy = {k: v / 2 for k, v in self.busy.items()}
+        m.idle.set(self.busy.share("wait"))
 
     # ---- loop -------------------------------------------------------------------------------
     def run(self, stopping: Callable[[], bool]) -> int:

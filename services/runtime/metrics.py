@@ -163,3 +163,34 @@ def catalog() -> dict[str, set[str]]:
             mod.register(m)
         out[stage] = metric_names(m.registry)
     return out
+
+
+class Busy:
+    """Wall seconds per phase of a stage's loop (generator, learner), kept two ways: what is new
+    since the last `take` (for counters) and a window of about `window_s` in which older time
+    counts half each time the window fills (for idle fractions)."""
+
+    def __init__(self, window_s: float = 60.0) -> None:
+        self.window_s = window_s
+        self.new: dict[str, float] = {}
+        self.recent: dict[str, float] = {}
+
+    def add(self, phase: str, secs: float) -> None:
+        self.new[phase] = self.new.get(phase, 0.0) + secs
+        self.recent[phase] = self.recent.get(phase, 0.0) + secs
+        if sum(self.recent.values()) > self.window_s:
+            self.recent = {k: v / 2 for k, v in self.recent.items()}
+
+    def take(self) -> dict[str, float]:
+        out, self.new = self.new, {}
+        return out
+
+    def share(self, phase: str) -> float:
+        """`phase`'s share of the recent window (0 before anything was added)."""
+        total = sum(self.recent.values())
+        return self.recent.get(phase, 0.0) / total if total > 0 else 0.0
+
+    def idle_fraction(self, working: str) -> float:
+        """The recent share of every phase but `working` (0 before anything was added)."""
+        total = sum(self.recent.values())
+        return 1.0 - self.recent.get(working, 0.0) / total if total > 0 else 0.0
