@@ -218,14 +218,28 @@ class Consumer:
         else:
             self._assign_all(real, OFFSET_BEGINNING if from_beginning else OFFSET_END)
 
-    def _assign_all(self, real_topics: list[str], start: int) -> None:
-        md = self._c.list_topics(timeout=10)
+    def _assign_all(self, real_topics: list[str], start: int, wait_s: float = 120.0) -> None:
+        md = self._metadata(wait_s)
         tps = []
         for t in real_topics:
             if t not in md.topics or md.topics[t].error is not None:
                 raise BusError(f"topic {t!r} does not exist; run `rollstream topics create`")
             tps += [TopicPartition(t, p, start) for p in md.topics[t].partitions]
         self._c.assign(tps)
+
+    def _metadata(self, wait_s: float) -> Any:
+        """The cluster's metadata; while the broker cannot be reached (down, paused, still
+        starting) keep asking for up to `wait_s`, as a group member would keep rejoining,
+        instead of failing the process at start."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return self._c.list_topics(timeout=10)
+            except KafkaException as exc:
+                if exc.args[0].fatal() or time.monotonic() >= deadline:
+                    raise
+                log.warning("no metadata from the broker yet (%s); retrying", exc.args[0])
+                time.sleep(1.0)
 
     def poll(self, max_messages: int = 500, timeout_s: float = 1.0) -> list[Record[Any]]:
         """Up to `max_messages` decoded records; undecodable ones are dead-lettered."""

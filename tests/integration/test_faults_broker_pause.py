@@ -101,3 +101,28 @@ def test_a_commit_after_the_session_expired_rejoins_instead_of_raising(
         assert "c0" not in leftover and "c1" not in leftover  # committed: not read again
     finally:
         after.close()
+
+
+def test_a_reader_started_while_the_broker_is_paused_waits_for_it_instead_of_exiting(
+    own_broker: EmbeddedBroker,
+) -> None:
+    """A follower (no group: `weights`, `control`, the evaluator's readers) that starts during
+    a broker pause used to raise "Failed to get metadata" and exit; it now waits and reads."""
+    import threading
+
+    kafka = KafkaSettings(bootstrap=own_broker.bootstrap, session_timeout_ms=SESSION_MS)
+    create_topics(kafka)
+    producer = Producer(kafka, "test")
+    send(producer, ["p0", "p1"])
+    assert own_broker.proc is not None
+    os.kill(own_broker.proc.pid, signal.SIGSTOP)
+    resume = threading.Timer(15.0, os.kill, (own_broker.proc.pid, signal.SIGCONT))
+    resume.start()
+    try:
+        reader = Consumer(kafka, "eval", ["prompts"], group=None, from_beginning=True)
+    finally:
+        resume.join()
+    try:
+        assert {"p0", "p1"} <= set(read(reader, {"p0", "p1"}))
+    finally:
+        reader.close()
