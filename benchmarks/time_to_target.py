@@ -41,8 +41,11 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "sync": ("sync", []),
     "sync-2threads": ("sync", ["learner.threads=2"]),  # sync's one process on both cores
     "async": ("async", []),
+    "ahead0": ("async", ["generator.ahead_batches=0"]),  # no pacing: sample flat out
     "ahead2": ("async", ["generator.ahead_batches=2"]),
+    "ahead3": ("async", ["generator.ahead_batches=3"]),
     "ahead4": ("async", ["generator.ahead_batches=4"]),
+    "ahead2-s1": ("async", ["generator.ahead_batches=2", "replay.max_staleness=1"]),
     "async-s0": ("async", ["replay.max_staleness=0"]),
     "async-s1": ("async", ["replay.max_staleness=1"]),
     "async-s4": ("async", ["replay.max_staleness=4"]),
@@ -152,7 +155,8 @@ def collect(run: Run, runs: Path) -> None:
         run.counts["dropped"] = led.get("dropped_total")
     elif (d / "sync_summary.json").exists():
         s = json.loads((d / "sync_summary.json").read_text())
-        run.counts = {k: s.get(k) for k in ("generated", "trained", "dropped", "steps")}
+        keys = ("generated", "trained", "dropped", "steps", "staleness_mean", "staleness_max")
+        run.counts = {k: s.get(k) for k in keys}
     metrics = d / "metrics.jsonl"
     if metrics.exists():  # async: the learner's last step, and the stages' idle shares
         from rollstream.services.up.report import idle_shares
@@ -160,6 +164,22 @@ def collect(run: Run, runs: Path) -> None:
         last = _last_json_line(metrics)
         run.counts["steps"] = last.get("learner", {}).get("rollstream_learner_step")
         run.counts.update(idle_shares(last))
+        run.counts.update(trained_staleness(last.get("learner", {})))
+
+
+def trained_staleness(learner: dict[str, float]) -> dict[str, float | None]:
+    """Mean and largest versions-behind of the samples the learner trained (its histogram)."""
+    name = "rollstream_learner_staleness_versions"
+    n = learner.get(f"{name}_count") or 0
+    if not n:
+        return {"staleness_mean": None, "staleness_max": None}
+    top = None
+    for key, count in learner.items():
+        if key.startswith(f"{name}_bucket") and "+Inf" not in key:
+            le = float(key.split("le=")[1].rstrip("}"))
+            if count >= n and (top is None or le < top):
+                top = le  # the smallest bucket holding every sample
+    return {"staleness_mean": learner[f"{name}_sum"] / n, "staleness_max": top}
 
 
 def _last_json_line(path: Path) -> dict[str, Any]:
@@ -199,6 +219,8 @@ def summarize(runs: list[Run], rows: list[str]) -> list[dict[str, Any]]:
             entry[k] = [r.counts.get(k) for r in rs]
         entry["learner_idle"] = [r.counts.get("learner_idle") for r in rs]
         entry["generator_idle"] = [r.counts.get("generator_idle") for r in rs]
+        entry["staleness_mean"] = [r.counts.get("staleness_mean") for r in rs]
+        entry["staleness_max"] = [r.counts.get("staleness_max") for r in rs]
         out.append(entry)
     return out
 
@@ -218,12 +240,20 @@ def _fmt(v: float | None, unit: str = "") -> str:
     return f"{v:,.0f}{unit}" if abs(v) >= 10 or unit == " s" else f"{v:.3g}{unit}"
 
 
+def _staleness(e: dict[str, Any]) -> str:
+    """Versions behind at training: mean (largest), medians over seeds."""
+    mean, top = _median(e["staleness_mean"]), _median(e["staleness_max"])
+    if mean is None:
+        return "—"
+    return f"{mean:.2f} (≤ {top:.0f})" if top is not None else f"{mean:.2f}"
+
+
 def table(summary: list[dict[str, Any]]) -> str:
     head = (
         "| row | +10 pts | +20 pts | +30 pts | step at +30 | best | learner steps | generated |"
-        " trained | dropped | expired | learner idle | generator idle |"
+        " trained | dropped | expired | learner idle | generator idle | staleness trained |"
     )
-    lines = [head, "|" + "---|" * 13]
+    lines = [head, "|" + "---|" * 14]
     for e in summary:
         cells = [
             e["row"],
@@ -236,6 +266,7 @@ def table(summary: list[dict[str, Any]]) -> str:
                 "—" if _median(e[k]) is None else f"{_median(e[k]) * 100:.0f} %"
                 for k in ("learner_idle", "generator_idle")
             ),
+            _staleness(e),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -27,6 +27,16 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+PACED_TOPICS = ("rollouts.raw", "groups.kept", "groups.dropped")
+
+
+def good(totals: dict[str, int], topic: str) -> int:
+    """Messages on `topic` that its consumer could decode: the end offset less what went to
+    `<topic>.dlq`. Garbage written to a topic (a hostile or broken producer) is dead-lettered
+    by the topic's consumer; counted raw, it would look like kept or sampled groups and
+    stall sampling (the fault suite's poison run trained 38 steps that way)."""
+    return totals.get(topic, 0) - totals.get(f"{topic}.dlq", 0)
+
 
 @dataclass
 class Pacer:
@@ -50,14 +60,16 @@ class Pacer:
         self.keep_rate = self.prior_keep
 
     def observe(self, totals: dict[str, int], group_size: float) -> None:
-        """A probe: total messages ever on rollouts.raw, groups.kept, groups.dropped."""
+        """A probe: total messages ever on rollouts.raw, groups.kept, groups.dropped and
+        their dead-letter topics (`good` counts the difference)."""
+        totals = {t: good(totals, t) for t in PACED_TOPICS}
         if self.start is None:
             self.start = dict(totals)
         s = self.start
-        self.kept = totals.get("groups.kept", 0) - s.get("groups.kept", 0)
-        dropped = totals.get("groups.dropped", 0) - s.get("groups.dropped", 0)
+        self.kept = totals["groups.kept"] - s["groups.kept"]
+        dropped = totals["groups.dropped"] - s["groups.dropped"]
         self.finished = self.kept + dropped
-        raw = totals.get("rollouts.raw", 0) - s.get("rollouts.raw", 0)
+        raw = totals["rollouts.raw"] - s["rollouts.raw"]
         self.sampled = raw / max(group_size, 1.0)
         self._hist.append((self.kept, self.finished))
         while len(self._hist) > 2 and self.finished - self._hist[1][1] >= self.window:

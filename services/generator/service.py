@@ -39,7 +39,7 @@ from rollstream.schemas import (
 from rollstream.services.generator.backend import Backend, GenRequest, GenSample, RequestError
 from rollstream.services.generator.config import GeneratorConfig, validate_control
 from rollstream.services.generator.metrics import GeneratorMetrics
-from rollstream.services.generator.pacing import Pacer
+from rollstream.services.generator.pacing import PACED_TOPICS, Pacer
 from rollstream.services.models.load import encode_prompt, resolve_template
 from rollstream.services.runtime.bus import Consumer, Producer, Record
 from rollstream.services.runtime.config import RunConfig
@@ -178,7 +178,7 @@ class Generator:
             sent, groups = self._sent, self._groups_sent  # published before the probe reads
             try:
                 if probe is None:
-                    topics = ["rollouts.raw", "groups.kept", "groups.dropped"]
+                    topics = [*PACED_TOPICS, *(f"{t}.dlq" for t in PACED_TOPICS)]
                     probe = FlowProbe(self.ctx.kafka, topics, "rollstream-scorer", "rollouts.raw")
                 totals, lag = probe.read()
             except Exception as exc:  # the probe is advisory

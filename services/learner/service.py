@@ -2,10 +2,11 @@
 
 Reads: `batches.train` (consumer group `learner-<learner_id>`; only this learner's batches are
 trained), `weights` once at start (background follower: the last version announced).
-Writes: `learner.feedback` keyed by learner_id after every step and every `feedback_every_s`
-while idle (credits_total = newest batch seq received + prefetch, the version, the ids just
-trained, new priorities); `weights` keyed by the policy name (one WeightUpdate per version,
-the tensors go to the weight store through the publisher); checkpoints on disk.
+Writes: `learner.feedback` keyed by learner_id when a new batch arrives (before training it),
+after every step and every `feedback_every_s` while idle (credits_total = newest batch seq
+received + prefetch, the version, the ids just trained, new priorities); `weights` keyed by
+the policy name (one WeightUpdate per version, the tensors go to the weight store through
+the publisher); checkpoints on disk.
 
 Order per step: train, send Feedback, and every `publish_every` steps: version + 1, write the
 checkpoint (model, optimizer, step, version, trained batch ids, offsets), commit the consumed
@@ -102,6 +103,11 @@ class LearnerService:
         self.m.phase.labels("wait").observe(time.perf_counter() - t0)
         trained = 0
         for rec in recs:
+            if self.trainer.receive(rec.value):
+                # credit now, not after the step: the next batch is built and on its way
+                # while this one trains (a credit sent after the step left the learner
+                # waiting one round trip per step: 0.17 s of a 0.36 s step, measured)
+                self.send_feedback()
             result = self.trainer.train(rec.value)
             self.trainer.offsets[f"{rec.topic}:{rec.partition}"] = rec.offset + 1
             if self.trainer.rejected:  # rows that cannot be trained: dead letters, not a crash

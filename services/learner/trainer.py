@@ -129,6 +129,15 @@ class Trainer:
         """Batches asked for in total: every batch received so far plus `prefetch` more."""
         return self.seq + self.cfg.prefetch
 
+    def receive(self, batch: TrainBatch) -> bool:
+        """Note a batch as received before training it; True when that raised
+        `credits_total` (the caller sends Feedback at once, so replay builds the next batch
+        while this one trains: `prefetch` batches queued behind the one in training)."""
+        if batch.learner_id != self.cfg.learner_id or batch.seq <= self.seq:
+            return False
+        self.seq = batch.seq
+        return True
+
     def train(self, batch: TrainBatch) -> StepResult | None:
         """Train on a batch for this learner; None when it is another learner's or a repeat.
 

@@ -76,6 +76,7 @@ def run_sync(cfg: RunConfig, run_dir: Path | None = None, log: Any = print) -> i
     started = time.time()
     evals: list[dict[str, Any]] = []
     counts = {"generated": 0, "trained": 0, "dropped": 0}
+    stale: list[int] = []  # versions behind at training, per trained sample
 
     def evaluate() -> None:
         if not items:
@@ -202,6 +203,7 @@ def run_sync(cfg: RunConfig, run_dir: Path | None = None, log: Any = print) -> i
             if result is None:
                 continue
             counts["trained"] += result.rollouts
+            stale.extend(result.staleness)
             if trainer.step % lcfg.publish_every == 0:
                 trainer.version += 1
                 backend.model.load_state_dict(trainer.model.state_dict())  # type: ignore[attr-defined]
@@ -217,6 +219,8 @@ def run_sync(cfg: RunConfig, run_dir: Path | None = None, log: Any = print) -> i
         "version": trainer.version,
         "evals": evals,
         **counts,
+        "staleness_mean": sum(stale) / len(stale) if stale else None,
+        "staleness_max": max(stale, default=None),
     }
     (run_dir / "sync_summary.json").write_text(json.dumps(summary, indent=2))
     log(

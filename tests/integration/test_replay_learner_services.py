@@ -132,17 +132,59 @@ def test_replay_waits_for_a_full_batch_unless_the_oldest_group_waited_too_long(
     replay.close()
 
 
+def tiny_model():
+    from tiny_llama import random_llama
+
+    sizes = dict(hidden_size=16, intermediate_size=32, num_attention_heads=2)
+    return random_llama(0, vocab_size=32, num_hidden_layers=1, num_key_value_heads=2, **sizes)
+
+
+def test_learner_asks_for_the_next_batch_before_it_trains_this_one(
+    kafka: KafkaSettings, tmp_path
+) -> None:
+    """prefetch 1 = one batch on its way while one trains: the credit for batch 2 is on
+    learner.feedback before batch 1's step ends (sent after the step, the learner waited a
+    whole round trip through replay every step)."""
+    from rollstream.services.learner.config import LearnerConfig
+    from rollstream.services.learner.service import LearnerService
+    from rollstream.services.learner.trainer import Trainer
+
+    p = Producer(kafka, "test")
+    for i in range(4):
+        p.send("groups.kept", group(f"g{i}", n=4), f"g{i}")
+    p.flush()
+    replay = Replay(ReplayConfig(batch_groups=2, max_staleness=100), kafka)
+    replay.rebuild()
+    cfg = LearnerConfig(lr=1e-3, token_budget=64, prefetch=1, publish_every=100)
+    learner = LearnerService(Trainer(cfg, tiny_model()), kafka, tmp_path / "ckpt", None, "policy")
+    seen_at_step: list[list[Feedback]] = []
+    apply = learner.trainer.apply
+
+    def spy(batch):  # what replay could see when the learner starts this step
+        seen_at_step.append(read_all(kafka, "learner.feedback", polls=3))
+        return apply(batch)
+
+    learner.trainer.apply = spy  # type: ignore[method-assign]
+    learner.start()
+    deadline = time.monotonic() + 60
+    while learner.trainer.step < 1 and time.monotonic() < deadline:
+        replay.poll_once(0.05)
+        replay.maybe_send()
+        learner.poll_once(0.2)
+    learner.consumer.close()
+    replay.close()
+    assert learner.trainer.step == 1
+    assert max(f.credits_total for f in seen_at_step[0]) == 2
+
+
 def test_learner_killed_mid_run_trains_every_batch_once(kafka: KafkaSettings, tmp_path) -> None:
     from safetensors.torch import save_model
-    from tiny_llama import random_llama
 
     from rollstream.services.learner.config import LearnerConfig
     from rollstream.services.learner.service import LearnerService
     from rollstream.services.learner.trainer import Trainer
 
-    def tiny():
-        sizes = dict(hidden_size=16, intermediate_size=32, num_attention_heads=2)
-        return random_llama(0, vocab_size=32, num_hidden_layers=1, num_key_value_heads=2, **sizes)
+    tiny = tiny_model
 
     def publisher(model, version: int, step: int) -> WeightUpdate:
         d = Path(tmp_path) / "weights" / f"v{version}"

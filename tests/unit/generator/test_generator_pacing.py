@@ -68,3 +68,16 @@ def test_groups_in_flight_count_at_the_keep_rate_and_counts_start_at_the_first_p
 def test_no_probe_yet_means_sample() -> None:
     p = Pacer(batch_groups=16, ahead_batches=0.5)
     assert not p.should_pause(0, unseen_groups=1_000)
+
+
+def test_garbage_that_went_to_a_dead_letter_topic_is_not_counted_as_sampled_or_kept() -> None:
+    """1,000 undecodable records on groups.kept and rollouts.raw, dead-lettered by their
+    consumers, must not make the learner look served: the generator keeps sampling."""
+    p = Pacer(batch_groups=16, ahead_batches=2, oversample=True, window=64, prior_keep=1.0)
+    p.observe(totals(0, 0, 0), N)
+    poisoned = {**totals(0, 1000, 0), "rollouts.raw": 1000}
+    p.observe(poisoned, N)
+    assert p.should_pause(0)  # counted raw, garbage looks like 1,000 kept groups
+    p.observe({**poisoned, "groups.kept.dlq": 1000, "rollouts.raw.dlq": 1000}, N)
+    assert (p.kept, p.sampled) == (0, 0)
+    assert not p.should_pause(0)
