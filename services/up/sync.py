@@ -77,6 +77,7 @@ def run_sync(cfg: RunConfig, run_dir: Path | None = None, log: Any = print) -> i
     evals: list[dict[str, Any]] = []
     counts = {"generated": 0, "trained": 0, "dropped": 0}
     stale: list[int] = []  # versions behind at training, per trained sample
+    phase = {"generate": 0.0, "train": 0.0}  # seconds in the two big phases
 
     def evaluate() -> None:
         if not items:
@@ -135,7 +136,9 @@ def run_sync(cfg: RunConfig, run_dir: Path | None = None, log: Any = print) -> i
             )
             for i, it in enumerate(batch_items)
         ]
+        t_gen = time.perf_counter()
         outs = backend.generate(reqs)
+        phase["generate"] += time.perf_counter() - t_gen
         now = time.time()
         rollouts = []
         for it, req, samples in zip(batch_items, reqs, outs, strict=True):
@@ -202,6 +205,7 @@ def run_sync(cfg: RunConfig, run_dir: Path | None = None, log: Any = print) -> i
             result = trainer.train(batch)
             if result is None:
                 continue
+            phase["train"] += result.compute_s
             counts["trained"] += result.rollouts
             stale.extend(result.staleness)
             if trainer.step % lcfg.publish_every == 0:
@@ -221,6 +225,8 @@ def run_sync(cfg: RunConfig, run_dir: Path | None = None, log: Any = print) -> i
         **counts,
         "staleness_mean": sum(stale) / len(stale) if stale else None,
         "staleness_max": max(stale, default=None),
+        "generate_s": phase["generate"],
+        "train_s": phase["train"],
     }
     (run_dir / "sync_summary.json").write_text(json.dumps(summary, indent=2))
     log(
