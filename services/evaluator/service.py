@@ -1,17 +1,23 @@
-"""Evaluator loop: held-out greedy accuracy of the newest policy version.
+"""Evaluator loop: held-out greedy accuracy of the newest verified policy version.
 
-Reads `weights` (compacted, no group, the newest WeightUpdate of the run's policy) and the
-weight files it points to (sha256 verified by models.weights.fetch_version). Writes one
-EvalResult per evaluated version to `eval.results`, keyed by run name.
+Reads `weights` (compacted, no group: every WeightUpdate of the run's policy) and the weight
+files they point to (verified by models.weights.fetch_version). Writes one EvalResult per
+evaluated version to `eval.results`, keyed by run name, and each refused WeightUpdate to
+`weights.dlq` (a DeadLetter with the reason and the update's coordinates, keyed by the
+update's key); it is also the one stage that dead-letters undecodable records on `weights`
+(runtime/service.py DEAD_LETTERED_BY), so each bad record there has one dead letter.
 
 At start it evaluates the starting model as version 0, unless a newer version is already
-published (a restart mid-run evaluates that one instead). Then it evaluates the newest
-version whenever one newer than the last evaluated is there and `min_interval_s` has passed
-since the last evaluation began; versions published in between are skipped. A version whose
-file is missing or fails its checksum is refused (metric, log line) and not retried; the next
-version is evaluated as usual. Delivery: each result is flushed before the next evaluation;
-a crash can lose at most the result being computed (the restart evaluates the newest again).
-torch and transformers are imported only when the Evaluator is built.
+published and verifies (a restart mid-run evaluates that one instead). Then it follows the
+newest *verified* version: the updates newer than the last verified one are tried newest
+first; the first that verifies (files inside the store, every digest right, the tensors fit
+the model) is followed, those above it are refused (metric, log line, dead letter; never
+retried) and those below it are superseded, not checked. A forged far-future version is
+therefore refused and never holds back later evaluations. A followed version is evaluated when
+`min_interval_s` has passed since the last evaluation began. Delivery: each result is flushed
+before the next evaluation; a crash can lose at most the result being computed (the restart
+evaluates the newest again). torch and transformers are imported only when the Evaluator is
+built.
 """
 
 from __future__ import annotations
@@ -22,17 +28,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rollstream.schemas import EvalResult, WeightUpdate
+from rollstream.schemas import DeadLetter, EvalResult, WeightUpdate, encode
 from rollstream.services.evaluator.config import EvaluatorConfig
-from rollstream.services.runtime.bus import Producer
+from rollstream.services.runtime.bus import Producer, Record
 from rollstream.services.runtime.metrics import BusMetrics, StageMetrics
-from rollstream.services.runtime.service import Follower, follow_weights
+from rollstream.services.runtime.service import Follower
 from rollstream.services.runtime.settings import KafkaSettings
 from rollstream.services.tasks import Item, heldout_items
 
 log = logging.getLogger(__name__)
 
 EVAL_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+KEEP_UPDATES = 10_000  # WeightUpdates remembered between two looks (older ones are superseded)
 START_WAIT_S = 10.0  # longest wait at start for the weights topic to be read to its end
 
 
@@ -128,33 +135,72 @@ class Evaluator:
             len(self.items),
         )
         self.producer = Producer(kafka, "evaluator", bus_metrics or BusMetrics(stage_metrics))
-        self.weights: Follower = follow_weights(kafka, "evaluator", policy)
+        self.weights = Follower(
+            kafka,
+            "evaluator",
+            "weights",
+            lambda m: isinstance(m, WeightUpdate) and m.policy == policy,
+            lambda a, b: True,
+            keep=KEEP_UPDATES,
+        )
+        self.weights.start()
+        self.verified = -1  # newest version that verified and loaded (-1: none yet)
         self.schedule = EvalSchedule(cfg.min_interval_s)
 
-    def load(self, upd: WeightUpdate) -> bool:
-        """Fetch, verify and load one version into the model; False (and a log line) if not."""
+    def follow(self) -> WeightUpdate | None:
+        """Load the newest of the updates that arrived since the last call that verifies (see
+        the module docstring); the update now in the model, or None if none is new."""
+        fresh = [r for r in self.weights.take() if r.value.version > self.verified]
+        for rec in sorted(fresh, key=lambda r: r.value.version, reverse=True):
+            if self.load(rec):
+                self.verified = rec.value.version
+                return rec.value
+        return None
+
+    def load(self, rec: Record[WeightUpdate]) -> bool:
+        """Fetch, verify and load one version into the model; False (a log line, a metric and
+        a dead letter on `weights.dlq`) if it is refused."""
         from safetensors.torch import load_file
 
         from rollstream.services.models.weights import WeightError, fetch_version
 
+        upd = rec.value
         try:
             local = fetch_version(
                 upd.uri, upd.sha256, upd.weights_file, files=upd.files, store=self.store
             )
             state = load_file(str(local / upd.weights_file), device=str(self.device))
-            res = self.model.load_state_dict(state, strict=False)
-            missing = [k for k in res.missing_keys if not k.endswith("lm_head.weight")]
-            if missing or res.unexpected_keys:
+            own = self.model.state_dict()
+            missing = [k for k in own if k not in state and not k.endswith("lm_head.weight")]
+            unexpected = [k for k in state if k not in own]
+            wrong = [k for k in state if k in own and state[k].shape != own[k].shape]
+            if missing or unexpected or wrong:  # checked before a single tensor is copied
                 raise ValueError(
                     f"weights do not fit the model: missing {missing[:3]},"
-                    f" unexpected {res.unexpected_keys[:3]}"
+                    f" unexpected {unexpected[:3]}, other shapes {wrong[:3]}"
                 )
+            self.model.load_state_dict(state, strict=False)
         except Exception as exc:  # any bad update (safetensors' own errors too) is refused
             reason = "checksum" if isinstance(exc, WeightError) else "bad_file"
             self.m.refused.labels(reason).inc()
             log.error("evaluator: refused weights v%d from %s: %s", upd.version, upd.uri, exc)
+            self.dead_letter(rec, f"weight update refused ({reason}): {exc}")
             return False
         return True
+
+    def dead_letter(self, rec: Record[WeightUpdate], error: str) -> None:
+        letter = DeadLetter(
+            topic=rec.topic,
+            partition=rec.partition,
+            offset=rec.offset,
+            key=rec.key,
+            value=encode(rec.value),
+            error=error,
+            consumer="evaluator",
+            produced_at=time.time(),
+        )
+        self.producer.send("weights.dlq", letter, rec.key)
+        self.producer.flush()
 
     def evaluate(self, version: int, step: int) -> EvalResult:
         """Held-out greedy accuracy of the loaded model, published as `version`."""
@@ -200,21 +246,22 @@ class Evaluator:
         return result
 
     def step(self) -> EvalResult | None:
-        """Evaluate the newest version if one is due; the published result, else None."""
-        upd: WeightUpdate | None = self.weights.latest
+        """Evaluate the newest verified version if one is due; the published result, else
+        None."""
         now = time.monotonic()
+        if now - self.schedule.last_start < self.schedule.min_interval_s:
+            return None  # not yet: let updates gather
+        upd = self.follow()
         if upd is None or not self.schedule.due(upd.version, now):
             return None
         self.schedule.started(upd.version, now)
-        if not self.load(upd):
-            return None
         return self.evaluate(upd.version, upd.step)
 
     def run(self, stopping: Callable[[], bool]) -> int:
-        """Evaluate version 0 (if nothing newer is published), then each due version."""
+        """Evaluate the newest published version that verifies, or version 0 if there is none
+        (the starting model), then each due version."""
         self.weights.caught_up.wait(START_WAIT_S)
-        latest = self.weights.latest
-        if self.cfg.evaluate_initial and (latest is None or latest.version <= 0):
+        if self.step() is None and self.cfg.evaluate_initial and self.verified <= 0:
             self.schedule.started(0, time.monotonic())
             self.evaluate(0, 0)
         while not stopping():

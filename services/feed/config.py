@@ -8,6 +8,10 @@ import msgspec
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rollstream.schemas import Sampling
+from rollstream.services.runtime.knobs import check_knobs
+
+# FeedConfig fields that `rollstream control feed KEY=VALUE` may change while the feed runs
+LIVE_KNOBS = ("n", "sampling", "template", "max_ahead", "poll_s")
 
 
 class TaskEntry(BaseModel):
@@ -131,3 +135,9 @@ class FeedConfig(BaseModel):
     def sampling_overrides(self) -> Sampling | None:
         """The overrides as the wire struct, or None when there are none."""
         return msgspec.convert(self.sampling, Sampling) if self.sampling else None
+
+
+def validate_control(params: dict[str, Any], base: FeedConfig | None = None) -> FeedConfig:
+    """`base` (defaults if None) with live knobs `params`; ValueError naming an unknown knob
+    or a bad value. Used by the feed and by `rollstream control feed` before it publishes."""
+    return check_knobs(FeedConfig, base, params, LIVE_KNOBS)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from rollstream.services.runtime.config import section
-from rollstream.services.runtime.service import StageContext, stage_parser
+from rollstream.services.runtime.service import StageContext, follow_control, stage_parser
 
 log = logging.getLogger("rollstream")
 
@@ -27,7 +27,8 @@ def main(argv: list[str]) -> int:
         log.error("feed: %s", exc)
         return 2
     ctx.start()
-    feed = Feed(cfg, ctx.kafka, pool, policy, seed, ctx.metrics, ctx.bus_metrics)
+    control = follow_control(ctx.kafka, "feed")
+    feed = Feed(cfg, ctx.kafka, pool, policy, seed, ctx.metrics, ctx.bus_metrics, control)
     try:
         return feed.run(lambda: ctx.stopping)
     finally:

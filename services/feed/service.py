@@ -5,6 +5,10 @@ generator group's committed offsets on `prompts` (admin API, every `poll_s`), an
 tail of `prompts` to resume after the last prompt it published. Writes: `prompts`, keyed by
 task_id, each with a `feed_pos` header (pool fingerprint, epoch, index).
 
+Live knobs (`rollstream control feed ...`: n, sampling, template, max_ahead, poll_s) are read
+from `control` in the background and applied between two prompts; a removed knob reverts to
+the run file's value (services/runtime/knobs.py).
+
 Back-pressure: the feed never has more than `max_ahead` prompts on `prompts` that the
 generator group has not committed; at the bound it pauses (paused seconds are a metric) and
 measures again every `poll_s`. Delivery: at least once. A restart resumes after the last
@@ -17,15 +21,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from rollstream.schemas import PromptTask, encode
-from rollstream.services.feed.config import FeedConfig
+from rollstream.services.feed.config import LIVE_KNOBS, FeedConfig, validate_control
 from rollstream.services.feed.curriculum import Policy
 from rollstream.services.feed.items import FeedItem, epoch_order, fingerprint
 from rollstream.services.feed.offsets import FEED_PRODUCER, OffsetProbe, pos_header
 from rollstream.services.feed.runahead import RunAhead
 from rollstream.services.feed.stats import StatsBook, StatsFollower
 from rollstream.services.runtime.bus import Producer
+from rollstream.services.runtime.knobs import LiveKnobs
 from rollstream.services.runtime.metrics import BusMetrics, StageMetrics
 from rollstream.services.runtime.settings import KafkaSettings
 
@@ -52,6 +58,8 @@ class FeedMetrics:
         self.curriculum = m.gauge(
             "curriculum_param", "Adaptive parameters of the curriculum policy", ["name"]
         )
+        self.control = m.counter("control_updates_total", "Control updates", ["result"])
+        self.max_ahead = m.gauge("max_ahead", "Run-ahead bound in force (live knob max_ahead)")
 
 
 class Feed:
@@ -66,7 +74,9 @@ class Feed:
         seed: int,
         metrics: StageMetrics | None = None,
         bus_metrics: BusMetrics | None = None,
+        control: Any = None,
     ) -> None:
+        """`control`: a runtime Follower of this stage's ControlUpdates, or None."""
         if not pool:
             raise ValueError("the feed's pool is empty")
         self.cfg = cfg
@@ -82,12 +92,21 @@ class Feed:
         self.producer = Producer(kafka, "feed", bus_metrics, extra=FEED_PRODUCER)
         self.probe = OffsetProbe(kafka, "prompts", cfg.consumer_group)
         self.ahead = RunAhead(cfg.max_ahead)
+        self.knobs = LiveKnobs(
+            "feed", cfg, validate_control, self._set_knobs, LIVE_KNOBS, control, self.m.control
+        )
         self._measured_at = -float("inf")
         self.book = StatsBook()
         self.follower: StatsFollower | None = None
         if getattr(policy, "needs_stats", True):
             self.follower = StatsFollower(kafka, self.book, self.producer, bus_metrics)
             self.follower.start()
+
+    def _set_knobs(self, cfg: FeedConfig, changed: frozenset[str]) -> None:
+        self.cfg = cfg  # n, template and poll_s are read from it at each use
+        self.sampling = cfg.sampling_overrides()
+        self.ahead.max_ahead = cfg.max_ahead
+        self.m.max_ahead.set(cfg.max_ahead)
 
     # -- run-ahead ------------------------------------------------------------------------
 
@@ -111,6 +130,7 @@ class Feed:
         while True:
             if stopping():
                 return False
+            self.knobs.poll()
             if time.monotonic() - self._measured_at >= self.cfg.poll_s:
                 self.measure()
             if self.ahead.room > 0:
@@ -212,6 +232,7 @@ class Feed:
         return 0
 
     def close(self) -> None:
+        self.knobs.close()
         if self.follower is not None:
             self.follower.stop()
             self.follower.join(timeout=5)

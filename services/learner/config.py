@@ -6,6 +6,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from rollstream.services.runtime.knobs import check_knobs
+
+# LearnerConfig fields that `rollstream control learner KEY=VALUE` may change while it trains
+LIVE_KNOBS = (
+    "lr",
+    "max_grad_norm",
+    "token_budget",
+    "prefetch",
+    "publish_every",
+    "feedback_every_s",
+)
+
 
 class OffPolicyConfig(BaseModel):
     """Off-policy correction from the behaviour log-probs (see offpolicy.py)."""
@@ -79,3 +91,10 @@ class LearnerConfig(BaseModel):
     """torch CPU threads (None: torch's default)."""
     checkpoint_dir: str | None = None
     """Where checkpoints go (default: <run dir>/checkpoints/<learner_id>)."""
+
+
+def validate_control(params: dict[str, Any], base: LearnerConfig | None = None) -> LearnerConfig:
+    """`base` (defaults if None) with live knobs `params`; ValueError naming an unknown knob
+    or a bad value. Used by the learner and by `rollstream control learner` before it
+    publishes."""
+    return check_knobs(LearnerConfig, base, params, LIVE_KNOBS)

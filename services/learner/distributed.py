@@ -5,8 +5,9 @@ Roles. Rank 0 alone talks to Kafka, grants credits, sends feedback, checkpoints 
 it drives the other ranks ("followers", `Trainer.serve`) with commands broadcast over the
 process group, never pickled: a header tensor (command, payload length), then the payload as a
 uint8 tensor: a TrainBatch in its wire encoding (rollstream.schemas.encode), a checkpoint path
-in UTF-8. Rank 0 sends IDLE after every empty poll, so a follower never waits in a collective
-much longer than a poll (NCCL aborts a collective pending past the process group timeout), and
+in UTF-8, live knobs as JSON (KNOBS: every rank steps with the same lr and micro-batches).
+Rank 0 sends IDLE after every empty poll, so a follower never waits in a collective much longer
+than a poll (NCCL aborts a collective pending past the process group timeout), and
 STOP after its final checkpoint; a follower ignores SIGTERM / SIGINT and stops on STOP, so a
 signal to rank 0 alone, or to all ranks (torchrun forwards it), stops every rank cleanly.
 
@@ -45,8 +46,8 @@ log = logging.getLogger(__name__)
 Mode = Literal["ddp", "fsdp"]
 
 # commands from rank 0 to the followers
-IDLE, TRAIN, RESUME, GATHER, SAVE, STOP = range(6)
-COMMAND_NAMES = ("idle", "train", "resume", "gather", "save", "stop")
+IDLE, TRAIN, RESUME, GATHER, SAVE, STOP, KNOBS = range(7)
+COMMAND_NAMES = ("idle", "train", "resume", "gather", "save", "stop", "knobs")
 
 TIMEOUT = timedelta(minutes=30)  # longest a rank may wait in one collective
 

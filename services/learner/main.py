@@ -16,7 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from rollstream.services.runtime.config import section
-from rollstream.services.runtime.service import StageContext, follow_weights, stage_parser
+from rollstream.services.runtime.service import (
+    StageContext,
+    follow_control,
+    follow_weights,
+    stage_parser,
+)
 
 log = logging.getLogger("rollstream")
 
@@ -176,6 +181,7 @@ def run_main(ctx: StageContext, cfg: Any, trainer: Any, model_dir: str) -> int:
         ctx.cfg.model.policy,
         ctx.metrics,
         ctx.bus_metrics,
+        follow_control(ctx.kafka, "learner"),
     )
     try:
         svc.start(weights.latest)

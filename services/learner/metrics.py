@@ -48,6 +48,7 @@ class LearnerMetrics:
         self.credits = m.gauge("credits_total", "Batches asked for so far (cumulative credits)")
         self.publish = m.histogram("publish_seconds", "Time to write and announce one version")
         self.checkpoint = m.histogram("checkpoint_seconds", "Time to write one checkpoint")
+        self.control = m.counter("control_updates_total", "Control updates", ["result"])
 
 
 def register(m: StageMetrics) -> LearnerMetrics:

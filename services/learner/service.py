@@ -8,6 +8,10 @@ received + prefetch, the version, the ids just trained, new priorities); `weight
 the policy name (one WeightUpdate per version, the tensors go to the weight store through
 the publisher); checkpoints on disk.
 
+Live knobs (`rollstream control learner ...`: lr, max_grad_norm, token_budget, prefetch,
+publish_every, feedback_every_s) are read from `control` in the background and applied between
+two steps, on every rank; a removed knob reverts to the run file's value (runtime/knobs.py).
+
 Order per step: train, send Feedback, and every `publish_every` steps: version + 1, write the
 checkpoint (model, optimizer, step, version, trained batch ids, offsets), commit the consumed
 offsets, publish the version. A crash rolls back to the last checkpoint and re-reads from its
@@ -29,9 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from rollstream.schemas import WeightUpdate, encode
+from rollstream.services.learner.config import LIVE_KNOBS, LearnerConfig, validate_control
 from rollstream.services.learner.metrics import LearnerMetrics
 from rollstream.services.learner.trainer import StepResult, Trainer
 from rollstream.services.runtime.bus import Consumer, Producer
+from rollstream.services.runtime.knobs import LiveKnobs
 from rollstream.services.runtime.metrics import BusMetrics, Busy, StageMetrics
 from rollstream.services.runtime.settings import KafkaSettings
 
@@ -51,7 +57,9 @@ class LearnerService:
         policy: str,
         metrics: StageMetrics | None = None,
         bus_metrics: BusMetrics | None = None,
+        control: Any = None,
     ) -> None:
+        """`control`: a runtime Follower of this stage's ControlUpdates, or None."""
         self.trainer = trainer
         self.kafka = kafka
         self.ckpt = Path(checkpoint_dir)
@@ -73,6 +81,19 @@ class LearnerService:
         self.checkpointed_step = 0
         self.last_feedback = 0.0
         self.busy = Busy()  # wait / compute / publish seconds, for the idle gauge
+        self.knobs = LiveKnobs(
+            "learner",
+            trainer.cfg,
+            validate_control,
+            self._set_knobs,
+            LIVE_KNOBS,
+            control,
+            self.m.control,
+        )
+
+    def _set_knobs(self, cfg: LearnerConfig, changed: frozenset[str]) -> None:
+        self.trainer.set_knobs(cfg, changed)
+        self.m.lr.set(self.trainer.lr)
 
     # ---- start ------------------------------------------------------------------------------
     def start(self, announced: WeightUpdate | None = None) -> None:
@@ -84,6 +105,7 @@ class LearnerService:
             self.checkpointed_step = t.step
             if t.version > 0 and (announced is None or announced.version < t.version):
                 self._announce()
+        self.knobs.poll()  # after the checkpoint: the knobs in force win over its schedule
         self.m.version.set(self.trainer.version)
         self.send_feedback()
 
@@ -97,6 +119,7 @@ class LearnerService:
 
     def poll_once(self, timeout_s: float = 0.5) -> int:
         """Wait for batches, train those that are new; returns how many were trained."""
+        self.knobs.poll()
         t0 = time.perf_counter()
         recs = self.consumer.poll(1, timeout_s)
         self.busy.add("wait", time.perf_counter() - t0)
@@ -186,4 +209,5 @@ class LearnerService:
                 self.checkpoint()
             self.producer.flush()
         finally:
+            self.knobs.close()
             self.consumer.close()

@@ -15,6 +15,8 @@ their part of the same collectives until rank 0's `close`.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 import math
 import time
 from collections import OrderedDict
@@ -278,6 +280,32 @@ class Trainer:
         self.offsets = {k: int(v) for k, v in info["offsets"].items()}
         self.trained = OrderedDict.fromkeys(info["trained"])
 
+    # ---- live knobs ---------------------------------------------------------------------------
+    def set_knobs(self, cfg: LearnerConfig, changed: frozenset[str]) -> None:
+        """Take the live knobs of `cfg` (config.LIVE_KNOBS) from the next step on, on every
+        rank: the peak lr (the schedule's multiplier is kept), clipping, micro-batch budget;
+        prefetch, publish_every and feedback_every_s are rank 0's."""
+        knobs = {k: getattr(cfg, k) for k in sorted(changed)}
+        self._command(d.KNOBS, json.dumps(knobs).encode())
+        self._set_knobs(knobs)
+
+    def _set_knobs(self, knobs: dict[str, Any]) -> None:
+        self.cfg = self.cfg.model_copy(update=knobs)
+        self.step_cfg = dataclasses.replace(
+            self.step_cfg, max_grad_norm=self.cfg.max_grad_norm, token_budget=self.cfg.token_budget
+        )
+        if "lr" in knobs:
+            s = self.scheduler
+            s.base_lrs = [self.cfg.lr] * len(s.base_lrs)
+            for group, fn in zip(self.optimizer.param_groups, s.lr_lambdas, strict=True):
+                group["initial_lr"] = self.cfg.lr
+                group["lr"] = self.cfg.lr * fn(s.last_epoch)
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the next optimizer step."""
+        return float(self.optimizer.param_groups[0]["lr"])
+
     # ---- publishing and the other ranks -----------------------------------------------------
     def publishable(self) -> Any:
         """What to publish: the model, or under FSDP its full state gathered on rank 0 (with
@@ -323,5 +351,7 @@ class Trainer:
                 self.par.model_state(self.model)
             elif command == d.SAVE:
                 self._full_states()
+            elif command == d.KNOBS:
+                self._set_knobs(json.loads(payload))
             elif command == d.STOP:
                 return 0

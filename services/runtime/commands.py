@@ -33,10 +33,12 @@ def topics(args: argparse.Namespace) -> int:
 
 # Stages that follow `control`, and the function that checks their knobs (ValueError).
 CONTROL_VALIDATORS = {
+    "feed": "rollstream.services.feed.config",
     "generator": "rollstream.services.generator.config",
     "scorer": "rollstream.services.scorer.combine",
     "filter": "rollstream.services.filter.core",
     "replay": "rollstream.services.replay.config",
+    "learner": "rollstream.services.learner.config",
 }
 
 

@@ -16,11 +16,12 @@ import socket
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from rollstream.schemas import ControlUpdate, WeightUpdate
-from rollstream.services.runtime.bus import Consumer
+from rollstream.services.runtime.bus import Consumer, Record
 from rollstream.services.runtime.config import RunConfig, load_config
 from rollstream.services.runtime.metrics import BusMetrics, MetricsServer, StageMetrics
 from rollstream.services.runtime.settings import KafkaSettings
@@ -31,6 +32,12 @@ log = logging.getLogger("rollstream")
 # up to 500 ms (librdkafka's default), not kafka.fetch_wait_max_ms. On the embedded broker 12
 # idle consumers cost it 22 % of a core at 100 ms and 6.5 % at 500 ms.
 FOLLOWER_FETCH_WAIT_MS = 500
+
+# Every follower process reads the same compacted topic, so a bad record on it would be
+# dead-lettered once per process (generator replicas, filter workers, ...). One stage, a
+# singleton that follows the topic for its whole life, dead-letters its bad records; every
+# other follower skips them and counts them (rollstream_<stage>_skipped_records_total).
+DEAD_LETTERED_BY = {"control": "replay", "weights": "evaluator"}
 
 
 def stage_parser(stage: str, description: str = "") -> argparse.ArgumentParser:
@@ -147,7 +154,9 @@ class StageContext:
 
 class Follower(threading.Thread):
     """Reads a compacted topic from the beginning in the background, without a consumer
-    group, and keeps the newest message per key that `accept` takes."""
+    group, and keeps the newest message that `accept` takes; with `keep` > 0 also the last
+    `keep` accepted records, for `take()`. Bad records are dead-lettered only by the stage
+    named in DEAD_LETTERED_BY (the others skip and count them)."""
 
     def __init__(
         self,
@@ -156,14 +165,24 @@ class Follower(threading.Thread):
         topic: str,
         accept: Callable[[Any], bool],
         newer: Callable[[Any, Any], bool],
+        keep: int = 0,
     ) -> None:
         super().__init__(name=f"follow-{topic}", daemon=True)
         wait = {"fetch.wait.max.ms": max(kafka.fetch_wait_max_ms, FOLLOWER_FETCH_WAIT_MS)}
-        self.consumer = Consumer(kafka, stage, [topic], group=None, from_beginning=True, extra=wait)
+        self.consumer = Consumer(
+            kafka,
+            stage,
+            [topic],
+            group=None,
+            from_beginning=True,
+            extra=wait,
+            dead_letters=DEAD_LETTERED_BY.get(topic, stage) == stage,
+        )
         self.accept = accept
         self.newer = newer
         self.latest: Any = None
         self.seq = 0  # bumps on every change
+        self._kept: deque[Record[Any]] | None = deque(maxlen=keep) if keep > 0 else None
         self._halt = threading.Event()
         self._lock = threading.Lock()
         self.caught_up = threading.Event()
@@ -177,15 +196,25 @@ class Follower(threading.Thread):
                 time.sleep(0.5)
                 continue
             for r in recs:
-                if self.accept(r.value) and (
-                    self.latest is None or self.newer(r.value, self.latest)
-                ):
-                    with self._lock:
+                if not self.accept(r.value):
+                    continue
+                with self._lock:
+                    if self._kept is not None:
+                        self._kept.append(r)
+                    if self.latest is None or self.newer(r.value, self.latest):
                         self.latest = r.value
                         self.seq += 1
             if not recs:
                 self.caught_up.set()
         self.consumer.close()
+
+    def take(self) -> list[Record[Any]]:
+        """The accepted records since the last call, oldest first (needs `keep` > 0)."""
+        with self._lock:
+            out = list(self._kept or ())
+            if self._kept is not None:
+                self._kept.clear()
+        return out
 
     def stop(self) -> None:
         self._halt.set()

@@ -2,7 +2,8 @@
 real traffic of a live `rollstream up` on an embedded broker that this test starts.
 
 Pass: `up` ends normally and no stage was restarted; every injected record is in its topic's
-dead-letter topic (eval.results has only read-only readers, which skip); the ledger balances
+dead-letter topic (eval.results has only read-only readers, which skip), and on the followed
+topics (control, weights) exactly once although every stage follows them; the ledger balances
 exactly; the learner published versions and held-out accuracy rose.
 """
 
@@ -37,6 +38,7 @@ RUN = ["--set", "target.minutes=3", "--set", "evaluator.min_interval_s=15"]
 RUN += ["--set", "evaluator.items_per_task=50"]
 RUN += ["--set", "feed.curriculum.policy=band"]  # so the feed reads prompt.stats too
 READ_ONLY = {"eval.results"}  # read by `up` and UIs only: skipped, never dead-lettered
+FOLLOWED = {"control", "weights"}  # read by many processes, dead-lettered by one
 
 
 @pytest.fixture
@@ -119,6 +121,8 @@ def test_poison_on_every_topic_stops_nothing_and_every_record_is_dead_lettered(
         if topic not in READ_ONLY:
             got = {(d.partition, d.offset) for d in letters if d.topic == topic}
             missing[topic] = len(inj.landed[topic] - got)
+        if topic in FOLLOWED:  # one dead letter per bad record, not one per follower
+            assert len(letters) == len(inj.landed[topic]), (topic, len(letters))
     print("records injected per topic:", {t: len(v) for t, v in inj.landed.items()})
     print("dead letters per topic:", dlq_counts)
     assert not any(missing.values()), missing

@@ -160,3 +160,53 @@ def test_rollstream_run_evaluator_publishes_version_zero_and_stops_on_sigterm(
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def test_a_forged_far_future_version_is_refused_dead_lettered_and_blocks_nothing(
+    kafka: KafkaSettings, results: Consumer, tiny_model_dir: str, tmp_path: Path
+) -> None:
+    """Issue 16: the evaluator followed the highest version *number*, so one forged v1000
+    stopped every later evaluation. It follows the highest verified version, and the refused
+    update is in `weights.dlq` once, with the reason."""
+    cfg = EvaluatorConfig(min_interval_s=0, max_new_tokens=len(ANSWER), batch_size=4)
+    metrics = StageMetrics("evaluator")
+    ev = Evaluator(
+        cfg,
+        kafka,
+        run="evalrun",
+        policy="policy",
+        model_dir=tiny_model_dir,
+        items=XS.heldout(size=4),
+        metrics=metrics,
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=ev.run, args=(stop.is_set,), daemon=True)
+    thread.start()
+    producer = Producer(kafka, "forger")
+    dlq = Consumer(kafka, "test", ["weights.dlq"], group=None)
+    try:
+        assert next_result(results).policy_version == 0
+        good = always_x_weights(tiny_model_dir, tmp_path / "v1")
+        producer.send("weights", update(1000, good, sha256="0" * 64), "policy")  # forged
+        producer.flush()
+        time.sleep(2)  # the evaluator has looked at it
+        for version in (3, 4):
+            producer.send("weights", update(version, good, step=version), "policy")
+            producer.flush()
+            got = next_result(results)
+            assert (got.policy_version, got.accuracy) == (version, 1.0)
+        letters = [r.value for r in dlq.poll(100, 5.0)]
+        assert len(letters) == 1
+        (letter,) = letters
+        assert letter.topic == "weights" and letter.consumer == "evaluator"
+        assert "refused" in letter.error and "sha256" in letter.error
+        refused = metrics.registry.get_sample_value(
+            "rollstream_evaluator_refused_versions_total", {"reason": "checksum"}
+        )
+        assert refused == 1
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+        ev.close()
+        producer.close()
+        dlq.close()

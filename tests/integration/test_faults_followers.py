@@ -1,6 +1,8 @@
 """Bad records on the compacted `control` / `weights` topics and under read-only readers, on the
-real embedded broker (issue 16: D1 followers, D7 readers). A follower dead-letters a bad record
-and still applies every valid record fetched with it; a reader skips and reports it."""
+real embedded broker (issue 16: D1 followers, D7 readers). A follower still applies every valid
+record fetched with a bad one; the bad record is dead-lettered once, by the one stage named for
+the topic (runtime/service.py DEAD_LETTERED_BY), and skipped and counted by every other
+follower; a reader skips and reports it."""
 
 from __future__ import annotations
 
@@ -58,7 +60,7 @@ def weights(version: int) -> bytes:
     return encode(msgspec.structs.replace(EXAMPLES["WeightUpdate"], version=version))
 
 
-def test_a_weights_follower_dead_letters_bad_records_and_applies_the_updates_around_them(
+def test_weights_followers_apply_the_updates_around_bad_records_dead_lettered_once(
     kafka: KafkaSettings,
 ) -> None:
     write(
@@ -71,34 +73,42 @@ def test_a_weights_follower_dead_letters_bad_records_and_applies_the_updates_aro
             (b"policy", weights(2)),
         ],
     )
-    f = follow_weights(kafka, "generator", "policy")
+    followers = [follow_weights(kafka, s, "policy") for s in ("generator", "evaluator", "filter")]
     try:
-        assert f.caught_up.wait(30)
+        for f in followers:
+            assert f.caught_up.wait(30)
         time.sleep(0.5)
-        assert f.latest is not None and f.latest.version == 2
+        assert all(f.latest is not None and f.latest.version == 2 for f in followers)
     finally:
-        f.stop()
-        f.join(10)
-    letters = dead_letters(kafka, "weights", 2)
-    assert sorted(d.offset for d in letters) == [1, 2]
+        for f in followers:
+            f.stop()
+            f.join(10)
+    letters = dead_letters(kafka, "weights", 6, timeout_s=8)
+    assert sorted(d.offset for d in letters) == [1, 2]  # once, not once per follower
     reasons = {d.offset: d.error for d in letters}
     assert "malformed" in reasons[1] and "null value" in reasons[2]
-    assert all(d.topic == "weights" and d.consumer == "generator" for d in letters)
+    assert all(d.topic == "weights" and d.consumer == "evaluator" for d in letters)
+    assert [f.consumer.skipped for f in followers] == [2, 0, 2]
 
 
 def test_a_control_follower_keeps_applying_after_a_garbage_record(kafka: KafkaSettings) -> None:
     good = msgspec.structs.replace(EXAMPLES["ControlUpdate"], revision=3)
     write(kafka, "control", [(b"generator", b"\x00"), (b"generator", encode(good))])
-    f = follow_control(kafka, "generator")
+    stages = ("generator", "replay", "scorer")
+    followers = [follow_control(kafka, s) for s in stages]
     try:
-        assert f.caught_up.wait(30)
+        for f in followers:
+            assert f.caught_up.wait(30)
         time.sleep(0.5)
-        assert f.latest is not None and f.latest.revision == 3
+        assert [f.latest.revision if f.latest else None for f in followers] == [3, None, None]
     finally:
-        f.stop()
-        f.join(10)
-    (letter,) = dead_letters(kafka, "control", 1)
+        for f in followers:
+            f.stop()
+            f.join(10)
+    (letter,) = dead_letters(kafka, "control", 3, timeout_s=8)  # once, by replay
     assert letter.offset == 0 and "ControlUpdate" in letter.error
+    assert letter.consumer == "replay"
+    assert [f.consumer.skipped for f in followers] == [1, 0, 1]
 
 
 def test_status_skips_and_reports_bad_records_without_dead_lettering(

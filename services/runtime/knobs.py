@@ -1,0 +1,100 @@
+"""Live knobs: the settings of a stage that `rollstream control <stage> KEY=VALUE` changes while
+the stage runs, checked against the stage's config schema.
+
+Reads: `control` (a Follower thread, no consumer group, keyed by stage). Writes nothing; a bad
+record on `control` is the Follower's dead letter. Each new revision for the stage is checked
+by `validate(params, base)`, the same function the CLI calls before it publishes, and applied
+onto `base` (the run's config), never onto the current state: a key removed with
+`rollstream control <stage> --unset KEY` reverts to the run's value. A refused revision is
+logged and counted (`control_updates_total{result="refused"}`) and the knobs stay as they were.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def check_knobs(
+    model: type[M], base: M | None, params: Mapping[str, Any], live: Iterable[str]
+) -> M:
+    """`base` (the model's defaults if None) with `params` applied; ValueError naming an unknown
+    knob or a bad value (pydantic's ValidationError is a ValueError)."""
+    live = set(live)
+    unknown = set(params) - live
+    if unknown:
+        raise ValueError(f"unknown knob(s) {sorted(unknown)}; live: {sorted(live)}")
+    return model.model_validate({**(base or model()).model_dump(), **params})
+
+
+class LiveKnobs(Generic[M]):
+    """Follows one stage's live knobs. The stage calls `poll()` from its own loop (so knobs
+    change between two units of work, never inside one); `apply(config, changed)` gets the
+    config with the knobs in force and the names of the fields that changed. The first poll
+    applies every knob, so state restored from elsewhere (a checkpoint) follows the config."""
+
+    def __init__(
+        self,
+        stage: str,
+        base: M,
+        validate: Callable[[dict[str, Any], M], M],
+        apply: Callable[[M, frozenset[str]], None],
+        live: Iterable[str],
+        follower: Any = None,
+        counter: Any = None,
+    ) -> None:
+        self.stage = stage
+        self.base = base
+        self.current = base
+        self.validate = validate
+        self.apply = apply
+        self.live = frozenset(live)
+        self.follower = follower  # runtime.service.Follower of `control`, or None
+        self.counter = counter  # a Counter with a "result" label, or None
+        self.seen = -1  # the follower's seq last looked at; -1: nothing applied yet
+
+    def poll(self) -> bool:
+        """Apply the newest revision if it is new; True when some knob changed."""
+        if self.seen < 0:
+            self.seen = 0
+            self.apply(self.current, self.live)
+        f = self.follower
+        if f is None or f.seq == self.seen or f.latest is None:
+            return False
+        self.seen = f.seq
+        update = f.latest
+        return self.update(dict(update.params), update.revision)
+
+    def update(self, params: dict[str, Any], revision: int = 0) -> bool:
+        """Check `params` onto the run's config and apply what changed; False if refused."""
+        try:
+            new = self.validate(params, self.base)
+        except ValueError as exc:
+            log.error("%s: control revision %d refused: %s", self.stage, revision, exc)
+            self._count("refused")
+            return False
+        changed = frozenset(k for k in self.live if getattr(new, k) != getattr(self.current, k))
+        self.current = new
+        if changed:
+            self.apply(new, changed)
+            for k in sorted(changed):
+                log.info(
+                    "%s: control revision %d: %s = %r", self.stage, revision, k, getattr(new, k)
+                )
+        self._count("applied")
+        return bool(changed)
+
+    def _count(self, result: str) -> None:
+        if self.counter is not None:
+            self.counter.labels(result).inc()
+
+    def close(self) -> None:
+        if self.follower is not None:
+            self.follower.stop()

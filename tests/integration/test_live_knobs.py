@@ -1,0 +1,145 @@
+"""Feed and learner follow `rollstream control` on the real broker (issue 16 D6): a knob set with
+the CLI changes what the stage does, a refused one is never published, and `--unset` brings
+the run file's value back."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from rollstream.schemas import PromptTask, WeightUpdate
+from rollstream.services.cli import main
+from rollstream.services.feed.config import FeedConfig
+from rollstream.services.feed.curriculum import make_policy
+from rollstream.services.feed.items import build_pool
+from rollstream.services.feed.service import Feed
+from rollstream.services.runtime.bus import Consumer, Record
+from rollstream.services.runtime.metrics import StageMetrics
+from rollstream.services.runtime.service import follow_control
+from rollstream.services.runtime.settings import KafkaSettings
+
+pytestmark = pytest.mark.kafka
+
+
+def control(kafka: KafkaSettings, *argv: str) -> int:
+    return main(["control", *argv, "--bootstrap", kafka.bootstrap, "--namespace", kafka.namespace])
+
+
+def read_for(consumer: Consumer, seconds: float) -> list[Record[PromptTask]]:
+    out: list[Record[PromptTask]] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        out += consumer.poll(timeout_s=0.2)
+    return out
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_the_feed_follows_its_live_knobs_and_an_unset_knob_reverts(kafka: KafkaSettings) -> None:
+    cfg = FeedConfig.model_validate(
+        {"tasks": [{"task": "add"}], "pool_size": 50, "max_ahead": 3, "poll_s": 0.2, "n": 4}
+    )
+    metrics = StageMetrics("feed")
+    feed = Feed(
+        cfg,
+        kafka,
+        build_pool(cfg, seed=0),
+        make_policy("epochs"),
+        0,
+        metrics,
+        control=follow_control(kafka, "feed"),
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=feed.run, args=(stop.is_set,), daemon=True)
+    thread.start()
+    tap = Consumer(kafka, "test", ["prompts"], group=None)
+    try:
+        first = read_for(tap, 3.0)  # nobody consumes: the run file's bound holds
+        assert len(first) == 3
+        assert all(r.value.sampling is None and r.value.n == 4 for r in first)
+
+        assert control(kafka, "feed", "max_ahead=7", "n=2", "sampling={temperature: 0.25}") == 0
+        assert control(kafka, "feed", "pool_size=9") == 2  # not live: refused, nothing published
+        second = read_for(tap, 4.0)
+        assert len(second) == 4  # the bound moved from 3 to 7
+        for r in second:
+            assert r.value.n == 2
+            assert r.value.sampling is not None and r.value.sampling.temperature == 0.25
+
+        assert control(kafka, "feed", "max_ahead=9", "--unset", "sampling", "--unset", "n") == 0
+        third = read_for(tap, 4.0)
+        assert len(third) == 2
+        assert all(r.value.sampling is None and r.value.n == 4 for r in third)
+        assert control(kafka, "feed", "--unset", "max_ahead") == 0
+        wait_until(lambda: metrics.registry.get_sample_value("rollstream_feed_max_ahead") == 3)
+        assert read_for(tap, 1.0) == []
+        applied = {"result": "applied"}
+        assert metrics.registry.get_sample_value("rollstream_feed_control_updates_total", applied)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        feed.close()
+        tap.close()
+
+
+def test_the_learner_follows_its_live_knobs_on_every_step(
+    kafka: KafkaSettings, tmp_path: Path
+) -> None:
+    from tiny_llama import random_llama
+
+    from rollstream.services.learner.config import LearnerConfig
+    from rollstream.services.learner.service import LearnerService
+    from rollstream.services.learner.trainer import Trainer
+
+    def publisher(model: object, version: int, step: int) -> WeightUpdate:
+        raise AssertionError("nothing is trained here")
+
+    sizes = dict(hidden_size=16, intermediate_size=32, num_attention_heads=2)
+    model = random_llama(0, vocab_size=32, num_hidden_layers=1, num_key_value_heads=2, **sizes)
+    cfg = LearnerConfig(lr=1e-3, publish_every=1, prefetch=2, feedback_every_s=0.2)
+    metrics = StageMetrics("learner")
+    svc = LearnerService(
+        Trainer(cfg, model),
+        kafka,
+        tmp_path / "ckpt",
+        publisher,
+        "policy",
+        metrics,
+        control=follow_control(kafka, "learner"),
+    )
+    credits = Consumer(kafka, "test", ["learner.feedback"], group=None)
+    lr = lambda: metrics.registry.get_sample_value("rollstream_learner_learning_rate")  # noqa: E731
+
+    sent: list[int] = []
+
+    def credits_total() -> int:  # the last credit total the learner sent
+        sent.extend(r.value.credits_total for r in credits.poll(timeout_s=0.3))
+        return sent[-1] if sent else -1
+
+    try:
+        svc.start()
+        assert lr() == 1e-3 and svc.trainer.lr == 1e-3
+        assert control(kafka, "learner", "lr=0.02", "prefetch=5", "publish_every=3") == 0
+        assert control(kafka, "learner", "lr=-1") == 2
+        assert control(kafka, "learner", "objective=ppo") == 2  # not live
+        wait_until(lambda: svc.poll_once(0.1) >= 0 and lr() == 0.02)
+        assert svc.trainer.optimizer.param_groups[0]["lr"] == 0.02
+        assert svc.trainer.cfg.publish_every == 3
+        wait_until(lambda: svc.poll_once(0.1) >= 0 and credits_total() == 5)  # 0 received + 5
+
+        assert control(kafka, "learner", "--unset", "lr", "--unset", "prefetch") == 0
+        wait_until(lambda: svc.poll_once(0.1) >= 0 and lr() == 1e-3)
+        assert svc.trainer.cfg.publish_every == 3 and svc.trainer.cfg.prefetch == 2
+        wait_until(lambda: svc.poll_once(0.1) >= 0 and credits_total() == 2)
+    finally:
+        svc.close()
+        credits.close()
