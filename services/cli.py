@@ -132,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--prompt-field", default="prompt", help="--dataset: prompt field")
     p.add_argument("--answer-field", default="answer", help="--dataset: answer field")
+    p.add_argument(
+        "--gate",
+        type=float,
+        default=None,
+        help="--tasks/--dataset: stop warming a task once its held-out accuracy beats the "
+        "best constant answer by this much (default 0.15)",
+    )
 
     p = sub.add_parser(
         "control", help="change a stage's live knobs: control generator temperature=0.8"
@@ -219,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             dataset=args.dataset,
             prompt_field=args.prompt_field,
             answer_field=args.answer_field,
+            gate=args.gate,
         )
     commands = {
         "topics": "rollstream.services.runtime.commands:topics",

@@ -133,15 +133,19 @@ class Evaluator:
 
     def load(self, upd: WeightUpdate) -> bool:
         """Fetch, verify and load one version into the model; False (and a log line) if not."""
-        from safetensors.torch import load_file
-
-        from rollstream.services.models.weights import WeightError, fetch_version
+        from rollstream.services.models.weights import WeightError, fetch_state
 
         try:
-            local = fetch_version(
-                upd.uri, upd.sha256, upd.weights_file, files=upd.files, store=self.store
-            )
-            state = load_file(str(local / upd.weights_file), device=str(self.device))
+            _, state = fetch_state(
+                upd.uri,
+                upd.sha256,
+                upd.weights_file,
+                size_bytes=upd.size_bytes,
+                chunk_bytes=upd.chunk_bytes,
+                files=upd.files,
+                store=self.store,
+                pinned=str(self.device).startswith("cuda"),
+            )  # views of the verified bytes: load_state_dict copies them in place
             res = self.model.load_state_dict(state, strict=False)
             missing = [k for k in res.missing_keys if not k.endswith("lm_head.weight")]
             if missing or res.unexpected_keys:
