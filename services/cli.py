@@ -133,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-field", default="prompt", help="--dataset: prompt field")
     p.add_argument("--answer-field", default="answer", help="--dataset: answer field")
     p.add_argument(
+        "--plugins",
+        default=None,
+        metavar="DIR",
+        help="folder of user task modules, put on the import path (as for `up`)",
+    )
+    p.add_argument(
         "--gate",
         type=float,
         default=None,
@@ -217,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if args.cmd == "init-model":
         from rollstream.services.models.build import init_model_cli
+
+        if args.plugins:
+            sys.path.insert(0, os.path.abspath(args.plugins))
 
         return init_model_cli(
             args.out,
