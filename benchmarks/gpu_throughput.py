@@ -12,7 +12,7 @@ published (bf16 on the wire) and loaded back into the generator. Measured:
   learner tokens/s       prompt + completion tokens trained / seconds in train steps
   learner idle fraction  1 - (seconds in train steps) / wall seconds of the loop
   GPU utilisation        nvidia-smi utilization.gpu sampled every 200 ms: mean, p50, max
-  swap seconds           publish + verify + load per version
+  swap seconds           publish + verify (full) + load per version
 
 Random weights rarely sample EOS, so nearly every completion runs to --max-tokens (the
 throughput case, not a learning run). Writes JSON (--out, default
@@ -141,7 +141,7 @@ def main() -> int:
     from rollstream.services.learner.trainer import Trainer
     from rollstream.services.models.load import load_model
     from rollstream.services.models.synthetic import QWEN2_0_5B_SIZES, TINY_SIZES, build_hf_model
-    from rollstream.services.models.weights import fetch_version, publish_version
+    from rollstream.services.models.weights import fetch_state, publish_version
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
@@ -214,10 +214,11 @@ def main() -> int:
                     trainer.model, store=str(store), policy="bench", version=rounds, keep=2,
                     wire_dtype="bfloat16" if cuda else None,
                 )  # fmt: skip
-                local = fetch_version(
-                    upd.uri, upd.sha256, verify="size", expected_size=upd.size_bytes
-                )
-                gen.load_weights(str(local))
+                _, state = fetch_state(
+                    upd.uri, upd.sha256, size_bytes=upd.size_bytes,
+                    chunk_bytes=upd.chunk_bytes, pinned=gen.pinned,
+                )  # fmt: skip
+                gen.load_state(state)  # the generator's path: one verified read, in place
                 sync()
                 swaps.append(time.perf_counter() - t)
                 swap_s += swaps[-1]

@@ -4,22 +4,28 @@ A random-init model of Qwen2.5-0.5B's shape (494M parameters, tied embeddings; -
 a CPU) is held twice on one device, as on a one-host run: the learner's fp32 master copy and
 the generator's live bf16 (CUDA) / fp32 (CPU) copy. One swap is timed phase by phase:
 
-  gather      learner state dict -> CPU tensors (after: cast to bf16 on the device first)
+  gather      learner state dict (after: cast to bf16 on the device, no copy yet)
+  serialise   after: every tensor copied (async, from the GPU into one pinned host buffer laid
+              out as the safetensors file), waited for once
   write       before: save_file (serialise the whole file in memory, then write it);
-              after: write_safetensors (tensor buffers streamed, sha256 in a second thread)
+              after: the image's 16 MiB chunks hashed and pwrite()n by one thread per core
+              (the digest is the chunked sha256 of schemas/control.py WeightUpdate)
   hash        before: a second read of every file to hash it; after: none (hashed on write)
   other       config (and tokenizer) files; after: their hashes, the rename into place
   notify      WeightUpdate encoded and decoded (the Kafka hop itself is not on this host:
               no Kafka clients there; benchmarks/stream.py measures the broker)
-  verify      the generator's check: before/full: read + sha256 of the file; after/size:
-              size + safetensors header (the learner on this host hashed it while writing)
-  load        safetensors -> device, then load_state_dict into the live model (in place)
+  verify      the generator's check: before: read + sha256 of the file; after/full: one
+              parallel read into a pinned buffer, each chunk hashed as it lands, the digest
+              compared before any tensor is used; after/size: the same read, size + header
+  load        before: safetensors load_file to the device + load_state_dict; after: the
+              verified bytes copied (async from pinned memory) into the live parameters
   first       the first sampled token on the new weights (a 1-token generate)
 
 "before" is the code path of commit 362c312 (fp32 on the wire, save_file, every file hashed
-after writing and again by the reader); "after" is publish_version/fetch_version of this
-checkout, bf16 on the wire, into --store (default /dev/shm: shared memory on one host).
-Median of --repeats swaps each. Writes JSON (--out, default
+after writing and again by the reader); "after" is publish_version/fetch_state of this
+checkout, bf16 on the wire on a GPU, into --store (default /dev/shm: shared memory on one
+host). Median of --repeats swaps each (the first "after" swap also pins the host buffers; it
+is in the JSON as first_swap_after_full). Writes JSON (--out, default
 benchmarks/results/weight_swap.json) and prints the phase table.
 
 GPU host:   python benchmarks/weight_swap.py                 (about 1-2 minutes)
@@ -171,14 +177,23 @@ def swap_before(learner: Any, gen: Any, store: Path, version: int, device: str) 
 
 
 def swap_after(
-    learner: Any, gen: Any, store: Path, version: int, device: str, wire: str | None, verify: str
+    learner: Any,
+    gen: Any,
+    store: Path,
+    version: int,
+    device: str,
+    wire: str | None,
+    verify: str,
+    chunk_bytes: int,
 ) -> dict:
-    """This checkout's path: publish_version (cast on device, hash while writing),
-    fetch_version (`verify`), load in place."""
+    """This checkout's path: publish_version (cast on the device, one pinned host image, chunks
+    hashed and written by parallel threads), fetch_state (`verify`: one parallel read whose
+    bytes are hashed and then loaded), load_in_place into the live model."""
     import msgspec
 
     from rollstream.schemas import WeightUpdate
-    from rollstream.services.models.weights import fetch_version, publish_version
+    from rollstream.services.models.load import load_in_place
+    from rollstream.services.models.weights import fetch_state, publish_version
 
     ph: dict[str, float] = {}
     upd = publish_version(
@@ -189,6 +204,7 @@ def swap_after(
         keep=1,
         wire_dtype=wire,
         phases=ph,
+        chunk_bytes=chunk_bytes,
     )
     ph["other"] = ph.pop("other_files") + ph.pop("rename")
     ph["write"] = ph.pop("write_hash")  # hashed while written: no separate hash phase
@@ -196,12 +212,19 @@ def swap_after(
     upd = msgspec.msgpack.decode(msgspec.msgpack.encode(upd), type=WeightUpdate)
     ph["notify"] = time.perf_counter() - t
     t = time.perf_counter()
-    local = fetch_version(
-        upd.uri, upd.sha256, upd.weights_file, verify=verify, expected_size=upd.size_bytes
+    _, state = fetch_state(
+        upd.uri,
+        upd.sha256,
+        upd.weights_file,
+        size_bytes=upd.size_bytes,
+        chunk_bytes=upd.chunk_bytes,
+        files=upd.files,
+        verify=verify,
+        pinned=device.startswith("cuda"),
     )
-    ph["verify"] = time.perf_counter() - t
+    ph["verify"] = time.perf_counter() - t  # read + hash, one pass
     t = time.perf_counter()
-    load_into(gen, local / upd.weights_file, device)
+    load_in_place(gen, state)
     ph["load"] = time.perf_counter() - t
     t = time.perf_counter()
     first_token(gen, device)
@@ -210,7 +233,17 @@ def swap_after(
     return ph
 
 
-PHASES = ("gather", "write", "hash", "other", "notify", "verify", "load", "first")
+PHASES = (
+    "gather",
+    "serialise",
+    "write",
+    "hash",
+    "other",
+    "notify",
+    "verify",
+    "load",
+    "first",
+)
 
 
 def median_phases(runs: list[dict]) -> dict:
@@ -225,11 +258,16 @@ def main() -> int:
     ap.add_argument("--size", choices=sorted(SIZES), default="0.5b")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--chunk-mb", type=int, default=16, help="chunk of the parallel digest (0: plain sha256)"
+    )
     ap.add_argument("--store", default=None, help="weight store dir (default /dev/shm or tmp)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "weight_swap.json"))
     args = ap.parse_args()
     use_checkout()
     import torch
+
+    from rollstream.services.models.weightfile import threads
 
     device = args.device
     if device == "auto":
@@ -253,7 +291,7 @@ def main() -> int:
             for verify in ("full", "size"):
                 v = 100 + 2 * i + (verify == "size")
                 cases[f"after_{verify}"].append(
-                    swap_after(learner, gen, store, v, device, wire, verify)
+                    swap_after(learner, gen, store, v, device, wire, verify, args.chunk_mb << 20)
                 )
     finally:
         shutil.rmtree(store, ignore_errors=True)
@@ -268,6 +306,9 @@ def main() -> int:
         "store": str(base),
         "wire_dtype_after": wire or "float32",
         "sha256_MBps": _sha_rate(),
+        "threads": threads(),
+        "chunk_bytes": args.chunk_mb << 20,
+        "first_swap_after_full": cases["after_full"][0] if cases["after_full"] else None,
         "repeats": args.repeats,
         "median": {name: median_phases(runs) for name, runs in cases.items()},
         "runs": cases,

@@ -14,13 +14,18 @@ class WeightUpdate(Message, tag="WeightUpdate", kw_only=True):  # type: ignore[c
     tensors. Key: policy. Topic is compacted: the latest version per policy survives.
 
     `uri` is the version's directory in the weight store (file:// or s3:// ...); `files`
-    maps each file in it to its sha256; `sha256` is that of the weights file `weights_file`."""
+    maps each file in it to its sha256; `sha256` is that of the weights file `weights_file`:
+    with `chunk_bytes` 0 the plain sha256 of the file, else its chunked sha256 - the sha256 of
+    the line "rollstream-chunked-sha256 <chunk_bytes> <size_bytes>\n" followed by the raw
+    sha256 digests of the file's consecutive `chunk_bytes`-byte chunks (hashable in parallel;
+    models/weightfile.py)."""
 
     policy: str
     version: Annotated[int, msgspec.Meta(ge=0)]
     uri: str
     weights_file: str = "model.safetensors"
     sha256: str
+    chunk_bytes: Annotated[int, msgspec.Meta(ge=0)] = 0
     size_bytes: Annotated[int, msgspec.Meta(ge=0)]
     files: dict[str, str] = {}
     step: Annotated[int, msgspec.Meta(ge=0)] = 0

@@ -132,6 +132,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--prompt-field", default="prompt", help="--dataset: prompt field")
     p.add_argument("--answer-field", default="answer", help="--dataset: answer field")
+    p.add_argument(
+        "--plugins",
+        default=None,
+        metavar="DIR",
+        help="folder of user task modules, put on the import path (as for `up`)",
+    )
+    p.add_argument(
+        "--gate",
+        type=float,
+        default=None,
+        help="--tasks/--dataset: stop warming a task once its held-out accuracy beats the "
+        "best constant answer by this much (default 0.15)",
+    )
 
     p = sub.add_parser(
         "control", help="change a stage's live knobs: control generator temperature=0.8"
@@ -211,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "init-model":
         from rollstream.services.models.build import init_model_cli
 
+        if args.plugins:
+            sys.path.insert(0, os.path.abspath(args.plugins))
+
         return init_model_cli(
             args.out,
             args.seed,
@@ -219,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             dataset=args.dataset,
             prompt_field=args.prompt_field,
             answer_field=args.answer_field,
+            gate=args.gate,
         )
     commands = {
         "topics": "rollstream.services.runtime.commands:topics",

@@ -164,32 +164,28 @@ class HFBackend:
         return self._vocab_text
 
     # ---- weights ----------------------------------------------------------------------------
-    def load_weights(self, weights_dir: str) -> float:
-        """load_state_dict from `<weights_dir>/model.safetensors` (strict, except a tied head).
+    @property
+    def pinned(self) -> bool:
+        """Whether weights should be read into pinned host memory (a copy to a GPU)."""
+        return str(self.device).startswith("cuda")
 
-        Names and shapes are checked before any tensor is copied: a file that does not fit
-        raises ValueError and leaves the running weights untouched."""
+    def load_weights(self, weights_dir: str) -> float:
+        """`load_state` from `<weights_dir>/model.safetensors` (the caller verified it)."""
         from pathlib import Path
 
         from safetensors.torch import load_file
 
+        return self.load_state(load_file(str(Path(weights_dir) / "model.safetensors")))
+
+    def load_state(self, state: dict) -> float:
+        """Copy `state` (CPU tensors, e.g. views of verified bytes) into the live parameters in
+        place: strict, except a tied head. Names and shapes are checked before any tensor is
+        copied - a file that does not fit raises ValueError and leaves the running weights
+        untouched. From pinned memory the copies to a GPU are asynchronous, waited for once."""
+        from rollstream.services.models.load import load_in_place
+
         t0 = time.perf_counter()
-        state = load_file(str(Path(weights_dir) / "model.safetensors"), device=str(self.device))
-        have = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
-        tied = getattr(self.model.config, "tie_word_embeddings", False)
-        missing = [
-            k for k in have if k not in state and not (tied and k.endswith("lm_head.weight"))
-        ]
-        unexpected = [k for k in state if k not in have]
-        wrong = [k for k in state if k in have and tuple(state[k].shape) != have[k]]
-        if missing or unexpected or wrong:
-            raise ValueError(
-                f"weights do not fit the model: missing {missing[:3]}, "
-                f"unexpected {unexpected[:3]}, wrong shape {wrong[:3]}"
-            )
-        self.model.load_state_dict(state, strict=False)
-        if tied:
-            self.model.tie_weights()
+        load_in_place(self.model, state)
         return time.perf_counter() - t0
 
     def close(self) -> None:

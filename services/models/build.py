@@ -190,6 +190,7 @@ def init_model_cli(
     dataset: str | None = None,
     prompt_field: str = "prompt",
     answer_field: str = "answer",
+    gate: float | None = None,
 ) -> int:
     """`rollstream init-model [--out DIR] [--seed N] [--force] [--tasks T,...] [--dataset F]`;
     returns the exit code. With --tasks / --dataset the built-in model is warmed up on those
@@ -217,6 +218,11 @@ def init_model_cli(
         warmup = WarmupSettings(
             mixture=mixture, sft_weights={}, max_new_tokens=max(12, min(128, longest + 4))
         )
+        if gate is not None:
+            if not 0 < gate < 1:
+                print("error: --gate must be between 0 and 1", file=sys.stderr)
+                return 2
+            warmup = replace(warmup, gate=gate)
     target = Path(out) if out else default_model_dir()
     summary_path = target / SUMMARY_FILE
     if (target / "model.safetensors").exists() and not force:

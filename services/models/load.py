@@ -83,6 +83,36 @@ def load_model(model_dir: str | Path, device: str = "cpu", dtype: str | None = N
     return model.to(device)
 
 
+def load_in_place(model: Any, state: dict[str, Any]) -> None:
+    """Copy `state` (tensors on any device, e.g. views of verified host bytes) into `model`'s
+    live parameters and buffers: strict, except a tied head. Names and shapes are checked
+    before anything is copied - a state that does not fit raises ValueError and leaves the
+    model untouched. Copies to a GPU are issued asynchronously (from pinned memory they
+    overlap) and waited for once, before returning: the source may be reused after."""
+    import torch
+
+    live = model.state_dict(keep_vars=True)
+    tied = getattr(model.config, "tie_word_embeddings", False)
+    missing = [k for k in live if k not in state and not (tied and k.endswith("lm_head.weight"))]
+    unexpected = [k for k in state if k not in live]
+    wrong = [k for k in state if k in live and tuple(state[k].shape) != tuple(live[k].shape)]
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"weights do not fit the model: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}, wrong shape {wrong[:3]}"
+        )
+    cuda = False
+    with torch.no_grad():
+        for k, src in state.items():
+            dst = live[k]
+            dst.copy_(src, non_blocking=True)
+            cuda = cuda or dst.device.type == "cuda"
+        if tied:
+            model.tie_weights()
+    if cuda:
+        torch.cuda.synchronize()
+
+
 def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 

@@ -18,10 +18,18 @@ import struct
 import tempfile
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from rollstream.services.models.weightfile import (
+    CHUNK_BYTES,
+    DigestMismatch,
+    digest_file,
+    read_verified,
+    stage_image,
+    write_image,
+)
 
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILES = (
@@ -73,15 +81,17 @@ def publish_version(
     storage_options: dict[str, Any] | None = None,
     wire_dtype: str | None = None,
     phases: dict[str, float] | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
 ) -> Any:
     """Write `model` (a transformers model or a state dict) as version `version`; return the
     WeightUpdate to publish. config.json comes from the model; tokenizer files from
     `model_dir` (the model's original directory).
 
     `wire_dtype` ("bfloat16", "float16", "float32"; None = as the model holds them): floating
-    tensors are cast to it on their own device before the copy to the CPU - bf16 halves the
-    bytes of fp32 master weights. The weights file is hashed while it is written (no second
-    read). `phases`, if given, receives the seconds of each phase (gather, write_hash,
+    tensors are cast to it on their own device before the copy to the host - bf16 halves the
+    bytes of fp32 master weights. The weights file is hashed while it is written, in
+    `chunk_bytes` chunks by parallel threads (weightfile's chunked sha256; 0: plain sha256).
+    `phases`, if given, receives the seconds of each phase (gather, serialise, write_hash,
     other_files, rename)."""
     from rollstream.schemas import WeightUpdate
 
@@ -99,8 +109,10 @@ def publish_version(
     tmp.mkdir(parents=True)
     with clock("gather"):
         tensors = gather_state(model, wire_dtype)
-    with clock("write_hash"):
-        weights_digest = write_safetensors(tensors, tmp / WEIGHTS_FILE, {"format": "pt"})
+    weights_digest = write_safetensors(
+        tensors, tmp / WEIGHTS_FILE, {"format": "pt"}, chunk_bytes, phases
+    )
+    del tensors
     with clock("other_files"):
         if hasattr(model, "config"):
             cfg = model.config
@@ -140,6 +152,7 @@ def publish_version(
         uri=uri,
         weights_file=WEIGHTS_FILE,
         sha256=files[WEIGHTS_FILE],
+        chunk_bytes=chunk_bytes,
         size_bytes=size,
         files=files,
         step=step,
@@ -167,9 +180,9 @@ WIRE_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def gather_state(model: Any, wire_dtype: str | None = None) -> dict[str, Any]:
-    """CPU tensors to publish: the model's state dict (one copy of tied weights), floating
-    tensors cast to `wire_dtype` on their device first (a GPU casts 1 GB in microseconds; the
-    copy to the CPU then moves half the bytes)."""
+    """The tensors to publish, still on their device: the model's state dict (one copy of
+    tied weights), floating tensors cast to `wire_dtype` there (a GPU casts 1 GB in
+    microseconds; the copy to the host then moves half the bytes of fp32 weights)."""
     import torch
 
     if wire_dtype is not None and wire_dtype not in WIRE_DTYPES:
@@ -181,64 +194,28 @@ def gather_state(model: Any, wire_dtype: str | None = None) -> dict[str, Any]:
         t = v.detach()
         if dtype is not None and t.is_floating_point() and t.dtype != dtype:
             t = t.to(dtype)
-        tensors[k] = t.to("cpu").contiguous()
+        tensors[k] = t
     _drop_tied(model, tensors)
-    _unshare(tensors)
     return tensors
 
 
-_ST_DTYPES = {
-    "float64": "F64",
-    "float32": "F32",
-    "float16": "F16",
-    "bfloat16": "BF16",
-    "int64": "I64",
-    "int32": "I32",
-    "int16": "I16",
-    "int8": "I8",
-    "uint8": "U8",
-    "bool": "BOOL",
-}
-
-
 def write_safetensors(
-    tensors: dict[str, Any], path: str | Path, metadata: dict[str, str] | None = None
+    tensors: dict[str, Any],
+    path: str | Path,
+    metadata: dict[str, str] | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+    phases: dict[str, float] | None = None,
 ) -> str:
-    """Write `tensors` (contiguous CPU tensors) to `path` in the safetensors format and return
-    the file's sha256, computed on the bytes as they are written: a second thread hashes each
-    tensor's buffer while this one writes it (both release the GIL), with no serialised copy
-    of the whole file in memory and no second read. The file is byte-for-byte a valid
-    safetensors file (`safetensors.torch.load_file` reads it)."""
-    import torch
-
-    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
-    offset = 0
-    names = sorted(tensors)
-    for name in names:
-        t = tensors[name]
-        kind = _ST_DTYPES.get(str(t.dtype).removeprefix("torch."))
-        if kind is None:
-            raise ValueError(f"{name}: dtype {t.dtype} cannot be written as safetensors")
-        n = t.numel() * t.element_size()
-        header[name] = {"dtype": kind, "shape": list(t.shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
-    h = hashlib.sha256()
-    with open(path, "wb") as f, ThreadPoolExecutor(1, thread_name_prefix="sha256") as hasher:
-        head = struct.pack("<Q", len(raw)) + raw
-        pending = [hasher.submit(h.update, head)]
-        f.write(head)
-        for name in names:
-            t = tensors[name]
-            if t.numel() == 0:
-                continue
-            buf = memoryview(t.reshape(-1).view(torch.uint8).numpy())
-            pending.append(hasher.submit(h.update, buf))  # one worker: in order
-            f.write(buf)
-        for fut in pending:
-            fut.result()
-    return h.hexdigest()
+    """Write `tensors` (any device) to `path` as a safetensors file and return its digest
+    (weightfile's chunked sha256 over `chunk_bytes` chunks; 0: plain sha256): the file is
+    staged in one host buffer (pinned for GPU tensors), then every chunk is hashed and written
+    by its own thread - no serialised copy, no second read. `safetensors.torch.load_file`
+    reads the result. `phases` gets "serialise" (device -> host image) and "write_hash"."""
+    clock = _Clock(phases)
+    with clock("serialise"):
+        image = stage_image(tensors, metadata)
+    with clock("write_hash"):
+        return write_image(image, path, chunk_bytes)
 
 
 def _drop_tied(model: Any, tensors: dict[str, Any]) -> None:
@@ -308,6 +285,8 @@ def fetch_version(
     store: str | None = None,
     verify: str = "full",
     expected_size: int | None = None,
+    chunk_bytes: int = 0,
+    _weights_read_by_caller: bool = False,
 ) -> Path:
     """A local directory holding the version at `uri`, every file a loader reads verified;
     WeightError if missing, truncated, different, or not where it may be.
@@ -321,7 +300,9 @@ def fetch_version(
     `verify="size"` - only for a local store written by a trusted learner on this host, which
     hashed the bytes as it wrote them - checks the weights file's exact `expected_size` and a
     whole safetensors header instead of hashing it again (the small manifest files are still
-    hashed); `verify="full"` hashes everything."""
+    hashed); `verify="full"` hashes everything (the weights file in parallel chunks when
+    `chunk_bytes` > 0, as published). A loader that can take tensors should use `fetch_state`
+    instead: it reads the weights file once and verifies the very bytes it returns."""
     if verify not in ("full", "size"):
         raise ValueError(f"weights.verify: unknown {verify!r} (full, size)")
     if weights_file != WEIGHTS_FILE:
@@ -349,10 +330,12 @@ def fetch_version(
         path = local / name
         if "/" in name or name.startswith(".") or not path.is_file():
             raise WeightError(f"{path}: file missing")
+        if name == WEIGHTS_FILE and _weights_read_by_caller:
+            continue
         if name == WEIGHTS_FILE and verify == "size" and _is_local(uri) and expected_size:
             _check_size_and_header(path, expected_size)
             continue
-        got = sha256_file(path)
+        got = digest_file(path, chunk_bytes) if name == WEIGHTS_FILE else sha256_file(path)
         if got != digest:
             if not _is_local(uri):
                 shutil.rmtree(local, ignore_errors=True)  # a later try downloads it again
@@ -361,6 +344,50 @@ def fetch_version(
                 f"{digest[:12]}… (corrupt or truncated file)"
             )
     return local
+
+
+def fetch_state(
+    uri: str,
+    expected_sha256: str,
+    weights_file: str = WEIGHTS_FILE,
+    *,
+    size_bytes: int,
+    chunk_bytes: int = 0,
+    files: dict[str, str] | None = None,
+    store: str | None = None,
+    verify: str = "full",
+    storage_options: dict[str, Any] | None = None,
+    cache: str | Path | None = None,
+    pinned: bool = False,
+) -> tuple[Path, dict[str, Any]]:
+    """(the version's local directory, its tensors): every manifest file checked as in
+    `fetch_version`, and the weights file read once, in parallel chunks, into one host buffer
+    (pinned: for a copy to a GPU) whose bytes are hashed as they arrive and compared with the
+    published digest before any tensor is returned - the tensors are views of the verified
+    bytes (valid until the next call in this process). `verify="size"` (local store only)
+    checks size and header instead of the digest. WeightError on any mismatch."""
+    local = fetch_version(
+        uri,
+        expected_sha256,
+        weights_file,
+        files=files,
+        store=store,
+        verify=verify,
+        storage_options=storage_options,
+        cache=cache,
+        chunk_bytes=chunk_bytes,
+        _weights_read_by_caller=True,
+    )
+    digest = None if (verify == "size" and _is_local(uri)) else expected_sha256
+    try:
+        tensors = read_verified(
+            local / WEIGHTS_FILE, digest, size=size_bytes, chunk_bytes=chunk_bytes, pinned=pinned
+        )
+    except (DigestMismatch, ValueError) as exc:
+        if not _is_local(uri):
+            shutil.rmtree(local, ignore_errors=True)  # a later try downloads it again
+        raise WeightError(str(exc)) from None
+    return local, tensors
 
 
 def check_in_store(uri: str, store: str) -> None:

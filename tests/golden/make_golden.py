@@ -154,6 +154,7 @@ def examples() -> dict[str, Message]:
             version=4,
             uri="file:///tmp/weights/v4",
             sha256="ab" * 32,
+            chunk_bytes=16 << 20,
             size_bytes=1024,
             files={"model.safetensors": "ab" * 32},
             step=4,

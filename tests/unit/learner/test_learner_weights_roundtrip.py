@@ -37,7 +37,7 @@ def test_published_weights_give_the_learners_logits_in_the_generator(
         model_dir=tiny_model_dir,
         keep=2,
     )
-    local = fetch_version(upd.uri, upd.sha256, upd.weights_file)
+    local = fetch_version(upd.uri, upd.sha256, upd.weights_file, chunk_bytes=upd.chunk_bytes)
 
     gen = HFBackend(tiny_model_dir, dtype="float32")
     ids = torch.tensor([[1, 20, 21, 30, 31, 2, 22, 50]])

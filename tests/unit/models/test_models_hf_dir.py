@@ -73,11 +73,21 @@ def test_write_safetensors_is_read_back_exactly_and_hashed_as_written(tmp_path: 
         "s": torch.tensor(2.5),
         "e": torch.empty(0, 3),
     }
-    digest = write_safetensors(tensors, tmp_path / "x.safetensors", {"format": "pt"})
-    assert digest == hashlib.sha256((tmp_path / "x.safetensors").read_bytes()).hexdigest()
-    back = load_file(str(tmp_path / "x.safetensors"))
+    path = tmp_path / "x.safetensors"
+    assert write_safetensors(tensors, path, {"format": "pt"}, chunk_bytes=0) == (
+        hashlib.sha256(path.read_bytes()).hexdigest()
+    )
+    back = load_file(str(path))
     for name, t in tensors.items():
         assert back[name].dtype == t.dtype and torch.equal(back[name], t), name
+    # the chunked digest, by its definition (schemas/control.py), over 24-byte chunks
+    digest = write_safetensors(tensors, path, {"format": "pt"}, chunk_bytes=24)
+    data = path.read_bytes()
+    h = hashlib.sha256(f"rollstream-chunked-sha256 24 {len(data)}\n".encode())
+    for a in range(0, len(data), 24):
+        h.update(hashlib.sha256(data[a : a + 24]).digest())
+    assert len(data) > 5 * 24 and digest == h.hexdigest()
+    assert all(torch.equal(load_file(str(path))[k], t) for k, t in tensors.items())
 
 
 def test_bf16_on_the_wire_loads_with_transformers_and_a_cut_file_is_refused(
@@ -98,9 +108,15 @@ def test_bf16_on_the_wire_loads_with_transformers_and_a_cut_file_is_refused(
         wire_dtype="bfloat16",
         phases=phases,
     )
-    assert set(phases) == {"gather", "write_hash", "other_files", "rename"}
+    assert set(phases) == {"gather", "serialise", "write_hash", "other_files", "rename"}
     assert "chat_template.jinja" in upd.files
-    local = fetch_version(upd.uri, upd.sha256, verify="size", expected_size=upd.size_bytes)
+    local = fetch_version(
+        upd.uri,
+        upd.sha256,
+        verify="size",
+        expected_size=upd.size_bytes,
+        chunk_bytes=upd.chunk_bytes,
+    )
     loaded = AutoModelForCausalLM.from_pretrained(str(local), local_files_only=True)
     assert loaded.dtype == torch.bfloat16
     want = model.state_dict()["model.embed_tokens.weight"].to(torch.bfloat16)
@@ -110,4 +126,10 @@ def test_bf16_on_the_wire_loads_with_transformers_and_a_cut_file_is_refused(
         f.truncate(upd.size_bytes - 8)
     for verify in ("size", "full"):
         with pytest.raises(WeightError):
-            fetch_version(upd.uri, upd.sha256, verify=verify, expected_size=upd.size_bytes)
+            fetch_version(
+                upd.uri,
+                upd.sha256,
+                verify=verify,
+                expected_size=upd.size_bytes,
+                chunk_bytes=upd.chunk_bytes,
+            )

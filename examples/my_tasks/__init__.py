@@ -1,0 +1,1 @@
+"""An example package of user tasks (`--plugins examples` puts it on every stage's path)."""
