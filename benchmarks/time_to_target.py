@@ -45,6 +45,8 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "ahead2": ("async", ["generator.ahead_batches=2"]),
     "ahead3": ("async", ["generator.ahead_batches=3"]),
     "ahead4": ("async", ["generator.ahead_batches=4"]),
+    "async-2gen": ("async", ["stages.generator.replicas=2"]),  # for 4 cores a run
+    "sync-4threads": ("sync", ["learner.threads=4"]),
     "ahead2-s1": ("async", ["generator.ahead_batches=2", "replay.max_staleness=1"]),
     "async-s0": ("async", ["replay.max_staleness=0"]),
     "async-s1": ("async", ["replay.max_staleness=1"]),
