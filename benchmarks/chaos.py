@@ -210,8 +210,11 @@ def main() -> int:
         (work / f"{args.role}.json").write_text(json.dumps(res, indent=2))
         return 0
     work.mkdir(parents=True, exist_ok=True)
-    # the base model once, before two runs would race to build it
-    subprocess.run([sys.executable, "-m", "rollstream.services.cli", "init-model"], check=True)
+    # the base model once, before two runs would race to build it (`init-model` would
+    # rebuild it even when it is there, under runs of other scripts that read it)
+    from rollstream.services.models.load import ensure_base_model
+
+    ensure_base_model()
     cores = sorted(os.sched_getaffinity(0))
     if args.sequential or len(cores) < 4:
         for role in ("chaos", "calm"):
