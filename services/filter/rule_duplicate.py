@@ -1,4 +1,4 @@
-"""Duplicate filter (techniques.md F8, rollout level): identical completions within a group
+"""Duplicate filter (rollout level): identical completions within a group
 waste update compute; keep the first of each and drop the rest.
 
 Reason "duplicate"; stats: count (dropped), distinct (completions left).

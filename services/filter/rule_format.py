@@ -1,4 +1,4 @@
-"""Format filter (techniques.md F5): drop samples whose completion does not match a regex (or
+"""Format filter: drop samples whose completion does not match a regex (or
 the group, with scope=group).
 
 Reason "format"; stats: count, fraction.

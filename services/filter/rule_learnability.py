@@ -1,6 +1,6 @@
-"""Learnability threshold (LILO, techniques.md F11): keep a group only when p(1 - p) >= t,
-p its pass rate. p(1 - p) is the variance of a Bernoulli success and peaks at 0.25 (p = 0.5);
-t = 0.09 keeps 0.1 <= p <= 0.9.
+"""Learnability threshold (LILO: Foster & Foerster 2025, "Learning to Reason at the Frontier of
+Learnability"): keep a group only when p(1 - p) >= t, p its pass rate. p(1 - p) is the variance
+of a Bernoulli success and peaks at 0.25 (p = 0.5); t = 0.09 keeps 0.1 <= p <= 0.9.
 
 Reason "low_learnability"; stats: learnability, pass_rate, threshold.
 """

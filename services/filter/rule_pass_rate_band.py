@@ -1,5 +1,6 @@
-"""Pass-rate band (online difficulty filtering, techniques.md F10): keep a group only when its
-pass rate p lies in [lo, hi] (closed). AReaL's boba recipe uses lo=0.05, hi=0.95.
+"""Pass-rate band (Bae et al. 2025, "Online Difficulty Filtering for Reasoning Oriented RL"): keep
+a group only when its pass rate p lies in [lo, hi] (closed). AReaL's boba recipe uses lo=0.05,
+hi=0.95.
 
 Reasons "pass_rate_below_band" / "pass_rate_above_band"; stats: pass_rate, lo, hi.
 """

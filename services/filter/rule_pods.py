@@ -1,5 +1,6 @@
-"""PODS max-variance down-sampling (techniques.md G4, §8): from the n samples of a group keep
-the m whose rewards have the largest variance, drop the rest.
+"""PODS max-variance down-sampling (Xu et al. 2025, "Not All Rollouts are Useful: Down-Sampling
+Rollouts in LLM RL"): from the n samples of a group keep the m whose rewards have the largest
+variance, drop the rest.
 
 Rule: sort the rewards; the best subset is the k highest plus the m - k lowest for some k in
 [0, m], so scanning k after the sort finds it in O(n log n) (checked against brute force in

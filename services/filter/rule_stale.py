@@ -1,4 +1,4 @@
-"""Stale filter (techniques.md R1): drop samples produced by a policy more than `max_lag`
+"""Stale filter (bounded staleness): drop samples produced by a policy more than `max_lag`
 versions behind the learner's latest published version. Keeps everything while the learner's
 version is unknown.
 

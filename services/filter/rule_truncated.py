@@ -1,4 +1,4 @@
-"""Truncated / overlong filter (DAPO overlong filtering, techniques.md F3): samples whose
+"""Truncated / overlong filter (DAPO overlong filtering, Yu et al. 2025): samples whose
 generation stopped on the length limit (`finish_reason == "length"`) carry no verdict on the
 answer; drop them (scope=samples, the DAPO choice) or drop the group (scope=group).
 

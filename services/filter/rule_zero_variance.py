@@ -1,4 +1,4 @@
-"""Zero-variance filter (DAPO dynamic sampling, techniques.md F1): drop a group whose rewards
+"""Zero-variance filter (DAPO dynamic sampling, Yu et al. 2025): drop a group whose rewards
 are all equal, since group-normalised advantages are then all zero.
 
 Reasons: "zero_variance_all_correct" (every sample correct), "zero_variance_all_wrong" (none

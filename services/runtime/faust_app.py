@@ -1,13 +1,13 @@
 """The faust app factory for the two stream processors (scorer, filter).
 
-How we run faust safely (research/ecosystem.md): at-least-once (never `exactly_once`),
-`concurrency=1` on agents whose offsets matter, dedupe by id in table state, topics created
-explicitly with the registry's partition counts, raw bytes in and out (decoded with
-rollstream.schemas, so bad messages reach the DLQ), a short session timeout for fast joins on
-the embedded broker, static membership (`consumer_group_instance_id`) where asked for and the
-session timeout is 10 s or more, so a restart of the same instance does not trigger a rebalance,
-and `rocksdb://` as table store for real deployments (the default `memory://` rebuilds tables
-from the changelog at start).
+How we run faust safely (every patch and why: faust_patches.py): at-least-once (never
+`exactly_once`), `concurrency=1` on agents whose offsets matter, dedupe by id in table state,
+topics created explicitly with the registry's partition counts, raw bytes in and out (decoded
+with rollstream.schemas, so bad messages reach the DLQ), a short session timeout for fast joins
+on the embedded broker, static membership (`consumer_group_instance_id`) where asked for and
+the session timeout is 10 s or more, so a restart of the same instance does not trigger a
+rebalance, and `rocksdb://` as table store for real deployments (the default `memory://`
+rebuilds tables from the changelog at start).
 
 Speed: faust's per-message machinery cost more than the stages' work (benchmarks/RESULTS.md).
 Three changes take most of it away: the fetch loop delivers each fetched batch in one task
@@ -116,11 +116,9 @@ def make_app(
         recovery_consistency_check=False,
         Monitor="rollstream.services.runtime.faust_monitor:QuietMonitor",
     )
-    read_changelogs_to_fetched_end()
-    drain_buffer_on_flush()
-    deliver_fetches_in_one_task()
-    rewind_uncommitted_partitions()
-    wait_at_most_in_fetches()
+    from rollstream.services.runtime import faust_patches
+
+    faust_patches.apply()  # checks the faust / aiokafka versions and attributes first
     if instance and static_membership(kafka):
         conf["consumer_group_instance_id"] = instance
     elif instance and kafka.static_membership:

@@ -12,7 +12,7 @@ and starts one task per rollout, up to `max_in_flight` at once, so slow rewards 
 judge) overlap; past that it stops reading (back-pressure). Results are sent and events acked
 strictly in arrival order:
 faust commits the first run of consecutive acked offsets and, acked out of order, could commit
-past a rollout still being scored (research/ecosystem.md, faust #606). Results go out through
+past a rollout still being scored (faust-streaming issue #606). Results go out through
 librdkafka (runtime/faust_sender.py), whose flush is part of faust's producer flush, and faust
 flushes the producer before each offset commit, so delivery is at least once: after a crash the
 rollouts since the last commit are scored again, and the filter drops the repeats by rollout_id.

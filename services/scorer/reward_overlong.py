@@ -1,4 +1,4 @@
-"""DAPO soft overlong punishment (techniques.md F4, DAPO Eq. 13), scaled by `penalty_factor`:
+"""DAPO soft overlong punishment (DAPO, Yu et al. 2025, Eq. 13), scaled by `penalty_factor`:
 
     R(L) = 0                                   if L <= max_len - cache
          = ((max_len - cache) - L) / cache     if max_len - cache < L <= max_len

@@ -1,4 +1,5 @@
-"""Repetition penalty (techniques.md F6, Yeo et al. / open-r1) over word n-grams:
+"""Repetition penalty (Yeo et al. 2025, "Demystifying Long Chain-of-Thought Reasoning in LLMs";
+open-r1) over word n-grams:
 
     r = (1 - |unique n-grams| / |n-grams|) * max_penalty        (max_penalty <= 0)
 

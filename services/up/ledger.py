@@ -1,4 +1,4 @@
-"""The ledger of DESIGN.md §3: every rollout ever produced is in exactly one of pending,
+"""The ledger (RELIABILITY.md): every rollout ever produced is in exactly one of pending,
 dropped (with a reason), trained, or expired. Computed by reading the topics themselves.
 
 generated  = distinct rollout_ids on `rollouts.raw`
