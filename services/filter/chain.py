@@ -34,14 +34,14 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from rollstream.schemas import ScoredRollout
 
 BUILTIN_FILTERS: dict[str, str] = {
-    "zero_variance": "rollstream.services.filter.rule_zero_variance:ZeroVariance",
-    "truncated": "rollstream.services.filter.rule_truncated:Truncated",
-    "format": "rollstream.services.filter.rule_format:FormatFilter",
-    "duplicate": "rollstream.services.filter.rule_duplicate:Duplicate",
-    "stale": "rollstream.services.filter.rule_stale:Stale",
-    "pass_rate_band": "rollstream.services.filter.rule_pass_rate_band:PassRateBand",
-    "learnability": "rollstream.services.filter.rule_learnability:Learnability",
-    "pods": "rollstream.services.filter.rule_pods:Pods",
+    "zero_variance": "rollstream.services.filter.rules.zero_variance:ZeroVariance",
+    "truncated": "rollstream.services.filter.rules.truncated:Truncated",
+    "format": "rollstream.services.filter.rules.format:FormatFilter",
+    "duplicate": "rollstream.services.filter.rules.duplicate:Duplicate",
+    "stale": "rollstream.services.filter.rules.stale:Stale",
+    "pass_rate_band": "rollstream.services.filter.rules.pass_rate_band:PassRateBand",
+    "learnability": "rollstream.services.filter.rules.learnability:Learnability",
+    "pods": "rollstream.services.filter.rules.pods:Pods",
 }
 
 

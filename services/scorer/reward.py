@@ -63,16 +63,16 @@ class Reward(Protocol):
 
 # Built-in rewards by name -> "module:attribute"; imported lazily by `load_reward`.
 BUILTIN_REWARDS: dict[str, str] = {
-    "exact_match": "rollstream.services.scorer.reward_match:ExactMatch",
-    "numeric_match": "rollstream.services.scorer.reward_match:NumericMatch",
-    "math_verify": "rollstream.services.scorer.reward_math:MathVerify",
-    "task": "rollstream.services.scorer.reward_task:TaskCheck",
-    "format": "rollstream.services.scorer.reward_format:FormatMatch",
-    "length_penalty": "rollstream.services.scorer.reward_length:LengthPenalty",
-    "soft_overlong": "rollstream.services.scorer.reward_overlong:SoftOverlong",
-    "repetition_penalty": "rollstream.services.scorer.reward_repetition:RepetitionPenalty",
-    "code_exec": "rollstream.services.scorer.reward_code:CodeExec",
-    "http_judge": "rollstream.services.scorer.reward_http:HttpJudge",
+    "exact_match": "rollstream.services.scorer.rewards.match:ExactMatch",
+    "numeric_match": "rollstream.services.scorer.rewards.match:NumericMatch",
+    "math_verify": "rollstream.services.scorer.rewards.math:MathVerify",
+    "task": "rollstream.services.scorer.rewards.task:TaskCheck",
+    "format": "rollstream.services.scorer.rewards.format:FormatMatch",
+    "length_penalty": "rollstream.services.scorer.rewards.length:LengthPenalty",
+    "soft_overlong": "rollstream.services.scorer.rewards.overlong:SoftOverlong",
+    "repetition_penalty": "rollstream.services.scorer.rewards.repetition:RepetitionPenalty",
+    "code_exec": "rollstream.services.scorer.rewards.code:CodeExec",
+    "http_judge": "rollstream.services.scorer.rewards.http:HttpJudge",
 }
 
 P = TypeVar("P", bound=BaseModel)

@@ -10,7 +10,7 @@ import pytest
 from filter_builders import group_of, scored
 
 from rollstream.services.filter.chain import CandidateGroup, FilterConfigError, load_filter
-from rollstream.services.filter.rule_pods import max_variance_subset
+from rollstream.services.filter.rules.pods import max_variance_subset
 
 
 def cand(samples, learner_version=None) -> CandidateGroup:

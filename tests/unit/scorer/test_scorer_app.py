@@ -13,7 +13,7 @@ from rollstream.services.runtime.metrics import StageMetrics
 from rollstream.services.scorer.app import Scorer
 from rollstream.services.scorer.combine import Combiner, Component
 from rollstream.services.scorer.metrics import RunningStats, register
-from rollstream.services.scorer.reward_match import ExactMatch
+from rollstream.services.scorer.rewards.match import ExactMatch
 
 
 class Boom:

@@ -13,7 +13,7 @@ from scorer_builders import rollout
 
 from rollstream.services.scorer.combine import Combiner, Component, Score
 from rollstream.services.scorer.reward import RewardConfigError, RewardError
-from rollstream.services.scorer.reward_http import HttpJudge
+from rollstream.services.scorer.rewards.http import HttpJudge
 
 Handler = Callable[[dict[str, Any], int], Awaitable[web.Response]]
 

@@ -6,12 +6,12 @@ import pytest
 from scorer_builders import rollout
 
 from rollstream.services.scorer.reward import RewardConfigError, load_reward
-from rollstream.services.scorer.reward_format import FormatMatch
-from rollstream.services.scorer.reward_length import LengthPenalty
-from rollstream.services.scorer.reward_match import ExactMatch, NumericMatch
-from rollstream.services.scorer.reward_overlong import SoftOverlong, overlong_penalty
-from rollstream.services.scorer.reward_repetition import RepetitionPenalty, repetition_penalty
-from rollstream.services.scorer.reward_task import TaskCheck
+from rollstream.services.scorer.rewards.format import FormatMatch
+from rollstream.services.scorer.rewards.length import LengthPenalty
+from rollstream.services.scorer.rewards.match import ExactMatch, NumericMatch
+from rollstream.services.scorer.rewards.overlong import SoftOverlong, overlong_penalty
+from rollstream.services.scorer.rewards.repetition import RepetitionPenalty, repetition_penalty
+from rollstream.services.scorer.rewards.task import TaskCheck
 
 
 def test_exact_match_extracts_and_case_folds() -> None:

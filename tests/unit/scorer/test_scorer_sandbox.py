@@ -21,7 +21,7 @@ import pytest
 from scorer_builders import rollout
 
 from rollstream.services.scorer.combine import Combiner, Component
-from rollstream.services.scorer.reward_code import CodeExec, extract_code
+from rollstream.services.scorer.rewards.code import CodeExec, extract_code
 from rollstream.services.scorer.sandbox import Limits, Sandbox, SandboxUnavailable
 
 FAIL = -1.0  # failure_value in these tests, so a killed run is told apart from failed tests

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rollstream.services.learner.objective_ppo import PPOClip
 from rollstream.services.learner.objectives import register
+from rollstream.services.learner.objectives.ppo import PPOClip
 
 
 @register("dapo")

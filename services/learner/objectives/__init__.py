@@ -25,11 +25,11 @@ class Objective(Protocol):
 
 
 BUILTIN = {
-    "ppo": "objective_ppo",
-    "grpo": "objective_grpo",
-    "dapo": "objective_dapo",
-    "dr_grpo": "objective_drgrpo",
-    "gspo": "objective_gspo",
+    "ppo": "objectives.ppo",
+    "grpo": "objectives.grpo",
+    "dapo": "objectives.dapo",
+    "dr_grpo": "objectives.drgrpo",
+    "gspo": "objectives.gspo",
 }
 
 _REGISTRY: dict[str, Callable[..., Objective]] = {}

@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 
 from rollstream.schemas import Rollout
 from rollstream.services.scorer.reward import RewardParams, parse_params
-from rollstream.services.scorer.reward_length import completion_length
+from rollstream.services.scorer.rewards.length import completion_length
 
 
 def overlong_penalty(length: int, max_len: int, cache: int) -> float:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rollstream.services.learner.objective_ppo import PPOClip
 from rollstream.services.learner.objectives import register
+from rollstream.services.learner.objectives.ppo import PPOClip
 
 
 @register("grpo")

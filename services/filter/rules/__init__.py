@@ -1,0 +1,1 @@
+"""Built-in filter rules, one file each (registered by name in filter/chain.py)."""
