@@ -238,11 +238,11 @@ def main(argv: list[str] | None = None) -> int:
             gate=args.gate,
         )
     commands = {
-        "topics": "rollstream.services.runtime.commands:topics",
-        "tap": "rollstream.services.runtime.tap:main",
-        "record": "rollstream.services.runtime.record:record_main",
-        "replay": "rollstream.services.runtime.record:replay_main",
-        "control": "rollstream.services.runtime.commands:control",
+        "topics": "rollstream.services.tools.commands:topics",
+        "tap": "rollstream.services.tools.tap:main",
+        "record": "rollstream.services.tools.record:record_main",
+        "replay": "rollstream.services.tools.record:replay_main",
+        "control": "rollstream.services.tools.commands:control",
         "up": "rollstream.services.up.main:main",
         "config": "rollstream.services.up.main:config_main",
         "status": "rollstream.services.up.status:main",

@@ -10,8 +10,8 @@ from confluent_kafka import Producer as RawProducer
 
 from rollstream.schemas.topics import qualified
 from rollstream.services.cli import main
-from rollstream.services.runtime.commands import latest_control
 from rollstream.services.runtime.settings import KafkaSettings
+from rollstream.services.tools.commands import latest_control
 
 pytestmark = pytest.mark.kafka
 

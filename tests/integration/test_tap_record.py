@@ -19,9 +19,9 @@ import pytest
 from rollstream.schemas import ScoredRollout, decode
 from rollstream.services.runtime.admin import create_topics
 from rollstream.services.runtime.bus import Producer
-from rollstream.services.runtime.record import iter_recording
 from rollstream.services.runtime.settings import KafkaSettings
-from rollstream.services.runtime.tap import read_raw
+from rollstream.services.tools.record import iter_recording
+from rollstream.services.tools.tap import read_raw
 
 pytestmark = pytest.mark.kafka
 

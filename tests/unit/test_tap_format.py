@@ -11,15 +11,15 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from rollstream.services.runtime.record import (
+from rollstream.services.tools.record import (
     Recorded,
     RecordingError,
     iter_recording,
     read_header,
     write_recording,
 )
-from rollstream.services.runtime.tap import key_text, plain, select
-from rollstream.services.runtime.tapstats import TapStats
+from rollstream.services.tools.tap import key_text, plain, select
+from rollstream.services.tools.tapstats import TapStats
 
 
 def test_plain_shows_token_ids_as_ints_logprobs_rounded_and_other_bytes_as_base64() -> None:

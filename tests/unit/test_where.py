@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rollstream.services.runtime.where import Where, WhereError, resolve_path
+from rollstream.services.tools.where import Where, WhereError, resolve_path
 
 SCORED = {
     "schema": "ScoredRollout",

@@ -146,7 +146,7 @@ def _header(unpacker: Any, path: str | Path) -> dict[str, Any]:
 def record_main(args: argparse.Namespace) -> int:
     """`rollstream record TOPIC FILE`: save a topic from its oldest message to FILE."""
     from rollstream.schemas import SchemaError
-    from rollstream.services.runtime.tap import TapError, decode_message, read_raw, registry_type
+    from rollstream.services.tools.tap import TapError, decode_message, read_raw, registry_type
 
     kafka = kafka_from(args.bootstrap, args.namespace)
     topic = unqualified(args.topic, kafka.namespace)
@@ -189,7 +189,7 @@ def record_main(args: argparse.Namespace) -> int:
 
 def replay_main(args: argparse.Namespace) -> int:
     """`rollstream replay FILE [TOPIC]`: produce every recorded record into TOPIC."""
-    from rollstream.services.runtime.tap import TapError
+    from rollstream.services.tools.tap import TapError
 
     kafka = kafka_from(args.bootstrap, args.namespace)
     try:
@@ -269,7 +269,7 @@ def replay(
 def _partitions(kafka: KafkaSettings, topic: str) -> int:
     from confluent_kafka.admin import AdminClient
 
-    from rollstream.services.runtime.tap import TapError
+    from rollstream.services.tools.tap import TapError
 
     real = qualified(topic, kafka.namespace)
     md = AdminClient(kafka.client_config("admin")).list_topics(timeout=10)

@@ -29,8 +29,8 @@ import numpy as np
 from rollstream.schemas import Message, SchemaError, decode, decode_any
 from rollstream.schemas.topics import lookup, qualified, unqualified
 from rollstream.services.runtime.settings import KafkaSettings, kafka_from
-from rollstream.services.runtime.tapstats import TapStats
-from rollstream.services.runtime.where import Where, WhereError, resolve_path
+from rollstream.services.tools.tapstats import TapStats
+from rollstream.services.tools.where import Where, WhereError, resolve_path
 
 ID_FIELDS = frozenset({"prompt_ids", "completion_ids"})  # packed little-endian int32
 FLOAT_FIELDS = frozenset({"logprobs"})  # packed little-endian float32

@@ -1,0 +1,2 @@
+"""Tools a user runs from the CLI (`rollstream tap|record|replay|topics|control`): the CLI is
+their only caller; the stages never import them."""
