@@ -255,7 +255,7 @@ def forward_worker(kind: str, bootstrap: str, namespace: str, partitions: int) -
     message to a changelogged table first): faust's own cost per message."""
     import logging
 
-    from rollstream.services.runtime.faust_app import make_app, run_worker
+    from rollstream.services.runtime.faust.app import make_app, run_worker
 
     logging.basicConfig(level=logging.WARNING)  # as the stages do: no debug records built
     for noisy in ("aiokafka", "faust", "mode"):

@@ -20,7 +20,7 @@ of source partition p receives tick p and expires that partition's overdue group
 writes happen only while processing an event of the entry's own partition.
 
 Delivery: one agent per input (concurrency=1, acks in order). Outputs and table changelogs go
-out through librdkafka (runtime/faust_sender.py), whose flush is part of faust's producer flush,
+out through librdkafka (runtime/faust/sender.py), whose flush is part of faust's producer flush,
 and faust flushes the producer before each offset commit. A finished group keeps its samples in
 the pending table until the source offset that finished it is committed (each `done` entry is
 stamped with the last source offset read on its partition). When a worker takes a partition over
@@ -52,8 +52,8 @@ from rollstream.services.filter.pass_rate import PassObservation, PassRateTracke
 from rollstream.services.filter.reconcile import read_back
 from rollstream.services.filter.tables import TableView, event_partition
 from rollstream.services.runtime import failpoints
-from rollstream.services.runtime.faust_app import consumer_lag, make_app, send_dead_letter
-from rollstream.services.runtime.faust_sender import Sender
+from rollstream.services.runtime.faust.app import consumer_lag, make_app, send_dead_letter
+from rollstream.services.runtime.faust.sender import Sender
 from rollstream.services.runtime.metrics import BusMetrics
 from rollstream.services.runtime.service import apply_control
 from rollstream.services.runtime.settings import KafkaSettings

@@ -31,7 +31,7 @@ def main(argv: list[str]) -> int:
         return 2
     from rollstream.services.filter.app import build_app, prepare_topics
     from rollstream.services.filter.metrics import register
-    from rollstream.services.runtime.faust_app import run_worker
+    from rollstream.services.runtime.faust.app import run_worker
 
     ctx.start()
     control = follow_control(ctx.kafka, "filter")

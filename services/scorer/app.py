@@ -13,7 +13,7 @@ judge) overlap; past that it stops reading (back-pressure). Results are sent and
 strictly in arrival order:
 faust commits the first run of consecutive acked offsets and, acked out of order, could commit
 past a rollout still being scored (faust-streaming issue #606). Results go out through
-librdkafka (runtime/faust_sender.py), whose flush is part of faust's producer flush, and faust
+librdkafka (runtime/faust/sender.py), whose flush is part of faust's producer flush, and faust
 flushes the producer before each offset commit, so delivery is at least once: after a crash the
 rollouts since the last commit are scored again, and the filter drops the repeats by rollout_id.
 """
@@ -27,8 +27,8 @@ from typing import Any
 
 from rollstream.schemas import Rollout, SchemaError, ScoredRollout, decode, encode
 from rollstream.schemas.topics import dlq_name, qualified
-from rollstream.services.runtime.faust_app import consumer_lag, make_app, send_dead_letter
-from rollstream.services.runtime.faust_sender import Sender
+from rollstream.services.runtime.faust.app import consumer_lag, make_app, send_dead_letter
+from rollstream.services.runtime.faust.sender import Sender
 from rollstream.services.runtime.metrics import BusMetrics
 from rollstream.services.runtime.service import apply_control
 from rollstream.services.runtime.settings import KafkaSettings

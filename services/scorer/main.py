@@ -22,7 +22,7 @@ def main(argv: list[str]) -> int:
     except ValueError as exc:  # ConfigError, RewardConfigError
         log.error("scorer: %s", exc)
         return 2
-    from rollstream.services.runtime.faust_app import run_worker
+    from rollstream.services.runtime.faust.app import run_worker
     from rollstream.services.scorer.app import Scorer, build_app
     from rollstream.services.scorer.metrics import register
 

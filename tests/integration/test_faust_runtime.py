@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from rollstream.services.runtime.faust_app import fetched_ends
+from rollstream.services.runtime.faust.app import fetched_ends
 
 pytestmark = [pytest.mark.kafka]
 
@@ -51,7 +51,7 @@ def test_fetched_ends_give_the_true_end_where_list_offsets_falls_short(kafka) ->
 def test_static_membership_only_when_asked_for_and_the_session_outlasts_a_restart(
     asked: bool, timeout_ms: int, instance_id: str | None
 ) -> None:
-    from rollstream.services.runtime.faust_app import make_app
+    from rollstream.services.runtime.faust.app import make_app
     from rollstream.services.runtime.settings import KafkaSettings
 
     kafka = KafkaSettings(static_membership=asked, session_timeout_ms=timeout_ms)
@@ -64,7 +64,7 @@ def test_static_membership_only_when_asked_for_and_the_session_outlasts_a_restar
 def test_faust_consumers_wait_in_fetches_as_long_as_configured(wait_ms: int) -> None:
     """faust passes aiokafka a fixed 1500 ms; on the embedded broker that put ~0.7 s on a
     rollout's way from publish to group (benchmarks/RESULTS.md)."""
-    from rollstream.services.runtime.faust_app import make_app
+    from rollstream.services.runtime.faust.app import make_app
     from rollstream.services.runtime.settings import KafkaSettings
 
     async def main() -> int:
@@ -92,7 +92,7 @@ def test_a_partition_without_a_committed_offset_is_read_again_from_the_start(kaf
     from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
     from rollstream.schemas.topics import qualified
-    from rollstream.services.runtime.faust_app import seek_to_committed_or_reset
+    from rollstream.services.runtime.faust.app import seek_to_committed_or_reset
 
     topic = qualified("rollouts.raw", kafka.namespace)
     tps = [TopicPartition(topic, p) for p in (0, 1, 2)]

@@ -10,7 +10,7 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from rollstream.schemas.topics import qualified
-from rollstream.services.runtime.faust_sender import Sender, SendError
+from rollstream.services.runtime.faust.sender import Sender, SendError
 from rollstream.services.runtime.settings import KafkaSettings
 
 pytestmark = [pytest.mark.kafka]

@@ -1,4 +1,4 @@
-"""The faust / aiokafka patches (services/runtime/faust_patches.py) fit the installed packages,
+"""The faust / aiokafka patches (services/runtime/faust/patches.py) fit the installed packages,
 and refuse to start, naming what is wrong, when they do not."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rollstream.services.runtime import faust_patches as fp
+from rollstream.services.runtime.faust import patches as fp
 
 ROOT = Path(__file__).resolve().parents[2]
 

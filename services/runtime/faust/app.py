@@ -1,6 +1,6 @@
 """The faust app factory for the two stream processors (scorer, filter).
 
-How we run faust safely (every patch and why: faust_patches.py): at-least-once (never
+How we run faust safely (every patch and why: patches.py): at-least-once (never
 `exactly_once`), `concurrency=1` on agents whose offsets matter, dedupe by id in table state,
 topics created explicitly with the registry's partition counts, raw bytes in and out (decoded
 with rollstream.schemas, so bad messages reach the DLQ), a short session timeout for fast joins
@@ -12,8 +12,8 @@ rebuilds tables from the changelog at start).
 Speed: faust's per-message machinery cost more than the stages' work (benchmarks/RESULTS.md).
 Three changes take most of it away: the fetch loop delivers each fetched batch in one task
 (`deliver_fetches_in_one_task`), the Monitor sensor skips its per-message bookkeeping
-(faust_monitor.py), and the stages send outputs and changelogs through librdkafka
-(faust_sender.py), flushed whenever faust flushes its producer.
+(monitor.py), and the stages send outputs and changelogs through librdkafka
+(sender.py), flushed whenever faust flushes its producer.
 """
 
 from __future__ import annotations
@@ -114,9 +114,9 @@ def make_app(
         # check then raises ConsistencyError on a rebalance. Tables are deduplicated by id, so
         # a replayed changelog entry is harmless: skip the check rather than crash the worker.
         recovery_consistency_check=False,
-        Monitor="rollstream.services.runtime.faust_monitor:QuietMonitor",
+        Monitor="rollstream.services.runtime.faust.monitor:QuietMonitor",
     )
-    from rollstream.services.runtime import faust_patches
+    from rollstream.services.runtime.faust import patches as faust_patches
 
     faust_patches.apply()  # checks the faust / aiokafka versions and attributes first
     if instance and static_membership(kafka):

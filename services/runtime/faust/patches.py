@@ -1,7 +1,7 @@
 """Every change rollstream makes to faust-streaming and aiokafka, behind one version guard.
 
 The two stream processors (scorer, filter) run on faust, and five of faust's behaviours are
-patched (faust_app.py) while a few more private attributes are read (faust_sender.py, the
+patched (app.py) while a few more private attributes are read (sender.py, the
 filter's app). A minor faust release can rename any of them; instead of breaking silently
 mid-run, `apply()` checks at start that the installed versions are the tested ones and that
 every attribute relied on is there, and raises `FaustPatchError` naming what is missing.
@@ -135,13 +135,13 @@ def check() -> None:
         raise FaustPatchError(
             "rollstream's faust patches do not fit the installed packages: "
             + "; ".join(problems)
-            + " (services/runtime/faust_patches.py; install the versions pyproject.toml pins)"
+            + " (services/runtime/faust/patches.py; install the versions pyproject.toml pins)"
         )
 
 
 def apply() -> None:
-    """Check, then apply every patch of faust_app.py (each once per process)."""
-    from rollstream.services.runtime import faust_app as fa
+    """Check, then apply every patch of app.py (each once per process)."""
+    from rollstream.services.runtime.faust import app as fa
 
     check()
     fa.read_changelogs_to_fetched_end()
