@@ -206,8 +206,19 @@ class Parallel:
         set_optimizer_state_dict(model, optimizer, optimizer_state, options=opts)
 
     def close(self) -> None:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        """Leave the process group together: a rank that destroyed it while another still had
+        it open aborted at exit now and then ("terminate called without an active exception",
+        gloo, tests/integration/test_learner_torchrun.py)."""
+        if not dist.is_initialized():
+            return
+        try:
+            if dist.get_backend() == "gloo":
+                dist.monitored_barrier(timeout=timedelta(seconds=30))
+            else:
+                dist.barrier()
+        except Exception as exc:  # a rank already gone: leave anyway
+            log.warning("learner: barrier before leaving the process group: %s", exc)
+        dist.destroy_process_group()
 
 
 def setup(parallel: str = "auto", device: str = "auto") -> Parallel | None:

@@ -216,8 +216,13 @@ class Follower(threading.Thread):
                 self._kept.clear()
         return out
 
-    def stop(self) -> None:
+    def stop(self, wait_s: float = 2.0) -> None:
+        """Halt and wait (up to `wait_s`; a poll lasts 0.2 s) until the consumer is closed: a
+        process that exits while the thread is still inside the client's poll can abort
+        ("terminate called without an active exception", seen on a torchrun learner)."""
         self._halt.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(wait_s)
 
 
 def follow_control(kafka: KafkaSettings, stage: str) -> Follower:
