@@ -193,7 +193,7 @@ def swap_after(
 
     from rollstream.schemas import WeightUpdate
     from rollstream.services.models.load import load_in_place
-    from rollstream.services.models.weights import fetch_state, publish_version
+    from rollstream.services.models.weights import fetch_update, publish_version
 
     ph: dict[str, float] = {}
     upd = publish_version(
@@ -212,16 +212,7 @@ def swap_after(
     upd = msgspec.msgpack.decode(msgspec.msgpack.encode(upd), type=WeightUpdate)
     ph["notify"] = time.perf_counter() - t
     t = time.perf_counter()
-    _, state = fetch_state(
-        upd.uri,
-        upd.sha256,
-        upd.weights_file,
-        size_bytes=upd.size_bytes,
-        chunk_bytes=upd.chunk_bytes,
-        files=upd.files,
-        verify=verify,
-        pinned=device.startswith("cuda"),
-    )
+    _, state = fetch_update(upd, verify=verify, pinned=device.startswith("cuda"))
     ph["verify"] = time.perf_counter() - t  # read + hash, one pass
     t = time.perf_counter()
     load_in_place(gen, state)

@@ -1,7 +1,7 @@
 """Evaluator loop: held-out greedy accuracy of the newest verified policy version.
 
 Reads `weights` (compacted, no group: every WeightUpdate of the run's policy) and the weight
-files they point to (verified by models.weights.fetch_state). Writes one EvalResult per
+files they point to (verified by models.weights.fetch_update). Writes one EvalResult per
 evaluated version to `eval.results`, keyed by run name, and each refused WeightUpdate to
 `weights.dlq` (a DeadLetter with the reason and the update's coordinates, keyed by the
 update's key); it is also the one stage that dead-letters undecodable records on `weights`
@@ -160,19 +160,12 @@ class Evaluator:
     def load(self, rec: Record[WeightUpdate]) -> bool:
         """Fetch, verify and load one version into the model; False (a log line, a metric and
         a dead letter on `weights.dlq`) if it is refused."""
-        from rollstream.services.models.weights import WeightError, fetch_state
+        from rollstream.services.models.weights import WeightError, fetch_update
 
         upd = rec.value
         try:
-            _, state = fetch_state(
-                upd.uri,
-                upd.sha256,
-                upd.weights_file,
-                size_bytes=upd.size_bytes,
-                chunk_bytes=upd.chunk_bytes,
-                files=upd.files,
-                store=self.store,
-                pinned=str(self.device).startswith("cuda"),
+            _, state = fetch_update(
+                upd, store=self.store, pinned=str(self.device).startswith("cuda")
             )  # views of the verified bytes: load_state_dict copies them in place
             own = self.model.state_dict()
             missing = [k for k in own if k not in state and not k.endswith("lm_head.weight")]

@@ -129,21 +129,18 @@ class Generator:
                     "refused weights v%d: older than the loaded v%d", upd.version, self.version
                 )
             return False
-        from rollstream.services.models.weights import fetch_state, fetch_version
+        from rollstream.services.models.weights import fetch_update, fetch_version
 
         t0 = time.perf_counter()
         where = dict(files=upd.files, store=self._store(), verify=self.ctx.cfg.weights.verify)
         try:
             load_state = getattr(self.backend, "load_state", None)
             if load_state is not None:  # one read: the bytes hashed are the bytes loaded
-                _, state = fetch_state(
-                    upd.uri,
-                    upd.sha256,
-                    upd.weights_file,
-                    size_bytes=upd.size_bytes,
-                    chunk_bytes=upd.chunk_bytes,
+                _, state = fetch_update(
+                    upd,
+                    store=self._store(),
+                    verify=self.ctx.cfg.weights.verify,
                     pinned=getattr(self.backend, "pinned", False),
-                    **where,
                 )
                 load_state(state)
             else:  # the engine reads the verified directory itself (vLLM)

@@ -346,6 +346,20 @@ def fetch_version(
     return local
 
 
+def fetch_update(upd: Any, **kw: Any) -> tuple[Path, dict[str, Any]]:
+    """`fetch_state` of a WeightUpdate `upd`: its uri, digest, weights file, size, chunking and
+    manifest; `kw` as fetch_state's (store, verify, pinned, ...)."""
+    return fetch_state(
+        upd.uri,
+        upd.sha256,
+        upd.weights_file,
+        size_bytes=upd.size_bytes,
+        chunk_bytes=upd.chunk_bytes,
+        files=upd.files,
+        **kw,
+    )
+
+
 def fetch_state(
     uri: str,
     expected_sha256: str,
