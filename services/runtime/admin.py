@@ -43,6 +43,8 @@ def create_topics(
             result[t.name] = "exists"
             continue
         n = (partitions or {}).get(t.name, t.partitions)
+        if kafka.partitions is not None and n > 1:
+            n = kafka.partitions
         new.append(
             NewTopic(real, num_partitions=n, replication_factor=replication, config=t.config())
         )

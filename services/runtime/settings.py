@@ -48,6 +48,13 @@ class KafkaSettings(BaseModel):
     the embedded broker (Tansu) looks for new data at intervals that grow with it: one hop's
     p50 was 130 ms at 500 and 22 ms at 100 (see benchmarks/RESULTS.md). Followers of the
     compacted control and weights topics, idle nearly always, wait at least 500 ms."""
+    partitions: int | None = Field(None, ge=1, le=1024)
+    """Partitions of every multi-partition topic that rollstream creates (None: the registry's
+    counts, 8 for the rollout and group topics; single-partition topics stay at 1). A topic's
+    partitions cap how many replicas of the stage that reads it share the work, and every
+    partition is a produce batch and a fetch of its own: few partitions mean larger batches
+    and less broker work per message. `rollstream up` on its embedded broker uses the most
+    replicas any stage has (at least 2) unless this is set."""
     client_id: str = "rollstream"
     """Kafka client id prefix; the stage name is appended."""
     replication: int = Field(1, ge=1, le=32)

@@ -116,6 +116,15 @@ def config_main(args: argparse.Namespace) -> int:
     return 0
 
 
+
+def embedded_partitions(cfg: RunConfig) -> int:
+    """Partitions per multi-partition topic on `up`'s own broker: the most replicas any stage
+    runs. A partition is a produce batch and a fetch of its own, so the registry's 8 cost the
+    embedded broker about three times the CPU per message of 1 (benchmarks/broker_cost.py)
+    while one replica per stage uses a single partition anyway; nothing scales that broker's
+    stages later."""
+    return max([1, *(cfg.replicas(stage) for stage in cfg.stages)])
+
 def new_run_dir(name: str, root: Path = Path("runs")) -> Path:
     d = root / name
     i = 1
@@ -186,6 +195,8 @@ def main(args: argparse.Namespace) -> int:
             broker = stack.enter_context(EmbeddedBroker(log_path=run_dir / "broker.log"))
             cfg.kafka.bootstrap = broker.bootstrap
             cfg.kafka.session_timeout_ms = min(cfg.kafka.session_timeout_ms, 6000)
+            if cfg.kafka.partitions is None:  # no more than the stages can share
+                cfg.kafka.partitions = embedded_partitions(cfg)
         if cfg.weights.uri is None:
             cfg.weights.uri = str((run_dir / "weights").resolve())
         config_path = run_dir / "config.yaml"

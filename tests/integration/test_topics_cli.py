@@ -101,3 +101,19 @@ def test_topics_list_shows_partitions_messages_and_group_lag(kafka: KafkaSetting
     assert sorted(ends.split()) == ["0"] * 7 + ["5"]
     assert rows["weights"][:2] == ["1", "0"] and rows["weights"][3] == "-"
     assert rows["rollouts.raw.dlq"][0] == "1"
+
+
+def test_kafka_partitions_sets_every_multi_partition_topic_and_leaves_single_ones(
+    bootstrap: str,
+) -> None:
+    """`kafka.partitions` (what `rollstream up` sets on its own broker to the most replicas any
+    stage runs): every topic the registry spreads over several partitions gets that many, the
+    single-partition ones (weights, control, batches, feedback) stay single."""
+    from rollstream.services.runtime.admin import create_topics
+
+    kafka = KafkaSettings(bootstrap=bootstrap, namespace="p" + uuid.uuid4().hex[:10], partitions=2)
+    create_topics(kafka)
+    md = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10)
+    for t in all_topics():
+        want = 2 if t.partitions > 1 else 1
+        assert len(md.topics[qualified(t.name, kafka.namespace)].partitions) == want, t.name

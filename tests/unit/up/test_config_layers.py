@@ -71,3 +71,18 @@ def test_set_changes_one_field_of_the_target_and_a_file_replaces_it(tmp_path: Pa
         [default_config_path()], ["target.steps=40", "target.minutes=null"], env={}
     )
     assert cfg.target.steps == 40 and cfg.target.minutes is None
+
+
+def test_the_embedded_broker_gets_as_many_partitions_as_the_most_replicas_of_a_stage() -> None:
+    from rollstream.services.up.main import embedded_partitions
+
+    base, _ = load_layers([default_config_path()], env={})
+    assert embedded_partitions(base) == 1
+    scaled, _ = load_layers(
+        [default_config_path()],
+        ["stages.generator.replicas=3", "stages.scorer.replicas=2"],
+        env={},
+    )
+    assert embedded_partitions(scaled) == 3
+    with pytest.raises(ConfigError, match="kafka.partitions"):
+        load_layers([default_config_path()], ["kafka.partitions=0"], env={})
