@@ -119,7 +119,9 @@ def main() -> None:
         )
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "broker_cost.json"
-    out.write_text(json.dumps({"seconds": args.seconds, "cpus": os.cpu_count(), "cases": rows}, indent=2))
+    out.write_text(
+        json.dumps({"seconds": args.seconds, "cpus": os.cpu_count(), "cases": rows}, indent=2)
+    )
     print("wrote", out)
 
 

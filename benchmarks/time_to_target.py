@@ -46,6 +46,13 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "ahead3": ("async", ["generator.ahead_batches=3"]),
     "ahead4": ("async", ["generator.ahead_batches=4"]),
     "async-2gen": ("async", ["stages.generator.replicas=2"]),  # for 4 cores a run
+    "async-2gen-2t": ("async", ["stages.generator.replicas=2", "learner.threads=2"]),
+    "a3s2": ("async", ["generator.ahead_batches=3", "replay.max_staleness=2"]),
+    "a4s3": ("async", ["generator.ahead_batches=4", "replay.max_staleness=3"]),
+    "fw20": ("async", ["kafka.fetch_wait_max_ms=20"]),  # shorter hops, busier broker
+    "a4s2": ("async", ["generator.ahead_batches=4", "replay.max_staleness=2"]),
+    "a5s4": ("async", ["generator.ahead_batches=5", "replay.max_staleness=4"]),
+    "parts8": ("async", ["kafka.partitions=8"]),  # the registry's partitions, as before
     "sync-4threads": ("sync", ["learner.threads=4"]),
     "ahead2-s1": ("async", ["generator.ahead_batches=2", "replay.max_staleness=1"]),
     "async-s0": ("async", ["replay.max_staleness=0"]),
@@ -302,9 +309,30 @@ def plot(runs: list[Run], rows: list[str], path: Path) -> None:
     plt.close(fig)
 
 
+def physical_cpus() -> tuple[list[int], int]:
+    """One logical CPU per physical core this process may use, and how many logical CPUs
+    (hyper-threads) the busiest core has. Two runs on the two threads of one core would each
+    get well under a core, and one run's "2 cores" would be one: slots are made of whole
+    cores, the sibling threads left idle."""
+    seen: dict[tuple[str, str], int] = {}
+    width: dict[tuple[str, str], int] = {}
+    for cpu in sorted(os.sched_getaffinity(0)):
+        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            key = (
+                (topo / "physical_package_id").read_text().strip(),
+                (topo / "core_id").read_text().strip(),
+            )
+        except OSError:
+            key = ("?", str(cpu))  # no topology (not Linux sysfs): every CPU its own core
+        seen.setdefault(key, cpu)
+        width[key] = width.get(key, 0) + 1
+    return sorted(seen.values()), max(width.values(), default=1)
+
+
 def plan_cores(n_runs: int, per_run: int, parallel: int | None) -> tuple[int, list[list[int]]]:
     """How many runs at once, and the cores of each slot (empty: no pinning)."""
-    cores = sorted(os.sched_getaffinity(0))
+    cores, _ = physical_cpus()
     slots = len(cores) // per_run
     if parallel is not None:
         slots = min(slots, parallel)
@@ -378,7 +406,13 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     out = args.out_dir / f"time_to_target{tag}.json"
-    host = {"cores": os.cpu_count(), "affinity": len(os.sched_getaffinity(0))}
+    phys, threads = physical_cpus()
+    host = {
+        "cores": os.cpu_count(),
+        "affinity": len(os.sched_getaffinity(0)),
+        "physical_cores": len(phys),
+        "threads_per_core": threads,
+    }
     out.write_text(
         json.dumps(
             {

@@ -18,8 +18,15 @@ dynamic sampling, done as a stream). `oversample=False` counts every sampled gro
 (a fixed number of groups per version, whatever the filter drops).
 
 Every count is global (topic end offsets), so several generator replicas share one target.
-Errors lean towards sampling more, never towards a stall: a partial or lost batch, or a group
-replay expired, makes the learner look further behind than it is, never further ahead.
+A partial or lost batch makes the learner look further behind than it is (more sampling). A
+group that replay expires is the one error the other way: it stays counted as kept and is
+counted again as dropped (replay writes it to groups.dropped), which takes it off the groups
+in flight; net, each expired group counts about a third of a group towards pausing. The
+default run expires 0-3 groups in three minutes; with `ahead_batches` 4 and
+`replay.max_staleness` 2, ~25 (a third of a batch of offset).
+
+`ahead_batches` counts what the learner holds too: with `learner.prefetch: 1` one batch is
+training and one waits in its queue, so 3 ahead leaves about one batch on its way.
 """
 
 from __future__ import annotations

@@ -116,7 +116,6 @@ def config_main(args: argparse.Namespace) -> int:
     return 0
 
 
-
 def embedded_partitions(cfg: RunConfig) -> int:
     """Partitions per multi-partition topic on `up`'s own broker: the most replicas any stage
     runs. A partition is a produce batch and a fetch of its own, so the registry's 8 cost the
@@ -124,6 +123,7 @@ def embedded_partitions(cfg: RunConfig) -> int:
     while one replica per stage uses a single partition anyway; nothing scales that broker's
     stages later."""
     return max([1, *(cfg.replicas(stage) for stage in cfg.stages)])
+
 
 def new_run_dir(name: str, root: Path = Path("runs")) -> Path:
     d = root / name
