@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rollstream.schemas import PromptTask, Sampling
 from rollstream.services.feed.config import DatasetSpec, FeedConfig, TaskEntry
 from rollstream.services.tasks import DEFAULT_MIXTURE, get_task, sample_items
 
@@ -36,6 +37,28 @@ class FeedItem:
     prompt: str
     answer: str | None
     reference: dict[str, Any] = field(default_factory=dict)
+
+    def prompt_task(
+        self,
+        n: int,
+        epoch: int,
+        now: float,
+        sampling: Sampling | None = None,
+        template: str | None = None,
+    ) -> PromptTask:
+        """The `prompts` message that asks for `n` samples of this item."""
+        return PromptTask(
+            task_id=self.task_id,
+            task=self.task,
+            prompt=self.prompt,
+            n=n,
+            answer=self.answer,
+            reference=self.reference,
+            sampling=sampling,
+            template=template,  # type: ignore[arg-type]
+            epoch=epoch,
+            produced_at=now,
+        )
 
 
 def mixture_pool(tasks: Sequence[TaskEntry] | None, seed: int, size: int) -> list[FeedItem]:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from rollstream.schemas import PromptTask, encode
+from rollstream.schemas import encode
 from rollstream.services.feed.config import LIVE_KNOBS, FeedConfig, validate_control
 from rollstream.services.feed.curriculum import Policy
 from rollstream.services.feed.items import FeedItem, epoch_order, fingerprint
@@ -181,18 +181,7 @@ class Feed:
                 return
 
     def send(self, item: FeedItem, epoch: int, index: int) -> None:
-        task = PromptTask(
-            task_id=item.task_id,
-            task=item.task,
-            prompt=item.prompt,
-            n=self.cfg.n,
-            answer=item.answer,
-            reference=item.reference,
-            sampling=self.sampling,
-            template=self.cfg.template,
-            epoch=epoch,
-            produced_at=time.time(),
-        )
+        task = item.prompt_task(self.cfg.n, epoch, time.time(), self.sampling, self.cfg.template)
         headers = [*task.headers(), pos_header(self.fingerprint, epoch, index)]
         self.producer.send_raw("prompts", encode(task), item.task_id, headers)
         self.ahead.sent()

@@ -27,20 +27,13 @@ import time
 
 from pydantic import ValidationError
 
-from rollstream.schemas import (
-    PromptTask,
-    Rollout,
-    Sampling,
-    WeightUpdate,
-    encode,
-    pack_floats,
-    pack_ids,
-)
+from rollstream.schemas import PromptTask, WeightUpdate, encode
 from rollstream.services.generator.backend import Backend, GenRequest, GenSample, RequestError
 from rollstream.services.generator.config import GeneratorConfig, validate_control
 from rollstream.services.generator.metrics import GeneratorMetrics
 from rollstream.services.generator.pacing import PACED_TOPICS, Pacer
-from rollstream.services.models.load import encode_prompt, resolve_template
+from rollstream.services.generator.rollouts import request_of, rollouts_of
+from rollstream.services.models.load import resolve_template
 from rollstream.services.runtime.bus import Consumer, Producer, Record
 from rollstream.services.runtime.config import RunConfig
 from rollstream.services.runtime.metrics import Busy
@@ -233,18 +226,13 @@ class Generator:
 
     # ---- one batch --------------------------------------------------------------------------
     def request(self, rec: Record[PromptTask]) -> GenRequest:
-        task = rec.value
-        s = self.cfg.sampling.model_dump()
-        if task.sampling is not None:
-            s.update({k: v for k, v in _struct_items(task.sampling) if v is not None and k != "n"})
-        template = task.template or self.cfg.template or self.template
-        system = self.cfg.system_prompt or self.ctx.cfg.model.system_prompt
-        ids = encode_prompt(self.tokenizer, task.prompt, template, system)
-        return GenRequest(
-            request_id=f"{task.task_id}@{rec.partition}.{rec.offset}",
-            prompt_ids=list(ids),
-            n=task.n,
-            **s,
+        return request_of(
+            rec.value,
+            f"{rec.value.task_id}@{rec.partition}.{rec.offset}",
+            self.cfg.sampling,
+            self.tokenizer,
+            self.cfg.template or self.template,
+            self.cfg.system_prompt or self.ctx.cfg.model.system_prompt,
         )
 
     def run_batch(self, recs: list[Record[PromptTask]]) -> None:
@@ -301,47 +289,19 @@ class Generator:
         started: float,
         gen_s: float,
     ) -> None:
-        task = rec.value
-        group_id = req.request_id
-        sampling = Sampling(
-            n=req.n,
-            temperature=req.temperature,
-            top_p=req.top_p,
-            top_k=req.top_k,
-            max_tokens=req.max_tokens,
-            stop=req.stop or None,
-            seed=req.seed,
-            regex=req.regex,
-            choice=req.choice,
-            json_schema=req.json_schema,
-        )
-        prompt_ids = pack_ids(req.prompt_ids)
         queued = max(0.0, started - rec.timestamp_ms / 1000) if rec.timestamp_ms > 0 else 0.0
-        now = time.time()
-        for i, s in enumerate(samples):
-            ro = Rollout(
-                rollout_id=f"{group_id}#{i}",
-                group_id=group_id,
-                task_id=task.task_id,
-                task=task.task,
-                sample_index=i,
-                group_size=req.n,
-                prompt=task.prompt,
-                completion=s.text,
-                prompt_ids=prompt_ids,
-                completion_ids=pack_ids(s.completion_ids),
-                logprobs=pack_floats(s.logprobs),
-                finish_reason=s.finish_reason,  # type: ignore[arg-type]
-                policy_version=version,
-                sampling=sampling,
-                answer=task.answer,
-                reference=task.reference,
-                generator_id=self.ctx.instance,
-                queued_s=queued,
-                generate_s=gen_s,
-                produced_at=now,
-            )
-            self.producer.send("rollouts.raw", ro, key=group_id)
+        rollouts = rollouts_of(
+            rec.value,
+            req,
+            samples,
+            version,
+            time.time(),
+            generator_id=self.ctx.instance,
+            queued_s=queued,
+            generate_s=gen_s,
+        )
+        for ro, s in zip(rollouts, samples, strict=True):
+            self.producer.send("rollouts.raw", ro, key=req.request_id)
             self.m.tokens.inc(len(s.completion_ids))
             self.m.finish.labels(s.finish_reason).inc()
             self.m.length.observe(len(s.completion_ids))
@@ -391,10 +351,6 @@ class Generator:
             self.consumer.close()
             self.producer.close()
             self.backend.close()
-
-
-def _struct_items(s: Sampling) -> list[tuple[str, object]]:
-    return [(f, getattr(s, f)) for f in s.__struct_fields__]
 
 
 def _groups_per_version(cfg: RunConfig) -> int:

@@ -87,15 +87,7 @@ class Scorer:
 
     def _scored(self, rollout: Rollout, score: Score, start: float) -> ScoredRollout:
         elapsed = time.perf_counter() - start
-        msg = ScoredRollout(
-            rollout=rollout,
-            reward=score.reward,
-            rewards=score.components,
-            correct=score.correct,
-            timed_out=score.timed_out,
-            score_s=elapsed,
-            produced_at=time.time(),
-        )
+        msg = score.of(rollout, elapsed, time.time())
         self._observe(msg, score.latency_s, elapsed)
         return msg
 

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from rollstream.schemas import Rollout
+from rollstream.schemas import Rollout, ScoredRollout
 from rollstream.services.scorer.config import ScorerConfig
 from rollstream.services.scorer.reward import (
     Reward,
@@ -60,6 +60,18 @@ class Score:
     timed_out: list[str]
     correct: bool | None
     latency_s: dict[str, float]  # wall time of each component
+
+    def of(self, rollout: Rollout, score_s: float, now: float) -> ScoredRollout:
+        """The message `rollouts.scored` carries for `rollout` with this score."""
+        return ScoredRollout(
+            rollout=rollout,
+            reward=self.reward,
+            rewards=self.components,
+            correct=self.correct,
+            timed_out=self.timed_out,
+            score_s=score_s,
+            produced_at=now,
+        )
 
 
 def run_mode(reward: Reward, requested: str = "auto") -> RunMode:

@@ -16,14 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rollstream.schemas import (
-    Rollout,
-    Sampling,
-    ScoredRollout,
-    TrainBatch,
-    pack_floats,
-    pack_ids,
-)
+from rollstream.schemas import Rollout, TrainBatch
 from rollstream.services.runtime.config import RunConfig, dump, section
 
 
@@ -36,12 +29,18 @@ def run_sync(cfg: RunConfig, run_dir: Path | None = None, log: Any = print) -> i
     from rollstream.services.feed.items import build_pool, epoch_order
     from rollstream.services.filter.config import FilterConfig
     from rollstream.services.filter.core import FilterCore
-    from rollstream.services.generator.backend import GenRequest, make_backend
+    from rollstream.services.generator.backend import make_backend
     from rollstream.services.generator.config import GeneratorConfig
+    from rollstream.services.generator.rollouts import request_of, rollouts_of
     from rollstream.services.learner.config import LearnerConfig
     from rollstream.services.learner.trainer import Trainer
     from rollstream.services.models.evaluate import heldout_accuracy
-    from rollstream.services.models.load import ensure_base_model, load_model, load_tokenizer
+    from rollstream.services.models.load import (
+        ensure_base_model,
+        load_model,
+        load_tokenizer,
+        resolve_template,
+    )
     from rollstream.services.replay.buffer import ReplayBuffer
     from rollstream.services.replay.config import ReplayConfig
     from rollstream.services.scorer.combine import Combiner
@@ -68,6 +67,9 @@ def run_sync(cfg: RunConfig, run_dir: Path | None = None, log: Any = print) -> i
         dtype=cfg.model.dtype,
     )
     tok = load_tokenizer(model_dir)
+    # prompts as the generator stage would send them: its template and system prompt
+    template = gen.template or resolve_template(cfg.model.template, cfg.model.path, tok)
+    system = gen.system_prompt or cfg.model.system_prompt
     trainer = Trainer(lcfg, load_model(model_dir, dtype="float32"), pad_id=tok.pad_token_id or 0)
     core = FilterCore(filt)
     buffer = ReplayBuffer(rep)
@@ -126,61 +128,28 @@ def run_sync(cfg: RunConfig, run_dir: Path | None = None, log: Any = print) -> i
                 order = epoch_order(len(pool), cfg.seed, epoch, feed.shuffle)
             batch_items.append(pool[order[cursor]])
             cursor += 1
-        s = gen.sampling.model_dump()
+        now = time.time()
+        tasks = [
+            it.prompt_task(feed.n, epoch, now, feed.sampling_overrides(), feed.template)
+            for it in batch_items
+        ]
         reqs = [
-            GenRequest(
-                request_id=f"{it.task_id}@{epoch}.{seq}.{i}",
-                prompt_ids=list(tok.encode(it.prompt)),
-                n=feed.n,
-                **s,
-            )
-            for i, it in enumerate(batch_items)
+            request_of(t, f"{t.task_id}@{epoch}.{seq}.{i}", gen.sampling, tok, template, system)
+            for i, t in enumerate(tasks)
         ]
         t_gen = time.perf_counter()
         outs = backend.generate(reqs)
         phase["generate"] += time.perf_counter() - t_gen
         now = time.time()
-        rollouts = []
-        for it, req, samples in zip(batch_items, reqs, outs, strict=True):
-            for i, smp in enumerate(samples):
-                rollouts.append(
-                    Rollout(
-                        rollout_id=f"{req.request_id}#{i}",
-                        group_id=req.request_id,
-                        task_id=it.task_id,
-                        task=it.task,
-                        sample_index=i,
-                        group_size=req.n,
-                        prompt=it.prompt,
-                        completion=smp.text,
-                        prompt_ids=pack_ids(req.prompt_ids),
-                        completion_ids=pack_ids(smp.completion_ids),
-                        logprobs=pack_floats(smp.logprobs),
-                        finish_reason=smp.finish_reason,  # type: ignore[arg-type]
-                        policy_version=trainer.version,
-                        sampling=Sampling(
-                            n=req.n,
-                            temperature=req.temperature,
-                            top_p=req.top_p,
-                            top_k=req.top_k,
-                            max_tokens=req.max_tokens,
-                        ),
-                        answer=it.answer,
-                        reference=dict(it.reference),
-                        produced_at=now,
-                    )
-                )
+        rollouts = [
+            ro
+            for task, req, samples in zip(tasks, reqs, outs, strict=True)
+            for ro in rollouts_of(task, req, samples, trainer.version, now)
+        ]
         counts["generated"] += len(rollouts)
         scores = asyncio.run(_score_all(combiner, rollouts))
         for ro, sc in zip(rollouts, scores, strict=True):
-            sr = ScoredRollout(
-                rollout=ro,
-                reward=sc.reward,
-                rewards=sc.components,
-                correct=sc.correct,
-                timed_out=sc.timed_out,
-                produced_at=now,
-            )
+            sr = sc.of(ro, 0.0, now)
             _, outcome = core.add(sr, now)
             if outcome is None:
                 continue
