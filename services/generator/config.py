@@ -96,6 +96,10 @@ LIVE_KNOBS = set(SamplingDefaults.model_fields) | {
 }
 
 
+KNOB_FIELDS = frozenset({"sampling", *(LIVE_KNOBS - set(SamplingDefaults.model_fields))})
+"""The GeneratorConfig fields live knobs change (the sampling knobs all land in `sampling`)."""
+
+
 def validate_control(
     params: dict[str, Any], base: GeneratorConfig | None = None
 ) -> GeneratorConfig:

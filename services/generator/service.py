@@ -25,17 +25,16 @@ import logging
 import threading
 import time
 
-from pydantic import ValidationError
-
 from rollstream.schemas import PromptTask, WeightUpdate, encode
 from rollstream.services.generator.backend import Backend, GenRequest, GenSample, RequestError
-from rollstream.services.generator.config import GeneratorConfig, validate_control
+from rollstream.services.generator.config import KNOB_FIELDS, GeneratorConfig, validate_control
 from rollstream.services.generator.metrics import GeneratorMetrics
 from rollstream.services.generator.pacing import PACED_TOPICS, Pacer
 from rollstream.services.generator.rollouts import request_of, rollouts_of
 from rollstream.services.models.load import resolve_template
 from rollstream.services.runtime.bus import Consumer, Producer, Record
 from rollstream.services.runtime.config import RunConfig
+from rollstream.services.runtime.knobs import LiveKnobs
 from rollstream.services.runtime.metrics import Busy
 from rollstream.services.runtime.service import StageContext, follow_control, follow_weights
 
@@ -52,7 +51,6 @@ class Generator:
         model_name: str,
     ) -> None:
         self.ctx, self.cfg, self.backend, self.tokenizer = ctx, cfg, backend, tokenizer
-        self.base_cfg = cfg  # the run's config; live knobs apply onto it
         self.model_name = model_name
         user_model = ctx.cfg.model.path or getattr(getattr(ctx, "args", None), "model", None)
         self.template = resolve_template(ctx.cfg.model.template, user_model, tokenizer)
@@ -72,12 +70,20 @@ class Generator:
             metrics=ctx.bus_metrics,
         )
         self.control = follow_control(ctx.kafka, "generator")
+        self.knobs = LiveKnobs(
+            "generator",
+            cfg,
+            validate_control,
+            self._use_knobs,
+            KNOB_FIELDS,
+            follower=self.control,
+            counter=self.m.control,
+        )
         self.weights = follow_weights(ctx.kafka, "generator", ctx.cfg.model.policy, last=True)
         self.version = 0
         self.on_version = 0  # rollouts published on the current version
         self.budget_hit: float | None = None  # when rollouts_per_version was reached
         self.newest = 0
-        self._control_seq = 0
         self._weights_seq = 0
         self.raw_lag = 0  # last probed lag of the scorer group on rollouts.raw
         self._sent = 0  # rollouts published by this process
@@ -93,20 +99,10 @@ class Generator:
         self._lag_thread = threading.Thread(target=self._watch_lag, daemon=True, name="raw-lag")
 
     # ---- live knobs -------------------------------------------------------------------------
-    def apply_control(self) -> None:
-        if self.control.seq == self._control_seq:
-            return
-        self._control_seq = self.control.seq
-        params = dict(self.control.latest.params)
-        try:
-            # onto the run's config, so a knob removed from `control` goes back to it
-            self.cfg = validate_control(params, self.base_cfg)
-        except (ValidationError, ValueError) as exc:
-            self.m.control.labels("rejected").inc()
-            log.warning("control update rejected: %s", exc)
-            return
-        self.m.control.labels("applied").inc()
-        log.info("control applied: %s", self.control.latest.params)
+    def _use_knobs(self, cfg: GeneratorConfig, changed: frozenset[str]) -> None:
+        """LiveKnobs' callback: the config with the knobs in force (sampling, budgets, template)
+        is read afresh by every batch."""
+        self.cfg = cfg
 
     # ---- weights ----------------------------------------------------------------------------
     def maybe_swap(self) -> bool:
@@ -317,7 +313,7 @@ class Generator:
         self.control.caught_up.wait(10.0)
         self.m.version.set(self.version)
         while not self.ctx.stopping:
-            self.apply_control()
+            self.knobs.poll()
             t0 = time.perf_counter()
             self.maybe_swap()
             t1 = time.perf_counter()
@@ -343,7 +339,7 @@ class Generator:
         self.m.idle.set(self.busy.idle_fraction("generate"))
 
     def close(self) -> None:
-        self.control.stop()
+        self.knobs.close()
         self.weights.stop()
         try:
             self.consumer.commit()

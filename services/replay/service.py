@@ -25,14 +25,15 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-from rollstream.schemas import ControlUpdate, DropRecord, Feedback, Group, TrainBatch, encode
+from rollstream.schemas import DropRecord, Feedback, Group, TrainBatch, encode
 from rollstream.schemas.topics import qualified
 from rollstream.services.replay.buffer import ReplayBuffer
-from rollstream.services.replay.config import ReplayConfig, validate_control
+from rollstream.services.replay.config import LIVE_KNOBS, ReplayConfig, validate_control
 from rollstream.services.replay.credits import Credits
 from rollstream.services.replay.metrics import ReplayMetrics
 from rollstream.services.replay.resume import MARGIN_MS, Resume, last_resume, sent_batches
 from rollstream.services.runtime.bus import Consumer, Producer
+from rollstream.services.runtime.knobs import LiveKnobs
 from rollstream.services.runtime.metrics import BusMetrics, StageMetrics
 from rollstream.services.runtime.settings import KafkaSettings
 
@@ -77,7 +78,6 @@ class Replay:
         self.live: dict[int, dict[int, str]] = {}  # partition -> {offset: gid}, offset order
         self.next_group: dict[int, int] = {}  # partition -> next unread offset
         self.next_feedback: dict[int, int] = {}
-        self.control_rev = -1
         self._success_seen = 0
 
     # ---- restart ----------------------------------------------------------------------------
@@ -118,17 +118,9 @@ class Replay:
         if fb.priorities:
             self.buffer.update_priorities(fb.priorities)
 
-    def apply_control(self, update: ControlUpdate) -> None:
-        params = dict(update.params)
-        try:
-            new = validate_control(params, self.base_cfg)  # a removed knob reverts to the run's
-        except ValueError as exc:
-            log.warning("replay: control revision %d refused: %s", update.revision, exc)
-            self.m.control.labels("refused").inc()
-            return
-        self.buffer.cfg = new
-        self.m.control.labels("applied").inc()
-        log.info("replay: control revision %d applied: %s", update.revision, params)
+    def _use_knobs(self, cfg: ReplayConfig, changed: frozenset[str]) -> None:
+        """LiveKnobs' callback: the buffer reads its config at every batch and expiry."""
+        self.buffer.cfg = cfg
 
     # ---- output -----------------------------------------------------------------------------
     def batch_ready(self) -> bool:
@@ -257,11 +249,18 @@ class Replay:
 
     def run(self, stopping: Callable[[], bool], control: Any | None = None) -> int:
         self.rebuild()
+        knobs = LiveKnobs(
+            "replay",
+            self.base_cfg,
+            validate_control,
+            self._use_knobs,
+            LIVE_KNOBS,
+            follower=control,
+            counter=self.m.control,
+        )
         last_gauges = 0.0
         while not stopping():
-            if control is not None and control.seq != self.control_rev and control.latest:
-                self.control_rev = control.seq
-                self.apply_control(control.latest)
+            knobs.poll()
             self.poll_once()
             while self.maybe_send() is not None:
                 pass

@@ -238,3 +238,60 @@ def test_learner_killed_mid_run_trains_every_batch_once(kafka: KafkaSettings, tm
     assert second.trainer.step == 12  # batch 5, rolled back, was trained once more: 12 in all
     versions = [w.version for w in read_all(kafka, "weights")]
     assert versions == list(range(1, 7))  # one version every 2 steps, none announced twice
+
+
+def test_a_live_knob_changes_the_batch_size_and_a_bad_one_is_refused(
+    kafka: KafkaSettings,
+) -> None:
+    """`rollstream control replay batch_groups=2` while replay runs: the next batches carry 2
+    groups instead of 4; a revision with a bad value is refused and changes nothing."""
+    import threading
+
+    from rollstream.schemas import ControlUpdate
+    from rollstream.services.runtime.service import follow_control
+
+    p = Producer(kafka, "test")
+    replay = Replay(ReplayConfig(batch_groups=4, partial_after_s=None, max_staleness=100), kafka)
+    control = follow_control(kafka, "replay")
+    stop = threading.Event()
+    worker = threading.Thread(target=replay.run, args=(stop.is_set, control), daemon=True)
+    worker.start()
+
+    def send_control(revision: int, **params) -> None:
+        update = ControlUpdate(
+            stage="replay", params=params, revision=revision, produced_at=time.time()
+        )
+        p.send("control", update, "replay")
+        p.flush()
+
+    try:
+        grant(p, 10)
+        for i in range(4):
+            p.send("groups.kept", group(f"a{i}"), f"a{i}")
+        p.flush()
+        deadline = time.monotonic() + 20
+        while len(read_all(kafka, "batches.train", polls=1)) < 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        refused = replay.m.control.labels("refused")
+        send_control(1, batch_groups=0)  # out of range: refused, the batch size stays 4
+        deadline = time.monotonic() + 20
+        while refused._value.get() < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert refused._value.get() == 1 and replay.buffer.cfg.batch_groups == 4
+        send_control(2, batch_groups=2)
+        deadline = time.monotonic() + 20
+        while replay.buffer.cfg.batch_groups != 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for i in range(4):
+            p.send("groups.kept", group(f"b{i}"), f"b{i}")
+        p.flush()
+        deadline = time.monotonic() + 20
+        while len(read_all(kafka, "batches.train", polls=1)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        worker.join(10)
+        control.stop()
+        replay.close()
+    sizes = [len(b.items) for b in read_all(kafka, "batches.train")]
+    assert sizes == [4, 2, 2]
