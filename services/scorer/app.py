@@ -29,13 +29,13 @@ from rollstream.schemas import Rollout, SchemaError, ScoredRollout, decode, enco
 from rollstream.schemas.topics import dlq_name, qualified
 from rollstream.services.runtime.faust.app import consumer_lag, make_app, send_dead_letter
 from rollstream.services.runtime.faust.sender import Sender
+from rollstream.services.runtime.knobs import LiveKnobs
 from rollstream.services.runtime.metrics import BusMetrics
-from rollstream.services.runtime.service import apply_control
 from rollstream.services.runtime.settings import KafkaSettings
-from rollstream.services.scorer.combine import Combiner, Score
+from rollstream.services.scorer.combine import KNOBS, Combiner, Score, ScorerKnobs
 from rollstream.services.scorer.config import ScorerConfig
 from rollstream.services.scorer.metrics import RunningStats, ScorerMetrics
-from rollstream.services.scorer.reward import RewardConfigError, RewardError
+from rollstream.services.scorer.reward import RewardError
 
 log = logging.getLogger("rollstream.scorer")
 
@@ -53,6 +53,14 @@ class Scorer:
         self.version = 0
         self._reward_time: dict[str, Any] = {}  # key -> its histogram child (no .labels())
         self._verdicts: dict[bool | None, Any] = {}
+        self.knobs = LiveKnobs(
+            "scorer",
+            ScorerKnobs(),
+            self._check_knobs,
+            self._use_knobs,
+            KNOBS,
+            counter=metrics.control if metrics is not None else None,
+        )
 
     async def score(self, data: bytes) -> tuple[ScoredRollout | None, str]:
         """(scored message, "") or (None, why it goes to the dead-letter topic)."""
@@ -126,10 +134,25 @@ class Scorer:
                 self.metrics.reward_std.labels(key).set_function(lambda: stats.std)
         return stats
 
+    def _check_knobs(self, params: dict[str, Any], base: ScorerKnobs) -> ScorerKnobs:
+        self.combiner.overridden(params)  # RewardConfigError (a ValueError) names a bad entry
+        return ScorerKnobs.model_validate({**base.model_dump(), **params})
+
+    def _use_knobs(self, knobs: ScorerKnobs, changed: frozenset[str]) -> None:
+        self.combiner.update(knobs.model_dump())
+
     def apply_control(self, params: dict[str, Any]) -> bool:
-        """Apply live knobs; False (and a log line) when they are invalid."""
-        counter = self.metrics.control if self.metrics is not None else None
-        return apply_control("scorer", self.combiner.update, params, counter, (RewardConfigError,))
+        """Apply a set of live knobs now (what a `control` revision carries); False when they
+        are refused (a log line, `control_updates_total{result="refused"}`)."""
+        self.knobs.poll()  # the first poll settles the configured values
+        try:
+            self._check_knobs(params, self.knobs.base)
+        except ValueError:
+            accepted = False
+        else:
+            accepted = True
+        self.knobs.update(params)  # logs and counts a refusal
+        return accepted
 
 
 def build_app(
@@ -219,14 +242,12 @@ def _common(
     sender: Sender,
 ) -> Any:
     """The timers and shutdown hook of either scoring path."""
-    seen = {"seq": 0}
+
+    scorer.knobs.follower = control
 
     @app.timer(interval=1.0)
     async def follow_control() -> None:
-        if control is None or control.seq == seen["seq"] or control.latest is None:
-            return
-        seen["seq"] = control.seq
-        scorer.apply_control(dict(control.latest.params))
+        scorer.knobs.poll()
 
     @app.timer(interval=5.0)
     async def lag() -> None:

@@ -23,6 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict
+
 from rollstream.schemas import Rollout, ScoredRollout
 from rollstream.services.scorer.config import ScorerConfig
 from rollstream.services.scorer.reward import (
@@ -94,6 +96,7 @@ class Combiner:
         if dupes:
             raise RewardConfigError(f"reward keys used twice: {dupes}; give each a `label`")
         self.components = components
+        self.base = list(components)  # as configured: live knobs apply onto these
         self._inline = [c for c in components if c.run == "inline"]
         self._other = [c for c in components if c.run != "inline"]
         self._threads = threads
@@ -179,13 +182,20 @@ class Combiner:
         return comp, _as_float(comp, value), False, time.perf_counter() - start
 
     def update(self, params: dict[str, Any]) -> None:
-        """Live knobs, all or nothing: {"weights": {key: w}, "timeouts": {key: seconds},
+        """Live knobs, all or nothing, onto the configured rewards (a knob left out goes back to
+        its configured value): {"weights": {key: w}, "timeouts": {key: seconds},
         "fallbacks": {key: value}}. Raises RewardConfigError naming the bad entry."""
+        self.components = self.overridden(params)
+        self._inline = [c for c in self.components if c.run == "inline"]
+        self._other = [c for c in self.components if c.run != "inline"]
+
+    def overridden(self, params: dict[str, Any]) -> list[Component]:
+        """The configured components with `params` applied; RewardConfigError if invalid."""
         fields = {"weights": "weight", "timeouts": "timeout_s", "fallbacks": "fallback"}
         unknown = sorted(set(params) - set(fields))
         if unknown:
             raise RewardConfigError(f"unknown scorer knobs {unknown}; known: {sorted(fields)}")
-        by_key = {c.key: c for c in self.components}
+        by_key = {c.key: c for c in self.base}
         changes: dict[str, dict[str, float]] = {}
         for knob, values in params.items():
             if not isinstance(values, dict):
@@ -202,9 +212,7 @@ class Combiner:
                 ):
                     raise RewardConfigError(f"{knob}.{key}: {value!r} is out of range")
                 changes.setdefault(key, {})[fields[knob]] = float(value)
-        self.components = [replace(c, **changes.get(c.key, {})) for c in self.components]
-        self._inline = [c for c in self.components if c.run == "inline"]
-        self._other = [c for c in self.components if c.run != "inline"]
+        return [replace(c, **changes.get(c.key, {})) for c in self.base]
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -258,6 +266,20 @@ def _as_float(comp: Component, value: Any) -> float:
     if not math.isfinite(number):
         raise RewardError(comp.key, f"returned {number}, not a finite number")
     return number
+
+
+class ScorerKnobs(BaseModel):
+    """The scorer's live knobs (`rollstream control scorer weights='{exact: 2}' ...`): per
+    reward key, its weight, timeout and fallback over the run's configured values."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weights: dict[str, float] = {}
+    timeouts: dict[str, float] = {}
+    fallbacks: dict[str, float] = {}
+
+
+KNOBS = tuple(ScorerKnobs.model_fields)
 
 
 def validate_control(params: dict[str, Any]) -> None:
