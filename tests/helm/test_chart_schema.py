@@ -74,8 +74,9 @@ def test_template_checks_fail_with_the_field(
 
 def test_run_config_schema_follows_the_run_file_model() -> None:
     """Every run-file section is accepted except those the chart sets itself (stages ->
-    per-stage replicas; kafka connection and weights.uri -> kafka and weightStore values) and
-    `up` (how `rollstream up` supervises its processes; Kubernetes does that in a cluster)."""
+    per-stage replicas; kafka connection and weights.uri -> kafka and weightStore values;
+    kafka.partitions -> the chart's topic resources, from the registry) and `up` (how
+    `rollstream up` supervises its processes; Kubernetes does that in a cluster)."""
     schema = json.loads((CHART / "values.schema.json").read_text())
     rc = schema["properties"]["runConfig"]["properties"]
     assert set(rc) == set(RunConfig.model_fields) - {"stages", "up"}
@@ -83,5 +84,6 @@ def test_run_config_schema_follows_the_run_file_model() -> None:
         "bootstrap",
         "namespace",
         "security",
+        "partitions",
     }
     assert set(rc["weights"]["properties"]) == set(WeightStoreSpec.model_fields) - {"uri"}
