@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from rollstream.schemas import PromptTask, Rollout, Sampling, pack_floats, pack_ids
 from rollstream.services.generator.backend import GenRequest, GenSample
 from rollstream.services.generator.config import SamplingDefaults
@@ -23,13 +25,8 @@ def request_of(
     overrides on top, the prompt under `template` (the task's own template wins)."""
     s = defaults.model_dump()
     if task.sampling is not None:
-        s.update(
-            {
-                f: getattr(task.sampling, f)
-                for f in task.sampling.__struct_fields__
-                if getattr(task.sampling, f) is not None and f != "n"
-            }
-        )
+        own = msgspec.structs.asdict(task.sampling)
+        s.update({k: v for k, v in own.items() if v is not None and k != "n"})
     ids = encode_prompt(tokenizer, task.prompt, task.template or template, system_prompt)
     return GenRequest(request_id=request_id, prompt_ids=list(ids), n=task.n, **s)
 

@@ -54,7 +54,7 @@ class KafkaSettings(BaseModel):
     partitions cap how many replicas of the stage that reads it share the work, and every
     partition is a produce batch and a fetch of its own: few partitions mean larger batches
     and less broker work per message. `rollstream up` on its embedded broker uses the most
-    replicas any stage has (at least 2) unless this is set."""
+    replicas any stage has (1 for the default run) unless this is set."""
     client_id: str = "rollstream"
     """Kafka client id prefix; the stage name is appended."""
     replication: int = Field(1, ge=1, le=32)

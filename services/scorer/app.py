@@ -141,19 +141,6 @@ class Scorer:
     def _use_knobs(self, knobs: ScorerKnobs, changed: frozenset[str]) -> None:
         self.combiner.update(knobs.model_dump())
 
-    def apply_control(self, params: dict[str, Any]) -> bool:
-        """Apply a set of live knobs now (what a `control` revision carries); False when they
-        are refused (a log line, `control_updates_total{result="refused"}`)."""
-        self.knobs.poll()  # the first poll settles the configured values
-        try:
-            self._check_knobs(params, self.knobs.base)
-        except ValueError:
-            accepted = False
-        else:
-            accepted = True
-        self.knobs.update(params)  # logs and counts a refusal
-        return accepted
-
 
 def build_app(
     kafka: KafkaSettings,

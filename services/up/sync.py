@@ -70,6 +70,7 @@ def run_sync(cfg: RunConfig, run_dir: Path | None = None, log: Any = print) -> i
     # prompts as the generator stage would send them: its template and system prompt
     template = gen.template or resolve_template(cfg.model.template, cfg.model.path, tok)
     system = gen.system_prompt or cfg.model.system_prompt
+    overrides = feed.sampling_overrides()  # the feed's per-prompt sampling, as it sends it
     trainer = Trainer(lcfg, load_model(model_dir, dtype="float32"), pad_id=tok.pad_token_id or 0)
     core = FilterCore(filt)
     buffer = ReplayBuffer(rep)
@@ -129,10 +130,7 @@ def run_sync(cfg: RunConfig, run_dir: Path | None = None, log: Any = print) -> i
             batch_items.append(pool[order[cursor]])
             cursor += 1
         now = time.time()
-        tasks = [
-            it.prompt_task(feed.n, epoch, now, feed.sampling_overrides(), feed.template)
-            for it in batch_items
-        ]
+        tasks = [it.prompt_task(feed.n, epoch, now, overrides, feed.template) for it in batch_items]
         reqs = [
             request_of(t, f"{t.task_id}@{epoch}.{seq}.{i}", gen.sampling, tok, template, system)
             for i, t in enumerate(tasks)

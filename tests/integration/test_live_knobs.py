@@ -1,6 +1,6 @@
-"""Feed and learner follow `rollstream control` on the real broker (issue 16 D6): a knob set with
-the CLI changes what the stage does, a refused one is never published, and `--unset` brings
-the run file's value back."""
+"""Feed, learner and replay follow `rollstream control` on the real broker (issue 16 D6): a
+knob set with the CLI changes what the stage does, a refused one is never published (or, sent
+anyway, is refused by the stage), and `--unset` brings the run file's value back."""
 
 from __future__ import annotations
 
@@ -143,3 +143,66 @@ def test_the_learner_follows_its_live_knobs_on_every_step(
     finally:
         svc.close()
         credits.close()
+
+
+def test_replay_follows_its_live_knobs_and_refuses_a_bad_one(kafka: KafkaSettings) -> None:
+    """A `control` revision for replay while it runs: batch_groups 2 makes the next batches
+    carry 2 groups instead of 4; a revision with a bad value (sent raw: the CLI would not
+    publish it) is refused and changes nothing."""
+    from rollstream.schemas import ControlUpdate, Feedback
+    from rollstream.schemas import synthetic as syn
+    from rollstream.services.replay.config import ReplayConfig
+    from rollstream.services.replay.service import Replay
+    from rollstream.services.runtime.bus import Producer
+
+    def group(gid: str) -> object:
+        samples = [syn.scored(gid, i, [1, 2], [10 + i, 11], group_size=2) for i in range(2)]
+        return syn.group(gid, samples, [1.0, -1.0])
+
+    def batches() -> list:
+        c = Consumer(kafka, "check", ["batches.train"], group=None)
+        try:
+            return [r.value for r in read_for(c, 1.0)]
+        finally:
+            c.close()
+
+    p = Producer(kafka, "test")
+
+    def send(topic: str, msg: object, key: str) -> None:
+        p.send(topic, msg, key)
+        p.flush()
+
+    replay = Replay(ReplayConfig(batch_groups=4, partial_after_s=None, max_staleness=100), kafka)
+    follower = follow_control(kafka, "replay")
+    stop = threading.Event()
+    worker = threading.Thread(target=replay.run, args=(stop.is_set, follower), daemon=True)
+    worker.start()
+    refused = replay.m.control.labels("refused")
+    try:
+        credit = Feedback(
+            learner_id="learner",
+            credits_total=10,
+            learner_version=0,
+            step=0,
+            produced_at=time.time(),
+        )
+        send("learner.feedback", credit, "learner")
+        for i in range(4):
+            send("groups.kept", group(f"a{i}"), f"a{i}")
+        wait_until(lambda: len(batches()) == 1)
+        bad = ControlUpdate(stage="replay", params={"batch_groups": 0}, revision=1, produced_at=0)
+        send("control", bad, "replay")
+        wait_until(lambda: refused._value.get() == 1)
+        assert replay.buffer.cfg.batch_groups == 4
+        good = ControlUpdate(stage="replay", params={"batch_groups": 2}, revision=2, produced_at=0)
+        send("control", good, "replay")
+        wait_until(lambda: replay.buffer.cfg.batch_groups == 2)
+        for i in range(4):
+            send("groups.kept", group(f"b{i}"), f"b{i}")
+        wait_until(lambda: len(batches()) == 3)
+    finally:
+        stop.set()
+        worker.join(10)
+        follower.stop()
+        replay.close()
+    assert [len(b.items) for b in batches()] == [4, 2, 2]

@@ -59,7 +59,7 @@ def test_malformed_bytes_and_raising_rewards_become_dead_letter_reasons() -> Non
 
 def test_control_updates_change_weights_or_are_refused_whole() -> None:
     scorer, m = make(Component("exact", ExactMatch()), Component("other", ExactMatch()))
-    assert scorer.apply_control({"weights": {"exact": 3.0}, "timeouts": {"other": 2.0}})
+    assert scorer.knobs.update({"weights": {"exact": 3.0}, "timeouts": {"other": 2.0}})
     assert [(c.weight, c.timeout_s) for c in scorer.combiner.components] == [
         (3.0, 10.0),
         (1.0, 2.0),
@@ -73,9 +73,16 @@ def test_control_updates_change_weights_or_are_refused_whole() -> None:
         {"weights": {"exact": float("inf")}},
         {"speed": {}},
     ):
-        assert not scorer.apply_control(bad)
+        assert not scorer.knobs.update(bad)
     assert scorer.combiner.components[0].weight == 3.0
     assert value(m, "rollstream_scorer_control_updates_total", result="refused") == 5
+    # a revision without `weights` (`rollstream control scorer --unset weights`): the weight
+    # goes back to the run's configured value, as every stage's knobs do
+    assert scorer.knobs.update({"timeouts": {"other": 2.0}})
+    assert [(c.weight, c.timeout_s) for c in scorer.combiner.components] == [
+        (1.0, 10.0),
+        (1.0, 2.0),
+    ]
 
 
 def test_running_stats_match_the_plain_mean_and_std_at_first() -> None:
