@@ -168,11 +168,12 @@ def collect(run: Run, runs: Path) -> None:
         run.counts = {k: s.get(k) for k in keys}
     metrics = d / "metrics.jsonl"
     if metrics.exists():  # async: the learner's last step, and the stages' idle shares
-        from rollstream.services.up.report import idle_shares
+        from rollstream.services.up.report import idle_shares, pipeline_latency
 
         last = _last_json_line(metrics)
         run.counts["steps"] = last.get("learner", {}).get("rollstream_learner_step")
         run.counts.update(idle_shares(last))
+        run.counts.update(pipeline_latency(last))
         run.counts.update(trained_staleness(last.get("learner", {})))
 
 
@@ -230,6 +231,8 @@ def summarize(runs: list[Run], rows: list[str]) -> list[dict[str, Any]]:
         entry["generator_idle"] = [r.counts.get("generator_idle") for r in rs]
         entry["staleness_mean"] = [r.counts.get("staleness_mean") for r in rs]
         entry["staleness_max"] = [r.counts.get("staleness_max") for r in rs]
+        for hop in ("replay", "total"):  # seconds from generation start to training
+            entry[f"latency_{hop}_s"] = [r.counts.get(f"latency_{hop}_s") for r in rs]
         out.append(entry)
     return out
 
@@ -257,12 +260,21 @@ def _staleness(e: dict[str, Any]) -> str:
     return f"{mean:.2f} (≤ {top:.0f})" if top is not None else f"{mean:.2f}"
 
 
+def _latency(e: dict[str, Any]) -> str:
+    """Seconds from generation start to training, and of it waiting in replay (medians)."""
+    total, replay = _median(e["latency_total_s"]), _median(e["latency_replay_s"])
+    if total is None:
+        return "—"
+    return f"{total:.2f} s ({replay or 0:.2f} s)"
+
+
 def table(summary: list[dict[str, Any]]) -> str:
     head = (
         "| row | +10 pts | +20 pts | +30 pts | step at +30 | best | learner steps | generated |"
         " trained | dropped | expired | learner idle | generator idle | staleness trained |"
+        " sample latency (in replay) |"
     )
-    lines = [head, "|" + "---|" * 14]
+    lines = [head, "|" + "---|" * 15]
     for e in summary:
         cells = [
             e["row"],
@@ -276,6 +288,7 @@ def table(summary: list[dict[str, Any]]) -> str:
                 for k in ("learner_idle", "generator_idle")
             ),
             _staleness(e),
+            _latency(e),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -127,6 +127,17 @@ CURATED: dict[str, tuple[Panel, ...]] = {
         Panel("entropy", "short", _by_pod("entropy")),
         Panel("grad norm", "short", _by_pod("grad_norm")),
         Panel("tokens / s", "short", ((_rate("tokens_total"), "tokens"),)),
+        Panel(
+            "sample latency by hop (mean)",
+            "s",
+            (
+                (
+                    f"{_rate('sample_latency_seconds_sum', 'hop')}"
+                    f" / {_rate('sample_latency_seconds_count', 'hop')}",
+                    "{{hop}}",
+                ),
+            ),
+        ),
     ),
 }
 

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+from rollstream.schemas import TrainBatch
 from rollstream.services.runtime.metrics import StageMetrics
 
 VERSION_BUCKETS = (0, 1, 2, 3, 4, 6, 8, 16, 32, 64)
 STEP_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
+HOP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 120)
+
+HOPS = ("generate", "score", "group", "replay", "deliver", "total")
+"""Where a trained sample's time went, from the start of its generation batch (when its policy
+version was stamped) to the start of the step that trains it: `generate` the generation batch,
+`score` published -> scored (a broker hop and the scorer), `group` scored -> its group left the
+filter (waiting for the group's other samples), `replay` kept -> handed out in a batch,
+`deliver` handed out -> training starts (a broker hop and the learner's prefetch queue), and
+`total` all of it. At a steady rate, staleness in versions ~ total / seconds per version, so
+this is what to cut to train fresher samples without idling. The times are the producing hosts'
+clocks: across hosts, the hops carry their clock skew."""
 
 # per-step values of train_on_batch's metrics exported as gauges: metric key -> gauge name
 STEP_GAUGES = {
@@ -45,10 +57,37 @@ class LearnerMetrics:
             "Learner version - sample policy version of trained samples",
             buckets=VERSION_BUCKETS,
         )
+        self.latency = m.histogram(
+            "sample_latency_seconds",
+            "Trained samples: time from generation start to training, by hop (see HOPS)",
+            ["hop"],
+            buckets=HOP_BUCKETS,
+        )
         self.credits = m.gauge("credits_total", "Batches asked for so far (cumulative credits)")
         self.publish = m.histogram("publish_seconds", "Time to write and announce one version")
         self.checkpoint = m.histogram("checkpoint_seconds", "Time to write one checkpoint")
         self.control = m.counter("control_updates_total", "Control updates", ["result"])
+
+
+def pipeline_latency(batch: TrainBatch, started: float) -> dict[str, list[float]]:
+    """Per trained sample, seconds spent in each of HOPS (`started`: when the step that trains
+    `batch` began, time.time()). Negative gaps (clock skew) count as 0."""
+    hops: dict[str, list[float]] = {h: [] for h in HOPS}
+    for item in batch.items:
+        g = item.group
+        for s in g.samples:
+            r = s.rollout
+            began = r.produced_at - r.generate_s
+            for hop, secs in (
+                ("generate", r.generate_s),
+                ("score", s.produced_at - r.produced_at),
+                ("group", g.produced_at - s.produced_at),
+                ("replay", batch.produced_at - g.produced_at),
+                ("deliver", started - batch.produced_at),
+                ("total", started - began),
+            ):
+                hops[hop].append(max(0.0, secs))
+    return hops
 
 
 def register(m: StageMetrics) -> LearnerMetrics:

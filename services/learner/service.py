@@ -34,7 +34,7 @@ from typing import Any
 
 from rollstream.schemas import WeightUpdate, encode
 from rollstream.services.learner.config import LIVE_KNOBS, LearnerConfig, validate_control
-from rollstream.services.learner.metrics import LearnerMetrics
+from rollstream.services.learner.metrics import LearnerMetrics, pipeline_latency
 from rollstream.services.learner.trainer import StepResult, Trainer
 from rollstream.services.runtime.bus import Consumer, Producer
 from rollstream.services.runtime.knobs import LiveKnobs
@@ -131,6 +131,7 @@ class LearnerService:
                 # while this one trains (a credit sent after the step left the learner
                 # waiting one round trip per step: 0.17 s of a 0.36 s step, measured)
                 self.send_feedback()
+            started = time.time()
             result = self.trainer.train(rec.value)
             self.trainer.offsets[f"{rec.topic}:{rec.partition}"] = rec.offset + 1
             if self.trainer.rejected:  # rows that cannot be trained: dead letters, not a crash
@@ -142,6 +143,9 @@ class LearnerService:
                 self.m.duplicates.inc()
                 continue
             trained += 1
+            for hop, secs in pipeline_latency(rec.value, started).items():
+                for s in secs:
+                    self.m.latency.labels(hop).observe(s)
             self.busy.add("compute", result.compute_s)
             self._observe(result)
             self.send_feedback(result)

@@ -83,7 +83,7 @@ def write_report(run: Path) -> dict[str, Any]:
     for ax in axes:
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right")
+        _legend(ax, loc="lower right")
     fig.suptitle(f"{run.name}: held-out accuracy and reward")
     fig.tight_layout()
     fig.savefig(run / "accuracy.png", dpi=110)
@@ -95,7 +95,7 @@ def write_report(run: Path) -> dict[str, Any]:
         if any(v):
             ax.plot([x / 60 for x in t], v, label=stage)
     ax.set(xlabel="wall time (min)", ylabel="messages out / s", title="throughput per stage")
-    ax.legend()
+    _legend(ax)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(run / "throughput.png", dpi=110)
@@ -143,7 +143,7 @@ def write_report(run: Path) -> dict[str, Any]:
             ax.plot([t / 60 for t in ts], [100 * v for v in idle], label=stage)
     ax.set(xlabel="wall time (min)", ylabel="% idle (last minute)", title="idle share")
     ax.set_ylim(0, 100)
-    ax.legend()
+    _legend(ax)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(run / "idle.png", dpi=110)
@@ -167,6 +167,7 @@ def write_report(run: Path) -> dict[str, Any]:
         "learner_step_at_last_eval": evals[-1]["step"] if evals else None,
         "drops": drops,
         **idle_shares(hist[-1] if hist else {}),
+        **pipeline_latency(hist[-1] if hist else {}),
     }
     (run / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -182,6 +183,28 @@ def idle_shares(last: dict[str, Any]) -> dict[str, float | None]:
         out["learner_idle"] = round(lrn.get("wait", 0.0) / sum(lrn.values()), 3)
     if sum(gen.values()) > 0:
         out["generator_idle"] = round(1.0 - gen.get("generate", 0.0) / sum(gen.values()), 3)
+    return out
+
+
+def _legend(ax: Any, **kw: Any) -> None:
+    """A legend when something was plotted (a run with no data yet: an empty plot, no warning)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kw)
+
+
+def pipeline_latency(last: dict[str, Any]) -> dict[str, float | None]:
+    """Mean seconds a trained sample spent in each hop from generation start to training
+    (`latency_<hop>_s`, from the learner's `sample_latency_seconds` histogram; the hops are
+    services/learner/metrics.HOPS)."""
+    from rollstream.services.learner.metrics import HOPS
+
+    name = "rollstream_learner_sample_latency_seconds"
+    learner = last.get("learner", {})
+    out: dict[str, float | None] = {}
+    for hop in HOPS:
+        n = learner.get(f"{name}_count{{hop={hop}}}") or 0
+        total = learner.get(f"{name}_sum{{hop={hop}}}", 0.0)
+        out[f"latency_{hop}_s"] = round(total / n, 4) if n else None
     return out
 
 
