@@ -4,8 +4,8 @@ Reads `rollouts.scored` (key group_id, so all samples of a group reach one worke
 keyed by group_id, each kept Group (with advantages) to `groups.kept` and every drop (with its
 reason and numbers) to `groups.dropped`; keyed by task_id, each prompt's running pass rate to
 `prompt.stats`. Undecodable messages go to `rollouts.scored.dlq`. Follows `control` (stage
-"filter": FilterConfig fields and filter params, applied live) and `weights` (the learner's
-version, for the stale filter).
+"filter": FilterConfig fields and filter params, applied live onto the run's config through
+LiveKnobs, see config.py) and `weights` (the learner's version, for the stale filter).
 
 State, in faust tables (changelogged; a restarted worker rebuilds them): pending groups and
 finished group ids, both keyed by group_id and partitioned like the source, so assembly
@@ -44,18 +44,17 @@ import msgspec
 from rollstream.schemas import DropRecord, SchemaError, ScoredRollout, decode, encode
 from rollstream.schemas.topics import dlq_name, qualified
 from rollstream.services.filter.assembly import PendingGroup
-from rollstream.services.filter.chain import FilterConfigError
-from rollstream.services.filter.config import FilterConfig
+from rollstream.services.filter.config import LIVE_KNOBS, FilterConfig, validate_control
 from rollstream.services.filter.core import FilterCore, Outcome
 from rollstream.services.filter.metrics import FilterMetrics
-from rollstream.services.filter.pass_rate import PassObservation, PassRateTracker, PassRecord
+from rollstream.services.filter.pass_rate import PassObservation, PassRecord
 from rollstream.services.filter.reconcile import read_back
 from rollstream.services.filter.tables import TableView, event_partition
 from rollstream.services.runtime import failpoints
 from rollstream.services.runtime.faust.app import consumer_lag, make_app, send_dead_letter
 from rollstream.services.runtime.faust.sender import Sender
+from rollstream.services.runtime.knobs import LiveKnobs
 from rollstream.services.runtime.metrics import BusMetrics
-from rollstream.services.runtime.service import apply_control
 from rollstream.services.runtime.settings import KafkaSettings
 
 log = logging.getLogger("rollstream.filter")
@@ -70,13 +69,27 @@ ZERO_VARIANCE_KINDS = {
 
 
 class FilterStage:
-    """Glue between decoded messages and the pure FilterCore; counts what happened."""
+    """Glue between decoded messages and the pure FilterCore; counts what happened. Its live
+    knobs apply onto the config the core was built with (the run's); the app sets
+    `knobs.follower` and polls them between two events."""
 
     def __init__(self, core: FilterCore, metrics: FilterMetrics | None = None) -> None:
         self.core = core
         self.metrics = metrics
         self.groups_seen = 0
         self.zero_var = dict.fromkeys(ZERO_VARIANCE_KINDS.values(), 0)
+        self.knobs = LiveKnobs(
+            "filter",
+            core.config,
+            validate_control,
+            self._use_knobs,
+            LIVE_KNOBS,
+            counter=metrics.control if metrics is not None else None,
+        )
+
+    def _use_knobs(self, config: FilterConfig, changed: frozenset[str]) -> None:
+        """LiveKnobs' callback: the core reads its config at every group."""
+        self.core.configure(config)
 
     def add(self, data: bytes, now: float) -> tuple[Outcome | None, str]:
         """(outcome of a completed group or None, "" or why the message is a dead letter)."""
@@ -114,11 +127,6 @@ class FilterStage:
         if outcome.partial:
             m.timed_out.labels(self.core.config.timeout_policy).inc()
         m.assembly.observe(outcome.assembly_s)
-
-    def apply_control(self, params: dict[str, Any]) -> bool:
-        """Apply live knobs; False (and a log line) when they are invalid."""
-        counter = self.metrics.control if self.metrics is not None else None
-        return apply_control("filter", self.core.update, params, counter, (FilterConfigError,))
 
 
 def drop_id(drop: DropRecord) -> tuple[str, str, str]:
@@ -208,16 +216,18 @@ def build_app(
 
     done = TableView(done_table, float, event_partition, stamp)
     pending = TableView(pending_table, PendingGroup, event_partition, stamp)
+    pass_rates_view = TableView(pass_table, PassRecord, event_partition)
     core = FilterCore(
         config,
         pending=pending,
         done=done,
+        pass_rates=pass_rates_view,
         track_pass_rates=False,
         keep_finished=True,
     )
     stage = FilterStage(core, metrics)
-    pass_rates_view = TableView(pass_table, PassRecord, event_partition)
-    tracker = PassRateTracker(config.pass_rate_alpha, config.pass_rate_recent, pass_rates_view)
+    stage.knobs.follower = control
+    tracker = core.tracker  # fed by the pass_rates agent, not by the core; follows the knobs
     views = (done, pending, pass_rates_view)
     obs_decoder = msgspec.msgpack.Decoder(PassObservation)
     group_id = qualified("rollstream-filter", ns)
@@ -409,15 +419,9 @@ def build_app(
         for p in range(partitions):
             await ticks.send(value=b"tick", partition=p)
 
-    seen = {"control": 0}
-
     @app.timer(interval=1.0)
     async def follow() -> None:
-        if control is not None and control.latest is not None and control.seq != seen["control"]:
-            seen["control"] = control.seq
-            if stage.apply_control(dict(control.latest.params)):
-                tracker.alpha = core.config.pass_rate_alpha
-                tracker.keep = core.config.pass_rate_recent
+        stage.knobs.poll()
         if metrics is not None and core.learner_version is not None:
             metrics.version.set(core.learner_version)
 

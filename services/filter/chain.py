@@ -1,7 +1,6 @@
 """The filter plugin interface and the chain that applies filters in order to one group.
 
-A filter is an object with a `name`, validated `params`, `update(params)` (a live change,
-all-or-nothing) and `apply(group) -> Decision`:
+A filter is an object with a `name`, validated `params` and `apply(group) -> Decision`:
 
     class LongAnswers(Filter):
         name = "long_answers"
@@ -16,6 +15,10 @@ A Decision keeps the group, drops it whole, or drops some samples, each drop wit
 the numbers that decided it. The chain runs the filters in order on what is left; a group
 drop ends it, and a sample drop that would leave nothing becomes a group drop. Every sample
 that entered ends up either kept or in exactly one Drop.
+
+A live change of the chain (`rollstream control filter chain=...`) rebuilds it with
+`FilterChain.from_specs(specs, reuse=chain.filters)`: a filter whose name and label stay is the
+same object with new `params`, so whatever it keeps between groups survives the change.
 
 Built-ins are found by name (`BUILTIN_FILTERS`), user filters by "package.module:Class".
 Pure: no I/O.
@@ -128,9 +131,11 @@ class Filter:
     def __init__(self, **params: Any) -> None:
         self.label = self.name  # set by the chain from the spec's label
         self.spec = self.name  # how it was asked for: built-in name or "package.module:Class"
-        self.params = self._validate(params)
+        self.params = self.parse(params)
 
-    def _validate(self, params: Mapping[str, Any]) -> Any:
+    def parse(self, params: Mapping[str, Any]) -> Any:
+        """The Params of exactly `params` (the others at their defaults, not at their current
+        values); raises FilterConfigError if invalid."""
         try:
             return self.Params.model_validate(dict(params))
         except ValidationError as exc:
@@ -138,7 +143,7 @@ class Filter:
 
     def check(self, params: Mapping[str, Any]) -> Any:
         """The params that `update(params)` would set; raises FilterConfigError if invalid."""
-        return self._validate({**self.params.model_dump(), **params})
+        return self.parse({**self.params.model_dump(), **params})
 
     def update(self, params: Mapping[str, Any]) -> None:
         """Change some params live; on a validation error nothing changes."""
@@ -163,6 +168,17 @@ def _import(spec: str) -> Any:
 
 def load_filter(spec: str, params: Mapping[str, Any] | None = None) -> Filter:
     """Build the filter named `spec` (built-in name or "package.module:Class")."""
+    return filter_class(spec)(**dict(params or {}))
+
+
+def label_of(spec: Any) -> str:
+    """The label a FilterSpec's filter gets in the chain: its `label`, else its class's name."""
+    return getattr(spec, "label", None) or filter_class(spec.name).name
+
+
+def filter_class(spec: str) -> Any:
+    """The filter class named `spec` (built-in name, "package.module:Class" or the name of a
+    `rollstream.filters` entry point); FilterConfigError if there is none."""
     from rollstream.services.runtime import plugins
 
     if spec in BUILTIN_FILTERS:
@@ -183,7 +199,7 @@ def load_filter(spec: str, params: Mapping[str, Any] | None = None) -> Filter:
             )
     if not inspect.isclass(cls) or not callable(getattr(cls, "apply", None)):
         raise FilterConfigError(f"{spec!r} is not a filter class")
-    return cls(**dict(params or {}))
+    return cls
 
 
 @dataclass(frozen=True)
@@ -209,28 +225,35 @@ class FilterChain:
         self.filters = list(filters)
 
     @classmethod
-    def from_specs(cls, specs: Iterable[Any]) -> FilterChain:
-        """Build from objects with `name`, `params` and optional `label` (FilterSpec)."""
-        filters = []
+    def from_specs(cls, specs: Iterable[Any], reuse: Iterable[Filter] = ()) -> FilterChain:
+        """Build from objects with `name`, `params` and optional `label` (FilterSpec). A filter
+        of `reuse` with a spec's name and label is kept, its params set to exactly the spec's,
+        so what it accumulated (statistics, windows) survives a live change; the others are
+        built. All or nothing: no filter of `reuse` changes unless every spec checks out."""
+        old: dict[tuple[str, str | None], Filter] = {}
+        for f in reuse:
+            old[(f.spec, f.label)] = f
+            if f.label == f.name:  # also what a spec without a label asks for
+                old[(f.spec, None)] = f
+        filters: list[Filter] = []
+        params: list[tuple[Filter, Any]] = []
         for i, spec in enumerate(specs):
+            label = getattr(spec, "label", None)
             try:
-                flt = load_filter(spec.name, spec.params)
+                flt = old.get((spec.name, label))
+                if flt is not None:
+                    params.append((flt, flt.parse(spec.params)))
+                else:
+                    flt = load_filter(spec.name, spec.params)
+                    flt.label = label or flt.name
+                    flt.spec = spec.name
             except FilterConfigError as exc:
                 raise FilterConfigError(f"chain.{i} ({spec.name}): {exc}") from exc
-            flt.label = getattr(spec, "label", None) or flt.name
-            flt.spec = spec.name
             filters.append(flt)
-        return cls(filters)
-
-    def update(self, changes: Mapping[str, Mapping[str, Any]]) -> None:
-        """Change params of filters by label, all or nothing: {"zero_variance": {"eps": 0.1}}."""
-        by_label = {f.label: f for f in self.filters}
-        unknown = sorted(set(changes) - set(by_label))
-        if unknown:
-            raise FilterConfigError(f"no filter labelled {unknown} in the chain")
-        checked = {label: by_label[label].check(params) for label, params in changes.items()}
-        for label, params in checked.items():
-            by_label[label].params = params
+        chain = cls(filters)
+        for flt, checked in params:
+            flt.params = checked
+        return chain
 
     def apply(self, group: CandidateGroup) -> ChainResult:
         samples = list(group.samples)

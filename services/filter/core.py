@@ -14,11 +14,8 @@ difficulty, the same number PromptStats tracks).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
-
-from pydantic import ValidationError
 
 from rollstream.schemas import DropRecord, Group, GroupStats, PromptStats, ScoredRollout
 from rollstream.services.filter.advantage import advantages
@@ -27,9 +24,8 @@ from rollstream.services.filter.chain import (
     CandidateGroup,
     Drop,
     FilterChain,
-    FilterConfigError,
 )
-from rollstream.services.filter.config import FilterConfig, FilterSpec
+from rollstream.services.filter.config import FilterConfig
 from rollstream.services.filter.pass_rate import PassRateTracker, PassRecord
 from rollstream.services.filter.stats import mean, pass_rate, pstd
 
@@ -209,45 +205,12 @@ class FilterCore:
             produced_at=now,
         )
 
-    def update(self, params: Mapping[str, Any]) -> None:
-        """Apply live knobs, all or nothing. Keys: any FilterConfig field; "chain" is either a
-        full list of filter specs (replaces the chain) or {label: {param: value}} (changes
-        params of filters in place). Raises FilterConfigError naming the field."""
-        params = dict(params)
-        chain_change = params.pop("chain", None)
-        try:
-            merged = self.config.model_dump()
-            merged.update(params)
-            if isinstance(chain_change, list):
-                merged["chain"] = chain_change
-            config = FilterConfig.model_validate(merged)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}"
-                for err in exc.errors()
-            )
-            raise FilterConfigError(problems) from None
-        new_chain = None
-        if isinstance(chain_change, list):
-            new_chain = FilterChain.from_specs(config.chain)
-        elif isinstance(chain_change, Mapping):
-            self.chain.update(chain_change)  # validates all before changing any
-            config = config.model_copy(update={"chain": self._specs()})
-        elif chain_change is not None:
-            raise FilterConfigError("chain: expected a list of filters or {label: params}")
-        if new_chain is not None:
-            self.chain = new_chain
+    def configure(self, config: FilterConfig) -> None:
+        """Put `config` in force: the run's config with the live knobs applied (see
+        `config.validate_control`), never merged onto the current one. A filter whose name and
+        label stay is kept with what it accumulated, only its params set to the config's; the
+        pass-rate tracker takes the new alpha and window. FilterConfigError if a filter cannot
+        be built, and then nothing changes."""
+        self.chain = FilterChain.from_specs(config.chain, reuse=self.chain.filters)
         self.config = config
         self.tracker.alpha, self.tracker.keep = config.pass_rate_alpha, config.pass_rate_recent
-
-    def _specs(self) -> list[FilterSpec]:
-        return [
-            FilterSpec(name=f.spec, label=f.label, params=f.params.model_dump())
-            for f in self.chain.filters
-        ]
-
-
-def validate_control(params: Mapping[str, Any]) -> None:
-    """FilterConfigError (a ValueError) naming a bad live knob, checked against the defaults
-    (used by `rollstream control filter ...` before it publishes anything)."""
-    FilterCore(track_pass_rates=False).update(params)

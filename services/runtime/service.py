@@ -251,25 +251,3 @@ def follow_weights(
     )
     f.start()
     return f
-
-
-def apply_control(
-    stage: str,
-    update: Callable[[dict[str, Any]], None],
-    params: dict[str, Any],
-    counter: Any = None,
-    errors: tuple[type[Exception], ...] = (ValueError,),
-) -> bool:
-    """Apply live knobs from a ControlUpdate with `update(params)`; an invalid set is refused
-    with a log line and counted (`counter.labels("refused")`), and the old knobs stay."""
-    try:
-        update(params)
-    except errors as exc:
-        log.error("%s: control update refused: %s", stage, exc)
-        if counter is not None:
-            counter.labels("refused").inc()
-        return False
-    log.info("%s: control update applied: %s", stage, params)
-    if counter is not None:
-        counter.labels("applied").inc()
-    return True

@@ -36,7 +36,7 @@ CONTROL_VALIDATORS = {
     "feed": "rollstream.services.feed.config",
     "generator": "rollstream.services.generator.config",
     "scorer": "rollstream.services.scorer.combine",
-    "filter": "rollstream.services.filter.core",
+    "filter": "rollstream.services.filter.config",
     "replay": "rollstream.services.replay.config",
     "learner": "rollstream.services.learner.config",
 }

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rollstream.schemas import Rollout, Sampling, ScoredRollout, pack_floats, pack_ids
+from rollstream.services.filter.chain import KEEP, CandidateGroup, Decision, Filter, FilterParams
 
 
 def scored(
@@ -45,3 +48,21 @@ def scored(
 def group_of(rewards: list[float], **kw) -> list[ScoredRollout]:
     """One sample per reward, indices 0..n-1, group_size n."""
     return [scored(i, r, group_size=len(rewards), **kw) for i, r in enumerate(rewards)]
+
+
+class Counting(Filter):
+    """Keeps every group and counts them ("filter_builders:Counting"): state a live change of
+    the chain must not reset."""
+
+    name = "counting"
+
+    class Params(FilterParams):
+        limit: int = 100
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.seen = 0
+
+    def apply(self, group: CandidateGroup) -> Decision:
+        self.seen += 1
+        return KEEP

@@ -7,6 +7,7 @@ from filter_builders import scored
 from rollstream.schemas import encode
 from rollstream.services.filter.app import FilterStage
 from rollstream.services.filter.assembly import GroupAssembler, PendingGroup
+from rollstream.services.filter.config import FilterConfig
 from rollstream.services.filter.core import FilterCore
 from rollstream.services.filter.metrics import register
 from rollstream.services.filter.tables import TableView
@@ -42,13 +43,62 @@ def test_stage_decodes_assembles_and_counts() -> None:
     assert value(m, "rollstream_filter_samples_ignored_total", why="late") == 1
 
 
-def test_bad_control_updates_are_refused_and_counted() -> None:
+def test_a_knob_removed_from_the_control_revision_goes_back_to_the_run_value() -> None:
+    run = FilterConfig(chain=[{"name": "stale", "params": {"max_lag": 4}}], min_samples=3)
+    stage = FilterStage(FilterCore(run))
+    stage.knobs.poll()  # no follower: puts the run's config in force
+    knobs = {"estimator": "rloo", "min_samples": 5, "pass_rate_alpha": 0.5}
+    assert stage.knobs.update({**knobs, "chain": {"stale": {"max_lag": 0}}}, 1)
+    core = stage.core
+    assert (core.config.estimator, core.config.min_samples) == ("rloo", 5)
+    assert core.chain.filters[0].params.max_lag == 0 and core.tracker.alpha == 0.5
+    assert stage.knobs.update(knobs, 2)  # `--unset chain`
+    assert core.chain.filters[0].params.max_lag == 4 and core.config.estimator == "rloo"
+    assert stage.knobs.update({}, 3)  # every knob unset
+    assert core.config == run and core.tracker.alpha == run.pass_rate_alpha
+
+
+def test_bad_control_revisions_are_refused_and_counted_and_change_nothing() -> None:
     m = StageMetrics("filter")
-    stage = FilterStage(FilterCore(), register(m))
-    assert stage.apply_control({"estimator": "rloo"})
-    assert not stage.apply_control({"estimator": "ppo"})
-    assert stage.core.config.estimator == "rloo"
-    assert value(m, "rollstream_filter_control_updates_total", result="refused") == 1
+    run = FilterConfig(chain=[{"name": "stale", "params": {"max_lag": 4}}])
+    stage = FilterStage(FilterCore(run), register(m))
+    assert stage.knobs.update({"estimator": "rloo"}, 1)
+    for bad in (
+        {"estimator": "ppo", "min_samples": 4},
+        {"chain": {"stale": {"max_lag": -1}}, "min_samples": 4},
+        {"chain": {"pods": {"m": 2}}},  # not in the run's chain
+        {"tick_s": 5},  # not a live knob
+    ):
+        assert not stage.knobs.update(bad, 2)
+    core = stage.core
+    assert (core.config.estimator, core.config.min_samples) == ("rloo", 2)
+    assert core.chain.filters[0].params.max_lag == 4
+    assert value(m, "rollstream_filter_control_updates_total", result="refused") == 4
+    assert value(m, "rollstream_filter_control_updates_total", result="applied") == 1
+
+
+def test_a_filter_keeps_its_state_across_knob_changes_that_keep_it_in_the_chain() -> None:
+    counting = {"name": "filter_builders:Counting", "params": {"limit": 7}}
+    run = FilterConfig(chain=[counting, {"name": "zero_variance"}], min_samples=2)
+    stage = FilterStage(FilterCore(run))
+    flt = stage.core.chain.filters[0]
+    for i, r in enumerate([1, 0, 0, 1]):
+        stage.add(encode(scored(i, float(r))), now=5.0)
+    assert flt.seen == 1
+    assert stage.knobs.update({"min_samples": 3}, 1)  # another field
+    assert stage.knobs.update({"chain": {"counting": {"limit": 9}}}, 2)  # its own params
+    assert stage.core.chain.filters[0] is flt and flt.seen == 1 and flt.params.limit == 9
+    pods = {"name": "pods", "params": {"m": 2}}
+    assert stage.knobs.update({"chain": [pods, counting]}, 3)  # a new chain with it
+    assert stage.core.chain.filters[1] is flt and flt.params.limit == 7
+    assert stage.knobs.update({}, 4)
+    assert stage.core.chain.filters[0] is flt and flt.seen == 1 and flt.params.limit == 7
+    for i, r in enumerate([1, 0, 0, 1]):
+        stage.add(encode(scored(i, float(r), group_id="g2")), now=6.0)
+    assert flt.seen == 2
+    relabelled = {**counting, "label": "other"}  # another filter of the same class
+    assert stage.knobs.update({"chain": [relabelled]}, 5)
+    assert stage.core.chain.filters[0] is not flt and stage.core.chain.filters[0].seen == 0
 
 
 def test_table_view_tags_entries_with_their_partition() -> None:

@@ -11,7 +11,7 @@ from filter_builders import scored
 from pydantic import ValidationError
 
 from rollstream.services.filter.chain import FilterConfigError
-from rollstream.services.filter.config import FilterConfig
+from rollstream.services.filter.config import FilterConfig, validate_control
 from rollstream.services.filter.core import FilterCore
 
 
@@ -185,25 +185,38 @@ def test_prompt_stats_follow_the_ewma_across_groups() -> None:
     assert out.prompt_stats.recent == [1.0, 0.25] and out.prompt_stats.groups == 2
 
 
-def test_live_update_of_params_estimator_and_whole_chain() -> None:
-    core = FilterCore(FilterConfig(chain=[{"name": "stale", "params": {"max_lag": 4}}]))
-    core.update({"chain": {"stale": {"max_lag": 0}}, "estimator": "rloo"})
+def test_live_knobs_set_params_estimator_and_whole_chain_onto_the_run_config() -> None:
+    run = FilterConfig(chain=[{"name": "stale", "params": {"max_lag": 4}}])
+    core = FilterCore(run)
+    core.configure(validate_control({"chain": {"stale": {"max_lag": 0}}, "estimator": "rloo"}, run))
     assert core.chain.filters[0].params.max_lag == 0
     assert core.config.estimator == "rloo"
     assert core.config.chain[0].params == {"max_lag": 0}
-    # all or nothing: a bad estimator leaves the filter params alone, and vice versa
+    # all or nothing: a bad estimator refuses the filter params too, and vice versa
     with pytest.raises(FilterConfigError, match="estimator"):
-        core.update({"chain": {"stale": {"max_lag": 9}}, "estimator": "ppo"})
+        validate_control({"chain": {"stale": {"max_lag": 9}}, "estimator": "ppo"}, run)
     with pytest.raises(FilterConfigError, match="params.max_lag"):
-        core.update({"chain": {"stale": {"max_lag": -1}}, "min_samples": 3})
+        validate_control({"chain": {"stale": {"max_lag": -1}}, "min_samples": 3}, run)
     with pytest.raises(FilterConfigError, match="no filter labelled"):
-        core.update({"chain": {"pods": {"m": 2}}})
-    assert core.chain.filters[0].params.max_lag == 0 and core.config.min_samples == 2
-    core.update({"chain": [{"name": "zero_variance"}, {"name": "pods", "params": {"m": 2}}]})
+        validate_control({"chain": {"pods": {"m": 2}}}, run)
+    with pytest.raises(FilterConfigError, match="unknown knob.*tick_s"):
+        validate_control({"tick_s": 5}, run)  # fixed when the app starts
+    chain = [{"name": "zero_variance"}, {"name": "pods", "params": {"m": 2}}]
+    core.configure(validate_control({"chain": chain}, run))
     assert [f.label for f in core.chain.filters] == ["zero_variance", "pods"]
+    assert core.config.estimator == "grpo"  # the revision does not name it: the run's value
     with pytest.raises(FilterConfigError, match=r"chain.0 \(pods\).*params.m"):
-        core.update({"chain": [{"name": "pods", "params": {"m": 0}}]})
-    assert [f.label for f in core.chain.filters] == ["zero_variance", "pods"]
+        validate_control({"chain": [{"name": "pods", "params": {"m": 0}}]}, run)
+
+
+def test_the_cli_checks_filter_params_it_cannot_place_only_for_shape() -> None:
+    """Without the run's config (`rollstream control`), a label outside the default chain
+    may be the run's: its params go to the stage, which checks them against its chain."""
+    validate_control({"chain": {"pods": {"m": 2}}})
+    with pytest.raises(FilterConfigError, match=r"expected \{param: value\}"):
+        validate_control({"chain": {"pods": 2}})
+    with pytest.raises(FilterConfigError, match="params.bogus"):
+        validate_control({"chain": {"zero_variance": {"bogus": 1}}})
 
 
 def test_config_errors_name_the_field() -> None:
