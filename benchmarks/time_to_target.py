@@ -52,7 +52,31 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "fw20": ("async", ["kafka.fetch_wait_max_ms=20"]),  # shorter hops, busier broker
     "a4s2": ("async", ["generator.ahead_batches=4", "replay.max_staleness=2"]),
     "a5s4": ("async", ["generator.ahead_batches=5", "replay.max_staleness=4"]),
-    "parts8": ("async", ["kafka.partitions=8"]),  # the registry's partitions, as before
+    "parts8": ("async", ["kafka.partitions=8"]),
+    # smaller generation batches: groups reach replay in smaller, more frequent bursts and the
+    # generator takes new weights sooner (less latency, fresher samples; more CPU a rollout)
+    "gb8": ("async", ["generator.batch_prompts=8"]),
+    "a4s2-gb8": ("async", ["generator.ahead_batches=4", "generator.batch_prompts=8"]),
+    "2gen-gb8": ("async", ["stages.generator.replicas=2", "generator.batch_prompts=8"]),
+    # weights loaded between two decoding steps (PipelineRL's in-flight update)
+    "inf": ("async", ["generator.swap_policy=inflight"]),
+    "a4s2-inf": ("async", ["generator.ahead_batches=4", "generator.swap_policy=inflight"]),
+    "a4s2-inf-gb32": (
+        "async",
+        [
+            "generator.ahead_batches=4",
+            "generator.swap_policy=inflight",
+            "generator.batch_prompts=32",
+        ],
+    ),
+    "a4s3-2gen": (
+        "async",
+        ["stages.generator.replicas=2", "generator.ahead_batches=4", "replay.max_staleness=3"],
+    ),
+    "a4s2-2gen-gb8": (
+        "async",
+        ["stages.generator.replicas=2", "generator.ahead_batches=4", "generator.batch_prompts=8"],
+    ),  # the registry's partitions, as before
     "sync-4threads": ("sync", ["learner.threads=4"]),
     "ahead2-s1": ("async", ["generator.ahead_batches=2", "replay.max_staleness=1"]),
     "async-s0": ("async", ["replay.max_staleness=0"]),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re as _re
 import time
+from collections.abc import Callable
 from itertools import groupby
 
 from rollstream.services.generator.backend import GenRequest, GenSample, RequestError
@@ -64,6 +65,10 @@ class HFBackend:
             repetition_penalty=1.0,
         )  # top_k: passed per call when sampling (else generate's global default, 50)
         self._vocab_text: list[str] | None = None
+        self.between_steps: Callable[[], None] | None = None
+        """Called between two decoding steps (after a step's forward pass, before the next):
+        the generator's in-flight weight swap. Weights loaded there take effect from the next
+        token on; the KV cache of the tokens so far is kept."""
         log.info(
             "generator: transformers backend, %s (%s), stop ids %s",
             describe(self.model),
@@ -102,7 +107,7 @@ class HFBackend:
         # Every processor is ours, in sampling order, so that the recorder at the end sees the
         # distribution actually sampled from; generate's own warpers stay off (they would run
         # after any processor passed in).
-        procs: list = []
+        procs: list = [BetweenSteps(self.between_steps)] if self.between_steps else []
         pattern = p.regex or (("|".join(_re.escape(c) for c in p.choice)) if p.choice else None)
         if p.json_schema:
             raise RequestError("json_schema constraints need the vLLM backend")
@@ -190,6 +195,17 @@ class HFBackend:
 
     def close(self) -> None:
         self.model = None
+
+
+class BetweenSteps:
+    """A logits processor that changes nothing and calls `hook` once per decoding step."""
+
+    def __init__(self, hook: Callable[[], None]) -> None:
+        self.hook = hook
+
+    def __call__(self, input_ids, scores):  # (B, T) long, (B, V) float -> (B, V)
+        self.hook()
+        return scores
 
 
 class ChosenLogprobs:

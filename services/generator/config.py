@@ -72,9 +72,14 @@ class GeneratorConfig(BaseModel):
     """How often the topic counts behind pacing and `max_raw_lag` are read."""
     version_wait_s: float = Field(10.0, gt=0)
     """Longest pause for a new version under `rollouts_per_version`."""
-    swap_policy: Literal["finish", "abort"] = "finish"
+    swap_policy: Literal["finish", "abort", "inflight"] = "finish"
     """A weight version that arrives mid-batch: `finish` the batch on the old weights (stamped
-    with the old version), or `abort` it and regenerate on the new ones."""
+    with the old version), `abort` it and regenerate on the new ones, or (transformers backend)
+    load it `inflight`, between two decoding steps, keeping the KV cache (PipelineRL's in-flight
+    update): the batch goes on under the new weights and is stamped with the newest version
+    that sampled a token; the tokens before the swap came from older versions, and their
+    behaviour logprobs are those they were sampled with, so the learner's importance
+    correction still holds. The vLLM backend falls back to `finish`."""
     device: str = "auto"
     """transformers backend device: auto, cpu, cuda, cuda:1 ..."""
     threads: int | None = Field(None, ge=1)

@@ -20,6 +20,9 @@ class GeneratorMetrics:
         )
         self.version = m.gauge("policy_version", "Weight version currently loaded")
         self.swap = m.histogram("swap_seconds", "Time to fetch, verify and load new weights")
+        self.inflight_swaps = m.counter(
+            "inflight_swaps_total", "Weight versions loaded between two decoding steps"
+        )
         self.refused = m.counter("swaps_refused_total", "Weight versions refused", ["reason"])
         self.paused = m.counter("paused_seconds_total", "Seconds sampling was paused", ["reason"])
         self.gen_time = m.histogram("generate_seconds", "Wall time of one generate call")

@@ -15,8 +15,9 @@ kept groups on their way would keep the learner busy for more than that many bat
 phase (generate, publish, waiting for prompts, paused by reason) and the idle fraction are
 metrics.
 Weights: a new WeightUpdate is fetched from the weight store, its sha256 verified, and loaded in
-place between batches; a bad file or an older version is refused and sampling continues on the
-current weights. Every rollout carries the exact version that produced it.
+place between batches (or, with `swap_policy: inflight`, between two decoding steps); a bad file
+or an older version is refused and sampling continues on the current weights. Every rollout
+carries the version that sampled its last token.
 """
 
 from __future__ import annotations
@@ -25,18 +26,23 @@ import logging
 import threading
 import time
 
-from rollstream.schemas import PromptTask, WeightUpdate, encode
+from rollstream.schemas import DropRecord, PromptTask, WeightUpdate, encode
 from rollstream.services.generator.backend import Backend, GenRequest, GenSample, RequestError
 from rollstream.services.generator.config import KNOB_FIELDS, GeneratorConfig, validate_control
 from rollstream.services.generator.metrics import GeneratorMetrics
-from rollstream.services.generator.pacing import PACED_TOPICS, Pacer
+from rollstream.services.generator.pacing import PACED_TOPICS, UNUSED, Pacer
 from rollstream.services.generator.rollouts import request_of, rollouts_of
 from rollstream.services.models.load import resolve_template
 from rollstream.services.runtime.bus import Consumer, Producer, Record
 from rollstream.services.runtime.config import RunConfig
 from rollstream.services.runtime.knobs import LiveKnobs
 from rollstream.services.runtime.metrics import Busy
-from rollstream.services.runtime.service import StageContext, follow_control, follow_weights
+from rollstream.services.runtime.service import (
+    Follower,
+    StageContext,
+    follow_control,
+    follow_weights,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +97,14 @@ class Generator:
         self._groups_sent = 0
         self._groups_at_probe = 0
         self.pacer: Pacer | None = None
+        self.unused_groups = 0  # DropRecords replay wrote (groups it dropped untrained)
+        self._unused: Follower | None = None
         if cfg.ahead_batches > 0:
             per_version = _groups_per_version(ctx.cfg)
             self.pacer = Pacer(per_version, cfg.ahead_batches, cfg.oversample)
+            self._unused = Follower(
+                ctx.kafka, "generator", "groups.dropped", self._count_unused, lambda a, b: False
+            )
         self.paced_since: float | None = None
         self.busy = Busy()
         self._lag_thread = threading.Thread(target=self._watch_lag, daemon=True, name="raw-lag")
@@ -173,6 +184,9 @@ class Generator:
         from rollstream.services.runtime.admin import FlowProbe
 
         probe = None
+        if self._unused is not None:  # count replay's drops from before the pacer's start
+            self._unused.start()
+            self._unused.caught_up.wait(10.0)
         while not self.ctx.stopping:
             sent, groups = self._sent, self._groups_sent  # published before the probe reads
             try:
@@ -185,13 +199,19 @@ class Generator:
             else:
                 if self.pacer is not None:
                     size = self._sent / self._groups_sent if self._groups_sent else 8.0
-                    self.pacer.observe(totals, size)
+                    self.pacer.observe({**totals, UNUSED: self.unused_groups}, size)
                     self.m.keep_rate.set(self.pacer.keep_rate)
                 self.raw_lag, self._sent_at_probe, self._groups_at_probe = lag, sent, groups
                 self.m.raw_lag.set(lag)
             time.sleep(self.cfg.pace_interval_s if self.pacer else 1.0)
         if probe is not None:
             probe.close()
+
+    def _count_unused(self, msg: object) -> bool:
+        """Follower filter on groups.dropped: counts replay's drops, keeps none."""
+        if isinstance(msg, DropRecord) and msg.filter == "replay" and msg.scope == "group":
+            self.unused_groups += 1
+        return False
 
     def lag_estimate(self) -> int:
         """The last probed lag plus what this process published since (the probe runs once a
@@ -236,8 +256,8 @@ class Generator:
         reqs = [self.request(r) for r in recs]
         while True:
             t0 = time.perf_counter()
-            version = self.version
             recs, reqs, outs = self.generate(recs, reqs)
+            version = self.version  # in flight: the newest version that sampled a token
             gen_s = time.perf_counter() - t0
             self.busy.add("generate", gen_s)
             # abort policy: a version that arrived mid-batch means regenerate on it
@@ -307,7 +327,17 @@ class Generator:
         self._groups_sent += 1
 
     # ---- loop -------------------------------------------------------------------------------
+    def _inflight(self) -> None:
+        """Between two decoding steps (swap_policy inflight): take a newer version now."""
+        if self.cfg.swap_policy == "inflight" and self.maybe_swap():
+            self.m.inflight_swaps.inc()
+
     def run(self) -> None:
+        if hasattr(self.backend, "between_steps"):
+            self.backend.between_steps = self._inflight
+        elif self.cfg.swap_policy == "inflight":
+            name = self.backend.name
+            log.warning("swap_policy inflight: the %s backend swaps between batches", name)
         self._lag_thread.start()
         self.weights.caught_up.wait(10.0)  # start on the newest published version
         self.control.caught_up.wait(10.0)
@@ -341,6 +371,8 @@ class Generator:
     def close(self) -> None:
         self.knobs.close()
         self.weights.stop()
+        if self._unused is not None:
+            self._unused.stop()
         try:
             self.consumer.commit()
         finally:

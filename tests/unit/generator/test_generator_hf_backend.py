@@ -181,3 +181,31 @@ def test_load_weights_refuses_a_file_that_does_not_fit(
     prompt = encode(backend, PROMPTS[2])
     [[s]] = backend.generate([GenRequest("x", prompt, 1, temperature=0.0, max_tokens=12)])
     assert s.completion_ids == hf_greedy(hf, prompt, 12, backend.eos_id)
+
+
+def test_weights_loaded_between_decoding_steps_take_effect_from_the_next_token(
+    backend: Any, models: dict[str, Path]
+) -> None:
+    """swap_policy inflight: the hook runs once per decoding step; weights loaded by it leave
+    the tokens sampled so far as they were (v0's greedy prefix) and change the rest."""
+    prompt = encode(backend, PROMPTS[1])
+    req = GenRequest("f", prompt, 1, temperature=0.0, max_tokens=12)
+    [[before]] = backend.generate([req])
+    calls: list[int] = []
+
+    def swap_after_four_steps() -> None:
+        calls.append(1)
+        if len(calls) == 4:
+            backend.load_weights(str(models["v1"]))
+
+    backend.between_steps = swap_after_four_steps
+    try:
+        [[during]] = backend.generate([req])
+    finally:
+        backend.between_steps = None
+        backend.load_weights(str(models["v0"]))
+    assert len(before.completion_ids) == 12  # (the swap is only seen by a long enough sample)
+    assert len(calls) == len(during.completion_ids)
+    assert during.completion_ids[:4] == before.completion_ids[:4]
+    assert during.logprobs[:4] == pytest.approx(before.logprobs[:4])
+    assert during.logprobs[4:] != pytest.approx(before.logprobs[4:])

@@ -81,3 +81,30 @@ def test_garbage_that_went_to_a_dead_letter_topic_is_not_counted_as_sampled_or_k
     p.observe({**poisoned, "groups.kept.dlq": 1000, "rollouts.raw.dlq": 1000}, N)
     assert (p.kept, p.sampled) == (0, 0)
     assert not p.should_pause(0)
+
+
+def test_groups_replay_drops_untrained_are_sampled_again_not_counted_as_on_their_way() -> None:
+    """Expired groups were kept once and will never be trained. Counted as kept (as before),
+    each moved the target a group out of reach for the rest of the run: locally, 38 expired
+    groups left the learner waiting 37 % of a 70 s run while pacing held the generator back."""
+    from rollstream.services.generator.pacing import UNUSED
+
+    def probe(raw: int, kept: int, dropped: int, unused: int) -> dict[str, int]:
+        return {**totals(raw, kept, dropped), UNUSED: unused}
+
+    p = Pacer(batch_groups=16, ahead_batches=2, oversample=True, window=64, prior_keep=0.5)
+    p.observe(probe(0, 0, 0, 0), N)
+    # 64 groups sampled and finished by the filter: 32 kept, 32 dropped -> 2 batches ahead
+    p.observe(probe(64, 32, 32, 0), N)
+    assert p.should_pause(0)
+    # replay expires 10 of the kept ones: its DropRecords land on groups.dropped too
+    p.observe(probe(64, 32, 42, 10), N)
+    assert p.keep_rate == 0.5  # the filter's keep rate, not moved by replay's drops
+    assert p.expected_kept() == 22  # usable: 32 kept - 10 expired; nothing in flight
+    assert not p.should_pause(0)  # 10 usable groups short: sample again
+    raw, kept, dropped, n = 64, 32, 42, 0
+    while not p.should_pause(0) and n < 1000:  # the filter keeps every other group
+        raw, n = raw + 1, n + 1
+        kept, dropped = (kept + 1, dropped) if n % 2 else (kept, dropped + 1)
+        p.observe(probe(raw, kept, dropped, 10), N)
+    assert 18 <= n <= 22, n  # 10 more kept groups, at a keep rate of 0.5
