@@ -149,6 +149,11 @@ class Filter:
         """Change some params live; on a validation error nothing changes."""
         self.params = self.check(params)
 
+    def configure(self, params: Any) -> None:
+        """Take new (checked) params while the filter stays in the chain: a live knob changed
+        them. A filter that derives state from its params overrides this (and calls super)."""
+        self.params = params
+
     def apply(self, group: CandidateGroup) -> Decision:
         raise NotImplementedError
 
@@ -252,7 +257,7 @@ class FilterChain:
             filters.append(flt)
         chain = cls(filters)
         for flt, checked in params:
-            flt.params = checked
+            flt.configure(checked)
         return chain
 
     def apply(self, group: CandidateGroup) -> ChainResult:
