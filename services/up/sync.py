@@ -21,187 +21,225 @@ from rollstream.services.runtime.config import RunConfig, dump, section
 
 
 def run_sync(cfg: RunConfig, run_dir: Path | None = None, log: Any = print) -> int:
-    import torch
+    return SyncRun(cfg, run_dir, log).run()
 
-    from rollstream.services.evaluator.config import EvaluatorConfig
-    from rollstream.services.evaluator.service import eval_items
-    from rollstream.services.feed.config import FeedConfig
-    from rollstream.services.feed.items import build_pool, epoch_order
-    from rollstream.services.filter.config import FilterConfig
-    from rollstream.services.filter.core import FilterCore
-    from rollstream.services.generator.backend import make_backend
-    from rollstream.services.generator.config import GeneratorConfig
-    from rollstream.services.generator.rollouts import request_of, rollouts_of
-    from rollstream.services.learner.config import LearnerConfig
-    from rollstream.services.learner.trainer import Trainer
-    from rollstream.services.models.evaluate import heldout_accuracy
-    from rollstream.services.models.load import (
-        ensure_base_model,
-        load_model,
-        load_tokenizer,
-        resolve_template,
-    )
-    from rollstream.services.replay.buffer import ReplayBuffer
-    from rollstream.services.replay.config import ReplayConfig
-    from rollstream.services.scorer.combine import Combiner
-    from rollstream.services.scorer.config import ScorerConfig
-    from rollstream.services.up.main import new_run_dir
 
-    feed = section(cfg, "feed", FeedConfig)
-    gen = section(cfg, "generator", GeneratorConfig)
-    filt = section(cfg, "filter", FilterConfig)
-    rep = section(cfg, "replay", ReplayConfig)
-    lcfg = section(cfg, "learner", LearnerConfig)
-    ecfg = section(cfg, "evaluator", EvaluatorConfig)
-    combiner = Combiner.from_config(section(cfg, "scorer", ScorerConfig))
-    run_dir = run_dir or new_run_dir(cfg.name + "-sync")
-    (run_dir / "config.yaml").write_text(dump(cfg))
-    torch.manual_seed(cfg.seed)
-    if lcfg.threads:
-        torch.set_num_threads(lcfg.threads)
-    model_dir = cfg.model.path or str(ensure_base_model())
-    backend = make_backend(
-        "transformers" if gen.backend == "auto" else gen.backend,
-        model_dir,
-        seed=cfg.seed,
-        dtype=cfg.model.dtype,
-    )
-    tok = load_tokenizer(model_dir)
-    # prompts as the generator stage would send them: its template and system prompt
-    template = gen.template or resolve_template(cfg.model.template, cfg.model.path, tok)
-    system = gen.system_prompt or cfg.model.system_prompt
-    overrides = feed.sampling_overrides()  # the feed's per-prompt sampling, as it sends it
-    trainer = Trainer(lcfg, load_model(model_dir, dtype="float32"), pad_id=tok.pad_token_id or 0)
-    core = FilterCore(filt)
-    buffer = ReplayBuffer(rep)
-    pool = build_pool(feed, feed.seed if feed.seed is not None else cfg.seed)
-    items = eval_items(ecfg.task_entries(cfg.feed), ecfg.items_per_task)
-    started = time.time()
-    evals: list[dict[str, Any]] = []
-    counts = {"generated": 0, "trained": 0, "dropped": 0}
-    stale: list[int] = []  # versions behind at training, per trained sample
-    phase = {"generate": 0.0, "train": 0.0}  # seconds in the two big phases
+class SyncRun:
+    """One lockstep run: `run()` evaluates, then repeats generate → score → filter → train
+    (every full batch replay can build) until the run's target, and writes the summary."""
 
-    def evaluate() -> None:
-        if not items:
+    def __init__(self, cfg: RunConfig, run_dir: Path | None, log: Any) -> None:
+        import torch
+
+        from rollstream.services.evaluator.config import EvaluatorConfig
+        from rollstream.services.evaluator.service import eval_items
+        from rollstream.services.feed.config import FeedConfig
+        from rollstream.services.feed.items import build_pool
+        from rollstream.services.filter.config import FilterConfig
+        from rollstream.services.filter.core import FilterCore
+        from rollstream.services.generator.backend import make_backend
+        from rollstream.services.generator.config import GeneratorConfig
+        from rollstream.services.learner.config import LearnerConfig
+        from rollstream.services.learner.trainer import Trainer
+        from rollstream.services.models.load import (
+            ensure_base_model,
+            load_model,
+            load_tokenizer,
+            resolve_template,
+        )
+        from rollstream.services.replay.buffer import ReplayBuffer
+        from rollstream.services.replay.config import ReplayConfig
+        from rollstream.services.scorer.combine import Combiner
+        from rollstream.services.scorer.config import ScorerConfig
+        from rollstream.services.up.main import new_run_dir
+
+        self.cfg, self.log = cfg, log
+        self.feed = section(cfg, "feed", FeedConfig)
+        self.gen = gen = section(cfg, "generator", GeneratorConfig)
+        self.rep = section(cfg, "replay", ReplayConfig)
+        self.lcfg = section(cfg, "learner", LearnerConfig)
+        self.ecfg = section(cfg, "evaluator", EvaluatorConfig)
+        self.combiner = Combiner.from_config(section(cfg, "scorer", ScorerConfig))
+        self.run_dir = run_dir or new_run_dir(cfg.name + "-sync")
+        (self.run_dir / "config.yaml").write_text(dump(cfg))
+        torch.manual_seed(cfg.seed)
+        if self.lcfg.threads:
+            torch.set_num_threads(self.lcfg.threads)
+        model_dir = cfg.model.path or str(ensure_base_model())
+        self.backend = make_backend(
+            "transformers" if gen.backend == "auto" else gen.backend,
+            model_dir,
+            seed=cfg.seed,
+            dtype=cfg.model.dtype,
+        )
+        self.tok = tok = load_tokenizer(model_dir)
+        # prompts as the generator stage would send them: its template and system prompt
+        self.template = gen.template or resolve_template(cfg.model.template, cfg.model.path, tok)
+        self.system = gen.system_prompt or cfg.model.system_prompt
+        self.overrides = self.feed.sampling_overrides()  # the feed's per-prompt sampling
+        model = load_model(model_dir, dtype="float32")
+        self.trainer = Trainer(self.lcfg, model, pad_id=tok.pad_token_id or 0)
+        self.core = FilterCore(section(cfg, "filter", FilterConfig))
+        self.buffer = ReplayBuffer(self.rep)
+        seed = self.feed.seed if self.feed.seed is not None else cfg.seed
+        self.pool = build_pool(self.feed, seed)
+        self.items = eval_items(self.ecfg.task_entries(cfg.feed), self.ecfg.items_per_task)
+        self.started = time.time()
+        self.evals: list[dict[str, Any]] = []
+        self.counts = {"generated": 0, "trained": 0, "dropped": 0}
+        self.stale: list[int] = []  # versions behind at training, per trained sample
+        self.phase = {"generate": 0.0, "train": 0.0}  # seconds in the two big phases
+        self.epoch, self.cursor, self.order, self.seq = 0, 0, self._order(0), 0
+
+    def _order(self, epoch: int) -> list[int]:
+        from rollstream.services.feed.items import epoch_order
+
+        return epoch_order(len(self.pool), self.cfg.seed, epoch, self.feed.shuffle)
+
+    def evaluate(self) -> None:
+        from rollstream.services.models.evaluate import heldout_accuracy
+
+        if not self.items:
             return
+        t, e = self.trainer, self.ecfg
         acc = heldout_accuracy(
-            trainer.model,
-            tok,
-            items,
-            batch_size=ecfg.batch_size,
-            max_new_tokens=ecfg.max_new_tokens,
+            t.model, self.tok, self.items, batch_size=e.batch_size, max_new_tokens=e.max_new_tokens
         )
         rec = {
-            "t": time.time() - started,
+            "t": time.time() - self.started,
             "wall": time.time(),
-            "version": trainer.version,
-            "step": trainer.step,
+            "version": t.version,
+            "step": t.step,
             "accuracy": acc.accuracy,
             "per_task": acc.per_task,
             "n": acc.n,
         }
-        evals.append(rec)
-        with open(run_dir / "eval.jsonl", "a") as f:  # as it happens, for live readers
+        self.evals.append(rec)
+        with open(self.run_dir / "eval.jsonl", "a") as f:  # as it happens, for live readers
             f.write(json.dumps(rec) + "\n")
-        log(
-            f"[sync {rec['t']:6.0f}s] step {trainer.step} v{trainer.version} "
+        self.log(
+            f"[sync {rec['t']:6.0f}s] step {t.step} v{t.version} "
             f"accuracy {acc.accuracy:.3f} {acc.per_task}"
         )
 
-    def done() -> bool:
-        t = cfg.target
-        if t.steps and trainer.step >= t.steps:
+    def done(self) -> bool:
+        t = self.cfg.target
+        if t.steps and self.trainer.step >= t.steps:
             return True
-        if t.minutes and time.time() - started >= t.minutes * 60:
+        if t.minutes and time.time() - self.started >= t.minutes * 60:
             return True
-        return bool(t.accuracy and evals and evals[-1]["accuracy"] >= t.accuracy)
+        return bool(t.accuracy and self.evals and self.evals[-1]["accuracy"] >= t.accuracy)
 
-    evaluate()
-    epoch, cursor, order = 0, 0, epoch_order(len(pool), cfg.seed, 0, feed.shuffle)
-    last_eval = time.time()
-    seq = 0
-    while not done():
-        batch_items = []
-        while len(batch_items) < gen.batch_prompts:
-            if cursor >= len(order):
-                epoch, cursor = epoch + 1, 0
-                order = epoch_order(len(pool), cfg.seed, epoch, feed.shuffle)
-            batch_items.append(pool[order[cursor]])
-            cursor += 1
-        now = time.time()
-        tasks = [it.prompt_task(feed.n, epoch, now, overrides, feed.template) for it in batch_items]
+    def generate(self) -> list[Rollout]:
+        """The next `batch_prompts` prompts of the feed's order, sampled as the stages do."""
+        from rollstream.services.generator.rollouts import request_of, rollouts_of
+
+        picked = []
+        while len(picked) < self.gen.batch_prompts:
+            if self.cursor >= len(self.order):
+                self.epoch, self.cursor = self.epoch + 1, 0
+                self.order = self._order(self.epoch)
+            picked.append(self.pool[self.order[self.cursor]])
+            self.cursor += 1
+        now, f, e = time.time(), self.feed, self.epoch
+        tasks = [it.prompt_task(f.n, e, now, self.overrides, f.template) for it in picked]
         reqs = [
-            request_of(t, f"{t.task_id}@{epoch}.{seq}.{i}", gen.sampling, tok, template, system)
+            request_of(
+                t,
+                f"{t.task_id}@{e}.{self.seq}.{i}",
+                self.gen.sampling,
+                self.tok,
+                self.template,
+                self.system,
+            )
             for i, t in enumerate(tasks)
         ]
         t_gen = time.perf_counter()
-        outs = backend.generate(reqs)
-        phase["generate"] += time.perf_counter() - t_gen
-        now = time.time()
+        outs = self.backend.generate(reqs)
+        self.phase["generate"] += time.perf_counter() - t_gen
+        now, version = time.time(), self.trainer.version
         rollouts = [
             ro
             for task, req, samples in zip(tasks, reqs, outs, strict=True)
-            for ro in rollouts_of(task, req, samples, trainer.version, now)
+            for ro in rollouts_of(task, req, samples, version, now)
         ]
-        counts["generated"] += len(rollouts)
-        scores = asyncio.run(_score_all(combiner, rollouts))
+        self.counts["generated"] += len(rollouts)
+        return rollouts
+
+    def score_and_filter(self, rollouts: list[Rollout]) -> None:
+        """Score every rollout; the groups the filter keeps go into replay."""
+        now = time.time()
+        scores = asyncio.run(_score_all(self.combiner, rollouts))
         for ro, sc in zip(rollouts, scores, strict=True):
-            sr = sc.of(ro, 0.0, now)
-            _, outcome = core.add(sr, now)
+            _, outcome = self.core.add(sc.of(ro, 0.0, now), now)
             if outcome is None:
                 continue
-            counts["dropped"] += sum(len(d.rollout_ids) for d in outcome.drops)
+            self.counts["dropped"] += sum(len(d.rollout_ids) for d in outcome.drops)
             if outcome.group is not None:
-                buffer.add(outcome.group)
-        buffer.set_learner_version(trainer.version)
-        while len(buffer) >= rep.batch_groups and not done():
+                self.buffer.add(outcome.group)
+
+    def train_ready(self) -> None:
+        """Train every full batch replay can build; publish by copying the weights over."""
+        t, buffer = self.trainer, self.buffer
+        buffer.set_learner_version(t.version)
+        while len(buffer) >= self.rep.batch_groups and not self.done():
             draft = buffer.build_batch()
-            counts["dropped"] += sum(len(r.group.samples) for r in draft.expired)
+            self.counts["dropped"] += sum(len(r.group.samples) for r in draft.expired)
             if not draft.items:
                 break
-            seq += 1
+            self.seq += 1
             batch = TrainBatch(
-                batch_id=f"sync-{seq}",
-                learner_id=lcfg.learner_id,
-                seq=seq,
+                batch_id=f"sync-{self.seq}",
+                learner_id=self.lcfg.learner_id,
+                seq=self.seq,
                 items=draft.items,
-                learner_version=trainer.version,
+                learner_version=t.version,
                 produced_at=time.time(),
             )
-            result = trainer.train(batch)
+            result = t.train(batch)
             if result is None:
                 continue
-            phase["train"] += result.compute_s
-            counts["trained"] += result.rollouts
-            stale.extend(result.staleness)
-            if trainer.step % lcfg.publish_every == 0:
-                trainer.version += 1
-                backend.model.load_state_dict(trainer.model.state_dict())  # type: ignore[attr-defined]
-                buffer.set_learner_version(trainer.version)
-        if time.time() - last_eval >= ecfg.min_interval_s:
-            evaluate()
-            last_eval = time.time()
-    evaluate()
-    summary = {
-        "mode": "sync",
-        "wall_s": time.time() - started,
-        "steps": trainer.step,
-        "version": trainer.version,
-        "evals": evals,
-        **counts,
-        "staleness_mean": sum(stale) / len(stale) if stale else None,
-        "staleness_max": max(stale, default=None),
-        "generate_s": phase["generate"],
-        "train_s": phase["train"],
-    }
-    (run_dir / "sync_summary.json").write_text(json.dumps(summary, indent=2))
-    log(
-        f"sync run: {trainer.step} steps in {summary['wall_s']:.0f}s; accuracy "
-        f"{evals[0]['accuracy'] if evals else float('nan'):.3f} -> "
-        f"{evals[-1]['accuracy'] if evals else float('nan'):.3f}; run folder {run_dir}"
-    )
-    return 0
+            self.phase["train"] += result.compute_s
+            self.counts["trained"] += result.rollouts
+            self.stale.extend(result.staleness)
+            if t.step % self.lcfg.publish_every == 0:
+                t.version += 1
+                self.backend.model.load_state_dict(t.model.state_dict())  # type: ignore[attr-defined]
+                buffer.set_learner_version(t.version)
+
+    def run(self) -> int:
+        self.evaluate()
+        last_eval = time.time()
+        while not self.done():
+            self.score_and_filter(self.generate())
+            self.train_ready()
+            if time.time() - last_eval >= self.ecfg.min_interval_s:
+                self.evaluate()
+                last_eval = time.time()
+        self.evaluate()
+        self.write_summary()
+        return 0
+
+    def write_summary(self) -> None:
+        evals, stale = self.evals, self.stale
+        summary = {
+            "mode": "sync",
+            "wall_s": time.time() - self.started,
+            "steps": self.trainer.step,
+            "version": self.trainer.version,
+            "evals": evals,
+            **self.counts,
+            "staleness_mean": sum(stale) / len(stale) if stale else None,
+            "staleness_max": max(stale, default=None),
+            "generate_s": self.phase["generate"],
+            "train_s": self.phase["train"],
+        }
+        (self.run_dir / "sync_summary.json").write_text(json.dumps(summary, indent=2))
+        self.log(
+            f"sync run: {self.trainer.step} steps in {summary['wall_s']:.0f}s; accuracy "
+            f"{evals[0]['accuracy'] if evals else float('nan'):.3f} -> "
+            f"{evals[-1]['accuracy'] if evals else float('nan'):.3f}; run folder {self.run_dir}"
+        )
 
 
 async def _score_all(combiner: Any, rollouts: list[Rollout]) -> list[Any]:
