@@ -45,10 +45,43 @@ def write_report(run: Path) -> dict[str, Any]:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     hist = _jsonl(run / "metrics.jsonl")
     evals = _jsonl(run / "eval.jsonl")
+    _plot_accuracy(run, hist, evals)
+    _plot_throughput(run, hist)
+    _plot_staleness(run, hist)
+    drops = _drops(hist)
+    _plot_drops(run, drops)
+    _plot_idle(run, hist)
+    summary = {
+        "run": run.name,
+        "wall_minutes": round(hist[-1]["t"] / 60, 2) if hist else 0.0,
+        "base_accuracy": evals[0]["accuracy"] if evals else None,
+        "final_accuracy": evals[-1]["accuracy"] if evals else None,
+        "best_accuracy": max(e["accuracy"] for e in evals) if evals else None,
+        "eval_points": len(evals),
+        # the learner's own step gauge at the end of the run; evals only see the steps of the
+        # versions they evaluated (the last one is usually a few steps behind)
+        "learner_steps": int(
+            max(
+                (total(r.get("learner", {}), "rollstream_learner_step") for r in hist),
+                default=0.0,
+            )
+        ),
+        "learner_step_at_last_eval": evals[-1]["step"] if evals else None,
+        "drops": drops,
+        **idle_shares(hist[-1] if hist else {}),
+        **pipeline_latency(hist[-1] if hist else {}),
+    }
+    (run / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _plot_accuracy(run: Path, hist: list[dict[str, Any]], evals: list[dict[str, Any]]) -> None:
+    """accuracy.png: held-out accuracy and the scorer's mean reward, against wall time and
+    against learner step."""
+    import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     if evals:
         axes[0].plot(
@@ -89,6 +122,11 @@ def write_report(run: Path) -> dict[str, Any]:
     fig.savefig(run / "accuracy.png", dpi=110)
     plt.close(fig)
 
+
+def _plot_throughput(run: Path, hist: list[dict[str, Any]]) -> None:
+    """throughput.png: messages out per second, per stage."""
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(8, 4))
     for stage in STAGES:
         t, v = rate(*series(hist, stage, f"rollstream_{stage}_messages_out_total"))
@@ -100,6 +138,11 @@ def write_report(run: Path) -> dict[str, Any]:
     fig.tight_layout()
     fig.savefig(run / "throughput.png", dpi=110)
     plt.close(fig)
+
+
+def _plot_staleness(run: Path, hist: list[dict[str, Any]]) -> None:
+    """staleness.png: mean staleness of the groups replay handed out."""
+    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4))
     # replay's histogram: learner version - group version at hand-out, the bound's definition
@@ -117,6 +160,9 @@ def write_report(run: Path) -> dict[str, Any]:
     fig.savefig(run / "staleness.png", dpi=110)
     plt.close(fig)
 
+
+def _drops(hist: list[dict[str, Any]]) -> dict[str, float]:
+    """Dropped rollouts by reason at the end of the run (the filter's and replay's)."""
     drops: dict[str, float] = {}
     if hist:
         last = hist[-1]
@@ -128,6 +174,13 @@ def write_report(run: Path) -> dict[str, Any]:
                 last.get(stage, {}), f"rollstream_{stage}_{name}", "reason"
             ).items():
                 drops[k] = drops.get(k, 0.0) + v
+    return drops
+
+
+def _plot_drops(run: Path, drops: dict[str, float]) -> None:
+    """drops.png: dropped rollouts by reason."""
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(8, 4))
     if drops:
         ax.barh(list(drops), list(drops.values()))
@@ -135,6 +188,11 @@ def write_report(run: Path) -> dict[str, Any]:
     fig.tight_layout()
     fig.savefig(run / "drops.png", dpi=110)
     plt.close(fig)
+
+
+def _plot_idle(run: Path, hist: list[dict[str, Any]]) -> None:
+    """idle.png: the generator's and learner's idle share over the last minute."""
+    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4))
     for stage in ("generator", "learner"):
@@ -148,29 +206,6 @@ def write_report(run: Path) -> dict[str, Any]:
     fig.tight_layout()
     fig.savefig(run / "idle.png", dpi=110)
     plt.close(fig)
-
-    summary = {
-        "run": run.name,
-        "wall_minutes": round(hist[-1]["t"] / 60, 2) if hist else 0.0,
-        "base_accuracy": evals[0]["accuracy"] if evals else None,
-        "final_accuracy": evals[-1]["accuracy"] if evals else None,
-        "best_accuracy": max(e["accuracy"] for e in evals) if evals else None,
-        "eval_points": len(evals),
-        # the learner's own step gauge at the end of the run; evals only see the steps of the
-        # versions they evaluated (the last one is usually a few steps behind)
-        "learner_steps": int(
-            max(
-                (total(r.get("learner", {}), "rollstream_learner_step") for r in hist),
-                default=0.0,
-            )
-        ),
-        "learner_step_at_last_eval": evals[-1]["step"] if evals else None,
-        "drops": drops,
-        **idle_shares(hist[-1] if hist else {}),
-        **pipeline_latency(hist[-1] if hist else {}),
-    }
-    (run / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
 
 
 def idle_shares(last: dict[str, Any]) -> dict[str, float | None]:
