@@ -7,6 +7,7 @@ import argparse
 import importlib
 import os
 import sys
+from typing import Any
 
 STAGES = ("feed", "generator", "scorer", "filter", "replay", "learner", "evaluator")
 
@@ -78,6 +79,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _kafka_args(p)
 
+    _topic_tools(sub)
+    p = sub.add_parser("run", help="run one stage as a service", add_help=False)
+    p.add_argument("stage", choices=STAGES)
+    p.add_argument("args", nargs=argparse.REMAINDER, help="stage options (see run STAGE --help)")
+
+    _init_model_parser(sub)
+    p = sub.add_parser(
+        "control", help="change a stage's live knobs: control generator temperature=0.8"
+    )
+    p.add_argument("stage")
+    p.add_argument("params", nargs="*", help="KEY=VALUE (VALUE parsed as YAML)")
+    p.add_argument(
+        "--unset",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="remove a knob (the stage goes back to its configured value)",
+    )
+    _kafka_args(p)
+
+    _up_parser(sub)
+    p = sub.add_parser(
+        "config", help="print the resolved run config and where each value came from"
+    )
+    p.add_argument("action", choices=["show"])
+    _config_args(p)
+
+    p = sub.add_parser("status", help="the ledger: generated, pending, dropped, trained, expired")
+    p.add_argument("run", nargs="?", default=None, help="run folder (default: latest under runs/)")
+    _kafka_args(p)
+
+    p = sub.add_parser("report", help="rebuild a run's plots and print its summary")
+    p.add_argument("run", nargs="?", default=None)
+    return ap
+
+
+def _topic_tools(sub: Any) -> None:
+    """tap, record, replay: read a topic live, save a range of it, play it back."""
     p = sub.add_parser("tap", help="decode a topic live, without joining any consumer group")
     p.add_argument("topic")
     p.add_argument("--from-beginning", action="store_true", help="start at the oldest message")
@@ -114,10 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _kafka_args(p)
 
-    p = sub.add_parser("run", help="run one stage as a service", add_help=False)
-    p.add_argument("stage", choices=STAGES)
-    p.add_argument("args", nargs=argparse.REMAINDER, help="stage options (see run STAGE --help)")
 
+def _init_model_parser(sub: Any) -> None:
     p = sub.add_parser("init-model", help="build the built-in tiny base model")
     p.add_argument("--out", default=None, help="output dir (default: the built-in model's home)")
     p.add_argument("--seed", type=int, default=0)
@@ -146,20 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
         "best constant answer by this much (default 0.15)",
     )
 
-    p = sub.add_parser(
-        "control", help="change a stage's live knobs: control generator temperature=0.8"
-    )
-    p.add_argument("stage")
-    p.add_argument("params", nargs="*", help="KEY=VALUE (VALUE parsed as YAML)")
-    p.add_argument(
-        "--unset",
-        action="append",
-        default=[],
-        metavar="KEY",
-        help="remove a knob (the stage goes back to its configured value)",
-    )
-    _kafka_args(p)
 
+def _up_parser(sub: Any) -> None:
     p = sub.add_parser("up", help="run the whole pipeline (embedded broker unless --bootstrap)")
     _config_args(p)
     p.add_argument("--mode", choices=["stream", "sync"], default="stream")
@@ -183,20 +208,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder of user tasks/rewards/filters, put on every stage's import path",
     )
     _kafka_args(p)
-
-    p = sub.add_parser(
-        "config", help="print the resolved run config and where each value came from"
-    )
-    p.add_argument("action", choices=["show"])
-    _config_args(p)
-
-    p = sub.add_parser("status", help="the ledger: generated, pending, dropped, trained, expired")
-    p.add_argument("run", nargs="?", default=None, help="run folder (default: latest under runs/)")
-    _kafka_args(p)
-
-    p = sub.add_parser("report", help="rebuild a run's plots and print its summary")
-    p.add_argument("run", nargs="?", default=None)
-    return ap
 
 
 def main(argv: list[str] | None = None) -> int:
