@@ -166,14 +166,14 @@ def main(argv: list[str]) -> int:
 
 def run_main(ctx: StageContext, cfg: Any, trainer: Any, model_dir: str) -> int:
     """Rank 0 (or the only process): the Kafka loop until SIGTERM, then a last checkpoint."""
-    from rollstream.services.learner.service import LearnerService
+    from rollstream.services.learner.service import Learner
 
     run_dir = Path(ctx.args.run_dir or os.getcwd())
     ckpt = cfg.checkpoint_dir or str(run_dir / "checkpoints" / cfg.learner_id)
     weights = follow_weights(ctx.kafka, "learner", ctx.cfg.model.policy, last=True)
     weights.caught_up.wait(10.0)
     ctx.start()
-    svc = LearnerService(
+    svc = Learner(
         trainer,
         ctx.kafka,
         ckpt,

@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 Publisher = Callable[[Any, int, int], WeightUpdate]
 
 
-class LearnerService:
+class Learner:
     def __init__(
         self,
         trainer: Trainer,

@@ -97,7 +97,7 @@ def test_the_learner_follows_its_live_knobs_on_every_step(
     from tiny_llama import random_llama
 
     from rollstream.services.learner.config import LearnerConfig
-    from rollstream.services.learner.service import LearnerService
+    from rollstream.services.learner.service import Learner
     from rollstream.services.learner.trainer import Trainer
 
     def publisher(model: object, version: int, step: int) -> WeightUpdate:
@@ -107,7 +107,7 @@ def test_the_learner_follows_its_live_knobs_on_every_step(
     model = random_llama(0, vocab_size=32, num_hidden_layers=1, num_key_value_heads=2, **sizes)
     cfg = LearnerConfig(lr=1e-3, publish_every=1, prefetch=2, feedback_every_s=0.2)
     metrics = StageMetrics("learner")
-    svc = LearnerService(
+    svc = Learner(
         Trainer(cfg, model),
         kafka,
         tmp_path / "ckpt",

@@ -146,7 +146,7 @@ def test_learner_asks_for_the_next_batch_before_it_trains_this_one(
     learner.feedback before batch 1's step ends (sent after the step, the learner waited a
     whole round trip through replay every step)."""
     from rollstream.services.learner.config import LearnerConfig
-    from rollstream.services.learner.service import LearnerService
+    from rollstream.services.learner.service import Learner
     from rollstream.services.learner.trainer import Trainer
 
     p = Producer(kafka, "test")
@@ -156,7 +156,7 @@ def test_learner_asks_for_the_next_batch_before_it_trains_this_one(
     replay = Replay(ReplayConfig(batch_groups=2, max_staleness=100), kafka)
     replay.rebuild()
     cfg = LearnerConfig(lr=1e-3, token_budget=64, prefetch=1, publish_every=100)
-    learner = LearnerService(Trainer(cfg, tiny_model()), kafka, tmp_path / "ckpt", None, "policy")
+    learner = Learner(Trainer(cfg, tiny_model()), kafka, tmp_path / "ckpt", None, "policy")
     seen_at_step: list[list[Feedback]] = []
     apply = learner.trainer.apply
 
@@ -181,7 +181,7 @@ def test_learner_killed_mid_run_trains_every_batch_once(kafka: KafkaSettings, tm
     from safetensors.torch import save_model
 
     from rollstream.services.learner.config import LearnerConfig
-    from rollstream.services.learner.service import LearnerService
+    from rollstream.services.learner.service import Learner
     from rollstream.services.learner.trainer import Trainer
 
     tiny = tiny_model
@@ -209,7 +209,7 @@ def test_learner_killed_mid_run_trains_every_batch_once(kafka: KafkaSettings, tm
     replay.rebuild()
     cfg = LearnerConfig(lr=1e-3, token_budget=64, publish_every=2)
     ckpt = tmp_path / "ckpt"
-    first = LearnerService(Trainer(cfg, tiny()), kafka, ckpt, publisher, "policy")
+    first = Learner(Trainer(cfg, tiny()), kafka, ckpt, publisher, "policy")
     first.start()
     deadline = time.monotonic() + 60
     while first.trainer.step < 5 and time.monotonic() < deadline:
@@ -221,7 +221,7 @@ def test_learner_killed_mid_run_trains_every_batch_once(kafka: KafkaSettings, tm
     first.producer.flush()
     first.consumer.close()
     announced = read_all(kafka, "weights")
-    second = LearnerService(Trainer(cfg, tiny()), kafka, ckpt, publisher, "policy")
+    second = Learner(Trainer(cfg, tiny()), kafka, ckpt, publisher, "policy")
     second.start(announced[-1])
     assert second.trainer.step == 4
     deadline = time.monotonic() + 60
