@@ -8,25 +8,18 @@ arrays and non-finite numbers where the type has them, and a few oversized recor
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import random
 import struct
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import msgspec
+from golden import make_golden  # tests/golden/make_golden.py
 
 from rollstream.schemas import encode, to_builtins
 from rollstream.schemas.topics import lookup
 
-_spec = importlib.util.spec_from_file_location(
-    "make_golden", Path(__file__).parents[1] / "golden" / "make_golden.py"
-)
-assert _spec is not None and _spec.loader is not None
-make_golden = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(make_golden)
 EXAMPLES = make_golden.examples()
 
 CONSUMED = (

@@ -3,7 +3,6 @@ across crashes, third-party writers, lag and counters."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -17,6 +16,7 @@ import msgpack
 import msgspec
 import pytest
 from confluent_kafka import Producer as RawProducer
+from golden import make_golden  # tests/golden/make_golden.py
 
 from rollstream.schemas import DeadLetter, PromptTask, Rollout, encode
 from rollstream.schemas.topics import qualified
@@ -25,13 +25,6 @@ from rollstream.services.runtime.metrics import BusMetrics, StageMetrics
 from rollstream.services.runtime.settings import KafkaSettings
 
 pytestmark = pytest.mark.kafka
-
-_spec = importlib.util.spec_from_file_location(
-    "make_golden", Path(__file__).parents[1] / "golden" / "make_golden.py"
-)
-assert _spec is not None and _spec.loader is not None
-make_golden = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(make_golden)
 
 
 def prompt(task_id: str) -> PromptTask:

@@ -4,7 +4,6 @@ goes on instead of raising (the generator and learner exited 1 here), and no rec
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from golden import make_golden  # tests/golden/make_golden.py
 
 from rollstream.services.runtime.admin import create_topics
 from rollstream.services.runtime.broker import EmbeddedBroker
@@ -21,12 +21,6 @@ from rollstream.services.runtime.settings import KafkaSettings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
-_spec = importlib.util.spec_from_file_location(
-    "make_golden", Path(__file__).parents[1] / "golden" / "make_golden.py"
-)
-assert _spec is not None and _spec.loader is not None
-make_golden = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(make_golden)
 
 SESSION_MS = 6000
 

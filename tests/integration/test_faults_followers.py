@@ -6,15 +6,14 @@ follower; a reader skips and reports it."""
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 from confluent_kafka import Producer as RawProducer
+from golden import make_golden  # tests/golden/make_golden.py
 
 from rollstream.schemas import DeadLetter, encode
 from rollstream.schemas.topics import qualified
@@ -25,12 +24,6 @@ from rollstream.services.up.ledger import compute, read_all
 
 pytestmark = pytest.mark.kafka
 
-_spec = importlib.util.spec_from_file_location(
-    "make_golden", Path(__file__).parents[1] / "golden" / "make_golden.py"
-)
-assert _spec is not None and _spec.loader is not None
-make_golden = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(make_golden)
 EXAMPLES = make_golden.examples()
 
 

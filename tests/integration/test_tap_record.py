@@ -3,7 +3,6 @@ subprocess, against the real broker."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,6 +14,7 @@ from typing import Any
 import msgpack
 import msgspec
 import pytest
+from golden import make_golden  # tests/golden/make_golden.py
 
 from rollstream.schemas import ScoredRollout, decode
 from rollstream.services.runtime.admin import create_topics
@@ -25,12 +25,6 @@ from rollstream.services.tools.tap import read_raw
 
 pytestmark = pytest.mark.kafka
 
-_spec = importlib.util.spec_from_file_location(
-    "make_golden", Path(__file__).parents[1] / "golden" / "make_golden.py"
-)
-assert _spec is not None and _spec.loader is not None
-make_golden = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(make_golden)
 
 ROLLSTREAM = str(Path(sys.executable).with_name("rollstream"))
 
