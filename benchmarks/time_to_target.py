@@ -47,11 +47,11 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "ahead4": ("async", ["generator.ahead_batches=4"]),
     "async-2gen": ("async", ["stages.generator.replicas=2"]),  # for 4 cores a run
     "async-2gen-2t": ("async", ["stages.generator.replicas=2", "learner.threads=2"]),
-    "a3s2": ("async", ["generator.ahead_batches=3", "replay.max_staleness=2"]),
-    "a4s3": ("async", ["generator.ahead_batches=4", "replay.max_staleness=3"]),
+    "a3s2": ("async", ["generator.ahead_batches=3", "staleness.max_versions=2"]),
+    "a4s3": ("async", ["generator.ahead_batches=4", "staleness.max_versions=3"]),
     "fw20": ("async", ["kafka.fetch_wait_max_ms=20"]),  # shorter hops, busier broker
-    "a4s2": ("async", ["generator.ahead_batches=4", "replay.max_staleness=2"]),
-    "a5s4": ("async", ["generator.ahead_batches=5", "replay.max_staleness=4"]),
+    "a4s2": ("async", ["generator.ahead_batches=4", "staleness.max_versions=2"]),
+    "a5s4": ("async", ["generator.ahead_batches=5", "staleness.max_versions=4"]),
     "parts8": ("async", ["kafka.partitions=8"]),
     # smaller generation batches: groups reach replay in smaller, more frequent bursts and the
     # generator takes new weights sooner (less latency, fresher samples; more CPU a rollout)
@@ -71,17 +71,17 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     ),
     "a4s3-2gen": (
         "async",
-        ["stages.generator.replicas=2", "generator.ahead_batches=4", "replay.max_staleness=3"],
+        ["stages.generator.replicas=2", "generator.ahead_batches=4", "staleness.max_versions=3"],
     ),
     "a4s2-2gen-gb8": (
         "async",
         ["stages.generator.replicas=2", "generator.ahead_batches=4", "generator.batch_prompts=8"],
     ),  # the registry's partitions, as before
     "sync-4threads": ("sync", ["learner.threads=4"]),
-    "ahead2-s1": ("async", ["generator.ahead_batches=2", "replay.max_staleness=1"]),
-    "async-s0": ("async", ["replay.max_staleness=0"]),
-    "async-s1": ("async", ["replay.max_staleness=1"]),
-    "async-s4": ("async", ["replay.max_staleness=4"]),
+    "ahead2-s1": ("async", ["generator.ahead_batches=2", "staleness.max_versions=1"]),
+    "async-s0": ("async", ["staleness.max_versions=0"]),
+    "async-s1": ("async", ["staleness.max_versions=1"]),
+    "async-s4": ("async", ["staleness.max_versions=4"]),
     "priority": ("async", ["replay.policy=prioritized", "replay.max_uses=2"]),
     "band": (
         "async",
@@ -100,7 +100,7 @@ ROWS: dict[str, tuple[str, list[str]]] = {
         [
             "replay.partial_after_s=0.001",
             "generator.ahead_batches=0",
-            "generator.rollouts_per_version=128",
+            "staleness.rollouts_per_version=128",
             "learner.prefetch=2",
         ],
     ),

@@ -51,14 +51,17 @@ class GeneratorConfig(BaseModel):
     """System turn before every prompt under the chat template; None = `model.system_prompt`."""
     max_staleness: int = Field(4, ge=0)
     """Pause sampling while this generator's weights are more than this many versions behind
-    the newest published version."""
+    the newest published version. Set in a run file as `staleness.max_versions` (its old name
+    there, `generator.max_staleness`, still works with a warning); the live knob keeps this
+    name."""
     max_raw_lag: int = Field(4096, ge=1)
     """Pause sampling while more than this many rollouts wait unscored on `rollouts.raw`."""
     rollouts_per_version: int = Field(0, ge=0)
     """Pause after this many rollouts on one policy version until a newer version arrives
     (PipelineRL's max_lag; 0 = no bound), so generators do not race ahead of the learner and
     produce data that expires. A pause longer than `version_wait_s` ends anyway, so a learner
-    waiting for data never deadlocks with a generator waiting for weights."""
+    waiting for data never deadlocks with a generator waiting for weights. Set in a run file as
+    `staleness.rollouts_per_version`."""
     ahead_batches: float = Field(0.0, ge=0)
     """Pace sampling by the learner (0 = off): pause while the kept groups expected from what
     was sampled since start reach `replay.batch_groups` x (versions published since start +

@@ -4,10 +4,10 @@ generator feeds it topic counts from runtime/admin.FlowProbe and its own sends).
 
 Why. The learner takes `batch_groups` kept groups per version (replay hands out full
 batches). If the generators sample far more than that, what they sample ages past
-`max_staleness` and is dropped unused; if they sample less, the learner waits. A fixed
-rollout budget per version (`rollouts_per_version`) cannot be right for long: the share of
-groups the filter keeps moves as the policy learns (zero-variance groups grow as prompts get
-solved). So the target is counted in kept groups:
+`staleness.max_versions` and is dropped unused; if they sample less, the learner waits. A
+fixed rollout budget per version (`staleness.rollouts_per_version`) cannot be right for long:
+the share of groups the filter keeps moves as the policy learns (zero-variance groups grow as
+prompts get solved). So the target is counted in kept groups:
 
     expected kept groups since start  <  batch_groups * (versions since start + ahead_batches)
 
@@ -19,7 +19,7 @@ dynamic sampling, done as a stream). `oversample=False` counts every sampled gro
 
 Every count is global (topic end offsets), so several generator replicas share one target.
 A partial or lost batch makes the learner look further behind than it is (more sampling).
-Groups that replay drops untrained (expired past `replay.max_staleness`, or evicted) were
+Groups that replay drops untrained (expired past `staleness.max_versions`, or evicted) were
 counted as kept and will never be trained: they are taken off the kept groups, and off the
 drops on `groups.dropped` (which also holds the filter's), by their own count (`UNUSED`, the
 generator counts replay's DropRecords). Counted as kept, each one moved the target a group

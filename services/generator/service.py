@@ -8,7 +8,7 @@ Delivery: a batch of prompts is committed only after all its rollouts are acknow
 in between regenerates those prompts; their group_id and rollout_ids are derived from the
 prompt's partition and offset, so downstream dedup by rollout_id drops the repeats.
 Back-pressure: sampling pauses while the scorer lags more than `max_raw_lag` rollouts behind
-on `rollouts.raw`, while these weights are more than `max_staleness` versions behind the
+on `rollouts.raw`, while these weights are more than `staleness.max_versions` behind the
 newest published version (e.g. after a refused swap), and, with `ahead_batches`, while the
 kept groups on their way would keep the learner busy for more than that many batches
 (pacing.py; the counts come from topic end offsets, read every `pace_interval_s`). Time per

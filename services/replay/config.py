@@ -41,7 +41,9 @@ class ReplayConfig(BaseModel):
 
     max_staleness: int = Field(default=4, ge=0)
     """Never hand out a group with learner_version - group.policy_version > max_staleness;
-    such groups are removed and reported (reason "expired")."""
+    such groups are removed and reported (reason "expired"). Set in a run file as
+    `staleness.max_versions` (its old name there, `replay.max_staleness`, still works with a
+    warning); the live knob keeps this name."""
 
     max_uses: int = Field(default=1, ge=1)
     """Reuse cap: a group leaves the buffer after it has been handed out this many times.

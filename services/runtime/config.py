@@ -14,14 +14,24 @@ Mappings merge key by key; lists (e.g. `filter.chain`) and the `target` section 
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from rollstream.services.runtime.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
 
 STAGE_NAMES = ("feed", "generator", "scorer", "filter", "replay", "learner", "evaluator")
 
@@ -103,6 +113,71 @@ class TargetSpec(BaseModel):
     """Stop once held-out accuracy reaches this."""
 
 
+class StalenessSpec(BaseModel):
+    """How old a sample may be when it is trained, in policy versions: the one bound every
+    stage keeps. A sample's staleness is the learner's version when it trains the sample less
+    the version that generated it (the `staleness_versions` histograms of replay and the
+    learner)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_versions: int = Field(4, ge=0)
+    """Replay never hands out a group more than this many versions behind the learner (it
+    expires it: reason "expired" on `groups.dropped`), and a generator whose weights fall more
+    than this many versions behind the newest pauses rather than sample what would expire. The
+    learner trains a batch up to one version after replay hands it out (`learner.prefetch`),
+    so the largest staleness trained is `max_versions + 1`. Live knobs: `rollstream control
+    replay max_staleness=N` and `rollstream control generator max_staleness=N`."""
+    rollouts_per_version: int = Field(0, ge=0)
+    """A generator samples at most this many rollouts on one version, then waits up to
+    `generator.version_wait_s` for a newer one (PipelineRL's max_lag; 0 = no budget;
+    `generator.ahead_batches` paces by the learner instead)."""
+
+
+RENAMED = {
+    "generator.max_staleness": "staleness.max_versions",
+    "replay.max_staleness": "staleness.max_versions",
+    "generator.rollouts_per_version": "staleness.rollouts_per_version",
+}
+"""Run-file names that moved into the `staleness` section: still read, with a warning."""
+
+STALENESS_FIELDS = {
+    "generator": {"max_staleness": "max_versions", "rollouts_per_version": "rollouts_per_version"},
+    "replay": {"max_staleness": "max_versions"},
+}
+"""The stage config fields `section()` fills from the `staleness` section."""
+
+
+def renamed(data: dict[str, Any], origin: str = "run config") -> dict[str, Any]:
+    """`data` (one layer of a run file) with the names in RENAMED moved to their new place, a
+    warning for each; ConfigError when one layer gives one bound two different values."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    moved: dict[str, tuple[str, Any]] = {}
+    for old, new in RENAMED.items():
+        sec, key = old.split(".")
+        if not isinstance(out.get(sec), dict) or key not in out[sec]:
+            continue
+        value = out[sec].pop(key)
+        if not out[sec]:
+            del out[sec]
+        log.warning("%s: %s is deprecated; it is %s now", origin, old, new)
+        if new in moved and moved[new][1] != value:
+            raise ConfigError(
+                f"{moved[new][0]} ({moved[new][1]}) and {old} ({value}) are one bound now, "
+                f"{new}: set that"
+            )
+        moved[new] = (old, value)
+    for new, (old, value) in moved.items():
+        sec, key = new.split(".")
+        target = out.setdefault(sec, {})
+        if not isinstance(target, dict):
+            continue  # the model's validation names the bad section
+        if key in target and target[key] != value:
+            raise ConfigError(f"{old} ({value}) and {new} ({target[key]}) disagree: set {new}")
+        target[key] = value
+    return out
+
+
 class StageSpec(BaseModel):
     """Processes and environment of one stage."""
 
@@ -147,6 +222,8 @@ class RunConfig(BaseModel):
     stages: dict[str, StageSpec] = {}
     """Replicas and env per stage name (feed, generator, scorer, filter, replay, learner,
     evaluator)."""
+    staleness: StalenessSpec = StalenessSpec()
+    """How old a sample may be when trained: the bound replay and the generators keep."""
     feed: dict[str, Any] = {}
     generator: dict[str, Any] = {}
     scorer: dict[str, Any] = {}
@@ -154,6 +231,11 @@ class RunConfig(BaseModel):
     replay: dict[str, Any] = {}
     learner: dict[str, Any] = {}
     evaluator: dict[str, Any] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        return renamed(data) if isinstance(data, dict) else data
 
     def replicas(self, stage: str) -> int:
         spec = self.stages.get(stage)
@@ -245,17 +327,20 @@ def load_layers(
     sources: dict[str, str] = {}
     for path in paths or []:
         p = Path(path)
-        _merge(data, _read_yaml(p), f"file {p}", sources, whole=REPLACED_WHOLE)
+        origin = f"file {p}"
+        _merge(data, renamed(_read_yaml(p), origin), origin, sources, whole=REPLACED_WHOLE)
     env = dict(os.environ) if env is None else env
     for key, value in sorted(env.items()):
         if key.startswith("ROLLSTREAM_") and "__" in key:
             dotted = key[len("ROLLSTREAM_") :].lower().replace("__", ".")
-            _merge(data, _nest(dotted, yaml.safe_load(value)), f"env {key}", sources)
+            layer = renamed(_nest(dotted, yaml.safe_load(value)), f"env {key}")
+            _merge(data, layer, f"env {key}", sources)
     for item in overrides or []:
         dotted, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"--set expects PATH=VALUE, got {item!r}")
-        _merge(data, _nest(dotted.strip(), yaml.safe_load(value)), "--set", sources)
+        layer = renamed(_nest(dotted.strip(), yaml.safe_load(value)), f"--set {dotted}")
+        _merge(data, layer, "--set", sources)
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as exc:
@@ -279,9 +364,13 @@ def load_config(
 
 
 def section(cfg: RunConfig, name: str, model: type[T]) -> T:
-    """Validate one stage's section with that stage's model; ConfigError names the field."""
+    """Validate one stage's section with that stage's model; ConfigError names the field. The
+    fields the `staleness` section sets (STALENESS_FIELDS) come from there."""
+    data = dict(getattr(cfg, name))
+    for field, key in STALENESS_FIELDS.get(name, {}).items():
+        data[field] = getattr(cfg.staleness, key)
     try:
-        return model.model_validate(getattr(cfg, name))
+        return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format(exc, name)) from None
 

@@ -153,7 +153,7 @@ def _plot_staleness(run: Path, hist: list[dict[str, Any]]) -> None:
     ax.set(
         xlabel="wall time (min)",
         ylabel="versions",
-        title="mean staleness of handed-out groups (bound: replay.max_staleness)",
+        title="mean staleness of handed-out groups (bound: staleness.max_versions)",
     )
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -86,3 +86,48 @@ def test_the_embedded_broker_gets_as_many_partitions_as_the_most_replicas_of_a_s
     assert embedded_partitions(scaled) == 3
     with pytest.raises(ConfigError, match="kafka.partitions"):
         load_layers([default_config_path()], ["kafka.partitions=0"], env={})
+
+
+def test_one_staleness_bound_reaches_replay_and_the_generators(tmp_path: Path) -> None:
+    from rollstream.services.generator.config import GeneratorConfig
+    from rollstream.services.replay.config import ReplayConfig
+    from rollstream.services.runtime.config import section
+
+    f = tmp_path / "s.yaml"
+    f.write_text("staleness: {max_versions: 1, rollouts_per_version: 64}\n")
+    cfg, src = load_layers([default_config_path(), f], env={})
+    assert src["staleness.max_versions"] == f"file {f}"
+    assert section(cfg, "replay", ReplayConfig).max_staleness == 1
+    gen = section(cfg, "generator", GeneratorConfig)
+    assert (gen.max_staleness, gen.rollouts_per_version) == (1, 64)
+
+
+def test_the_old_staleness_names_still_work_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from rollstream.services.replay.config import ReplayConfig
+    from rollstream.services.runtime.config import section
+
+    f = tmp_path / "old.yaml"
+    f.write_text("replay: {max_staleness: 5, batch_groups: 4}\ngenerator: {max_staleness: 5}\n")
+    cfg, src = load_layers([default_config_path(), f], ["generator.rollouts_per_version=32"], {})
+    assert cfg.staleness.max_versions == 5 and src["staleness.max_versions"] == f"file {f}"
+    assert cfg.staleness.rollouts_per_version == 32
+    assert section(cfg, "replay", ReplayConfig).batch_groups == 4  # the rest of the section stays
+    assert "max_staleness" not in cfg.replay and "max_staleness" not in cfg.generator
+    said = caplog.text
+    assert "replay.max_staleness is deprecated" in said and "staleness.max_versions" in said
+    # an env variable of the old name overrides the file like any later layer
+    env = {"ROLLSTREAM_REPLAY__MAX_STALENESS": "3"}
+    assert load_layers([default_config_path(), f], env=env)[0].staleness.max_versions == 3
+
+
+def test_two_different_values_for_the_one_bound_in_one_file_are_refused(tmp_path: Path) -> None:
+    f = tmp_path / "clash.yaml"
+    f.write_text("replay: {max_staleness: 1}\ngenerator: {max_staleness: 3}\n")
+    with pytest.raises(ConfigError, match=r"one bound now, staleness\.max_versions"):
+        load_layers([f], env={})
+    g = tmp_path / "clash2.yaml"
+    g.write_text("replay: {max_staleness: 1}\nstaleness: {max_versions: 2}\n")
+    with pytest.raises(ConfigError, match="disagree"):
+        load_layers([g], env={})
