@@ -23,10 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
-
 from rollstream.schemas import DropRecord, Feedback, Group, TrainBatch, encode
-from rollstream.schemas.topics import qualified
 from rollstream.services.replay.buffer import ReplayBuffer
 from rollstream.services.replay.config import LIVE_KNOBS, ReplayConfig, validate_control
 from rollstream.services.replay.credits import Credits
@@ -38,14 +35,6 @@ from rollstream.services.runtime.metrics import BusMetrics, StageMetrics
 from rollstream.services.runtime.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
-
-
-def _assign(consumer: Consumer, topic: str, offsets: dict[int, int]) -> None:
-    """Point a no-group bus Consumer at explicit offsets (others: from the beginning)."""
-    real = qualified(topic, consumer.kafka.namespace)
-    c = consumer._c  # the bus Consumer has no public seek; see resume.py
-    parts = c.list_topics(real, timeout=10).topics[real].partitions
-    c.assign([TopicPartition(real, p, offsets.get(p, OFFSET_BEGINNING)) for p in sorted(parts)])
 
 
 class Replay:
@@ -91,8 +80,8 @@ class Replay:
                 self.credits.observe_sent(batch.seq)
                 n += 1
             log.info("replay: resumed after batch %d (%d batches re-applied)", self.credits.sent, n)
-        _assign(self.groups, "groups.kept", resume.groups)
-        _assign(self.feedback, "learner.feedback", resume.feedback)
+        self.groups.seek("groups.kept", resume.groups)
+        self.feedback.seek("learner.feedback", resume.feedback)
         self.next_group = dict(resume.groups)
         self.next_feedback = dict(resume.feedback)
         return resume

@@ -386,6 +386,21 @@ class Consumer:
             out[key] = max(tp.offset, 0)
         return out
 
+    def seek(self, topic: str, offsets: dict[int, int]) -> None:
+        """(A consumer without a group.) Read `topic` from these offsets, per partition, and
+        its other partitions from the beginning; the other topics go on where they are."""
+        real = qualified(topic, self.kafka.namespace)
+        md = self._metadata(120.0)
+        if real not in md.topics or md.topics[real].error is not None:
+            raise BusError(f"topic {real!r} does not exist; run `rollstream topics create`")
+        others = [tp for tp in self._c.assignment() if tp.topic != real]
+        kept = self._c.position(others) if others else []
+        parts = sorted(md.topics[real].partitions)
+        moved = [TopicPartition(real, p, offsets.get(p, OFFSET_BEGINNING)) for p in parts]
+        self._c.assign([*kept, *moved])
+        for p in parts:
+            self._pending.pop((real, p), None)
+
     def assignment(self) -> list[tuple[str, int]]:
         return [
             (unqualified(tp.topic, self.kafka.namespace), tp.partition)
