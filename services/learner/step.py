@@ -151,52 +151,26 @@ def train_on_batch(
             i += 1
             sync = dp.accumulate(model, j == len(step_mbs) - 1) if dp else contextlib.nullcontext()
             with sync:
-                with amp:
-                    logp, ent = _logp(model, mb, cfg, cfg.entropy)
-                anchor = prox.get(index, logp.detach())
-                old, w, is_metrics = anchor_and_weights(
-                    offpolicy, logp, mb.behav_logp, mb.completion_mask, anchor
+                metrics, row_p = _micro_step(
+                    model,
+                    objective,
+                    offpolicy,
+                    mb,
+                    prox.get(index),
+                    norm,
+                    cfg,
+                    ref_model=ref_model,
+                    amp=amp,
+                    scale=0.0 if p.pad else float(world),
                 )
-                weights = mb.weights[:, None].expand_as(logp)
-                weights = weights * w if w is not None else weights
-                ref = None
-                if ref_model is not None:
-                    with torch.no_grad(), amp:
-                        ref = _logp(ref_model, mb, cfg, False)[0]
-                inp = PolicyInputs(
-                    logp=logp,
-                    old_logp=old,
-                    advantages=mb.advantages,
-                    mask=mb.completion_mask,
-                    weights=weights,
-                    ref_logp=ref,
-                    entropy=ent,
-                )
-                loss, metrics = objective(inp, norm)
-                (loss * (0.0 if p.pad else float(world))).backward()
             if p.pad:
                 continue
-            with torch.no_grad():
-                m = mb.completion_mask
-                r = torch.exp((logp.detach() - old).clamp(-20.0, 20.0))
-                row_p = (mb.advantages.abs() * r * m).sum(-1) / m.sum(-1).clamp(min=1.0)
-            for row, value in zip(mb.rows, row_p.tolist(), strict=True):
+            for row, value in zip(mb.rows, row_p, strict=True):
                 priority[row] = priority[row] or value
-            metrics.update(is_metrics)
-            metrics["loss"] = float(loss.detach())
             parts.append(metrics)
-        params = [q for g in optimizer.param_groups for q in g["params"]]
-        if cfg.max_grad_norm is not None:
-            total = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            if hasattr(total, "full_tensor"):  # FSDP: a DTensor
-                total = total.full_tensor()
-            grad_norm = float(total)
-            grad_norms.append(grad_norm)
-            if not math.isfinite(grad_norm):
-                optimizer.zero_grad(set_to_none=True)  # skip a step with inf / nan gradients
-                skipped += 1
-                continue
-        optimizer.step()
+        if not _optimizer_step(optimizer, cfg, grad_norms):
+            skipped += 1
+            continue
         if scheduler is not None:
             scheduler.step()
     out = merge_metrics(parts)
@@ -210,3 +184,68 @@ def train_on_batch(
     out["micro_batches"] = float(len(planned))  # forward passes of this process
     out["sequences"] = float(len(rows))
     return out, priority
+
+
+def _micro_step(
+    model: Any,
+    objective: Objective,
+    offpolicy: OffPolicy,
+    mb: Any,
+    prox: torch.Tensor | None,
+    norm: Any,
+    cfg: StepConfig,
+    *,
+    ref_model: Any | None,
+    amp: Any,
+    scale: float,
+) -> tuple[dict[str, float], list[float]]:
+    """Forward and backward of one micro-batch (the loss times `scale`: 0 for a padding
+    micro-batch, the world size under data parallelism). Returns its metrics and, per row,
+    the mean over its tokens of |A| * pi / pi_old (its new priority)."""
+    with amp:
+        logp, ent = _logp(model, mb, cfg, cfg.entropy)
+    anchor = prox if prox is not None else logp.detach()
+    old, w, is_metrics = anchor_and_weights(
+        offpolicy, logp, mb.behav_logp, mb.completion_mask, anchor
+    )
+    weights = mb.weights[:, None].expand_as(logp)
+    weights = weights * w if w is not None else weights
+    ref = None
+    if ref_model is not None:
+        with torch.no_grad(), amp:
+            ref = _logp(ref_model, mb, cfg, False)[0]
+    inp = PolicyInputs(
+        logp=logp,
+        old_logp=old,
+        advantages=mb.advantages,
+        mask=mb.completion_mask,
+        weights=weights,
+        ref_logp=ref,
+        entropy=ent,
+    )
+    loss, metrics = objective(inp, norm)
+    (loss * scale).backward()
+    with torch.no_grad():
+        m = mb.completion_mask
+        r = torch.exp((logp.detach() - old).clamp(-20.0, 20.0))
+        row_p = (mb.advantages.abs() * r * m).sum(-1) / m.sum(-1).clamp(min=1.0)
+    metrics.update(is_metrics)
+    metrics["loss"] = float(loss.detach())
+    return metrics, row_p.tolist()
+
+
+def _optimizer_step(optimizer: torch.optim.Optimizer, cfg: StepConfig, norms: list[float]) -> bool:
+    """Clip (appending the norm before clipping to `norms`) and step; False, with the
+    gradients dropped, when they are not finite."""
+    if cfg.max_grad_norm is not None:
+        params = [q for g in optimizer.param_groups for q in g["params"]]
+        total = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        if hasattr(total, "full_tensor"):  # FSDP: a DTensor
+            total = total.full_tensor()
+        grad_norm = float(total)
+        norms.append(grad_norm)
+        if not math.isfinite(grad_norm):
+            optimizer.zero_grad(set_to_none=True)  # skip a step with inf / nan gradients
+            return False
+    optimizer.step()
+    return True
