@@ -378,34 +378,11 @@ def plan_cores(n_runs: int, per_run: int, parallel: int | None) -> tuple[int, li
     return slots, [cores[i * per_run : (i + 1) * per_run] for i in range(slots)]
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--rows", nargs="+", default=DEFAULT_ROWS, choices=sorted(ROWS))
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    ap.add_argument("--budget-s", type=float, default=300.0, help="training budget per run")
-    ap.add_argument("--cores-per-run", type=int, default=2)
-    ap.add_argument("--parallel", type=int, default=None, help="most runs at once")
-    ap.add_argument("--set", action="append", default=[], help="PATH=VALUE for every run")
-    ap.add_argument("--tag", default="", help="suffix of the output files and run names")
-    ap.add_argument("--runs-dir", type=Path, default=ROOT / "runs", help="a folder named runs")
-    ap.add_argument("--out-dir", type=Path, default=RESULTS, help="where the JSON and PNG go")
-    args = ap.parse_args(argv)
-    args.runs_dir = args.runs_dir.resolve()
-    if args.runs_dir.name != "runs":
-        ap.error("--runs-dir must be a folder named runs (rollstream up writes ./runs/<name>)")
-
-    tag = f"-{args.tag}" if args.tag else ""
-    stamp = time.strftime("%m%d-%H%M%S")
-    runs = [
-        Run(row, seed, f"ttt{tag}-{stamp}-{row}-s{seed}")
-        for seed in args.seeds
-        for row in args.rows
-    ]
-    slots, cores = plan_cores(len(runs), args.cores_per_run, args.parallel)
-    logs = args.runs_dir / f"ttt{tag}-{stamp}-logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    print(f"{len(runs)} runs, {slots} at a time, {args.budget_s:.0f} s budget each", flush=True)
-    pending, active, done = list(runs), [], []
+def run_all(
+    runs: list[Run], cores: list[list[int]], args: argparse.Namespace, logs: Path
+) -> list[Run]:
+    """Run every config, as many at once as there are core slots; the finished runs."""
+    pending, active, done = list(runs), list[Run](), list[Run]()
     free = list(range(len(cores)))
     grace = args.budget_s + 180  # start-up, final eval and a clean stop
     try:
@@ -438,11 +415,17 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for run in active:
             stop(run)
-    summary = summarize(done, args.rows)
-    text = table(summary)
-    print(text)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    out = args.out_dir / f"time_to_target{tag}.json"
+    return done
+
+
+def write_json(
+    out: Path,
+    args: argparse.Namespace,
+    slots: int,
+    summary: list[dict[str, Any]],
+    text: str,
+    done: list[Run],
+) -> None:
     phys, threads = physical_cpus()
     host = {
         "cores": os.cpu_count(),
@@ -477,6 +460,42 @@ def main(argv: list[str] | None = None) -> int:
             indent=1,
         )
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--rows", nargs="+", default=DEFAULT_ROWS, choices=sorted(ROWS))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    ap.add_argument("--budget-s", type=float, default=300.0, help="training budget per run")
+    ap.add_argument("--cores-per-run", type=int, default=2)
+    ap.add_argument("--parallel", type=int, default=None, help="most runs at once")
+    ap.add_argument("--set", action="append", default=[], help="PATH=VALUE for every run")
+    ap.add_argument("--tag", default="", help="suffix of the output files and run names")
+    ap.add_argument("--runs-dir", type=Path, default=ROOT / "runs", help="a folder named runs")
+    ap.add_argument("--out-dir", type=Path, default=RESULTS, help="where the JSON and PNG go")
+    args = ap.parse_args(argv)
+    args.runs_dir = args.runs_dir.resolve()
+    if args.runs_dir.name != "runs":
+        ap.error("--runs-dir must be a folder named runs (rollstream up writes ./runs/<name>)")
+
+    tag = f"-{args.tag}" if args.tag else ""
+    stamp = time.strftime("%m%d-%H%M%S")
+    runs = [
+        Run(row, seed, f"ttt{tag}-{stamp}-{row}-s{seed}")
+        for seed in args.seeds
+        for row in args.rows
+    ]
+    slots, cores = plan_cores(len(runs), args.cores_per_run, args.parallel)
+    logs = args.runs_dir / f"ttt{tag}-{stamp}-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    print(f"{len(runs)} runs, {slots} at a time, {args.budget_s:.0f} s budget each", flush=True)
+    done = run_all(runs, cores, args, logs)
+    summary = summarize(done, args.rows)
+    text = table(summary)
+    print(text)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    out = args.out_dir / f"time_to_target{tag}.json"
+    write_json(out, args, slots, summary, text, done)
     png = args.out_dir / f"time_to_target{tag}.png"
     plot(done, args.rows, png)
     print(f"wrote {out} and {png}")
