@@ -28,6 +28,10 @@ stamped with the last source offset read on its partition). When a worker takes 
 the last commit (reconcile.py) and sends only what is missing: a worker killed at any point
 loses no group and emits none twice. The internal pass-rate observation of such a group is sent
 again only when one of its outputs was missing.
+
+What each event does is FilterWorker's (worker.py, no faust in it); this module wires it into
+faust: the agents, timers and rebalance callbacks, faust's committed offsets and partitioner,
+and the `filter.before_outputs` failpoint (runtime/failpoints.py).
 """
 
 from __future__ import annotations
@@ -36,102 +40,24 @@ import asyncio
 import logging
 import os
 import time
-from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
-import msgspec
-
-from rollstream.schemas import DropRecord, SchemaError, ScoredRollout, decode, encode
 from rollstream.schemas.topics import dlq_name, qualified
-from rollstream.services.filter.assembly import PendingGroup
-from rollstream.services.filter.config import LIVE_KNOBS, FilterConfig, validate_control
-from rollstream.services.filter.core import FilterCore, Outcome
+from rollstream.services.filter.config import FilterConfig
+from rollstream.services.filter.core import Outcome
 from rollstream.services.filter.metrics import FilterMetrics
-from rollstream.services.filter.pass_rate import PassObservation, PassRecord
 from rollstream.services.filter.reconcile import read_back
-from rollstream.services.filter.tables import TableView, event_partition
+from rollstream.services.filter.tables import event_partition
+from rollstream.services.filter.worker import SOURCE, FilterWorker, OutputTopics
+from rollstream.services.filter.worker import FilterStage as FilterStage  # re-exported
 from rollstream.services.runtime import failpoints
 from rollstream.services.runtime.faust.app import consumer_lag, make_app, send_dead_letter
 from rollstream.services.runtime.faust.sender import Sender
-from rollstream.services.runtime.knobs import LiveKnobs
 from rollstream.services.runtime.metrics import BusMetrics
 from rollstream.services.runtime.settings import KafkaSettings
 
 log = logging.getLogger("rollstream.filter")
-
-SOURCE = "rollouts.scored"
-PRUNE_EVERY_S = 60.0
-ZERO_VARIANCE_KINDS = {
-    "zero_variance_all_correct": "all_correct",
-    "zero_variance_all_wrong": "all_wrong",
-    "zero_variance": "other",
-}
-
-
-class FilterStage:
-    """Glue between decoded messages and the pure FilterCore; counts what happened. Its live
-    knobs apply onto the config the core was built with (the run's); the app sets
-    `knobs.follower` and polls them between two events."""
-
-    def __init__(self, core: FilterCore, metrics: FilterMetrics | None = None) -> None:
-        self.core = core
-        self.metrics = metrics
-        self.groups_seen = 0
-        self.zero_var = dict.fromkeys(ZERO_VARIANCE_KINDS.values(), 0)
-        self.knobs = LiveKnobs(
-            "filter",
-            core.config,
-            validate_control,
-            self._use_knobs,
-            LIVE_KNOBS,
-            counter=metrics.control if metrics is not None else None,
-        )
-
-    def _use_knobs(self, config: FilterConfig, changed: frozenset[str]) -> None:
-        """LiveKnobs' callback: the core reads its config at every group."""
-        self.core.configure(config)
-
-    def add(self, data: bytes, now: float) -> tuple[Outcome | None, str]:
-        """(outcome of a completed group or None, "" or why the message is a dead letter)."""
-        try:
-            sample = decode(data, ScoredRollout)
-        except SchemaError as exc:
-            return None, str(exc)
-        added, outcome = self.core.add(sample, now)
-        if added.status in ("duplicate", "late") and self.metrics is not None:
-            self.metrics.ignored.labels(added.status).inc()
-        return outcome, ""
-
-    def count(self, outcome: Outcome) -> None:
-        m = self.metrics
-        if m is None:
-            return
-        self.groups_seen += 1
-        kind = None
-        for drop in outcome.drops:
-            n = len(drop.rollout_ids)
-            m.samples_dropped.labels(drop.filter, drop.reason).inc(n)
-            if drop.scope == "group":
-                m.dropped.labels(drop.filter, drop.reason).inc()
-            kind = ZERO_VARIANCE_KINDS.get(drop.reason, kind)
-        if kind is not None:
-            self.zero_var[kind] += 1
-            m.zero_variance.labels(kind).inc()
-        for name, value in self.zero_var.items():
-            m.zero_variance_ratio.labels(name).set(value / self.groups_seen)
-        if outcome.group is not None:
-            m.kept.inc()
-            m.samples_kept.inc(len(outcome.group.samples))
-            for a in outcome.group.advantages:
-                m.advantage_abs.observe(abs(a))
-        if outcome.partial:
-            m.timed_out.labels(self.core.config.timeout_policy).inc()
-        m.assembly.observe(outcome.assembly_s)
-
-
-def drop_id(drop: DropRecord) -> tuple[str, str, str]:
-    return drop.filter, drop.reason, drop.scope
-
 
 TICKS = "rollstream-filter-ticks"
 OBSERVATIONS = "rollstream-filter-passrate"
@@ -174,6 +100,49 @@ def prepare_topics(kafka: KafkaSettings) -> int:
     return partitions
 
 
+def committed_offset(app: Any, topic: str, part: int) -> int:
+    """The committed offset of `topic` partition `part` on the app's consumer (0 if none);
+    faust keeps it in a private field."""
+    from faust.types import TP
+
+    return int(app.consumer._committed_offset.get(TP(topic, part)) or 0)
+
+
+async def output_partitions(
+    app: Any, topics: Iterable[str], keys: Iterable[str]
+) -> dict[tuple[str, int], set[bytes]]:
+    """(topic, partition) -> the keys that land there, as faust's producer places them."""
+    wanted: dict[tuple[str, int], set[bytes]] = {}
+    for name in topics:
+        # key_partition needs the topic's metadata in the (aiokafka) producer
+        await app.producer._ensure_producer().partitions_for(name)
+        for key in keys:
+            tp = app.producer.key_partition(name, key.encode())
+            wanted.setdefault((tp.topic, tp.partition), set()).add(key.encode())
+    return wanted
+
+
+async def reconcile(app: Any, worker: FilterWorker, kafka: KafkaSettings, part: int) -> None:
+    """First event of source partition `part` since it was assigned: look the groups touched
+    after the last commit up on the output topics (reconcile.py) and let the worker send what
+    is missing (FilterWorker.plan_reconcile, .settle)."""
+    committed = committed_offset(app, qualified(SOURCE, kafka.namespace), part)
+    await app.producer.flush()  # our own sends before a rebalance must count as sent
+    plan = worker.plan_reconcile(part, committed)
+    if not plan.unsure:
+        return
+    outputs = (worker.topics.kept, worker.topics.dropped)
+    wanted = await output_partitions(app, outputs, plan.unsure)
+    since_ms = int((min(plan.unsure.values()) - 60.0) * 1000)  # clock-skew margin
+    loop = asyncio.get_running_loop()
+    try:
+        found = await loop.run_in_executor(None, read_back, kafka, wanted, since_ms)
+    except Exception as exc:  # better twice than never: send the finished ones again
+        log.warning("partition %d: reading outputs back failed (%s)", part, exc)
+        found = {}
+    worker.settle(plan, found, time.time())
+
+
 def build_app(
     kafka: KafkaSettings,
     config: FilterConfig,
@@ -191,242 +160,97 @@ def build_app(
     app = make_app("filter", kafka, instance=instance, store=config.table_store, data_dir=data_dir)
     sender = Sender(kafka, "filter")  # outputs and changelogs through librdkafka (see there)
     sender.attach(app)
-    ticks_name = qualified(TICKS, ns)
-    source = app.topic(qualified(SOURCE, ns), ticks_name)
-    ticks = app.topic(ticks_name, partitions=partitions, internal=True)
     observations = app.topic(qualified(OBSERVATIONS, ns), partitions=partitions, internal=True)
-    kept = app.topic(qualified("groups.kept", ns))
-    dropped = app.topic(qualified("groups.dropped", ns))
-    stats_topic = app.topic(qualified("prompt.stats", ns))
-    dlq = app.topic(qualified(dlq_name(SOURCE), ns))
-    kept_name, dropped_name = kept.get_topic_name(), dropped.get_topic_name()
-    observations_name, stats_name = observations.get_topic_name(), stats_topic.get_topic_name()
-    raw = {"partitions": partitions, "key_type": bytes, "value_type": bytes}  # raw changelogs
-    pending_table = app.Table("pending", **raw)
-    done_table = app.Table("done", **raw)
-    pass_table = app.Table("passrates", **raw)
-    for table in (pending_table, done_table, pass_table):
-        sender.redirect_changelog(table)
-    source_name = qualified(SOURCE, ns)
-    last_read: dict[int, int] = {}  # partition -> last source offset read
-
-    def stamp() -> int:
-        part = event_partition()
-        return last_read.get(-1 if part is None else part, -1)
-
-    done = TableView(done_table, float, event_partition, stamp)
-    pending = TableView(pending_table, PendingGroup, event_partition, stamp)
-    pass_rates_view = TableView(pass_table, PassRecord, event_partition)
-    core = FilterCore(
-        config,
-        pending=pending,
-        done=done,
-        pass_rates=pass_rates_view,
-        track_pass_rates=False,
-        keep_finished=True,
+    topics = OutputTopics(
+        kept=app.topic(qualified("groups.kept", ns)).get_topic_name(),
+        dropped=app.topic(qualified("groups.dropped", ns)).get_topic_name(),
+        observations=observations.get_topic_name(),
+        stats=app.topic(qualified("prompt.stats", ns)).get_topic_name(),
     )
-    stage = FilterStage(core, metrics)
-    stage.knobs.follower = control
-    tracker = core.tracker  # fed by the pass_rates agent, not by the core; follows the knobs
-    views = (done, pending, pass_rates_view)
-    obs_decoder = msgspec.msgpack.Decoder(PassObservation)
+    raw = {"partitions": partitions, "key_type": bytes, "value_type": bytes}  # raw changelogs
+    tables = tuple(app.Table(name, **raw) for name in ("pending", "done", "passrates"))
+    for table in tables:
+        sender.redirect_changelog(table)
+    worker = FilterWorker(
+        config, sender, topics, bus, metrics, tables=tables, partition=event_partition
+    )
+    worker.stage.knobs.follower = control
+    add_agents(app, worker, kafka, bus, partitions, observations, weights)
+    return app
+
+
+def add_agents(
+    app: Any,
+    worker: FilterWorker,
+    kafka: KafkaSettings,
+    bus: BusMetrics,
+    partitions: int,
+    observations: Any,
+    weights: Any,
+) -> None:
+    """The agents, timers and rebalance callbacks of the filter app, each a call of `worker`."""
+    ns = kafka.namespace
+    ticks_name, source_name = qualified(TICKS, ns), qualified(SOURCE, ns)
+    source = app.topic(source_name, ticks_name)
+    ticks = app.topic(ticks_name, partitions=partitions, internal=True)
+    dlq = app.topic(qualified(dlq_name(SOURCE), ns))
     group_id = qualified("rollstream-filter", ns)
-    last_prune: dict[int, float] = {}
-
-    finished: dict[int, deque[tuple[int, str]]] = {}  # partition -> (stamp, group_id)
-    reconciled: set[int] = set()
-
-    async def emit(outcome: Outcome, seen: dict[str, list[bytes]] | None = None) -> None:
-        """Send an outcome's messages; with `seen` (what reconcile found of this group on the
-        output topics) only the missing ones."""
-        key = outcome.group_id.encode()
-        part = event_partition()
-        if seen is None and part is not None:
-            finished.setdefault(part, deque()).append((stamp(), outcome.group_id))
-        if seen is None and failpoints.reached("filter.before_outputs"):
-            await app.producer.flush()  # the state reaches the changelog, the outputs never
-            log.warning("failpoint filter.before_outputs: exiting before %s", outcome.group_id)
-            os._exit(9)
-        missing = False
-        if outcome.group is not None and not (seen and seen["kept"]):
-            missing = True
-            sender.send(kept_name, encode(outcome.group), key, headers=outcome.group.headers())
-            bus.messages_out.labels("groups.kept").inc()
-        there = {drop_id(decode(v, DropRecord)) for v in seen["dropped"]} if seen else set()
-        for drop in outcome.drops:
-            if drop_id(drop) in there:
-                continue
-            missing = True
-            sender.send(dropped_name, encode(drop), key, headers=drop.headers())
-            bus.messages_out.labels("groups.dropped").inc()
-        if seen is not None and not missing:
-            return
-        if outcome.pass_rate is not None:
-            obs = PassObservation(
-                task_id=outcome.task_id,
-                task=outcome.task,
-                pass_rate=outcome.pass_rate,
-                policy_version=outcome.policy_version,
-            )
-            sender.send(observations_name, msgspec.msgpack.encode(obs), outcome.task_id.encode())
-        stage.count(outcome)
-
-    def committed(part: int) -> int:
-        """The committed offset of source partition `part` (0 if none)."""
-        from faust.types import TP
-
-        return int(app.consumer._committed_offset.get(TP(source_name, part)) or 0)
-
-    def forget_committed(part: int) -> None:
-        """Drop the samples of finished groups whose outputs a commit has flushed: finished
-        when the last source offset read was below the committed offset - 1."""
-        queue = finished.get(part)
-        limit = committed(part) - 1
-        while queue and queue[0][0] < limit:
-            core.assembler.forget(queue.popleft()[1])
-
-    async def reconcile(part: int) -> None:
-        """First event of `part` since it was assigned. Groups touched after the last commit
-        (stamp >= committed - 1) are looked up on the output topics: a finished one that is
-        not there is sent again; an unfinished one that is there (its `done` entry was lost
-        with the dead worker) is marked done, so its replayed samples are ignored."""
-        limit = committed(part) - 1
-        last_read[part] = limit
-        await app.producer.flush()  # our own sends before a rebalance must count as sent
-        queue: list[tuple[int, str]] = []
-        unsure: dict[str, float] = {}  # group_id -> when its outputs could first have gone
-        for gid in list(core.assembler.pending):
-            if gid in done:
-                at = done.stamp_of(gid)
-                queue.append((at, gid))
-                if at >= limit:
-                    unsure[gid] = done[gid]
-            elif core.assembler.pending[gid].complete:  # finished, its `done` entry lost
-                unsure[gid] = core.assembler.pending[gid].first_seen
-            elif pending.stamp_of(gid) >= limit:
-                unsure[gid] = core.assembler.pending[gid].first_seen
-        finished[part] = deque(sorted(queue))
-        if not unsure:
-            return
-        wanted: dict[tuple[str, int], set[bytes]] = {}
-        for topic in (kept, dropped):
-            # key_partition needs the topic's metadata in the (aiokafka) producer
-            await app.producer._ensure_producer().partitions_for(topic.get_topic_name())
-            for gid in unsure:
-                tp = app.producer.key_partition(topic.get_topic_name(), gid.encode())
-                wanted.setdefault((tp.topic, tp.partition), set()).add(gid.encode())
-        since_ms = int((min(unsure.values()) - 60.0) * 1000)  # clock-skew margin
-        loop = asyncio.get_running_loop()
-        try:
-            found = await loop.run_in_executor(None, read_back, kafka, wanted, since_ms)
-        except Exception as exc:  # better twice than never: send the finished ones again
-            log.warning("partition %d: reading outputs back failed (%s)", part, exc)
-            found = {}
-        names = {"kept": kept_name, "dropped": dropped_name}
-        resent = marked = reopened = 0
-        now = time.time()
-        for gid in unsure:
-            key = gid.encode()
-            seen = {k: found.get((name, key), []) for k, name in names.items()}
-            there = bool(seen["kept"] or seen["dropped"])
-            group = core.assembler.pending[gid]
-            expired = gid in done and done[gid] - group.first_seen > core.config.group_timeout_s
-            if gid in done and not group.complete and not expired:
-                # finished, but the write of its last sample(s) was lost (changelog partitions
-                # are not written in order): that sample comes again from the source (its
-                # offset is past the commit), so a group not sent yet is simply reopened
-                if not there:
-                    reopened += 1
-                    del done[gid]
-            elif gid in done or group.complete:
-                resent += not there
-                if gid not in done:
-                    done[gid] = now
-                    finished[part].append((limit, gid))
-                await emit(core.decide(group, now), seen)
-            elif there:
-                marked += 1
-                done[gid] = now
-                finished[part].append((limit, gid))
-        finished[part] = deque(e for e in finished[part] if e[1] in done)
-        log.info(
-            "partition %d: %d group(s) touched after the last commit; %d finished ones sent "
-            "again, %d reopened, %d already on the output topics marked done",
-            part,
-            len(unsure),
-            resent,
-            reopened,
-            marked,
-        )
-
     positions: dict[Any, int] = {}  # tp -> next offset to read
-    messages_in = bus.messages_in.labels(SOURCE)
+
+    async def emit(outcomes: Iterable[Outcome], part: int) -> None:
+        for outcome in outcomes:
+            if failpoints.reached("filter.before_outputs"):
+                await app.producer.flush()  # the state reaches the changelog, the outputs never
+                log.warning("failpoint filter.before_outputs: exiting before %s", outcome.group_id)
+                os._exit(9)
+            worker.emit(outcome, part)
 
     @app.on_partitions_revoked.connect
     async def on_revoked(_app: Any, revoked: Any, **kwargs: Any) -> None:
         # the state of a partition that moves must be on its changelog before the next
         # owner reads it
         await app.producer.flush()
-        for view in views:
-            view.forget_cache()
+        worker.forget_cache()
 
     @app.on_partitions_assigned.connect
     async def on_assigned(_app: Any, assigned: Any, **kwargs: Any) -> None:
-        reconciled.clear()  # each partition reconciles on its first event
-        for view in views:
-            view.forget_cache()  # the tables are recovered from their changelogs
+        worker.assigned()
 
     @app.agent(source, name="assemble", concurrency=1)
     async def assemble(stream: Any) -> None:
         async for event in stream.events():
-            m = event.message
-            now = time.time()
-            if m.partition not in reconciled:
-                await reconcile(m.partition)
-                reconciled.add(m.partition)
+            m, now = event.message, time.time()
+            if m.partition not in worker.reconciled:
+                await reconcile(app, worker, kafka, m.partition)
+                worker.reconciled.add(m.partition)
             if weights is not None and weights.latest is not None:
-                core.learner_version = weights.latest.version
+                worker.follow(weights.latest.version)
             if m.topic == ticks_name:
-                due = now - last_prune.get(m.partition, 0.0) > PRUNE_EVERY_S
-                if due:
-                    last_prune[m.partition] = now
-                for outcome in core.expire(now, prune=due):
-                    await emit(outcome)
-                forget_committed(m.partition)
-                if metrics is not None:
-                    metrics.pending.set(len(core.assembler.pending))
+                await emit(worker.expire(m.partition, now), m.partition)
+                committed = committed_offset(app, source_name, m.partition)
+                worker.forget_committed(m.partition, committed)
                 continue
-            messages_in.inc()
             positions[m.tp] = m.offset + 1
-            last_read[m.partition] = m.offset
-            outcome, error = stage.add(m.value, now)
+            outcome, error = worker.read(m.partition, m.offset, m.value, now)
             if error:
                 await send_dead_letter(dlq, bus, SOURCE, m, error, group_id, log)
             elif outcome is not None:
-                await emit(outcome)
+                await emit([outcome], m.partition)
 
     @app.agent(observations, name="pass_rates", concurrency=1)
     async def pass_rates(stream: Any) -> None:
         async for event in stream.events():
-            obs = obs_decoder.decode(event.message.value)
-            record = tracker.update(obs.task_id, obs.task, obs.pass_rate)
-            msg = tracker.message(obs.task_id, record, obs.policy_version, time.time())
-            sender.send(stats_name, encode(msg), obs.task_id.encode(), headers=msg.headers())
-            bus.messages_out.labels("prompt.stats").inc()
+            worker.observe(event.message.value, time.time())
 
-    @app.timer(interval=config.tick_s)
+    @app.timer(interval=worker.core.config.tick_s)
     async def tick() -> None:
         for p in range(partitions):
             await ticks.send(value=b"tick", partition=p)
 
     @app.timer(interval=1.0)
     async def follow() -> None:
-        stage.knobs.poll()
-        if metrics is not None and core.learner_version is not None:
-            metrics.version.set(core.learner_version)
+        worker.poll_knobs()
 
     @app.timer(interval=5.0)
     async def lag() -> None:
         bus.consumer_lag.labels(SOURCE).set(consumer_lag(app, positions))
-
-    return app
