@@ -205,6 +205,7 @@ class Sandbox:
                 _kill_group(proc.pid)
                 await proc.wait()
                 await _until_dead(children)
+            await _drain(proc)
             shutil.rmtree(workdir, ignore_errors=True)
         if over:
             return SandboxResult("output_limit", total=len(tests), detail="verdict pipe flooded")
@@ -240,6 +241,23 @@ class Sandbox:
         finally:
             feeder.cancel()
             errors.cancel()
+
+
+async def _drain(proc: asyncio.subprocess.Process) -> None:
+    """Read a finished process's pipes to EOF, so their transports close in this event loop.
+    Left open (a flood returns before EOF), the garbage collector closes them after the loop
+    is gone: "Event loop is closed" from BaseSubprocessTransport.__del__, which failed the
+    flood test about one run in ten. The stdin pipe is closed too (a child killed before it
+    read its payload leaves it open), and the loop turns once so the pipes' close callbacks
+    run."""
+    if proc.stdin is not None:
+        with contextlib.suppress(Exception):
+            proc.stdin.close()
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(stream.read(), 1.0)
+    await asyncio.sleep(0)
 
 
 async def _read_capped(stream: asyncio.StreamReader, cap: int) -> tuple[bytes, bool]:
