@@ -146,8 +146,9 @@ class Filter:
         return self.parse({**self.params.model_dump(), **params})
 
     def update(self, params: Mapping[str, Any]) -> None:
-        """Change some params live; on a validation error nothing changes."""
-        self.params = self.check(params)
+        """Change some params (the others stay); on a validation error nothing changes. Goes
+        through `configure`, as the chain's live changes do."""
+        self.configure(self.check(params))
 
     def configure(self, params: Any) -> None:
         """Take new (checked) params while the filter stays in the chain: a live knob changed

@@ -144,8 +144,9 @@ class Learner:
                 continue
             trained += 1
             for hop, secs in pipeline_latency(rec.value, started).items():
+                child = self.m.latency.labels(hop)  # one label lookup a hop, not a sample
                 for s in secs:
-                    self.m.latency.labels(hop).observe(s)
+                    child.observe(s)
             self.busy.add("compute", result.compute_s)
             self._observe(result)
             self.send_feedback(result)

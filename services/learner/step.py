@@ -161,7 +161,8 @@ def train_on_batch(
                     cfg,
                     ref_model=ref_model,
                     amp=amp,
-                    scale=0.0 if p.pad else float(world),
+                    scale=float(world),
+                    pad=p.pad,
                 )
             if p.pad:
                 continue
@@ -198,10 +199,12 @@ def _micro_step(
     ref_model: Any | None,
     amp: Any,
     scale: float,
+    pad: bool = False,
 ) -> tuple[dict[str, float], list[float]]:
-    """Forward and backward of one micro-batch (the loss times `scale`: 0 for a padding
-    micro-batch, the world size under data parallelism). Returns its metrics and, per row,
-    the mean over its tokens of |A| * pi / pi_old (its new priority)."""
+    """Forward and backward of one micro-batch (the loss times `scale`, the world size under
+    data parallelism; a `pad` micro-batch, there only to match the other ranks' collectives,
+    contributes zero and returns nothing). Returns its metrics and, per row, the mean over
+    its tokens of |A| * pi / pi_old (its new priority)."""
     with amp:
         logp, ent = _logp(model, mb, cfg, cfg.entropy)
     anchor = prox if prox is not None else logp.detach()
@@ -224,7 +227,9 @@ def _micro_step(
         entropy=ent,
     )
     loss, metrics = objective(inp, norm)
-    (loss * scale).backward()
+    (loss * (0.0 if pad else scale)).backward()
+    if pad:
+        return {}, []
     with torch.no_grad():
         m = mb.completion_mask
         r = torch.exp((logp.detach() - old).clamp(-20.0, 20.0))

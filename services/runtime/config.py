@@ -141,11 +141,18 @@ RENAMED = {
 }
 """Run-file names that moved into the `staleness` section: still read, with a warning."""
 
-STALENESS_FIELDS = {
-    "generator": {"max_staleness": "max_versions", "rollouts_per_version": "rollouts_per_version"},
-    "replay": {"max_staleness": "max_versions"},
-}
-"""The stage config fields `section()` fills from the `staleness` section."""
+
+def _by_stage(renames: dict[str, str]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for old, new in renames.items():
+        stage, field = old.split(".")
+        out.setdefault(stage, {})[field] = new.split(".")[1]
+    return out
+
+
+STALENESS_FIELDS = _by_stage(RENAMED)
+"""The stage config fields `section()` fills from the `staleness` section (stage -> {field:
+staleness field}): RENAMED read the other way."""
 
 
 def renamed(data: dict[str, Any], origin: str = "run config") -> dict[str, Any]:
