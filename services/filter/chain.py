@@ -26,7 +26,6 @@ Pure: no I/O.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -159,19 +158,6 @@ class Filter:
         raise NotImplementedError
 
 
-def _import(spec: str) -> Any:
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise FilterConfigError(f"filter path {spec!r} must look like 'package.module:Class'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise FilterConfigError(f"cannot import filter module {module_name!r}: {exc}") from exc
-    if not hasattr(module, attr):
-        raise FilterConfigError(f"module {module_name!r} has no {attr!r}")
-    return getattr(module, attr)
-
-
 def load_filter(spec: str, params: Mapping[str, Any] | None = None) -> Filter:
     """Build the filter named `spec` (built-in name or "package.module:Class")."""
     return filter_class(spec)(**dict(params or {}))
@@ -187,22 +173,7 @@ def filter_class(spec: str) -> Any:
     `rollstream.filters` entry point); FilterConfigError if there is none."""
     from rollstream.services.runtime import plugins
 
-    if spec in BUILTIN_FILTERS:
-        cls = _import(BUILTIN_FILTERS[spec])
-    elif ":" in spec:
-        cls = _import(spec)
-    else:
-        try:
-            cls = plugins.entry_point("filters", spec)
-        except plugins.PluginError as exc:
-            raise FilterConfigError(str(exc)) from exc
-        if cls is None:
-            known = ", ".join(sorted(BUILTIN_FILTERS))
-            installed = ", ".join(plugins.names("filters")) or "none"
-            raise FilterConfigError(
-                f"unknown filter {spec!r}; built-ins: {known}; installed (rollstream.filters "
-                f"entry points): {installed}"
-            )
+    cls = plugins.find("filters", spec, BUILTIN_FILTERS, FilterConfigError, "Class")
     if not inspect.isclass(cls) or not callable(getattr(cls, "apply", None)):
         raise FilterConfigError(f"{spec!r} is not a filter class")
     return cls

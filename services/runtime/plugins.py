@@ -18,7 +18,9 @@ Built-in names win over entry points of the same name.
 
 from __future__ import annotations
 
+import importlib
 import sys
+from collections.abc import Mapping
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -63,3 +65,47 @@ def entry_point(kind: str, name: str) -> Any | None:
 def names(kind: str) -> list[str]:
     """Names of the installed entry points of one kind (for error messages)."""
     return sorted(ep.name for ep in entry_points(group=GROUPS[kind]))
+
+
+def find(
+    kind: str, spec: str, builtins: Mapping[str, str], error: type[Exception], what: str
+) -> Any:
+    """The object a stage's config names by `spec`, looked for in this order: a built-in name
+    (`builtins` maps it to its "module:attr" path), a "package.module:attr" path, the name of
+    an installed entry point of group `rollstream.<kind>`. What is missing raises `error`
+    saying what was tried; `what` is what the attr should be ("Class", "object")."""
+    noun = kind.removesuffix("s")
+    if spec in builtins:
+        return _import_path(builtins[spec], noun, what, error)
+    if ":" in spec:
+        return _import_path(spec, noun, what, error)
+    try:
+        obj = entry_point(kind, spec)
+    except PluginError as exc:
+        raise error(str(exc)) from exc
+    if obj is None:
+        known = ", ".join(sorted(builtins))
+        installed = ", ".join(names(kind)) or "none"
+        raise error(
+            f"unknown {noun} {spec!r}; built-ins: {known}; installed ({GROUPS[kind]} entry "
+            f"points): {installed}; or give 'package.module:{what}'"
+        )
+    return obj
+
+
+def _import_path(spec: str, noun: str, what: str, error: type[Exception]) -> Any:
+    """The object at "package.module:attr" (attr may be dotted, "Class.attr"); `error` when
+    the module does not import or lacks the attr."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise error(f"{noun} path {spec!r} must look like 'package.module:{what}'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise error(f"cannot import {noun} module {module_name!r}: {exc}") from exc
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise error(f"module {module_name!r} has no {attr!r}")
+        obj = getattr(obj, part)
+    return obj

@@ -24,7 +24,6 @@ sympy), so importing this module is cheap.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -120,43 +119,12 @@ class FunctionReward:
         return await self._fn(rollout, **self._params)
 
 
-def _import(spec: str) -> Any:
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise RewardConfigError(f"reward path {spec!r} must look like 'package.module:object'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise RewardConfigError(f"cannot import reward module {module_name!r}: {exc}") from exc
-    obj = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise RewardConfigError(f"module {module_name!r} has no {attr!r}")
-        obj = getattr(obj, part)
-    return obj
-
-
 def load_reward(spec: str, params: dict[str, Any] | None = None) -> Reward:
     """Build the reward named `spec` (a built-in name or "pkg.module:object") with `params`."""
     params = dict(params or {})
     from rollstream.services.runtime import plugins
 
-    if spec in BUILTIN_REWARDS:
-        obj = _import(BUILTIN_REWARDS[spec])
-    elif ":" in spec:
-        obj = _import(spec)
-    else:
-        try:
-            obj = plugins.entry_point("rewards", spec)
-        except plugins.PluginError as exc:
-            raise RewardConfigError(str(exc)) from exc
-        if obj is None:
-            known = ", ".join(sorted(BUILTIN_REWARDS))
-            installed = ", ".join(plugins.names("rewards")) or "none"
-            raise RewardConfigError(
-                f"unknown reward {spec!r}; built-ins: {known}; installed (rollstream.rewards "
-                f"entry points): {installed}; or give 'package.module:object'"
-            )
+    obj = plugins.find("rewards", spec, BUILTIN_REWARDS, RewardConfigError, "object")
     if inspect.isclass(obj):
         try:
             reward = obj(**params)
