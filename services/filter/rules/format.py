@@ -6,13 +6,9 @@ Reason "format"; stats: count, fraction.
 
 from __future__ import annotations
 
-import re
-from typing import Literal
-
-from pydantic import field_validator
-
 from rollstream.services.filter.chain import CandidateGroup, Decision, Filter
 from rollstream.services.filter.scope import ScopedParams, decide
+from rollstream.services.runtime.regex import MatchMode, Pattern, matcher
 
 
 class FormatFilter(Filter):
@@ -21,25 +17,15 @@ class FormatFilter(Filter):
     name = "format"
 
     class Params(ScopedParams):
-        pattern: str
+        pattern: Pattern
         """Regular expression (Python syntax) a kept completion must match."""
-        mode: Literal["fullmatch", "search"] = "search"
+        mode: MatchMode = "search"
         """fullmatch: the whole completion; search: anywhere in it."""
         dotall: bool = True
         """`.` also matches newlines."""
 
-        @field_validator("pattern")
-        @classmethod
-        def _compiles(cls, value: str) -> str:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"not a valid regular expression: {exc}") from None
-            return value
-
     def apply(self, group: CandidateGroup) -> Decision:
         p = self.params
-        regex = re.compile(p.pattern, re.DOTALL if p.dotall else 0)  # re caches compiled patterns
-        match = regex.fullmatch if p.mode == "fullmatch" else regex.search
+        match = matcher(p.pattern, p.mode, p.dotall)  # re caches compiled patterns
         bad = [s.rollout.rollout_id for s in group.samples if not match(s.rollout.completion)]
         return decide(group, bad, p, "format")

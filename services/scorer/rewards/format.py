@@ -5,12 +5,8 @@ The R1-Zero default pattern wants `<think>...</think>` then `<answer>...</answer
 
 from __future__ import annotations
 
-import re
-from typing import Literal
-
-from pydantic import field_validator
-
 from rollstream.schemas import Rollout
+from rollstream.services.runtime.regex import MatchMode, Pattern, matcher
 from rollstream.services.scorer.reward import RewardParams, parse_params
 
 R1_FORMAT = r"^<think>\n.*?\n</think>\n<answer>\n.*?\n</answer>$"
@@ -23,9 +19,9 @@ class FormatMatch:
     inline = True
 
     class Params(RewardParams):
-        pattern: str = R1_FORMAT
+        pattern: Pattern = R1_FORMAT
         """Regular expression (Python syntax)."""
-        mode: Literal["fullmatch", "search"] = "fullmatch"
+        mode: MatchMode = "fullmatch"
         """fullmatch: the whole completion must match; search: anywhere in it."""
         dotall: bool = True
         """`.` also matches newlines."""
@@ -34,19 +30,9 @@ class FormatMatch:
         miss_value: float = 0.0
         """Reward when it does not."""
 
-        @field_validator("pattern")
-        @classmethod
-        def _compiles(cls, value: str) -> str:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"not a valid regular expression: {exc}") from None
-            return value
-
     def __init__(self, **params: object) -> None:
         self.params = parse_params(self.Params, dict(params), self.name)
-        regex = re.compile(self.params.pattern, re.DOTALL if self.params.dotall else 0)
-        self._match = regex.fullmatch if self.params.mode == "fullmatch" else regex.search
+        self._match = matcher(self.params.pattern, self.params.mode, self.params.dotall)
 
     def score(self, rollout: Rollout) -> float:
         p = self.params
