@@ -15,13 +15,38 @@ from typing import Any, Protocol
 
 from torch import Tensor
 
-from rollstream.services.learner.losses import Norm, PolicyInputs
+from rollstream.services.learner.losses import Norm, PolicyInputs, finish
 
 
 class Objective(Protocol):
     def __call__(
         self, inp: PolicyInputs, norm: Norm | None = None
     ) -> tuple[Tensor, dict[str, float]]: ...
+
+
+class Finishes:
+    """For an objective (a dataclass) with the fields `losses.finish` takes after the per-token
+    loss: aggregation `agg` (and its `max_length`), `kl_coef` and `entropy_coef`."""
+
+    agg: str
+    max_length: float
+    kl_coef: float
+    entropy_coef: float
+
+    def finish(
+        self, loss: Tensor, inp: PolicyInputs, norm: Norm, metrics: dict[str, float]
+    ) -> tuple[Tensor, dict[str, float]]:
+        """`losses.finish` with this objective's settings."""
+        return finish(
+            loss,
+            inp,
+            self.agg,
+            norm,
+            max_length=self.max_length,
+            kl_coef=self.kl_coef,
+            entropy_coef=self.entropy_coef,
+            metrics=metrics,
+        )
 
 
 BUILTIN = {

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from rollstream.services.learner.losses import Norm, PolicyInputs, clipped_surrogate, finish
-from rollstream.services.learner.objectives import register
+from rollstream.services.learner.losses import Norm, PolicyInputs, clipped_surrogate
+from rollstream.services.learner.objectives import Finishes, register
 
 
 @register("gspo")
 @dataclass
-class GSPO:
+class GSPO(Finishes):
     eps_low: float = 3e-4
     eps_high: float = 4e-4
     agg: str = "seq-mean-token-mean"
@@ -48,13 +48,4 @@ class GSPO:
             "ratio_max": float(s_seq.max()) if s_seq.numel() else 1.0,
             "ratio_min": float(s_seq.min()) if s_seq.numel() else 1.0,
         }
-        return finish(
-            loss,
-            inp,
-            self.agg,
-            norm,
-            max_length=self.max_length,
-            kl_coef=self.kl_coef,
-            entropy_coef=self.entropy_coef,
-            metrics=metrics,
-        )
+        return self.finish(loss, inp, norm, metrics)

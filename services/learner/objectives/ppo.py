@@ -15,19 +15,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from rollstream.services.learner.losses import (
-    Norm,
-    PolicyInputs,
-    clipped_surrogate,
-    finish,
-    ratio_metrics,
-)
-from rollstream.services.learner.objectives import register
+from rollstream.services.learner.losses import Norm, PolicyInputs, clipped_surrogate, ratio_metrics
+from rollstream.services.learner.objectives import Finishes, register
 
 
 @register("ppo")
 @dataclass
-class PPOClip:
+class PPOClip(Finishes):
     """PPO-clip; defaults: eps 0.2 both sides, token-mean aggregation, no KL."""
 
     eps_low: float = 0.2
@@ -46,13 +40,4 @@ class PPOClip:
         loss, active = clipped_surrogate(
             ratio, inp.advantages, self.eps_low, self.eps_high, self.dual_clip
         )
-        return finish(
-            loss,
-            inp,
-            self.agg,
-            norm,
-            max_length=self.max_length,
-            kl_coef=self.kl_coef,
-            entropy_coef=self.entropy_coef,
-            metrics=ratio_metrics(ratio, active, inp.advantages, inp.mask),
-        )
+        return self.finish(loss, inp, norm, ratio_metrics(ratio, active, inp.advantages, inp.mask))
