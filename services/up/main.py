@@ -11,11 +11,14 @@ folder `runs/<name>/` gets the resolved config, every process's log, the metrics
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 from contextlib import ExitStack
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel
 
 from rollstream.services.runtime.config import RunConfig, dump, load_layers
 
@@ -27,13 +30,18 @@ def default_config_path() -> Path:
 
 
 def resolve(args: argparse.Namespace) -> RunConfig:
-    sets = list(args.set)
+    """The config a new run starts with: the built-in defaults under this call's options."""
+    return layered(args, default_config_path(), [f"name={args.name}"] if args.name else [])
+
+
+def layered(args: argparse.Namespace, base: Path, sets: list[str]) -> RunConfig:
+    """`base`, then this call's `--config` files, `--set`, `--stage/--replicas` and `sets` on
+    top; its plugin folders put on sys.path, every stage's section validated, and
+    `--bootstrap`/`--namespace` applied."""
     if len(args.stage) != len(args.replicas):
         raise ValueError("--stage and --replicas come in pairs: --stage generator --replicas 2")
-    sets += [f"stages.{s}.replicas={r}" for s, r in zip(args.stage, args.replicas, strict=True)]
-    if args.name:
-        sets.append(f"name={args.name}")
-    cfg, _ = load_layers([default_config_path(), *args.config], sets)
+    replicas = [f"stages.{s}.replicas={r}" for s, r in zip(args.stage, args.replicas, strict=True)]
+    cfg, _ = load_layers([base, *args.config], [*args.set, *replicas, *sets])
     from rollstream.services.runtime.plugins import add_plugin_dirs
 
     # absolute paths in the run's config.yaml: every stage (any cwd) finds the same folders
@@ -57,18 +65,23 @@ SECTION_MODELS = {
 }
 
 
+def section_models() -> dict[str, type[BaseModel]]:
+    """Each stage's section -> the pydantic model in that stage's config.py (imported now)."""
+    return {
+        stage: getattr(importlib.import_module(f"rollstream.services.{stage}.config"), name)
+        for stage, name in SECTION_MODELS.items()
+    }
+
+
 def validate_sections(cfg: RunConfig) -> None:
     """Validate every stage's section with that stage's own model, before anything starts, so
     a bad value fails `up` at once with the field's name (ConfigError)."""
-    import importlib
-
     from rollstream.services.runtime.config import ConfigError, section
 
     errors = []
-    for stage, model in SECTION_MODELS.items():
-        mod = importlib.import_module(f"rollstream.services.{stage}.config")
+    for stage, model in section_models().items():
         try:
-            section(cfg, stage, getattr(mod, model))
+            section(cfg, stage, model)
         except ConfigError as exc:
             errors.append(str(exc))
     if errors:
@@ -78,16 +91,13 @@ def validate_sections(cfg: RunConfig) -> None:
 def resolved_with_sources(args: argparse.Namespace) -> list[tuple[str, Any, str]]:
     """Every field of the resolved run config, stage sections included with their models'
     defaults, as (dotted path, value, where it came from)."""
-    import importlib
-
     from rollstream.services.runtime.config import section
 
     base = default_config_path()
     cfg, sources = load_layers([base, *args.config], list(args.set))
     data = cfg.model_dump(mode="json")
-    for stage, model in SECTION_MODELS.items():
-        mod = importlib.import_module(f"rollstream.services.{stage}.config")
-        data[stage] = section(cfg, stage, getattr(mod, model)).model_dump(mode="json")
+    for stage, model in section_models().items():
+        data[stage] = section(cfg, stage, model).model_dump(mode="json")
     rows: list[tuple[str, Any, str]] = []
 
     def walk(value: Any, dotted: str) -> None:
@@ -154,20 +164,7 @@ def resume_config(args: argparse.Namespace) -> tuple[RunConfig, Path]:
             "cannot continue where it stopped. Runs against a Kafka that keeps its data "
             "(`rollstream up --bootstrap HOST:PORT`) can be resumed."
         )
-    sets = list(args.set)
-    if len(args.stage) != len(args.replicas):
-        raise ValueError("--stage and --replicas come in pairs: --stage generator --replicas 2")
-    sets += [f"stages.{s}.replicas={r}" for s, r in zip(args.stage, args.replicas, strict=True)]
-    cfg, _ = load_layers([saved, *args.config], sets)
-    from rollstream.services.runtime.plugins import add_plugin_dirs
-
-    cfg.plugins = add_plugin_dirs([*cfg.plugins, *getattr(args, "plugins", [])])
-    validate_sections(cfg)
-    if args.bootstrap:
-        cfg.kafka.bootstrap = args.bootstrap
-    if args.namespace:
-        cfg.kafka.namespace = args.namespace
-    return cfg, run_dir
+    return layered(args, saved, []), run_dir
 
 
 def main(args: argparse.Namespace) -> int:
