@@ -63,7 +63,8 @@ class Scorer:
         )
 
     async def score(self, data: bytes) -> tuple[ScoredRollout | None, str]:
-        """(scored message, "") or (None, why it goes to the dead-letter topic)."""
+        """(scored message, "") or (None, why it goes to the dead-letter topic). When every
+        reward runs inline this never suspends: awaited in the agent, it scores in place."""
         try:
             rollout = decode(data, Rollout)
         except SchemaError as exc:
@@ -71,19 +72,6 @@ class Scorer:
         start = time.perf_counter()
         try:
             score = await self.combiner.score(rollout)
-        except RewardError as exc:
-            return None, self._failed(exc)
-        return self._scored(rollout, score, start), ""
-
-    def score_inline(self, data: bytes) -> tuple[ScoredRollout | None, str]:
-        """`score` without the event loop, when every reward runs inline."""
-        try:
-            rollout = decode(data, Rollout)
-        except SchemaError as exc:
-            return None, str(exc)
-        start = time.perf_counter()
-        try:
-            score = self.combiner.score_inline(rollout)
         except RewardError as exc:
             return None, self._failed(exc)
         return self._scored(rollout, score, start), ""
@@ -182,7 +170,7 @@ def build_app(
                 messages_in.inc()
                 positions[event.message.tp] = event.message.offset + 1
                 try:
-                    msg, error = scorer.score_inline(event.message.value)
+                    msg, error = await scorer.score(event.message.value)
                 except Exception as exc:  # a bug, not a reward: never kill the stream
                     log.exception("scorer: scoring failed")
                     msg, error = None, f"internal error: {type(exc).__name__}: {exc}"

@@ -129,15 +129,8 @@ class Combiner:
 
     @property
     def inline_only(self) -> bool:
-        """True when every component runs inline: `score_inline` then scores a rollout."""
+        """True when every component runs inline: `score` then never suspends."""
         return not self._other
-
-    def score_inline(self, rollout: Rollout) -> Score:
-        """Score `rollout` without the event loop; only when `inline_only` (the scorer app
-        then skips the per-rollout task and ordering queue). Raises RewardError."""
-        if self._other:
-            raise RuntimeError("score_inline needs inline components only")
-        return _combine([self._call_inline(comp, rollout) for comp in self._inline])
 
     async def score(self, rollout: Rollout) -> Score:
         """Score `rollout`; raises RewardError when a component raises."""
