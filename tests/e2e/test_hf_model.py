@@ -11,9 +11,6 @@ weights the learner published.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -28,15 +25,31 @@ def tiny_qwen(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_hf_model(tmp_path_factory.mktemp("models") / "tiny-qwen2", arch="qwen2")
 
 
+def up_balanced(up, tmp_path: Path, name: str, *args: str) -> str:
+    """`rollstream up --name NAME ARGS` in `tmp_path` (its own ROLLSTREAM_HOME): it must end
+    with a balanced ledger and trained groups. Returns the stages' logs."""
+    res = up(tmp_path / "home", tmp_path, *args, "--name", name, timeout=600)
+    out = res.stdout[-4000:] + res.stderr[-4000:]
+    assert res.returncode == 0, out
+    assert "ledger BALANCED" in res.stdout, out
+    run = tmp_path / "runs" / name
+    ledger = json.loads((run / "ledger.json").read_text())["ledger"]
+    assert ledger["trained"] > 0 and ledger["unknown"] == 0, ledger
+    return "\n".join(p.read_text() for p in run.rglob("*.log"))
+
+
+def sets(*settings: str) -> list[str]:
+    return [arg for s in settings for arg in ("--set", s)]
+
+
 def test_up_trains_a_tiny_qwen2_dir_and_its_versions_load_with_transformers(
-    tiny_qwen: Path, tmp_path: Path
+    tiny_qwen: Path, tmp_path: Path, up
 ) -> None:
     import torch
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    env = {**os.environ, "ROLLSTREAM_HOME": str(tmp_path / "home"), "PYTHONUNBUFFERED": "1"}
-    args = [
+    args = sets(
         f"model.path={tiny_qwen}",
         "model.system_prompt=Answer briefly.",
         "target.steps=6",
@@ -49,22 +62,13 @@ def test_up_trains_a_tiny_qwen2_dir_and_its_versions_load_with_transformers(
         "replay.batch_groups=4",
         "evaluator.items_per_task=8",
         "evaluator.min_interval_s=5",
-    ]
-    cmd = [sys.executable, "-m", "rollstream.services.cli", "up", "--no-view", "--name", "qwen"]
-    for a in args:
-        cmd += ["--set", a]
-    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    out = res.stdout[-4000:] + res.stderr[-4000:]
-    assert res.returncode == 0, out
-    assert "ledger BALANCED" in res.stdout, out
-    run = tmp_path / "runs" / "qwen"
-    ledger = json.loads((run / "ledger.json").read_text())["ledger"]
-    assert ledger["trained"] > 0 and ledger["unknown"] == 0, ledger
+    )
+    logs = up_balanced(up, tmp_path, "qwen", *args)
     assert not (tmp_path / "home" / "models").exists(), "the built-in model was built anyway"
-    logs = "\n".join(p.read_text() for p in run.rglob("*.log"))
     assert "prompts as chat" in logs, "the generator did not use the model's chat template"
     assert "Qwen2ForCausalLM" in logs, "no stage logged the model it runs"
 
+    run = tmp_path / "runs" / "qwen"
     versions = sorted((run / "weights" / "policy").glob("v*"))
     assert versions and versions[-1].name != "v00000000", versions
     newest = versions[-1]
@@ -84,7 +88,7 @@ def test_up_trains_a_tiny_qwen2_dir_and_its_versions_load_with_transformers(
 
 
 def test_the_gsm8k_example_runs_on_a_chat_model_with_math_verify(
-    tiny_qwen: Path, tmp_path: Path
+    tiny_qwen: Path, tmp_path: Path, up
 ) -> None:
     """examples/gsm8k.yaml as shipped, on the tiny chat model and the shipped sample data: the
     questions go through the chat template, Math-Verify scores every rollout, the learner
@@ -99,24 +103,12 @@ def test_the_gsm8k_example_runs_on_a_chat_model_with_math_verify(
     cfg["filter"]["chain"] = []  # a random model is never right: keep its groups anyway
     run_file = tmp_path / "gsm8k.yaml"
     run_file.write_text(yaml.safe_dump(cfg))
-    env = {**os.environ, "ROLLSTREAM_HOME": str(tmp_path / "home"), "PYTHONUNBUFFERED": "1"}
-    sets = [
+    args = sets(
         f"model.path={tiny_qwen}",
         "target.steps=3",
         "target.minutes=2",
         "generator.sampling.max_tokens=8",
         "replay.batch_groups=2",
-    ]
-    cmd = [sys.executable, "-m", "rollstream.services.cli", "up", "--no-view", "--config"]
-    cmd += [str(run_file), "--name", "gsm8k"]
-    for a in sets:
-        cmd += ["--set", a]
-    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    out = res.stdout[-4000:] + res.stderr[-4000:]
-    assert res.returncode == 0, out
-    assert "ledger BALANCED" in res.stdout, out
-    run = tmp_path / "runs" / "gsm8k"
-    ledger = json.loads((run / "ledger.json").read_text())["ledger"]
-    assert ledger["trained"] > 0 and ledger["unknown"] == 0, ledger
-    logs = "\n".join(p.read_text() for p in run.rglob("*.log"))
+    )
+    logs = up_balanced(up, tmp_path, "gsm8k", "--config", str(run_file), *args)
     assert "prompts as chat" in logs

