@@ -29,24 +29,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import platform
 import random
-import re
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
-import uuid
-from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from stream_workers import SOURCE, Workers, broker_for, cpu_all, fresh, publish, reader
 
 from rollstream.schemas import (
     Group,
@@ -63,10 +59,7 @@ from rollstream.services.runtime.settings import KafkaSettings
 
 RESULTS = Path(__file__).parent / "results" / "stream.json"
 N = 8
-STREAM_TOPICS = ("rollouts.raw", "rollouts.scored", "groups.kept", "groups.dropped", "prompt.stats")
 GROUP_TOPICS = ("groups.kept", "groups.dropped")
-SOURCE = {"scorer": "rollouts.raw", "filter": "rollouts.scored"}
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 # ---- synthetic data ----------------------------------------------------------------------
@@ -176,78 +169,7 @@ def bench_cores(k: int) -> dict[str, float]:
     return result
 
 
-# ---- worker processes --------------------------------------------------------------------
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a live process (0 if it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-class Workers:
-    """Worker subprocesses of one run, their logs, CPU and metrics."""
-
-    def __init__(self, kafka: KafkaSettings, logdir: Path) -> None:
-        self.kafka = kafka
-        self.logdir = logdir
-        self.procs: list[tuple[str, str, subprocess.Popen[bytes], Path]] = []
-
-    def start(self, role: str, extra: list[str] | None = None) -> None:
-        name = f"{role}{sum(1 for r, *_ in self.procs if r == role)}"
-        k = self.kafka
-        if role in SOURCE:
-            cmd = [sys.executable, "-m", "rollstream.services.cli", "run", role]
-            cmd += ["--metrics-port", "0", "--set", "kafka.session_timeout_ms=6000"]
-            cmd += ["--instance", f"{k.namespace}-{name}"]
-        else:  # the trivial forwarder of this file
-            cmd = [sys.executable, __file__, "--forward-worker", role]
-        cmd += ["--bootstrap", k.bootstrap, "--namespace", str(k.namespace), *(extra or [])]
-        log = self.logdir / f"{k.namespace}-{name}.log"
-        with open(log, "w") as f:  # the child keeps its own descriptor
-            self.procs.append((role, name, subprocess.Popen(cmd, stdout=f, stderr=f), log))
-
-    def cpu(self) -> dict[str, float]:
-        return {name: cpu_s(p.pid) for _, name, p, _ in self.procs}
-
-    def consumed(self) -> dict[str, int]:
-        """Messages each scorer/filter worker read from its source (its /metrics)."""
-        out = {}
-        for role, name, _, log in self.procs:
-            port = re.search(r"metrics on :(\d+)", log.read_text(errors="replace"))
-            if role not in SOURCE or port is None:
-                continue
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port[1]}/metrics", timeout=3) as r:
-                    text = r.read().decode()
-            except OSError:
-                continue
-            line = f'rollstream_{role}_messages_in_total{{topic="{SOURCE[role]}"}} '
-            out[name] = sum(int(float(x.split()[-1])) for x in text.splitlines() if line in x)
-        return out
-
-    def check(self) -> str | None:
-        """Why a worker has exited (its last error line), or None while all run."""
-        for _, name, p, log in self.procs:
-            if p.poll() is not None:
-                lines = log.read_text(errors="replace").splitlines()
-                why = [x for x in lines if "Error" in x or "reason=" in x] or lines[-1:] or [""]
-                return f"worker {name} exited with {p.returncode}: {why[-1].strip()[:400]}"
-        return None
-
-    def stop(self) -> None:
-        for *_, p, _ in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for *_, p, _ in self.procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+# ---- the trivial forwarder --------------------------------------------------------------
 
 
 def forward_worker(kind: str, bootstrap: str, namespace: str, partitions: int) -> int:
@@ -282,59 +204,6 @@ def forward_worker(kind: str, bootstrap: str, namespace: str, partitions: int) -
 # ---- runs on the broker ------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def broker_for(bootstrap: str | None, logdir: Path, name: str) -> Iterator[tuple[str, dict]]:
-    """(bootstrap, processes whose CPU counts too) for one run: `bootstrap` if given, else a
-    fresh embedded broker, stopped afterwards (see module docstring)."""
-    if bootstrap:
-        yield bootstrap, {}
-        return
-    from rollstream.services.runtime.broker import EmbeddedBroker
-
-    broker = EmbeddedBroker(log_path=logdir / f"broker-{name}.log").start()
-    try:
-        yield broker.bootstrap, ({"broker": broker.proc.pid} if broker.proc else {})
-    finally:
-        broker.stop()
-
-
-def fresh(bootstrap: str, partitions: int) -> KafkaSettings:
-    from rollstream.services.runtime.admin import create_topics
-
-    kafka = KafkaSettings(
-        bootstrap=bootstrap, namespace="bench" + uuid.uuid4().hex[:8], session_timeout_ms=6000
-    )
-    create_topics(kafka, partitions=dict.fromkeys(STREAM_TOPICS, partitions))
-    return kafka
-
-
-def reader(kafka: KafkaSettings, topics: tuple[str, ...]) -> Any:
-    """A group-less confluent consumer of every partition of `topics` from the beginning."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-    cfg = {"group.id": "bench-nogroup", "enable.auto.commit": False, "fetch.wait.max.ms": 10}
-    c = Consumer({**kafka.client_config("bench"), **cfg})
-    md = c.list_topics(timeout=10)
-    tps = []
-    for t in topics:
-        real = qualified(t, kafka.namespace)
-        tps += [TopicPartition(real, p, OFFSET_BEGINNING) for p in md.topics[real].partitions]
-    c.assign(tps)
-    return c
-
-
-def publish(kafka: KafkaSettings, values: list[tuple[str, bytes]], topic: str) -> float:
-    from rollstream.services.runtime.bus import Producer
-
-    p = Producer(kafka, "bench")
-    t0 = time.perf_counter()
-    for key, value in values:
-        p.send_raw(topic, value, key)
-    p.flush()
-    p.close()
-    return time.perf_counter() - t0
-
-
 def run_stream(
     bootstrap: str, kind: str, partitions: int, workers: int, k: int, logdir: Path, others: dict
 ) -> dict[str, Any]:
@@ -349,88 +218,120 @@ def run_stream(
         publish(kafka, [(r.group_id, encode(r)) for r in rollouts], "rollouts.raw")
     roles = {"pipeline": ["scorer", "filter"]}.get(kind, [kind])
     outputs = GROUP_TOPICS if kind in ("pipeline", "filter") else ("rollouts.scored",)
-    want = k // N if outputs == GROUP_TOPICS else k  # groups, or messages
+    tally = Tally(groups=outputs == GROUP_TOPICS)
+    want = k // N if tally.groups else k  # groups, or messages
     # in a pipeline the scorer may be done before the filter's first group: its CPU counts
     # between its own first and last output on rollouts.scored
     scorer_out = qualified("rollouts.scored", kafka.namespace) if kind == "pipeline" else None
     consumer = reader(kafka, outputs + (("rollouts.scored",) if scorer_out else ()))
     procs = Workers(kafka, logdir)
-    start = time.time()
+    tally.start = time.time()
     for role in roles:
         for _ in range(workers):
             extra = ["--partitions", str(partitions)] if role.startswith("forward") else []
             procs.start(role, extra)
-    seen: dict[bytes, int] = {}
-    count, first, last, gap, error = 0, 0.0, 0.0, 0.0, None
-    cpu0: dict[str, float] = {}
-    cpu1: dict[str, float] = {}
-    scored_n, scored_cpu0, scored_cpu1 = 0, 0.0, 0.0  # scorer outputs, scorer CPU at 1st, last
-    deadline = start + 120 + k / 100
+    deadline = tally.start + 120 + k / 100
     try:
-        while len(seen) < want if outputs == GROUP_TOPICS else count < want:
+        error = tally.watch(consumer, procs, others, want, scorer_out, deadline)
+        consumed = procs.consumed()
+    finally:
+        consumer.close()
+        procs.stop()
+    row = {"kind": kind, "partitions": partitions, "workers": workers, "rollouts": k}
+    return {
+        **row,
+        **tally.summary(want, workers, error, scorer_out is not None),
+        "consumed": consumed,
+    }
+
+
+@dataclass
+class Tally:
+    """What one throughput run saw on its output topics: distinct groups (by key, `groups`) or
+    messages, the first and last output's time, the longest pause between outputs, and the CPU
+    of every process at the first and the last output."""
+
+    groups: bool
+    start: float = 0.0  # when the workers were started
+    seen: dict[bytes, int] = field(default_factory=dict)  # key -> times seen
+    count: int = 0
+    first: float = 0.0
+    last: float = 0.0
+    gap: float = 0.0
+    cpu0: dict[str, float] = field(default_factory=dict)
+    cpu1: dict[str, float] = field(default_factory=dict)
+    scored_n: int = 0  # a pipeline's scorer outputs, scorer CPU at its first and last
+    scored_cpu0: float = 0.0
+    scored_cpu1: float = 0.0
+
+    def done(self) -> int:
+        return len(self.seen) if self.groups else self.count
+
+    def watch(
+        self, consumer: Any, procs: Workers, others: dict[str, int], want: int,
+        scorer_out: str | None, deadline: float,
+    ) -> str | None:  # fmt: skip
+        """Read outputs until `want` are accounted for; why it stopped before, if it did."""
+        while self.done() < want:
             now = time.time()
-            if now > deadline or (last and now - last > 60):
-                error = "no output for 60 s" if now <= deadline else "deadline passed"
-                break
+            if now > deadline or (self.last and now - self.last > 60):
+                return "no output for 60 s" if now <= deadline else "deadline passed"
             error = procs.check()
             if error:
-                break
+                return error
             msgs = [m for m in consumer.consume(1000, 0.05) if m.error() is None]
             if scorer_out:
                 n_scored = sum(1 for m in msgs if m.topic() == scorer_out)
                 if n_scored:
                     scorer_cpu = sum(v for n, v in procs.cpu().items() if n.startswith("scorer"))
-                    scored_cpu0 = scored_cpu0 if scored_n else scorer_cpu
-                    scored_n, scored_cpu1 = scored_n + n_scored, scorer_cpu
+                    self.scored_cpu0 = self.scored_cpu0 if self.scored_n else scorer_cpu
+                    self.scored_n, self.scored_cpu1 = self.scored_n + n_scored, scorer_cpu
                     msgs = [m for m in msgs if m.topic() != scorer_out]
             if not msgs:
                 continue
             now = time.time()
-            if not first:
-                first, cpu0 = now, cpu_all(procs, others)
-            gap = max(gap, now - (last or now))
-            last, cpu1 = now, cpu_all(procs, others)  # CPU up to the last output
-            count += len(msgs)
+            if not self.first:
+                self.first, self.cpu0 = now, cpu_all(procs, others)
+            self.gap = max(self.gap, now - (self.last or now))
+            self.last, self.cpu1 = now, cpu_all(procs, others)  # CPU up to the last output
+            self.count += len(msgs)
             for m in msgs:
-                seen[m.key()] = seen.get(m.key(), 0) + 1
-        consumed = procs.consumed()
-    finally:
-        consumer.close()
-        procs.stop()
-    done = len(seen) if outputs == GROUP_TOPICS else count
-    window = max(last - first, 1e-9)
-    per_msg = N if outputs == GROUP_TOPICS else 1
-    rate = (done - 1) * per_msg / window if done > 1 else 0.0
-    cpu = {name: round(cpu1.get(name, 0.0) - cpu0.get(name, 0.0), 2) for name in cpu1}
-    machine = cpu.pop("machine", 0.0)
-    ours = sum(cpu.values())
-    ms = cpu_per_rollout(cpu, (done - 1) * per_msg)
-    if scorer_out and scored_n > 1:
-        ms["scorer"] = round((scored_cpu1 - scored_cpu0) * 1000 / (scored_n - 1), 3)
-    return {
-        "kind": kind,
-        "partitions": partitions,
-        "workers": workers,
-        "rollouts": k,
-        "complete": done >= want,
-        "error": error,
-        "outputs": done,
-        "repeated": sum(v - 1 for v in seen.values()) if outputs == GROUP_TOPICS else None,
-        "rollouts_per_s": round(rate),
-        "per_worker": round(rate / workers),
-        "startup_s": round(first - start, 2) if first else None,
-        "window_s": round(window, 2),
-        "max_gap_s": round(gap, 2),
-        "cpu_s": cpu,  # CPU seconds of each process between first and last output
-        # per role; a pipeline's scorer between its own first and last output
-        "cpu_ms_per_rollout": ms,
-        # per-worker capacity: rollouts per CPU-second of that role = what one worker does
-        # on one dedicated core (load-independent, unlike rollouts_per_s)
-        "capacity_per_core": {role: round(1000 / v) for role, v in ms.items() if v > 0},
-        "cpu_cores_busy": round(ours / window, 2),  # this run's processes
-        "other_cores_busy": round(max(0.0, machine - ours) / window, 2),  # everything else
-        "consumed": consumed,
-    }
+                self.seen[m.key()] = self.seen.get(m.key(), 0) + 1
+        return None
+
+    def summary(self, want: int, workers: int, error: str | None, pipeline: bool) -> dict:
+        """The run's figures: rate, pauses, CPU per process, per rollout and per core."""
+        done = self.done()
+        window = max(self.last - self.first, 1e-9)
+        per_msg = N if self.groups else 1
+        rate = (done - 1) * per_msg / window if done > 1 else 0.0
+        cpu = {n: round(self.cpu1.get(n, 0.0) - self.cpu0.get(n, 0.0), 2) for n in self.cpu1}
+        machine = cpu.pop("machine", 0.0)
+        ours = sum(cpu.values())
+        ms = cpu_per_rollout(cpu, (done - 1) * per_msg)
+        if pipeline and self.scored_n > 1:
+            ms["scorer"] = round(
+                (self.scored_cpu1 - self.scored_cpu0) * 1000 / (self.scored_n - 1), 3
+            )
+        return {
+            "complete": done >= want,
+            "error": error,
+            "outputs": done,
+            "repeated": sum(v - 1 for v in self.seen.values()) if self.groups else None,
+            "rollouts_per_s": round(rate),
+            "per_worker": round(rate / workers),
+            "startup_s": round(self.first - self.start, 2) if self.first else None,
+            "window_s": round(window, 2),
+            "max_gap_s": round(self.gap, 2),
+            "cpu_s": cpu,  # CPU seconds of each process between first and last output
+            # per role; a pipeline's scorer between its own first and last output
+            "cpu_ms_per_rollout": ms,
+            # per-worker capacity: rollouts per CPU-second of that role = what one worker does
+            # on one dedicated core (load-independent, unlike rollouts_per_s)
+            "capacity_per_core": {role: round(1000 / v) for role, v in ms.items() if v > 0},
+            "cpu_cores_busy": round(ours / window, 2),  # this run's processes
+            "other_cores_busy": round(max(0.0, machine - ours) / window, 2),  # everything else
+        }
 
 
 def cpu_per_rollout(cpu: dict[str, float], rollouts: int) -> dict[str, float]:
@@ -441,20 +342,6 @@ def cpu_per_rollout(cpu: dict[str, float], rollouts: int) -> dict[str, float]:
         role = name.rstrip("0123456789")
         by_role[role] = by_role.get(role, 0.0) + seconds
     return {role: round(s * 1000 / max(rollouts, 1), 3) for role, s in by_role.items()}
-
-
-def cpu_all(procs: Workers, others: dict[str, int]) -> dict[str, float]:
-    out = procs.cpu()
-    out.update({name: cpu_s(pid) for name, pid in others.items()})
-    out["bench"] = time.process_time()
-    out["machine"] = machine_cpu_s()
-    return out
-
-
-def machine_cpu_s() -> float:
-    """CPU seconds every process on the machine has used (user+nice+system+irq+softirq)."""
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    return sum(int(fields[i]) for i in (0, 1, 2, 5, 6)) / TICK
 
 
 def run_latency(
@@ -490,28 +377,9 @@ def run_latency(
     thread.start()
     p = Producer(kafka, "bench")
     try:
-        warm = make_rollouts(4 * N, seed=7, prefix="warm")
-        for r in warm:
-            p.send_raw("rollouts.raw", encode(r), r.group_id)
-        p.flush()
-        deadline = time.time() + 180
-        while len(seen) < 4 and time.time() < deadline:
-            if procs.check():
-                raise RuntimeError(procs.check())
-            time.sleep(0.1)
-        if len(seen) < 4:
-            raise RuntimeError(f"warm-up groups did not come out; logs in {logdir}")
-        time.sleep(2.0)
+        warm_up(p, procs, seen, logdir)
         todo = make_rollouts(int(rate * seconds), seed=8)
-        t0 = time.time()
-        for i, r in enumerate(todo):
-            delay = t0 + i / rate - time.time()
-            if delay > 0:
-                time.sleep(delay)
-            r.produced_at = time.time()
-            p.send_raw("rollouts.raw", encode(r), r.group_id)
-        p.flush()
-        sent = time.time() - t0
+        sent = publish_paced(p, todo, rate)
         end = time.time() + 60
         while len(seen) < 4 + len(todo) // N and time.time() < end:
             time.sleep(0.1)
@@ -520,10 +388,6 @@ def run_latency(
         thread.join()
         consumer.close()
         procs.stop()
-
-    def ms(xs: list[float], q: float) -> float | None:
-        return round(float(np.percentile(xs, q)) * 1000, 1) if xs else None
-
     return {
         "partitions": partitions,
         "rate_per_s": rate,
@@ -532,12 +396,45 @@ def run_latency(
         "groups_accounted": len(seen) - 4,
         "groups_expected": len(todo) // N,
         "kept_groups": len(group_lat),
-        "rollout_p50_ms": ms(rollout_lat, 50),
-        "rollout_p99_ms": ms(rollout_lat, 99),
-        "rollout_max_ms": ms(rollout_lat, 100),
-        "group_p50_ms": ms(group_lat, 50),  # from the group's last sample
-        "group_p99_ms": ms(group_lat, 99),
+        "rollout_p50_ms": percentile_ms(rollout_lat, 50),
+        "rollout_p99_ms": percentile_ms(rollout_lat, 99),
+        "rollout_max_ms": percentile_ms(rollout_lat, 100),
+        "group_p50_ms": percentile_ms(group_lat, 50),  # from the group's last sample
+        "group_p99_ms": percentile_ms(group_lat, 99),
     }
+
+
+def warm_up(p: Any, procs: Workers, seen: set[str], logdir: Path) -> None:
+    """4 groups through scorer and filter (up to 180 s), then 2 s more: the workers have
+    joined and warmed up before the measured rollouts go out."""
+    for r in make_rollouts(4 * N, seed=7, prefix="warm"):
+        p.send_raw("rollouts.raw", encode(r), r.group_id)
+    p.flush()
+    deadline = time.time() + 180
+    while len(seen) < 4 and time.time() < deadline:
+        if procs.check():
+            raise RuntimeError(procs.check())
+        time.sleep(0.1)
+    if len(seen) < 4:
+        raise RuntimeError(f"warm-up groups did not come out; logs in {logdir}")
+    time.sleep(2.0)
+
+
+def publish_paced(p: Any, rollouts: list[Rollout], rate: float) -> float:
+    """Send `rollouts` at `rate`/s, each stamped as it goes; the seconds it took."""
+    t0 = time.time()
+    for i, r in enumerate(rollouts):
+        delay = t0 + i / rate - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        r.produced_at = time.time()
+        p.send_raw("rollouts.raw", encode(r), r.group_id)
+    p.flush()
+    return time.time() - t0
+
+
+def percentile_ms(xs: list[float], q: float) -> float | None:
+    return round(float(np.percentile(xs, q)) * 1000, 1) if xs else None
 
 
 # ---- main --------------------------------------------------------------------------------
