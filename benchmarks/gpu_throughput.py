@@ -25,9 +25,11 @@ CPU check (tiny, seconds):   python benchmarks/gpu_throughput.py --tiny --second
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import platform
+import random
 import shutil
 import statistics
 import subprocess
@@ -119,7 +121,7 @@ def to_batch(reqs: list[Any], outs: list[list[Any]], seq: int) -> Any:
     return syn.train_batch(groups, seq=seq, batch_id=f"bench-{seq}")
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tiny", action="store_true", help="a tiny model (CPU check)")
     ap.add_argument("--seconds", type=float, default=150.0, help="length of the measured loop")
@@ -130,120 +132,164 @@ def main() -> int:
     ap.add_argument("--store", default=None, help="weight store (default /dev/shm or tmp)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu_throughput.json"))
     args = ap.parse_args()
-    use_checkout()
-    import random
-
-    import torch
-
-    from rollstream.services.generator.backend import GenRequest
-    from rollstream.services.generator.backend_hf import HFBackend
-    from rollstream.services.learner.config import LearnerConfig
-    from rollstream.services.learner.trainer import Trainer
-    from rollstream.services.models.load import load_model
-    from rollstream.services.models.synthetic import QWEN2_0_5B_SIZES, TINY_SIZES, build_hf_model
-    from rollstream.services.models.weights import fetch_state, publish_version
-
-    cuda = torch.cuda.is_available()
-    device = "cuda" if cuda else "cpu"
     if args.tiny:
         args.prompts, args.n, args.prompt_len, args.max_tokens = 4, 4, 16, 16
+    return args
+
+
+@dataclasses.dataclass
+class Totals:
+    """Seconds and tokens of the measured loop, summed over its rounds."""
+
+    rounds: int = 0
+    gen_s: float = 0.0
+    train_s: float = 0.0
+    swap_s: float = 0.0
+    gen_tokens: int = 0
+    train_tokens: int = 0
+    swaps: list[float] = dataclasses.field(default_factory=list)  # seconds of each swap
+
+
+class Loop:
+    """One GPU's colocated RL: the generator's transformers backend samples, the learner's
+    Trainer trains on exactly those samples, and each version is published and loaded back."""
+
+    def __init__(self, args: argparse.Namespace, model_dir: Path, store: Path) -> None:
+        import torch
+
+        from rollstream.services.generator.backend_hf import HFBackend
+        from rollstream.services.learner.config import LearnerConfig
+        from rollstream.services.learner.trainer import Trainer
+        from rollstream.services.models.load import load_model
+
+        self.args, self.store = args, store
+        self.cuda = torch.cuda.is_available()
+        self.device = "cuda" if self.cuda else "cpu"
+        self.gen = HFBackend(str(model_dir), device=self.device)  # bf16 on CUDA, fp32 on CPU
+        model = load_model(model_dir, device=self.device, dtype="float32")
+        self.params = sum(p.numel() for p in model.parameters())
+        cfg = LearnerConfig(objective="grpo", lr=1e-6, max_grad_norm=1.0)
+        autocast = torch.bfloat16 if self.cuda else None
+        self.trainer = Trainer(cfg, model, device=self.device, autocast_dtype=autocast, pad_id=0)
+        self.rng = random.Random(0)
+
+    def requests(self, seq: int) -> list[Any]:
+        from rollstream.services.generator.backend import GenRequest
+
+        vocab, a = len(self.gen.tokenizer), self.args
+        return [
+            GenRequest(
+                f"s{seq}p{i}",
+                [self.rng.randrange(3, vocab) for _ in range(a.prompt_len)],
+                n=a.n,
+                temperature=1.0,
+                max_tokens=a.max_tokens,
+            )  # fmt: skip
+            for i in range(a.prompts)
+        ]
+
+    def sync(self) -> None:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+
+    def warm_up(self) -> None:
+        """One round, not measured."""
+        reqs = self.requests(0)
+        self.trainer.train(to_batch(reqs, self.gen.generate(reqs), 1))
+        self.sync()
+
+    def round(self, t: Totals) -> None:
+        """Generate, train, swap once; add the seconds and tokens to `t`."""
+        t.rounds += 1
+        reqs = self.requests(t.rounds)
+        t0 = time.perf_counter()
+        outs = self.gen.generate(reqs)
+        self.sync()
+        t.gen_s += time.perf_counter() - t0
+        t.gen_tokens += sum(len(s.completion_ids) for o in outs for s in o)
+        batch = to_batch(reqs, outs, t.rounds + 1)
+        pairs = zip(reqs, outs, strict=True)
+        t.train_tokens += sum(
+            len(r.prompt_ids) + len(s.completion_ids) for r, o in pairs for s in o
+        )
+        t0 = time.perf_counter()
+        self.trainer.train(batch)
+        self.sync()
+        t.train_s += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.swap(t.rounds)
+        t.swaps.append(time.perf_counter() - t0)
+        t.swap_s += t.swaps[-1]
+
+    def swap(self, version: int) -> None:
+        """Publish the trained version and load it into the generator."""
+        from rollstream.services.models.weights import fetch_state, publish_version
+
+        upd = publish_version(
+            self.trainer.model, store=str(self.store), policy="bench", version=version, keep=2,
+            wire_dtype="bfloat16" if self.cuda else None,
+        )  # fmt: skip
+        _, state = fetch_state(
+            upd.uri, upd.sha256, size_bytes=upd.size_bytes,
+            chunk_bytes=upd.chunk_bytes, pinned=self.gen.pinned,
+        )  # fmt: skip
+        self.gen.load_state(state)  # the generator's path: one verified read, in place
+        self.sync()
+
+
+def measure(args: argparse.Namespace, work: Path, store: Path) -> dict[str, Any]:
+    """Build the model, warm up, run the loop for --seconds; the result to write."""
+    import torch
+
+    from rollstream.services.models.synthetic import QWEN2_0_5B_SIZES, TINY_SIZES, build_hf_model
+
+    t0 = time.perf_counter()
+    sizes = TINY_SIZES if args.tiny else QWEN2_0_5B_SIZES
+    model_dir = build_hf_model(work / "model", arch="qwen2", sizes=sizes, dtype="bfloat16")
+    build_s = time.perf_counter() - t0
+    loop = Loop(args, model_dir, store)
+    print(f"{loop.params / 1e6:.1f}M parameters on {loop.device}; built in {build_s:.0f}s")
+    loop.warm_up()
+    t = Totals()
+    with GpuSampler() as gpu:
+        start = time.perf_counter()
+        while time.perf_counter() - start < args.seconds:
+            loop.round(t)
+        wall = time.perf_counter() - start
+    return {
+        "benchmark": "gpu_throughput",
+        "model": "qwen2 random-init" + (" tiny" if args.tiny else " 0.5B shape"),
+        "params": loop.params,
+        "device": loop.device,
+        "gpu": torch.cuda.get_device_name(0) if loop.cuda else None,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "shape": {k: getattr(args, k) for k in ("prompts", "n", "prompt_len", "max_tokens")},
+        "rounds": t.rounds,
+        "wall_s": wall,
+        "generate_s": t.gen_s,
+        "train_s": t.train_s,
+        "swap_s": t.swap_s,
+        "generated_tokens": t.gen_tokens,
+        "generated_tokens_per_s": t.gen_tokens / t.gen_s if t.gen_s else None,
+        "learner_tokens_per_s": t.train_tokens / t.train_s if t.train_s else None,
+        "learner_idle_fraction": 1 - t.train_s / wall,
+        "swap_s_median": statistics.median(t.swaps) if t.swaps else None,
+        "gpu_util": gpu.summary(),
+    }
+
+
+def main() -> int:
+    args = parse_args()
+    use_checkout()
     work = Path(tempfile.mkdtemp(prefix="rollstream-gputp-"))
     shm = Path("/dev/shm")
     store = Path(args.store or (shm if shm.is_dir() else work))
     store = Path(tempfile.mkdtemp(prefix="rollstream-gputp-store-", dir=store))
     try:
-        t0 = time.perf_counter()
-        sizes = TINY_SIZES if args.tiny else QWEN2_0_5B_SIZES
-        model_dir = build_hf_model(work / "model", arch="qwen2", sizes=sizes, dtype="bfloat16")
-        build_s = time.perf_counter() - t0
-        gen = HFBackend(str(model_dir), device=device)  # bf16 on CUDA, fp32 on CPU
-        model = load_model(model_dir, device=device, dtype="float32")
-        params = sum(p.numel() for p in model.parameters())
-        cfg = LearnerConfig(objective="grpo", lr=1e-6, max_grad_norm=1.0)
-        trainer = Trainer(
-            cfg, model, device=device, autocast_dtype=torch.bfloat16 if cuda else None, pad_id=0
-        )
-        print(f"{params / 1e6:.1f}M parameters on {device}; built in {build_s:.0f}s")
-        rng = random.Random(0)
-        vocab = len(gen.tokenizer)
-
-        def requests(seq: int) -> list[Any]:
-            return [
-                GenRequest(
-                    f"s{seq}p{i}",
-                    [rng.randrange(3, vocab) for _ in range(args.prompt_len)],
-                    n=args.n,
-                    temperature=1.0,
-                    max_tokens=args.max_tokens,
-                )  # fmt: skip
-                for i in range(args.prompts)
-            ]
-
-        def sync() -> None:
-            if cuda:
-                torch.cuda.synchronize()
-
-        # warm-up: one round, not measured
-        reqs = requests(0)
-        trainer.train(to_batch(reqs, gen.generate(reqs), 1))
-        sync()
-        gen_s = train_s = swap_s = 0.0
-        gen_tokens = train_tokens = rounds = 0
-        swaps: list[float] = []
-        with GpuSampler() as gpu:
-            start = time.perf_counter()
-            while time.perf_counter() - start < args.seconds:
-                rounds += 1
-                reqs = requests(rounds)
-                t = time.perf_counter()
-                outs = gen.generate(reqs)
-                sync()
-                gen_s += time.perf_counter() - t
-                gen_tokens += sum(len(s.completion_ids) for o in outs for s in o)
-                batch = to_batch(reqs, outs, rounds + 1)
-                pairs = zip(reqs, outs, strict=True)
-                train_tokens += sum(
-                    len(r.prompt_ids) + len(s.completion_ids) for r, o in pairs for s in o
-                )
-                t = time.perf_counter()
-                trainer.train(batch)
-                sync()
-                train_s += time.perf_counter() - t
-                t = time.perf_counter()
-                upd = publish_version(
-                    trainer.model, store=str(store), policy="bench", version=rounds, keep=2,
-                    wire_dtype="bfloat16" if cuda else None,
-                )  # fmt: skip
-                _, state = fetch_state(
-                    upd.uri, upd.sha256, size_bytes=upd.size_bytes,
-                    chunk_bytes=upd.chunk_bytes, pinned=gen.pinned,
-                )  # fmt: skip
-                gen.load_state(state)  # the generator's path: one verified read, in place
-                sync()
-                swaps.append(time.perf_counter() - t)
-                swap_s += swaps[-1]
-            wall = time.perf_counter() - start
-        result: dict[str, Any] = {
-            "benchmark": "gpu_throughput",
-            "model": "qwen2 random-init" + (" tiny" if args.tiny else " 0.5B shape"),
-            "params": params,
-            "device": device,
-            "gpu": torch.cuda.get_device_name(0) if cuda else None,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "shape": {k: getattr(args, k) for k in ("prompts", "n", "prompt_len", "max_tokens")},
-            "rounds": rounds,
-            "wall_s": wall,
-            "generate_s": gen_s,
-            "train_s": train_s,
-            "swap_s": swap_s,
-            "generated_tokens": gen_tokens,
-            "generated_tokens_per_s": gen_tokens / gen_s if gen_s else None,
-            "learner_tokens_per_s": train_tokens / train_s if train_s else None,
-            "learner_idle_fraction": 1 - train_s / wall,
-            "swap_s_median": statistics.median(swaps) if swaps else None,
-            "gpu_util": gpu.summary(),
-        }
+        result = measure(args, work, store)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(store, ignore_errors=True)
