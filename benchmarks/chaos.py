@@ -19,6 +19,7 @@ calls for the short CI variant.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,7 @@ def run_chaos(
     result: dict[str, Any] = {"name": name, "minutes": minutes, "seed": seed, "kills": []}
     result["pause_s"] = pause_s
     t0 = time.time()
+    run = workdir / "runs" / name
     with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
         assert broker.proc is not None
         cmd = [sys.executable, "-m", "rollstream.services.cli", "up", "--no-view"]
@@ -81,69 +84,102 @@ def run_chaos(
             stderr=subprocess.STDOUT,
             text=True,
         )
-        lines: list[str] = []
-        reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
-        reader.start()
-        run = workdir / "runs" / name
-        start, total = time.time(), minutes * 60
-        # kills between 15 % and 85 % of the run; the pause at 50 %
-        times = sorted(rng.uniform(0.15, 0.85) * total for _ in range(kills))
-        plan: list[str] = []
-        pause_at = 0.5 * total if pause_s > 0 else None
-        try:
-            while proc.poll() is None and (times or pause_at is not None):
-                now = time.time() - start
-                if pause_at is not None and now >= pause_at:
-                    os.kill(broker.proc.pid, signal.SIGSTOP)
-                    try:
-                        time.sleep(pause_s)
-                    finally:
-                        os.kill(broker.proc.pid, signal.SIGCONT)
-                    result["paused_at_s"] = round(now, 1)
-                    pause_at = None
-                    continue
-                if times and now >= times[0]:
-                    procs = json.loads((run / "procs.json").read_text())
-                    if not plan:
-                        result["processes"] = sorted(procs)
-                        plan = kill_plan(list(procs), kills, rng)
-                    victim = plan[len(result["kills"]) + len(result.get("missed", []))]
-                    pid = procs.get(victim, {}).get("pid")
-                    if pid is None and now - times[0] < KILL_WAIT_S:
-                        time.sleep(0.5)  # being restarted: kill it once it is back
-                        continue
-                    times.pop(0)
-                    try:
-                        assert pid is not None
-                        os.kill(pid, signal.SIGKILL)
-                        result["kills"].append([round(now, 1), victim])
-                    except (AssertionError, ProcessLookupError):
-                        result.setdefault("missed", []).append([round(now, 1), victim])
-                time.sleep(0.5)
+        with output_of(proc) as lines:
+            total = minutes * 60
+            disturb(proc, broker.proc.pid, run, result, rng, total=total, kills=kills)
             proc.wait(timeout=total + 600)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            reader.join(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
     result["wall_s"] = round(time.time() - t0, 1)
     result["returncode"] = proc.returncode
     result["output_tail"] = "".join(lines)[-3000:]
+    result.update(outcome(run, result))
+    return result
+
+
+@contextlib.contextmanager
+def output_of(proc: subprocess.Popen[str]) -> Iterator[list[str]]:
+    """The lines `proc` prints (stdout), collected by a thread as they come; on the way out
+    `proc` is killed if it still runs, and its pipe closed."""
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
+    reader.start()
+    try:
+        yield lines
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def disturb(
+    proc: subprocess.Popen[str],
+    broker_pid: int,
+    run: Path,
+    result: dict[str, Any],
+    rng: random.Random,
+    *,
+    total: float,
+    kills: int,
+) -> None:
+    """While `up` (`proc`) runs: `kills` SIGKILLs of its processes (from `run`/procs.json) at
+    random times between 15 % and 85 % of `total` seconds, and the broker's SIGSTOP of
+    result["pause_s"] at 50 %; each recorded in `result` (kills, missed, paused_at_s,
+    processes)."""
+    start = time.time()
+    times = sorted(rng.uniform(0.15, 0.85) * total for _ in range(kills))
+    plan: list[str] = []
+    pause_s = result["pause_s"]
+    pause_at = 0.5 * total if pause_s > 0 else None
+    while proc.poll() is None and (times or pause_at is not None):
+        now = time.time() - start
+        if pause_at is not None and now >= pause_at:
+            os.kill(broker_pid, signal.SIGSTOP)
+            try:
+                time.sleep(pause_s)
+            finally:
+                os.kill(broker_pid, signal.SIGCONT)
+            result["paused_at_s"] = round(now, 1)
+            pause_at = None
+            continue
+        if times and now >= times[0]:
+            procs = json.loads((run / "procs.json").read_text())
+            if not plan:
+                result["processes"] = sorted(procs)
+                plan = kill_plan(list(procs), kills, rng)
+            victim = plan[len(result["kills"]) + len(result.get("missed", []))]
+            pid = procs.get(victim, {}).get("pid")
+            if pid is None and now - times[0] < KILL_WAIT_S:
+                time.sleep(0.5)  # being restarted: kill it once it is back
+                continue
+            times.pop(0)
+            try:
+                assert pid is not None
+                os.kill(pid, signal.SIGKILL)
+                result["kills"].append([round(now, 1), victim])
+            except (AssertionError, ProcessLookupError):
+                result.setdefault("missed", []).append([round(now, 1), victim])
+        time.sleep(0.5)
+
+
+def outcome(run: Path, result: dict[str, Any]) -> dict[str, Any]:
+    """The run's ledger, first and last held-out accuracy, restarts per process, and the
+    processes no kill in `result` reached."""
+    out: dict[str, Any] = {}
     ledger = json.loads((run / "ledger.json").read_text())["ledger"]
     evals = [json.loads(x) for x in (run / "eval.jsonl").read_text().splitlines()]
-    result["ledger"] = ledger
-    result["evaluations"] = len(evals)
-    result["accuracy_first"] = evals[0]["accuracy"]
-    result["accuracy_last"] = evals[-1]["accuracy"]
-    result["gain"] = evals[-1]["accuracy"] - evals[0]["accuracy"]
-    result["restarts"] = {
+    out["ledger"] = ledger
+    out["evaluations"] = len(evals)
+    out["accuracy_first"] = evals[0]["accuracy"]
+    out["accuracy_last"] = evals[-1]["accuracy"]
+    out["gain"] = evals[-1]["accuracy"] - evals[0]["accuracy"]
+    out["restarts"] = {
         k: v.get("restarts", 0) for k, v in json.loads((run / "procs.json").read_text()).items()
     }
     killed = {victim for _, victim in result["kills"]}
-    result["not_killed"] = sorted(set(result.get("processes", [])) - killed)
-    return result
+    out["not_killed"] = sorted(set(result.get("processes", [])) - killed)
+    return out
 
 
 def verdict(chaos: dict[str, Any], calm: dict[str, Any], min_ratio: float = 0.8) -> dict[str, Any]:
