@@ -50,31 +50,15 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+SHAPE = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+         "num_key_value_heads", "vocab_size")  # fmt: skip
 SIZES = {
-    "0.5b": dict(
-        hidden_size=896,
-        intermediate_size=4864,
-        num_hidden_layers=24,
-        num_attention_heads=14,
-        num_key_value_heads=2,
-        vocab_size=151936,
-    ),
-    "50m": dict(
-        hidden_size=512,
-        intermediate_size=1536,
-        num_hidden_layers=8,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        vocab_size=32000,
-    ),
-    "tiny": dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        vocab_size=1000,
-    ),
+    name: dict(zip(SHAPE, row, strict=True))
+    for name, row in {
+        "0.5b": (896, 4864, 24, 14, 2, 151936),  # Qwen2.5-0.5B
+        "50m": (512, 1536, 8, 8, 2, 32000),
+        "tiny": (64, 128, 2, 2, 1, 1000),
+    }.items()
 }
 
 
