@@ -96,7 +96,6 @@ def publish_version(
     from rollstream.schemas import WeightUpdate
 
     clock = _Clock(phases)
-
     staging = (
         _local_path(store)
         if _is_local(store)
@@ -114,17 +113,7 @@ def publish_version(
     )
     del tensors
     with clock("other_files"):
-        if hasattr(model, "config"):
-            cfg = model.config
-            if wire_dtype is not None:  # say what the file holds: loaders default to it
-                cfg = type(cfg).from_dict(cfg.to_dict())
-                cfg.dtype = wire_dtype
-            cfg.save_pretrained(str(tmp))
-        if model_dir is not None:
-            for name in TOKENIZER_FILES:
-                src = Path(model_dir) / name
-                if src.exists():
-                    shutil.copy2(src, tmp / name)
+        _write_config_and_tokenizer(model, tmp, model_dir, wire_dtype)
         files = {
             p.name: weights_digest if p.name == WEIGHTS_FILE else sha256_file(p)
             for p in sorted(tmp.iterdir())
@@ -135,17 +124,7 @@ def publish_version(
         if final_local.exists():
             shutil.rmtree(final_local)
         tmp.rename(final_local)  # atomic on one filesystem: readers see all or nothing
-    if _is_local(store):
-        uri = str(final_local.resolve())
-        _prune_local(final_local.parent, keep)
-    else:
-        uri = _upload(
-            final_local,
-            f"{store.rstrip('/')}/{policy}/{version_dir_name(version)}",
-            storage_options or {},
-            keep,
-        )
-        shutil.rmtree(final_local)
+    uri = _place_in_store(final_local, store, policy, version, storage_options or {}, keep)
     return WeightUpdate(
         policy=policy,
         version=version,
@@ -158,6 +137,40 @@ def publish_version(
         step=step,
         produced_at=time.time(),
     )
+
+
+def _write_config_and_tokenizer(
+    model: Any, out: Path, model_dir: str | Path | None, wire_dtype: str | None
+) -> None:
+    """config.json from `model` (if it has a config; its dtype set to `wire_dtype` when the
+    weights are cast), and the tokenizer files found in `model_dir`, into `out`."""
+    if hasattr(model, "config"):
+        cfg = model.config
+        if wire_dtype is not None:  # say what the file holds: loaders default to it
+            cfg = type(cfg).from_dict(cfg.to_dict())
+            cfg.dtype = wire_dtype
+        cfg.save_pretrained(str(out))
+    if model_dir is not None:
+        for name in TOKENIZER_FILES:
+            src = Path(model_dir) / name
+            if src.exists():
+                shutil.copy2(src, out / name)
+
+
+def _place_in_store(
+    local: Path, store: str, policy: str, version: int, storage_options: dict[str, Any], keep: int
+) -> str:
+    """The URI of the finished version directory `local`: in a local store it is already in
+    place (older versions past `keep` pruned); else it is uploaded and the local copy removed."""
+    if _is_local(store):
+        uri = str(local.resolve())
+        _prune_local(local.parent, keep)
+        return uri
+    uri = _upload(
+        local, f"{store.rstrip('/')}/{policy}/{version_dir_name(version)}", storage_options, keep
+    )
+    shutil.rmtree(local)
+    return uri
 
 
 class _Clock:
