@@ -228,83 +228,92 @@ def deliver_fetches_in_one_task() -> None:
     faust drops it, and read again from the committed offsets). Read offsets, gaps,
     `commit_every` and the periodic yield are kept as faust has them (a patch applied once per
     process, to the faust-streaming 0.15 loop)."""
-    import asyncio
-
-    from faust.transport.consumer import CONSUMER_FETCHING, Consumer
+    from faust.transport.consumer import Consumer
 
     if getattr(Consumer, "_rollstream_batch_delivery", False):
         return
-
-    async def _drain_messages(self: Any, fetcher: Any) -> None:
-        callback = self.callback
-        getmany = self.getmany
-        consumer_should_stop = self._stopped.is_set
-        fetcher_should_stop = fetcher._stopped.is_set
-        get_read_offset = self._read_offset.__getitem__
-        set_read_offset = self._read_offset.__setitem__
-        set_flag = self.diag.set_flag
-        unset_flag = self.diag.unset_flag
-        acks_enabled_for = self.app.topics.acks_enabled_for
-        yield_every = 100
-        sleep = asyncio.sleep
-
-        async def deliver(first: tuple[Any, Any], ait: Any) -> None:
-            num_since_yield = 0
-            item = first
-            while True:
-                tp, message = item
-                num_since_yield += 1
-                if num_since_yield > yield_every:
-                    await sleep(0)
-                    num_since_yield = 0
-                offset = message.offset
-                r_offset = get_read_offset(tp)
-                if r_offset is None or offset >= r_offset:
-                    gap = offset - (r_offset or 0)
-                    if gap > 1 and r_offset and acks_enabled_for(message.topic):
-                        await self._add_gap(tp, r_offset + 1, offset)
-                    commit_every = self._commit_every
-                    if commit_every is not None and self._n_acked >= commit_every:
-                        self._n_acked = 0
-                        await self.commit()
-                    await callback(message)
-                    set_read_offset(tp, offset)
-                try:
-                    item = await ait.__anext__()
-                except StopAsyncIteration:
-                    return
-
-        try:
-            while not (consumer_should_stop() or fetcher_should_stop()):
-                set_flag(CONSUMER_FETCHING)
-                ait = getmany(timeout=1.0).__aiter__()
-                await self.sleep(0)
-                if not self.should_stop:
-                    try:
-                        first = await ait.__anext__()  # waits for the fetch, as faust does
-                    except StopAsyncIteration:
-                        first = None
-                    if first is not None:
-                        await self.wait_first(deliver(first, ait), self.suspend_flow.wait())
-                    unset_flag(CONSUMER_FETCHING)
-        except self.consumer_stopped_errors:
-            if self.transport.app.should_stop:
-                self.log.info("Broker stopped consumer, shutting down...")
-                return
-            raise
-        except asyncio.CancelledError:
-            if self.transport.app.should_stop:
-                self.log.info("Consumer shutting down for user cancel.")
-                return
-            raise
-        except Exception as exc:
-            self.log.exception("Drain messages raised: %r", exc)
-            raise
-        finally:
-            unset_flag(CONSUMER_FETCHING)
-
     Consumer._drain_messages = _drain_messages  # type: ignore[method-assign]
     Consumer._rollstream_batch_delivery = True  # type: ignore[attr-defined]
+
+
+async def _drain_messages(self: Any, fetcher: Any) -> None:
+    """faust's Consumer._drain_messages, each fetched batch raced as one delivery (see
+    deliver_fetches_in_one_task); `self` is the faust Consumer."""
+    import asyncio
+
+    from faust.transport.consumer import CONSUMER_FETCHING
+
+    consumer_should_stop = self._stopped.is_set
+    fetcher_should_stop = fetcher._stopped.is_set
+    getmany = self.getmany
+    set_flag = self.diag.set_flag
+    unset_flag = self.diag.unset_flag
+    try:
+        while not (consumer_should_stop() or fetcher_should_stop()):
+            set_flag(CONSUMER_FETCHING)
+            ait = getmany(timeout=1.0).__aiter__()
+            await self.sleep(0)
+            if not self.should_stop:
+                try:
+                    first = await ait.__anext__()  # waits for the fetch, as faust does
+                except StopAsyncIteration:
+                    first = None
+                if first is not None:
+                    await self.wait_first(_deliver(self, first, ait), self.suspend_flow.wait())
+                unset_flag(CONSUMER_FETCHING)
+    except self.consumer_stopped_errors:
+        if self.transport.app.should_stop:
+            self.log.info("Broker stopped consumer, shutting down...")
+            return
+        raise
+    except asyncio.CancelledError:
+        if self.transport.app.should_stop:
+            self.log.info("Consumer shutting down for user cancel.")
+            return
+        raise
+    except Exception as exc:
+        self.log.exception("Drain messages raised: %r", exc)
+        raise
+    finally:
+        unset_flag(CONSUMER_FETCHING)
+
+
+async def _deliver(self: Any, first: tuple[Any, Any], ait: Any) -> None:
+    """Hand `first` and the rest of the fetched batch `ait` ((tp, message) pairs) to the
+    streams as faust's loop does: read offsets and gaps kept, `commit_every` honoured, a yield
+    to the event loop every 100 messages."""
+    import asyncio
+
+    callback = self.callback
+    get_read_offset = self._read_offset.__getitem__
+    set_read_offset = self._read_offset.__setitem__
+    acks_enabled_for = self.app.topics.acks_enabled_for
+    yield_every = 100
+    sleep = asyncio.sleep
+    num_since_yield = 0
+    item = first
+    while True:
+        tp, message = item
+        num_since_yield += 1
+        if num_since_yield > yield_every:
+            await sleep(0)
+            num_since_yield = 0
+        offset = message.offset
+        r_offset = get_read_offset(tp)
+        if r_offset is None or offset >= r_offset:
+            gap = offset - (r_offset or 0)
+            if gap > 1 and r_offset and acks_enabled_for(message.topic):
+                await self._add_gap(tp, r_offset + 1, offset)
+            commit_every = self._commit_every
+            if commit_every is not None and self._n_acked >= commit_every:
+                self._n_acked = 0
+                await self.commit()
+            await callback(message)
+            set_read_offset(tp, offset)
+        try:
+            item = await ait.__anext__()
+        except StopAsyncIteration:
+            return
 
 
 async def seek_to_committed_or_reset(consumer: Any, reset: str = "earliest") -> dict[Any, Any]:
