@@ -1,6 +1,8 @@
 """What the generator integration tests share: the generator as a subprocess (`rollstream run
-generator`) with a known metrics port, a tap on `rollouts.raw`, prompt and weight publishing.
-The tiny models and the transformers references are in tests/tiny_llama.py."""
+generator`) with a known metrics port, a tap on `rollouts.raw`, prompt and weight publishing,
+and the module-scoped fixtures `kafka`, `models` and `tap` (a test module imports them: one
+namespace, one pair of model versions and one tap serve all its tests). The tiny models and
+the transformers references are in tests/tiny_llama.py."""
 
 from __future__ import annotations
 
@@ -12,12 +14,14 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+from polling import wait_until
 from prometheus_client.parser import text_string_to_metric_families
-from tiny_llama import hf_logprobs
+from tiny_llama import VLLM_SIZES, hf_greedy, hf_logprobs, hf_model, two_versions
 
 from rollstream.schemas import PromptTask, Rollout, Sampling, WeightUpdate
 from rollstream.services.runtime.bus import Consumer, Producer, Record
@@ -35,21 +39,42 @@ def namespace(bootstrap: str) -> KafkaSettings:
     return kafka
 
 
+PROMPTS = ["12+34=", "sort 9317:", "hello world"]
+EOS = 2
+
+
+@pytest.fixture(scope="module", name="kafka")
+def module_kafka(bootstrap: str) -> KafkaSettings:
+    return namespace(bootstrap)
+
+
+@pytest.fixture(scope="module", name="models")
+def model_versions(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two tiny Llamas, "v0" and "v1", with peaked heads (greedy output is stable)."""
+    return two_versions(tmp_path_factory.mktemp("gen-models"), VLLM_SIZES, head_scale=20.0)
+
+
+@pytest.fixture(scope="module", name="tap")
+def rollout_tap(kafka: KafkaSettings) -> Iterator[RolloutTap]:
+    with RolloutTap(kafka) as t:
+        yield t
+
+
+def greedy_per_version(models: dict[str, Path]) -> dict[str, list[list[int]]]:
+    """transformers' greedy completions (24 tokens at most) of PROMPTS under "v0" and "v1";
+    asserts that they differ, else a test could not tell which version sampled."""
+    from rollstream.services.models.tokenizer import build_tokenizer
+
+    prompts = [build_tokenizer().encode(p) for p in PROMPTS]
+    want = {v: [hf_greedy(hf_model(models[v]), p, 24, EOS) for p in prompts] for v in ("v0", "v1")}
+    assert want["v0"] != want["v1"]
+    return want
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_until(cond: Callable[[], Any], timeout_s: float, what: str, every: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        time.sleep(every)
 
 
 class GeneratorProcess:

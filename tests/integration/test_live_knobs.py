@@ -6,18 +6,18 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from polling import read_for, wait_until
 
-from rollstream.schemas import PromptTask, WeightUpdate
+from rollstream.schemas import WeightUpdate
 from rollstream.services.cli import main
 from rollstream.services.feed.config import FeedConfig
 from rollstream.services.feed.curriculum import make_policy
 from rollstream.services.feed.items import build_pool
 from rollstream.services.feed.service import Feed
-from rollstream.services.runtime.bus import Consumer, Record
+from rollstream.services.runtime.bus import Consumer
 from rollstream.services.runtime.metrics import StageMetrics
 from rollstream.services.runtime.service import follow_control
 from rollstream.services.runtime.settings import KafkaSettings
@@ -27,21 +27,6 @@ pytestmark = pytest.mark.kafka
 
 def control(kafka: KafkaSettings, *argv: str) -> int:
     return main(["control", *argv, "--bootstrap", kafka.bootstrap, "--namespace", kafka.namespace])
-
-
-def read_for(consumer: Consumer, seconds: float) -> list[Record[PromptTask]]:
-    out: list[Record[PromptTask]] = []
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        out += consumer.poll(timeout_s=0.2)
-    return out
-
-
-def wait_until(check: Callable[[], bool], timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 def test_the_feed_follows_its_live_knobs_and_an_unset_knob_reverts(kafka: KafkaSettings) -> None:
@@ -80,7 +65,11 @@ def test_the_feed_follows_its_live_knobs_and_an_unset_knob_reverts(kafka: KafkaS
         assert len(third) == 2
         assert all(r.value.sampling is None and r.value.n == 4 for r in third)
         assert control(kafka, "feed", "--unset", "max_ahead") == 0
-        wait_until(lambda: metrics.registry.get_sample_value("rollstream_feed_max_ahead") == 3)
+        wait_until(
+            lambda: metrics.registry.get_sample_value("rollstream_feed_max_ahead") == 3,
+            20,
+            "max_ahead back at 3",
+        )
         assert read_for(tap, 1.0) == []
         applied = {"result": "applied"}
         assert metrics.registry.get_sample_value("rollstream_feed_control_updates_total", applied)
@@ -131,15 +120,16 @@ def test_the_learner_follows_its_live_knobs_on_every_step(
         assert control(kafka, "learner", "lr=0.02", "prefetch=5", "publish_every=3") == 0
         assert control(kafka, "learner", "lr=-1") == 2
         assert control(kafka, "learner", "objective=ppo") == 2  # not live
-        wait_until(lambda: svc.poll_once(0.1) >= 0 and lr() == 0.02)
+        wait_until(lambda: svc.poll_once(0.1) >= 0 and lr() == 0.02, 20, "lr 0.02")
         assert svc.trainer.optimizer.param_groups[0]["lr"] == 0.02
         assert svc.trainer.cfg.publish_every == 3
-        wait_until(lambda: svc.poll_once(0.1) >= 0 and credits_total() == 5)  # 0 received + 5
+        # 0 received + 5
+        wait_until(lambda: svc.poll_once(0.1) >= 0 and credits_total() == 5, 20, "5 credits")
 
         assert control(kafka, "learner", "--unset", "lr", "--unset", "prefetch") == 0
-        wait_until(lambda: svc.poll_once(0.1) >= 0 and lr() == 1e-3)
+        wait_until(lambda: svc.poll_once(0.1) >= 0 and lr() == 1e-3, 20, "lr back at 1e-3")
         assert svc.trainer.cfg.publish_every == 3 and svc.trainer.cfg.prefetch == 2
-        wait_until(lambda: svc.poll_once(0.1) >= 0 and credits_total() == 2)
+        wait_until(lambda: svc.poll_once(0.1) >= 0 and credits_total() == 2, 20, "2 credits")
     finally:
         svc.close()
         credits.close()
@@ -189,17 +179,17 @@ def test_replay_follows_its_live_knobs_and_refuses_a_bad_one(kafka: KafkaSetting
         send("learner.feedback", credit, "learner")
         for i in range(4):
             send("groups.kept", group(f"a{i}"), f"a{i}")
-        wait_until(lambda: len(batches()) == 1)
+        wait_until(lambda: len(batches()) == 1, 20, "a first batch")
         bad = ControlUpdate(stage="replay", params={"batch_groups": 0}, revision=1, produced_at=0)
         send("control", bad, "replay")
-        wait_until(lambda: refused._value.get() == 1)
+        wait_until(lambda: refused._value.get() == 1, 20, "the bad revision to be refused")
         assert replay.buffer.cfg.batch_groups == 4
         good = ControlUpdate(stage="replay", params={"batch_groups": 2}, revision=2, produced_at=0)
         send("control", good, "replay")
-        wait_until(lambda: replay.buffer.cfg.batch_groups == 2)
+        wait_until(lambda: replay.buffer.cfg.batch_groups == 2, 20, "batch_groups 2")
         for i in range(4):
             send("groups.kept", group(f"b{i}"), f"b{i}")
-        wait_until(lambda: len(batches()) == 3)
+        wait_until(lambda: len(batches()) == 3, 20, "two more batches")
     finally:
         stop.set()
         worker.join(10)
