@@ -13,7 +13,7 @@ from typing import Any
 
 from rollstream.services.runtime.bus import Consumer
 from rollstream.services.runtime.config import RunConfig
-from rollstream.services.up.scrape import by_label, scrape, total
+from rollstream.services.up.scrape import drops_by_reason, scrape, total
 from rollstream.services.up.supervisor import Supervisor
 from rollstream.services.up.tbevents import EventWriter, WandbSink
 from rollstream.services.up.view import render, summarize_stage
@@ -182,14 +182,8 @@ class Loop:
             out[f"lag/{stage}"] = s["lag"]
         if "staleness" in stages.get("replay", {}):
             out["staleness/mean_at_handout"] = stages["replay"]["staleness"]
-        for stage, name in (
-            ("filter", "samples_dropped_total"),
-            ("replay", "dropped_rollouts_total"),
-        ):
-            for reason, v in by_label(
-                record.get(stage, {}), f"rollstream_{stage}_{name}", "reason"
-            ).items():
-                out[f"drops/{reason}"] = out.get(f"drops/{reason}", 0.0) + v
+        for reason, v in drops_by_reason(record).items():
+            out[f"drops/{reason}"] = v
         learner = record.get("learner", {})
         if "rollstream_learner_loss" in learner:
             out["learner/loss"] = total(learner, "rollstream_learner_loss")

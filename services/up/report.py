@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rollstream.services.up.scrape import by_label, total
+from rollstream.services.up.scrape import by_label, drops_by_reason, total
 
 STAGES = ("feed", "generator", "scorer", "filter", "replay", "learner")
 
@@ -163,18 +163,7 @@ def _plot_staleness(run: Path, hist: list[dict[str, Any]]) -> None:
 
 def _drops(hist: list[dict[str, Any]]) -> dict[str, float]:
     """Dropped rollouts by reason at the end of the run (the filter's and replay's)."""
-    drops: dict[str, float] = {}
-    if hist:
-        last = hist[-1]
-        for stage, name in (
-            ("filter", "samples_dropped_total"),
-            ("replay", "dropped_rollouts_total"),
-        ):
-            for k, v in by_label(
-                last.get(stage, {}), f"rollstream_{stage}_{name}", "reason"
-            ).items():
-                drops[k] = drops.get(k, 0.0) + v
-    return drops
+    return drops_by_reason(hist[-1]) if hist else {}
 
 
 def _plot_drops(run: Path, drops: dict[str, float]) -> None:

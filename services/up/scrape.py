@@ -48,3 +48,20 @@ def by_label(snapshot: dict[str, float], name: str, label: str) -> dict[str, flo
         if label in pairs:
             acc[pairs[label]] = acc.get(pairs[label], 0.0) + value
     return acc
+
+
+# The counters of rollouts that will never be trained, by reason: the filter's drops and the
+# groups replay let go of.
+DROP_COUNTERS = (
+    ("filter", "rollstream_filter_samples_dropped_total"),
+    ("replay", "rollstream_replay_dropped_rollouts_total"),
+)
+
+
+def drops_by_reason(record: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Dropped rollouts per reason in one record of snapshots by stage (filter and replay)."""
+    drops: dict[str, float] = {}
+    for stage, name in DROP_COUNTERS:
+        for reason, v in by_label(record.get(stage, {}), name, "reason").items():
+            drops[reason] = drops.get(reason, 0.0) + v
+    return drops
