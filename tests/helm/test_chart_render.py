@@ -31,39 +31,27 @@ STATEFUL = {"replay", "learner"}
 # require, with the types they require (KEDA's trigger metadata is string-valued).
 _META = {"type": "object", "required": ["name"]}
 _STR_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+
+
+def _monitor(endpoints: str) -> dict[str, Any]:
+    """A Prometheus-operator monitor: a selector and, under `endpoints`, at least one endpoint
+    naming its port."""
+    endpoint = {"required": ["port"], "properties": {"port": {"type": "string"}}}
+    return {
+        "required": ["metadata", "spec"],
+        "properties": {
+            "metadata": _META,
+            "spec": {
+                "required": ["selector", endpoints],
+                "properties": {endpoints: {"type": "array", "minItems": 1, "items": endpoint}},
+            },
+        },
+    }
+
+
 CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
-    ("monitoring.coreos.com/v1", "PodMonitor"): {
-        "required": ["metadata", "spec"],
-        "properties": {
-            "metadata": _META,
-            "spec": {
-                "required": ["selector", "podMetricsEndpoints"],
-                "properties": {
-                    "podMetricsEndpoints": {
-                        "type": "array",
-                        "minItems": 1,
-                        "items": {"required": ["port"], "properties": {"port": {"type": "string"}}},
-                    }
-                },
-            },
-        },
-    },
-    ("monitoring.coreos.com/v1", "ServiceMonitor"): {
-        "required": ["metadata", "spec"],
-        "properties": {
-            "metadata": _META,
-            "spec": {
-                "required": ["selector", "endpoints"],
-                "properties": {
-                    "endpoints": {
-                        "type": "array",
-                        "minItems": 1,
-                        "items": {"required": ["port"], "properties": {"port": {"type": "string"}}},
-                    }
-                },
-            },
-        },
-    },
+    ("monitoring.coreos.com/v1", "PodMonitor"): _monitor("podMetricsEndpoints"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): _monitor("endpoints"),
     ("keda.sh/v1alpha1", "ScaledObject"): {
         "required": ["metadata", "spec"],
         "properties": {

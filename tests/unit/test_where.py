@@ -105,20 +105,20 @@ def test_anything_outside_the_whitelist_is_refused_at_parse_time(expr: str) -> N
         Where(expr)
 
 
-def test_refusals_say_what_was_wrong() -> None:
-    with pytest.raises(WhereError, match="calling __import__\\(\\) is not allowed"):
-        Where("__import__('os')")
-    with pytest.raises(WhereError, match="'__class__'"):
-        Where("().__class__")
-    with pytest.raises(WhereError, match="Lambda"):
-        Where("lambda: 1")
-    with pytest.raises(WhereError, match="invalid expression"):
-        Where("reward >")
-
-
-def test_a_long_expression_is_refused() -> None:
-    with pytest.raises(WhereError, match="longer than"):
-        Where(" or ".join(["reward > 0"] * 400))
+@pytest.mark.parametrize(
+    ("expr", "error"),
+    [
+        ("__import__('os')", "calling __import__\\(\\) is not allowed"),
+        ("().__class__", "'__class__'"),
+        ("lambda: 1", "Lambda"),
+        ("reward >", "invalid expression"),
+        (" or ".join(["reward > 0"] * 400), "longer than"),
+    ],
+    ids=["import", "dunder", "lambda", "syntax", "long"],
+)
+def test_refusals_say_what_was_wrong(expr: str, error: str) -> None:
+    with pytest.raises(WhereError, match=error):
+        Where(expr)
 
 
 def test_field_names_are_checked_against_the_message_type_when_given() -> None:

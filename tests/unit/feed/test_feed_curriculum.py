@@ -114,18 +114,16 @@ def test_make_policy_names_a_bad_parameter() -> None:
         make_policy("nosuchpolicy")
 
 
-def test_make_policy_loads_a_user_policy_by_dotted_path(
-    tmp_path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    (tmp_path / "my_curriculum.py").write_text(
+def test_make_policy_loads_a_user_policy_by_dotted_path(user_code) -> None:
+    user_code(
+        "my_curriculum",
         "class SkipTask:\n"
         "    needs_stats = False\n"
         "    def __init__(self, task):\n"
         "        self.task = task\n"
         "    def decide(self, item, stats):\n"
-        "        return 'not_this_task' if item.task == self.task else None\n"
+        "        return 'not_this_task' if item.task == self.task else None\n",
     )
-    monkeypatch.syspath_prepend(str(tmp_path))
     policy = make_policy("my_curriculum:SkipTask", {"task": "add"})
     assert policy.decide(ITEM, None) == "not_this_task"
     assert policy.decide(FeedItem("sort-x", "sort", "sort 21=", "12"), None) is None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rollstream.schemas import Rollout, Sampling, ScoredRollout, pack_floats, pack_ids
+from rollstream.schemas import ScoredRollout, synthetic
 from rollstream.services.filter.chain import KEEP, CandidateGroup, Decision, Filter, FilterParams
 
 
@@ -21,27 +21,19 @@ def scored(
     group_size: int = 4,
 ) -> ScoredRollout:
     """Sample `index` of a group; its rollout_id is "<group_id>/<index>"."""
-    return ScoredRollout(
-        rollout=Rollout(
-            rollout_id=f"{group_id}/{index}",
-            group_id=group_id,
-            task_id=task_id,
-            task="toy",
-            sample_index=index,
-            group_size=group_size,
-            prompt="q",
-            completion=f"answer {index}" if completion is None else completion,
-            prompt_ids=pack_ids([1]),
-            completion_ids=pack_ids([2, 3]),
-            logprobs=pack_floats([-0.5, -0.5]),
-            finish_reason=finish,  # type: ignore[arg-type]
-            policy_version=version,
-            sampling=Sampling(n=group_size),
-            produced_at=0.0,
-        ),
+    return synthetic.scored(
+        group_id,
+        index,
+        [1],
+        [2, 3],
+        group_size=group_size,
+        logprobs=-0.5,
         reward=reward,
         correct=correct,
-        produced_at=0.0,
+        task_id=task_id,
+        text=("q", f"answer {index}" if completion is None else completion),
+        finish_reason=finish,  # type: ignore[arg-type]
+        policy_version=version,
     )
 
 

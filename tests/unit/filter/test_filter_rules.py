@@ -194,8 +194,9 @@ def test_update_validates_and_changes_nothing_on_error() -> None:
     assert flt.params.max_lag == 5
 
 
-def test_load_filter_by_path_and_unknown_names(tmp_path, monkeypatch) -> None:
-    (tmp_path / "my_filters.py").write_text(
+def test_load_filter_by_path_and_unknown_names(user_code) -> None:
+    user_code(
+        "my_filters",
         "from rollstream.services.filter.chain import Filter, FilterParams, Decision, KEEP\n"
         "class Short(Filter):\n"
         "    name = 'short'\n"
@@ -204,9 +205,8 @@ def test_load_filter_by_path_and_unknown_names(tmp_path, monkeypatch) -> None:
         "    def apply(self, group):\n"
         "        bad = [s.rollout.rollout_id for s in group.samples\n"
         "               if len(s.rollout.completion) > self.params.max_chars]\n"
-        "        return Decision.drop_samples(bad, 'too_long', count=len(bad)) if bad else KEEP\n"
+        "        return Decision.drop_samples(bad, 'too_long', count=len(bad)) if bad else KEEP\n",
     )
-    monkeypatch.syspath_prepend(str(tmp_path))
     flt = load_filter("my_filters:Short", {"max_chars": 3})
     d = flt.apply(cand([scored(0, completion="abc"), scored(1, completion="abcd")]))
     assert (d.reason, d.rollout_ids) == ("too_long", ("g1/1",))

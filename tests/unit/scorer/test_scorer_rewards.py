@@ -137,41 +137,47 @@ def test_repetition_penalty_counts_repeated_word_ngrams() -> None:
     assert RepetitionPenalty(ngram=2).score(rollout("a b a b a b")) == pytest.approx(-0.6)
 
 
-def test_load_reward_by_name_and_unknown_name() -> None:
+MY_REWARDS = (  # a user's module of rewards: a function, a class, an instance, a non-reward
+    "def shout(rollout, bonus=0.0):\n"
+    "    return float(rollout.completion.isupper()) + bonus\n"
+    "class Brevity:\n"
+    "    name = 'brevity'\n"
+    "    def __init__(self, per_char=0.1):\n"
+    "        self.per_char = per_char\n"
+    "    async def score(self, rollout):\n"
+    "        return -self.per_char * len(rollout.completion)\n"
+    "INSTANCE = Brevity(1.0)\n"
+    "NOT_A_REWARD = 3\n"
+)
+
+
+def test_load_reward_by_name() -> None:
     assert isinstance(load_reward("exact_match", {"case_sensitive": True}), ExactMatch)
-    with pytest.raises(RewardConfigError, match="unknown reward 'nope'"):
-        load_reward("nope")
-    with pytest.raises(RewardConfigError, match="params.rel_tol"):
-        load_reward("numeric_match", {"rel_tol": -1})
-    with pytest.raises(RewardConfigError, match="params.tolerance"):
-        load_reward("numeric_match", {"tolerance": 1})
 
 
-def test_load_reward_from_user_code_by_dotted_path(tmp_path, monkeypatch) -> None:
-    (tmp_path / "my_rewards.py").write_text(
-        "def shout(rollout, bonus=0.0):\n"
-        "    return float(rollout.completion.isupper()) + bonus\n"
-        "class Brevity:\n"
-        "    name = 'brevity'\n"
-        "    def __init__(self, per_char=0.1):\n"
-        "        self.per_char = per_char\n"
-        "    async def score(self, rollout):\n"
-        "        return -self.per_char * len(rollout.completion)\n"
-        "INSTANCE = Brevity(1.0)\n"
-        "NOT_A_REWARD = 3\n"
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
+def test_load_reward_from_user_code_by_dotted_path(user_code) -> None:
+    user_code("my_rewards", MY_REWARDS)
     shout = load_reward("my_rewards:shout", {"bonus": 0.5})
     assert shout.name == "shout"
     assert shout.score(rollout("HEY")) == 1.5
     brevity = load_reward("my_rewards:Brevity", {"per_char": 0.5})
     assert brevity.name == "brevity"
     assert load_reward("my_rewards:INSTANCE").per_char == 1.0  # type: ignore[attr-defined]
-    with pytest.raises(RewardConfigError, match="takes no params"):
-        load_reward("my_rewards:INSTANCE", {"per_char": 2})
-    with pytest.raises(RewardConfigError, match="not a reward"):
-        load_reward("my_rewards:NOT_A_REWARD")
-    with pytest.raises(RewardConfigError, match="has no 'missing'"):
-        load_reward("my_rewards:missing")
-    with pytest.raises(RewardConfigError, match="cannot import"):
-        load_reward("no_such_module_xyz:f")
+
+
+@pytest.mark.parametrize(
+    ("spec", "params", "error"),
+    [
+        ("nope", None, "unknown reward 'nope'"),
+        ("numeric_match", {"rel_tol": -1}, "params.rel_tol"),
+        ("numeric_match", {"tolerance": 1}, "params.tolerance"),
+        ("my_rewards:INSTANCE", {"per_char": 2}, "takes no params"),
+        ("my_rewards:NOT_A_REWARD", None, "not a reward"),
+        ("my_rewards:missing", None, "has no 'missing'"),
+        ("no_such_module_xyz:f", None, "cannot import"),
+    ],
+)
+def test_a_reward_that_cannot_be_loaded_says_why(user_code, spec, params, error) -> None:
+    user_code("my_rewards", MY_REWARDS)
+    with pytest.raises(RewardConfigError, match=error):
+        load_reward(spec, params)

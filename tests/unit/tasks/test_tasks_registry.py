@@ -85,13 +85,17 @@ def test_a_user_task_loads_by_module_and_object(user_module):
     assert task.check("84", task.make(_Fixed(42), 2)[1])
 
 
-def test_bad_dotted_paths_say_what_is_wrong(user_module):
-    with pytest.raises(TaskError, match="cannot import"):
-        get_task("my_tasks.missing")
-    with pytest.raises(TaskError, match="defines no 'TASK'"):
-        get_task("my_tasks.other")
-    with pytest.raises(TaskError, match="not a rollstream Task"):
-        get_task("my_tasks.other:NOT_A_TASK")
+@pytest.mark.parametrize(
+    ("path", "error"),
+    [
+        ("my_tasks.missing", "cannot import"),
+        ("my_tasks.other", "defines no 'TASK'"),
+        ("my_tasks.other:NOT_A_TASK", "not a rollstream Task"),
+    ],
+)
+def test_bad_dotted_paths_say_what_is_wrong(user_module, path, error):
+    with pytest.raises(TaskError, match=error):
+        get_task(path)
 
 
 class _Fixed:
