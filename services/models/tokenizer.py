@@ -20,6 +20,10 @@ SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
 CHARS = "\n" + "".join(chr(i) for i in range(32, 127))
 VOCAB: dict[str, int] = {tok: i for i, tok in enumerate((*SPECIAL_TOKENS, *CHARS))}
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = (VOCAB[t] for t in SPECIAL_TOKENS)
+# The model config fields that fit a model to this tokenizer: its vocabulary and special ids.
+CONFIG_FIELDS: dict[str, int] = dict(
+    vocab_size=len(VOCAB), bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID
+)
 MODEL_MAX_LENGTH = 512
 # "chat" template for the tiny model: the messages' text as is, after <bos>, so chat and
 # plain prompts give the same tokens.

@@ -29,11 +29,10 @@ def batch(groups: list[tuple[str, list[tuple], list[float], float]]) -> TrainBat
 
 
 def tiny_model(seed: int = 0):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from rollstream.services.models.synthetic import random_llama
 
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
+    model = random_llama(
+        seed,
         vocab_size=VOCAB,
         hidden_size=16,
         intermediate_size=32,
@@ -41,9 +40,8 @@ def tiny_model(seed: int = 0):
         num_attention_heads=2,
         num_key_value_heads=2,
         max_position_embeddings=64,
-        tie_word_embeddings=False,
     )
-    return LlamaForCausalLM(cfg).double()
+    return model.double()
 
 
 @pytest.fixture
