@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 
 @dataclass
@@ -16,6 +16,15 @@ class Accuracy:
     n: int
     per_task: dict[str, float] = field(default_factory=dict)
     completions: list[str] = field(default_factory=list)
+
+
+class GreedyOptions(TypedDict, total=False):
+    """greedy_completions' options, which heldout_accuracy passes on (defaults: there)."""
+
+    max_new_tokens: int
+    batch_size: int
+    template: str
+    system_prompt: str | None
 
 
 def greedy_completions(
@@ -68,31 +77,16 @@ def greedy_completions(
 
 
 def heldout_accuracy(
-    model: Any,
-    tokenizer: Any,
-    items: Sequence[Any],
-    *,
-    batch_size: int = 64,
-    max_new_tokens: int = 32,
-    template: str = "plain",
-    system_prompt: str | None = None,
+    model: Any, tokenizer: Any, items: Sequence[Any], **options: Unpack[GreedyOptions]
 ) -> Accuracy:
     """Fraction of `items` (tasks.Item) whose greedy completion passes the task's checker;
-    overall and per task."""
+    overall and per task. `options` go to greedy_completions."""
     from rollstream.services.tasks import get_task
 
     was_training = model.training
     model.eval()
     try:
-        completions = greedy_completions(
-            model,
-            tokenizer,
-            [it.prompt for it in items],
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            template=template,
-            system_prompt=system_prompt,
-        )
+        completions = greedy_completions(model, tokenizer, [it.prompt for it in items], **options)
     finally:
         model.train(was_training)
     right: dict[str, list[bool]] = defaultdict(list)
