@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from rollstream.services.evaluator.service import Evaluator
 from rollstream.services.runtime.bus import Consumer, Producer
 from rollstream.services.runtime.metrics import StageMetrics
 from rollstream.services.runtime.settings import KafkaSettings
-from rollstream.services.tasks import Task, register
+from rollstream.services.tasks import Item, Task, register
 
 pytestmark = pytest.mark.kafka
 
@@ -84,6 +85,34 @@ def next_result(results: Consumer, timeout_s: float = 120.0) -> EvalResult:
     raise AssertionError("no EvalResult in time")
 
 
+@contextmanager
+def running_evaluator(
+    kafka: KafkaSettings, model_dir: str, items: list[Item]
+) -> Iterator[StageMetrics]:
+    """An Evaluator of run "evalrun" on `items` (greedy answers of len(ANSWER) tokens, no pause
+    between versions), looping in a thread until the block ends; yields its metrics."""
+    cfg = EvaluatorConfig(min_interval_s=0, max_new_tokens=len(ANSWER), batch_size=4)
+    metrics = StageMetrics("evaluator")
+    ev = Evaluator(
+        cfg,
+        kafka,
+        run="evalrun",
+        policy="policy",
+        model_dir=model_dir,
+        items=items,
+        metrics=metrics,
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=ev.run, args=(stop.is_set,), daemon=True)
+    thread.start()
+    try:
+        yield metrics
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+        ev.close()
+
+
 @pytest.fixture
 def results(kafka: KafkaSettings) -> Iterator[Consumer]:
     c = Consumer(kafka, "test", ["eval.results"], group=None)
@@ -96,22 +125,10 @@ def test_evaluator_scores_version_zero_then_each_new_version(
 ) -> None:
     items = XS.heldout(size=6)
     assert len(items) == 6
-    cfg = EvaluatorConfig(min_interval_s=0, max_new_tokens=len(ANSWER), batch_size=4)
-    metrics = StageMetrics("evaluator")
-    ev = Evaluator(
-        cfg,
-        kafka,
-        run="evalrun",
-        policy="policy",
-        model_dir=tiny_model_dir,
-        items=items,
-        metrics=metrics,
-    )
-    stop = threading.Event()
-    thread = threading.Thread(target=ev.run, args=(stop.is_set,), daemon=True)
-    thread.start()
-    producer = Producer(kafka, "learner")
-    try:
+    with (
+        running_evaluator(kafka, tiny_model_dir, items) as metrics,
+        closing(Producer(kafka, "learner")) as producer,
+    ):
         v0 = next_result(results)
         assert (v0.run, v0.policy_version, v0.n) == ("evalrun", 0, 6)
         assert v0.accuracy == 0.0  # random weights never answer "xxxx"
@@ -134,11 +151,6 @@ def test_evaluator_scores_version_zero_then_each_new_version(
         assert v3.per_task == {"always_xs": 1.0}
         assert metrics.registry.get_sample_value("rollstream_evaluator_policy_version") == 3
         assert metrics.registry.get_sample_value("rollstream_evaluator_heldout_accuracy") == 1.0
-    finally:
-        stop.set()
-        thread.join(timeout=60)
-        ev.close()
-        producer.close()
 
 
 def test_rollstream_run_evaluator_publishes_version_zero_and_stops_on_sigterm(
@@ -168,23 +180,11 @@ def test_a_forged_far_future_version_is_refused_dead_lettered_and_blocks_nothing
     """Issue 16: the evaluator followed the highest version *number*, so one forged v1000
     stopped every later evaluation. It follows the highest verified version, and the refused
     update is in `weights.dlq` once, with the reason."""
-    cfg = EvaluatorConfig(min_interval_s=0, max_new_tokens=len(ANSWER), batch_size=4)
-    metrics = StageMetrics("evaluator")
-    ev = Evaluator(
-        cfg,
-        kafka,
-        run="evalrun",
-        policy="policy",
-        model_dir=tiny_model_dir,
-        items=XS.heldout(size=4),
-        metrics=metrics,
-    )
-    stop = threading.Event()
-    thread = threading.Thread(target=ev.run, args=(stop.is_set,), daemon=True)
-    thread.start()
-    producer = Producer(kafka, "forger")
-    dlq = Consumer(kafka, "test", ["weights.dlq"], group=None)
-    try:
+    with (
+        running_evaluator(kafka, tiny_model_dir, XS.heldout(size=4)) as metrics,
+        closing(Producer(kafka, "forger")) as producer,
+        closing(Consumer(kafka, "test", ["weights.dlq"], group=None)) as dlq,
+    ):
         assert next_result(results).policy_version == 0
         good = always_x_weights(tiny_model_dir, tmp_path / "v1")
         producer.send("weights", update(1000, good, sha256="0" * 64), "policy")  # forged
@@ -204,9 +204,3 @@ def test_a_forged_far_future_version_is_refused_dead_lettered_and_blocks_nothing
             "rollstream_evaluator_refused_versions_total", {"reason": "checksum"}
         )
         assert refused == 1
-    finally:
-        stop.set()
-        thread.join(timeout=60)
-        ev.close()
-        producer.close()
-        dlq.close()

@@ -13,9 +13,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import msgspec
 import pytest
 
-from rollstream.schemas import Rollout, Sampling, ScoredRollout, pack_floats, pack_ids
+from rollstream.schemas import Rollout, ScoredRollout, synthetic
 from rollstream.services.runtime.bus import Consumer, Producer
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -24,24 +25,21 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 def rollout(
     gid: str, i: int, completion: str, *, task_id: str = "tA", n: int = 4, finish: str = "stop"
 ) -> Rollout:
-    return Rollout(
-        rollout_id=f"{gid}/{i}",
-        group_id=gid,
+    """Sample `i` of group `gid` answering "add 2+3=" (answer "5"), at policy version 2."""
+    sample = synthetic.scored(
+        gid,
+        i,
+        [1],
+        [1, 2],
+        group_size=n,
+        logprobs=0.0,
         task_id=task_id,
         task="add",
-        sample_index=i,
-        group_size=n,
-        prompt="add 2+3=",
-        completion=completion,
-        prompt_ids=pack_ids([1]),
-        completion_ids=pack_ids([1, 2]),
-        logprobs=pack_floats([0.0, 0.0]),
-        finish_reason=finish,
+        text=("add 2+3=", completion),
+        finish_reason=finish,  # type: ignore[arg-type]
         policy_version=2,
-        sampling=Sampling(n=n),
-        answer="5",
-        produced_at=time.time(),
-    )
+    ).rollout
+    return msgspec.structs.replace(sample, answer="5", produced_at=time.time())
 
 
 def start(
