@@ -139,6 +139,16 @@ def tiny_model():
     return random_llama(0, vocab_size=32, num_hidden_layers=1, num_key_value_heads=2, **sizes)
 
 
+def train_until(learner, replay: Replay, step: int, timeout_s: float = 60.0) -> None:
+    """Replay and the learner take turns until the learner's step reaches `step` (or time is
+    up: the caller asserts the step)."""
+    deadline = time.monotonic() + timeout_s
+    while learner.trainer.step < step and time.monotonic() < deadline:
+        replay.poll_once(0.05)
+        replay.maybe_send()
+        learner.poll_once(0.2)
+
+
 def test_learner_asks_for_the_next_batch_before_it_trains_this_one(
     kafka: KafkaSettings, tmp_path
 ) -> None:
@@ -166,11 +176,7 @@ def test_learner_asks_for_the_next_batch_before_it_trains_this_one(
 
     learner.trainer.apply = spy  # type: ignore[method-assign]
     learner.start()
-    deadline = time.monotonic() + 60
-    while learner.trainer.step < 1 and time.monotonic() < deadline:
-        replay.poll_once(0.05)
-        replay.maybe_send()
-        learner.poll_once(0.2)
+    train_until(learner, replay, 1)
     learner.consumer.close()
     replay.close()
     assert learner.trainer.step == 1
@@ -183,8 +189,6 @@ def test_learner_killed_mid_run_trains_every_batch_once(kafka: KafkaSettings, tm
     from rollstream.services.learner.config import LearnerConfig
     from rollstream.services.learner.service import Learner
     from rollstream.services.learner.trainer import Trainer
-
-    tiny = tiny_model
 
     def publisher(model, version: int, step: int) -> WeightUpdate:
         d = Path(tmp_path) / "weights" / f"v{version}"
@@ -209,26 +213,18 @@ def test_learner_killed_mid_run_trains_every_batch_once(kafka: KafkaSettings, tm
     replay.rebuild()
     cfg = LearnerConfig(lr=1e-3, token_budget=64, publish_every=2)
     ckpt = tmp_path / "ckpt"
-    first = Learner(Trainer(cfg, tiny()), kafka, ckpt, publisher, "policy")
+    first = Learner(Trainer(cfg, tiny_model()), kafka, ckpt, publisher, "policy")
     first.start()
-    deadline = time.monotonic() + 60
-    while first.trainer.step < 5 and time.monotonic() < deadline:
-        replay.poll_once(0.05)
-        replay.maybe_send()
-        first.poll_once(0.2)
+    train_until(first, replay, 5)
     assert (first.trainer.step, first.checkpointed_step) == (5, 4)
     # killed after step 5 (its checkpoint is at step 4): it leaves the group, commits nothing
     first.producer.flush()
     first.consumer.close()
     announced = read_all(kafka, "weights")
-    second = Learner(Trainer(cfg, tiny()), kafka, ckpt, publisher, "policy")
+    second = Learner(Trainer(cfg, tiny_model()), kafka, ckpt, publisher, "policy")
     second.start(announced[-1])
     assert second.trainer.step == 4
-    deadline = time.monotonic() + 60
-    while second.trainer.step < 12 and time.monotonic() < deadline:
-        replay.poll_once(0.05)
-        replay.maybe_send()
-        second.poll_once(0.2)
+    train_until(second, replay, 12)
     second.close()
     replay.close()
     sent = [b.batch_id for b in read_all(kafka, "batches.train")]
