@@ -77,6 +77,13 @@ ROWS: dict[str, tuple[str, list[str]]] = {
         "async",
         ["stages.generator.replicas=2", "generator.ahead_batches=4", "generator.batch_prompts=8"],
     ),  # the registry's partitions, as before
+    # eager replay: a batch goes out once 8 (4) groups are there, its lr scaled to its size
+    "eager8": ("async", ["replay.min_batch_groups=8", "learner.lr_batch_groups=16"]),
+    "eager4": ("async", ["replay.min_batch_groups=4", "learner.lr_batch_groups=16"]),
+    "eager8-a4": (
+        "async",
+        ["replay.min_batch_groups=8", "learner.lr_batch_groups=16", "generator.ahead_batches=4"],
+    ),
     "sync-4threads": ("sync", ["learner.threads=4"]),
     "ahead2-s1": ("async", ["generator.ahead_batches=2", "staleness.max_versions=1"]),
     "async-s0": ("async", ["staleness.max_versions=0"]),

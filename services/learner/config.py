@@ -52,6 +52,11 @@ class LearnerConfig(BaseModel):
     offpolicy: OffPolicyConfig = OffPolicyConfig()
     lr: float = Field(default=1e-5, gt=0)
     """AdamW learning rate (peak, after warm-up)."""
+    lr_batch_groups: int | None = Field(default=None, ge=1)
+    """The batch size, in groups, that `lr` is meant for: a batch of n groups steps at
+    lr * min(1, n / lr_batch_groups), so that the small batches of an eager replay
+    (`replay.min_batch_groups`) each take a proportionally small step. None: every batch
+    steps at `lr`."""
     weight_decay: float = Field(default=0.0, ge=0)
     """AdamW decoupled weight decay."""
     betas: tuple[float, float] = (0.9, 0.999)

@@ -111,8 +111,10 @@ def train_on_batch(
     device: torch.device | str = "cpu",
     autocast_dtype: torch.dtype | None = None,
     dp: DataParallel | None = None,
+    lr_scale: float = 1.0,
 ) -> tuple[dict[str, float], list[float]]:
-    """Train on `batch` (mini_steps optimizer steps). Returns the merged metrics and, per
+    """Train on `batch` (mini_steps optimizer steps, each at the scheduled lr times
+    `lr_scale`). Returns the merged metrics and, per
     row (rows_of order), a new priority: the mean over its tokens of |A| * pi / pi_old at
     the first time the row was seen in this call, i.e. how much gradient signal it still
     carries (for feedback-prioritised replay).
@@ -122,17 +124,8 @@ def train_on_batch(
     rank's loss is its part of a sum (global denominators): the update equals one process's.
     Metrics and priorities are those of the whole batch on every rank."""
     rows = rows_of(batch)
-    rank, world = (dp.rank, dp.world) if dp is not None else (0, 1)
-    lengths = [len(r.tokens) for r in rows]
-    empty = {i for i, r in enumerate(rows) if r.completion_len == 0}
-    steps = plan(lengths, cfg.token_budget, cfg.mini_steps, rank, world, empty)
-    planned = [p for _, mbs in steps for p in mbs]
-    tensors = [collate(rows, p.rows, cfg.pad_id).to(device) for p in planned]
-    prox: dict[int, torch.Tensor] = {}
-    if offpolicy.mode == "decoupled" and len(steps) > 1:
-        with torch.no_grad():
-            for i, mb in enumerate(tensors):
-                prox[i] = _logp(model, mb, cfg, False)[0]
+    world = dp.world if dp is not None else 1
+    steps, planned, tensors, prox = _prepare(model, offpolicy, rows, cfg, device, dp)
     parts: list[dict[str, float]] = []
     priority = [0.0] * len(rows)
     amp = (
@@ -169,7 +162,7 @@ def train_on_batch(
             for row, value in zip(mb.rows, row_p, strict=True):
                 priority[row] = priority[row] or value
             parts.append(metrics)
-        if not _optimizer_step(optimizer, cfg, grad_norms):
+        if not _optimizer_step(optimizer, cfg, grad_norms, lr_scale):
             skipped += 1
             continue
         if scheduler is not None:
@@ -185,6 +178,31 @@ def train_on_batch(
     out["micro_batches"] = float(len(planned))  # forward passes of this process
     out["sequences"] = float(len(rows))
     return out, priority
+
+
+def _prepare(
+    model: Any,
+    offpolicy: OffPolicy,
+    rows: list[Any],
+    cfg: StepConfig,
+    device: torch.device | str,
+    dp: DataParallel | None,
+) -> tuple[list[Any], list[Any], list[Any], dict[int, torch.Tensor]]:
+    """This process's plan of `rows` (its optimizer steps, each with its micro-batches), the
+    micro-batches in order, their tensors on `device`, and, for decoupled PPO over several
+    steps, pi_prox per micro-batch (before any step)."""
+    rank, world = (dp.rank, dp.world) if dp is not None else (0, 1)
+    lengths = [len(r.tokens) for r in rows]
+    empty = {i for i, r in enumerate(rows) if r.completion_len == 0}
+    steps = plan(lengths, cfg.token_budget, cfg.mini_steps, rank, world, empty)
+    planned = [p for _, mbs in steps for p in mbs]
+    tensors = [collate(rows, p.rows, cfg.pad_id).to(device) for p in planned]
+    prox: dict[int, torch.Tensor] = {}
+    if offpolicy.mode == "decoupled" and len(steps) > 1:
+        with torch.no_grad():
+            for i, mb in enumerate(tensors):
+                prox[i] = _logp(model, mb, cfg, False)[0]
+    return steps, planned, tensors, prox
 
 
 def _micro_step(
@@ -239,9 +257,11 @@ def _micro_step(
     return metrics, row_p.tolist()
 
 
-def _optimizer_step(optimizer: torch.optim.Optimizer, cfg: StepConfig, norms: list[float]) -> bool:
-    """Clip (appending the norm before clipping to `norms`) and step; False, with the
-    gradients dropped, when they are not finite."""
+def _optimizer_step(
+    optimizer: torch.optim.Optimizer, cfg: StepConfig, norms: list[float], lr_scale: float = 1.0
+) -> bool:
+    """Clip (appending the norm before clipping to `norms`) and step at the lr times
+    `lr_scale`; False, with the gradients dropped, when they are not finite."""
     if cfg.max_grad_norm is not None:
         params = [q for g in optimizer.param_groups for q in g["params"]]
         total = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -252,5 +272,13 @@ def _optimizer_step(optimizer: torch.optim.Optimizer, cfg: StepConfig, norms: li
         if not math.isfinite(grad_norm):
             optimizer.zero_grad(set_to_none=True)  # skip a step with inf / nan gradients
             return False
+    if lr_scale == 1.0:
+        optimizer.step()
+        return True
+    lrs = [g["lr"] for g in optimizer.param_groups]
+    for g, lr in zip(optimizer.param_groups, lrs, strict=True):
+        g["lr"] = lr * lr_scale
     optimizer.step()
+    for g, lr in zip(optimizer.param_groups, lrs, strict=True):
+        g["lr"] = lr
     return True

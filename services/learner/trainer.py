@@ -182,6 +182,8 @@ class Trainer:
     def apply(self, batch: TrainBatch) -> StepResult:
         """Train on `batch`, unchecked (every rank of a data-parallel learner runs this)."""
         t0 = time.perf_counter()
+        ref = self.cfg.lr_batch_groups
+        scale = 1.0 if ref is None else min(1.0, len(batch.items) / ref)
         metrics, prio = train_on_batch(
             self.module,
             self.optimizer,
@@ -194,7 +196,10 @@ class Trainer:
             device=self.device,
             autocast_dtype=self.autocast_dtype,
             dp=self.par,
+            lr_scale=scale,
         )
+        if scale != 1.0:
+            metrics["lr_scale"] = scale
         rows = rows_of(batch)
         self.step += 1
         self.trained[batch.batch_id] = None

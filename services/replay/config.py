@@ -14,6 +14,7 @@ LIVE_KNOBS = (
     "batch_groups",
     "batch_tokens",
     "partial_after_s",
+    "min_batch_groups",
 )
 
 
@@ -79,6 +80,13 @@ class ReplayConfig(BaseModel):
     batches only. Handing out whatever is there as soon as the learner asks halved the
     learning per step of the default run (6-8 groups a step instead of 16; RESULTS.md)."""
 
+    min_batch_groups: int | None = Field(default=None, ge=1)
+    """Eager hand-out: while the learner has a credit, a batch goes out as soon as this many
+    groups are there (at most `batch_groups`), instead of waiting for a full one. With a fast
+    learner the wait for a full batch is most of a sample's latency (RESULTS.md); pair it
+    with `learner.lr_batch_groups` so that a small batch takes a proportionally small step.
+    None: full batches only (and `partial_after_s`)."""
+
     success_replay: bool = False
     """Success replay for hard prompts (ExGRPO-style); see services/replay/success.py."""
 
@@ -99,6 +107,15 @@ class ReplayConfig(BaseModel):
 
     rebuild_timeout_s: float = Field(default=60.0, gt=0)
     """Longest wait at start to read back the topics that rebuild the buffer."""
+
+    @model_validator(mode="after")
+    def _min_within_batch(self) -> ReplayConfig:
+        if self.min_batch_groups is not None and self.min_batch_groups > self.batch_groups:
+            raise ValueError(
+                f"min_batch_groups ({self.min_batch_groups}) must be at most batch_groups "
+                f"({self.batch_groups})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _fifo_uses_once(self) -> ReplayConfig:

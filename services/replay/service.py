@@ -113,11 +113,15 @@ class Replay:
 
     # ---- output -----------------------------------------------------------------------------
     def batch_ready(self) -> bool:
-        """A full batch is there, or the oldest group has waited `partial_after_s`."""
+        """A full batch is there, `min_batch_groups` groups are, or the oldest group has
+        waited `partial_after_s`."""
         self._drop(self.buffer.expire())
         if len(self.buffer) == 0:
             return False
         if self.buffer.has_full_batch():
+            return True
+        least = self.buffer.cfg.min_batch_groups
+        if least is not None and len(self.buffer) >= least:
             return True
         after = self.buffer.cfg.partial_after_s
         since = self._oldest_arrival_ms()
@@ -228,12 +232,15 @@ class Replay:
 
     # ---- loop -------------------------------------------------------------------------------
     def poll_once(self, timeout_s: float = 0.1) -> None:
-        for r in self.feedback.poll(100, 0.0):
+        # a batch that waits only for a credit: block on feedback, not on groups, so that it
+        # goes out as soon as the learner asks
+        for_credit = not self.credits.can_send() and self.batch_ready()
+        for r in self.feedback.poll(100, timeout_s if for_credit else 0.0):
             self.on_feedback(r.value, r.partition, r.offset)
         if self.cfg.policy == "fifo" and self.buffer.full:
             time.sleep(timeout_s)  # back-pressure: groups wait on groups.kept, none evicted
             return
-        for r in self.groups.poll(500, timeout_s):
+        for r in self.groups.poll(500, 0.0 if for_credit else timeout_s):
             self.on_group(r.value, r.partition, r.offset)
 
     def run(self, stopping: Callable[[], bool], control: Any | None = None) -> int:

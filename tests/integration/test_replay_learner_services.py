@@ -132,6 +132,38 @@ def test_replay_waits_for_a_full_batch_unless_the_oldest_group_waited_too_long(
     replay.close()
 
 
+def test_eager_replay_hands_out_what_is_there_once_min_batch_groups_have_come(
+    kafka: KafkaSettings,
+) -> None:
+    """min_batch_groups 2 of a batch of 4: with a credit, one group waits, a second makes a
+    batch of two at once (no `partial_after_s` wait), and a batch never exceeds 4 groups."""
+    p = Producer(kafka, "test")
+    cfg = ReplayConfig(batch_groups=4, min_batch_groups=2, partial_after_s=None, max_staleness=100)
+    replay = Replay(cfg, kafka)
+    replay.rebuild()
+    grant(p, 1)
+    p.send("groups.kept", group("a0"), "a0")
+    p.flush()
+    pump(replay, 1.0)
+    assert read_all(kafka, "batches.train", polls=2) == []  # one group, below the least
+    p.send("groups.kept", group("a1"), "a1")
+    p.flush()
+    pump(replay, 1.0)
+    sent = [{it.group.group_id for it in b.items} for b in read_all(kafka, "batches.train", 2)]
+    assert sent == [{"a0", "a1"}]
+    for i in range(2, 8):
+        p.send("groups.kept", group(f"a{i}"), f"a{i}")
+    p.flush()
+    pump(replay, 1.0)  # no credit: the six wait
+    grant(p, 3)
+    pump(replay, 1.5)
+    sizes = [len(b.items) for b in read_all(kafka, "batches.train", 2)]
+    assert sizes == [2, 4, 2]
+    replay.close()
+    with pytest.raises(ValueError, match="min_batch_groups"):
+        ReplayConfig(batch_groups=4, min_batch_groups=5)
+
+
 def tiny_model():
     from tiny_llama import random_llama
 

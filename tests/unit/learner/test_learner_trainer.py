@@ -93,3 +93,25 @@ def test_a_row_that_cannot_be_trained_is_left_out_and_named(make_batch, make_mod
     assert "outside the vocabulary" in t.rejected[0][1]
     only_bad = msgspec.structs.replace(make_batch([bad]), learner_id="learner", batch_id="b2")
     assert t.train(only_bad) is None and t.step == 1
+
+
+def test_a_batch_smaller_than_lr_batch_groups_takes_a_proportionally_small_step(
+    make_batch, make_model
+) -> None:
+    """lr_batch_groups 4: a batch of one group steps at lr / 4 (AdamW's first step moves each
+    weight by about lr, so the whole update is a quarter as long); the lr of the step after
+    it, and of the schedule, is the configured one."""
+    batch = batches(make_batch, 1)[0]
+    moved = []
+    for ref in (None, 4):
+        t = Trainer(cfg(lr_batch_groups=ref, max_grad_norm=None), make_model())
+        before = [p.detach().clone() for p in t.model.parameters()]
+        res = t.train(batch)
+        assert res is not None
+        delta = [
+            (p.detach() - b).flatten() for p, b in zip(t.model.parameters(), before, strict=True)
+        ]
+        moved.append(torch.cat(delta).norm().item())
+        assert t.lr == pytest.approx(1e-2)
+        assert res.metrics.get("lr_scale", 1.0) == (1.0 if ref is None else 0.25)
+    assert moved[1] / moved[0] == pytest.approx(0.25, rel=0.02)
