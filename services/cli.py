@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _topic_tools(sub: Any) -> None:
-    """tap, record, replay: read a topic live, save a range of it, play it back."""
+    """tap, record, playback: read a topic live, save a range of it, play it back (playback
+    was `replay`, the replay stage's name; that spelling still works, with a note)."""
     p = sub.add_parser("tap", help="decode a topic live, without joining any consumer group")
     p.add_argument("topic")
     p.add_argument("--from-beginning", action="store_true", help="start at the oldest message")
@@ -140,7 +141,9 @@ def _topic_tools(sub: Any) -> None:
     p.add_argument("--follow", "-f", action="store_true", help="keep recording new messages")
     _kafka_args(p)
 
-    p = sub.add_parser("replay", help="play a recorded file back into a topic")
+    p = sub.add_parser(
+        "playback", aliases=["replay"], help="play a recorded file back into a topic"
+    )
     p.add_argument("file")
     p.add_argument(
         "topic", nargs="?", default=None, help="target topic (default: the recorded one)"
@@ -252,13 +255,16 @@ def main(argv: list[str] | None = None) -> int:
         "topics": "rollstream.services.tools.commands:topics",
         "tap": "rollstream.services.tools.tap:main",
         "record": "rollstream.services.tools.record:record_main",
-        "replay": "rollstream.services.tools.record:replay_main",
+        "playback": "rollstream.services.tools.record:replay_main",
         "control": "rollstream.services.tools.commands:control",
         "up": "rollstream.services.up.main:main",
         "config": "rollstream.services.up.main:config_main",
         "status": "rollstream.services.up.status:main",
         "report": "rollstream.services.up.report:main",
     }
+    if args.cmd == "replay":
+        print("note: `rollstream replay` is now `rollstream playback`", file=sys.stderr)
+        args.cmd = "playback"
     mod_name, fn = commands[args.cmd].split(":")
     try:
         return int(getattr(importlib.import_module(mod_name), fn)(args) or 0)
