@@ -23,4 +23,5 @@ def test_every_subcommand_has_help(capsys: pytest.CaptureFixture[str]) -> None:
         with pytest.raises(SystemExit) as exc:
             main([name, "--help"])
         assert exc.value.code == 0, name
-        assert capsys.readouterr().out.startswith(f"usage: rollstream {name}")
+        canonical = "playback" if name == "replay" else name  # the old name is an alias
+        assert capsys.readouterr().out.startswith(f"usage: rollstream {canonical}")
