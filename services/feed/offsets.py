@@ -14,15 +14,17 @@ the ends exact there; on Kafka it changes nothing but batching.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
-
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
-from confluent_kafka.admin import OffsetSpec
 
 from rollstream.schemas.topics import qualified
 from rollstream.services.feed.runahead import unconsumed
-from rollstream.services.runtime.admin import admin_client
+from rollstream.services.runtime.admin import (
+    admin_client,
+    committed_offsets,
+    listed_offsets,
+    partitions,
+)
+from rollstream.services.runtime.bus import Reader
 from rollstream.services.runtime.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -66,37 +68,31 @@ class OffsetProbe:
         timeout_s: float = 5.0,
     ) -> None:
         self.kafka = kafka
+        self.topic = topic
         self.real = qualified(topic, kafka.namespace)
         self.group = qualified(group, kafka.namespace)
         self.timeout_s = timeout_s
         self.admin = admin_client(kafka)
-        md = self.admin.list_topics(self.real, timeout=timeout_s)
-        meta = md.topics.get(self.real)
-        if meta is None or meta.error is not None or not meta.partitions:
-            raise RuntimeError(
-                f"topic {self.real!r} does not exist; run `rollstream topics create`"
-            )
-        self.partitions = sorted(meta.partitions)
+        self.partitions = partitions(kafka, topic, timeout_s, self.admin)
 
-    def _list(self, spec: OffsetSpec) -> dict[int, int]:
-        tps = {TopicPartition(self.real, p): spec for p in self.partitions}
-        futs = self.admin.list_offsets(tps, request_timeout=self.timeout_s)
-        return {tp.partition: fut.result().offset for tp, fut in futs.items()}
+    def _list(self, earliest: bool) -> dict[int, int]:
+        return listed_offsets(
+            self.admin, self.real, self.partitions, earliest=earliest, timeout_s=self.timeout_s
+        )
 
     def ends(self) -> dict[int, int]:
-        return self._list(OffsetSpec.latest())
+        return self._list(earliest=False)
 
     def starts(self) -> dict[int, int]:
-        return self._list(OffsetSpec.earliest())
+        return self._list(earliest=True)
 
     def committed(self) -> dict[int, int]:
         """The group's committed offset per partition (partitions never committed are absent)."""
-        tps = [TopicPartition(self.real, p) for p in self.partitions]
-        futs = self.admin.list_consumer_group_offsets(
-            [ConsumerGroupTopicPartitions(self.group, tps)], request_timeout=self.timeout_s
-        )
-        res = next(iter(futs.values())).result()
-        return {tp.partition: tp.offset for tp in res.topic_partitions if tp.offset >= 0}
+        tps = [(self.real, p) for p in self.partitions]
+        return {
+            p: o
+            for (_, p), o in committed_offsets(self.admin, self.group, tps, self.timeout_s).items()
+        }
 
     def unconsumed(self) -> int:
         """Messages on the topic that the group has not committed yet."""
@@ -106,33 +102,18 @@ class OffsetProbe:
         """The greatest (epoch, index) among the last messages of every partition that carry
         this pool's feed_pos header; None when there is none (a fresh topic or a new pool)."""
         ends, starts = self.ends(), self.starts()
-        tails = {p: end - 1 for p, end in ends.items() if end > starts.get(p, 0)}
+        tails = {
+            (self.topic, p): (end - 1, end) for p, end in ends.items() if end > starts.get(p, 0)
+        }
         if not tails:
             return None
-        c = Consumer(
-            {
-                **self.kafka.client_config("feed"),
-                "group.id": "rollstream-nogroup-feed-resume",
-                "enable.auto.commit": False,
-                "enable.partition.eof": False,
-            }
-        )
         best: tuple[int, int] | None = None
-        try:
-            c.assign([TopicPartition(self.real, p, off) for p, off in tails.items()])
-            deadline = time.monotonic() + timeout_s
-            while tails and time.monotonic() < deadline:
-                for m in c.consume(100, 0.5):
-                    part, off = m.partition(), m.offset()
-                    if m.error() is not None or part is None or off is None:
-                        continue
-                    if off >= tails.get(part, off + 1):
-                        del tails[part]
-                    pos = header_pos(m.headers(), fingerprint)
+        with Reader(self.kafka, "feed") as reader:
+            try:
+                for m in reader.read(tails, timeout_s):
+                    pos = header_pos(m.headers, fingerprint)
                     if pos is not None and (best is None or pos > best):
                         best = pos
-            if tails:
-                log.warning("resume: no tail read from partitions %s in time", sorted(tails))
-        finally:
-            c.close()
+            except TimeoutError as exc:
+                log.warning("resume: no tail read in time: %s", exc)
         return best

@@ -1,24 +1,67 @@
-"""Topic administration: create every registry topic (idempotent) and describe them.
+"""Topic administration, the admin-client half of the bus: create every registry topic
+(idempotent), describe them, list offsets and the groups' commits.
 
 Topics are always created explicitly from schemas/topics.py, with their partitions and config;
-auto-created topics can get a partition count nobody asked for.
+auto-created topics can get a partition count nobody asked for. Offsets as a fetch reports
+them (exact on Tansu too) come from bus.Reader.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
 from rollstream.schemas.topics import Topic, all_topics, qualified, unqualified
+from rollstream.services.runtime.bus import Reader, topic_partitions
 from rollstream.services.runtime.settings import KafkaSettings
 
 
 def admin_client(kafka: KafkaSettings) -> AdminClient:
     return AdminClient(kafka.client_config("admin"))
+
+
+def bootstrap_client(bootstrap: str) -> AdminClient:
+    """An admin client of `bootstrap` alone, quick to give up on a connection and quiet: for
+    asking whether a broker answers yet (`list_topics`)."""
+    return AdminClient(
+        {"bootstrap.servers": bootstrap, "socket.connection.setup.timeout.ms": 1000, "log_level": 0}
+    )
+
+
+def partitions(
+    kafka: KafkaSettings, topic: str, timeout_s: float = 10.0, admin: AdminClient | None = None
+) -> list[int]:
+    """The partition numbers of `topic`; BusError if it does not exist."""
+    real = qualified(topic, kafka.namespace)
+    md = (admin or admin_client(kafka)).list_topics(real, timeout=timeout_s)
+    return topic_partitions(md, real, kafka.bootstrap)
+
+
+def listed_offsets(
+    admin: AdminClient, real: str, parts: list[int], *, earliest: bool, timeout_s: float
+) -> dict[int, int]:
+    """Per partition of topic `real`, its first (`earliest`) or end offset as ListOffsets
+    answers (the end is short on Tansu when the last record batch holds several records)."""
+    spec = OffsetSpec.earliest() if earliest else OffsetSpec.latest()
+    futs = admin.list_offsets(
+        {TopicPartition(real, p): spec for p in parts}, request_timeout=timeout_s
+    )
+    return {tp.partition: fut.result().offset for tp, fut in futs.items()}
+
+
+def committed_offsets(
+    admin: AdminClient, group: str, tps: list[tuple[str, int]] | None, timeout_s: float
+) -> dict[tuple[str, int], int]:
+    """The offsets group `group` (real name) has committed, by (real topic, partition): on
+    `tps`, or on every partition it committed to. Partitions never committed are absent."""
+    req = None if tps is None else [TopicPartition(t, p) for t, p in tps]
+    futs = admin.list_consumer_group_offsets(
+        [ConsumerGroupTopicPartitions(group, req)], request_timeout=timeout_s
+    )
+    res = next(iter(futs.values())).result()
+    return {(tp.topic, tp.partition): tp.offset for tp in res.topic_partitions if tp.offset >= 0}
 
 
 def create_topics(
@@ -78,35 +121,19 @@ def describe(
     kafka: KafkaSettings, names: list[str] | None = None, timeout_s: float = 10.0
 ) -> list[TopicInfo]:
     """Partitions and end offsets of each registry topic, and each consumer group's lag on it."""
-    from confluent_kafka import Consumer
-
     admin = admin_client(kafka)
     md = admin.list_topics(timeout=timeout_s)
     wanted = names or [t.name for t in all_topics()]
-    probe = Consumer(
-        {
-            **kafka.client_config("admin"),
-            "group.id": "rollstream-admin-probe",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "fetch.wait.max.ms": 10,  # an empty fetch answers at once (see end_offsets)
-        }
-    )
-    infos: dict[str, TopicInfo] = {}
-    try:
-        present = [n for n in wanted if qualified(n, kafka.namespace) in md.topics]
-        tps = [
-            TopicPartition(qualified(n, kafka.namespace), p)
-            for n in present
-            for p in sorted(md.topics[qualified(n, kafka.namespace)].partitions)
-        ]
-        ends = end_offsets(probe, tps, timeout_s)
-        for name in present:
-            real = qualified(name, kafka.namespace)
-            parts = sorted(md.topics[real].partitions)
-            infos[name] = TopicInfo(name, len(parts), [ends[(real, p)] for p in parts])
-    finally:
-        probe.close()
+    present = {
+        n: sorted(md.topics[qualified(n, kafka.namespace)].partitions)
+        for n in wanted
+        if qualified(n, kafka.namespace) in md.topics
+    }
+    with Reader(kafka, "admin", fetch_wait_ms=10) as probe:  # an empty fetch answers at once
+        ends = probe.ends([(n, p) for n, parts in present.items() for p in parts], timeout_s)
+    infos = {
+        n: TopicInfo(n, len(parts), [ends[(n, p)] for p in parts]) for n, parts in present.items()
+    }
     for group, offsets in _group_offsets(admin, kafka, timeout_s).items():
         for (real, part), committed in offsets.items():
             name = unqualified(real, kafka.namespace)
@@ -133,50 +160,10 @@ def _group_offsets(
     groups = [g for g in groups if not g.startswith("rollstream-admin") and "nogroup" not in g]
     for g in groups:
         try:
-            futs = admin.list_consumer_group_offsets(
-                [ConsumerGroupTopicPartitions(g)], request_timeout=timeout_s
-            )
-            res = next(iter(futs.values())).result()
+            out[unqualified(g, kafka.namespace)] = committed_offsets(admin, g, None, timeout_s)
         except Exception:
             continue
-        out[unqualified(g, kafka.namespace)] = {
-            (tp.topic, tp.partition): tp.offset for tp in res.topic_partitions if tp.offset >= 0
-        }
     return out
-
-
-def end_offsets(
-    consumer: Any, tps: list[TopicPartition], timeout_s: float = 10.0
-) -> dict[tuple[str, int], int]:
-    """The end offset (high watermark) of each partition, as a fetch response reports it.
-
-    `get_watermark_offsets` asks ListOffsets(latest), which the embedded broker (Tansu) answers
-    with the last record batch's base offset + 1: short of the end whenever that batch holds
-    several records. A fetch response carries the true high watermark, so this assigns every
-    partition at that (possibly short) end and reads until each one reports end-of-partition;
-    on any other Kafka that is one empty fetch. `consumer` must have enable.partition.eof on
-    (and a short fetch.wait.max.ms, or each empty fetch waits 500 ms) and must not be assigned
-    anything else; it is left unassigned."""
-    from confluent_kafka import OFFSET_END, KafkaError
-
-    ends: dict[tuple[str, int], int] = {}
-    if not tps:
-        return ends
-    todo = {(tp.topic, tp.partition) for tp in tps}
-    consumer.assign([TopicPartition(t, p, OFFSET_END) for t, p in todo])
-    deadline = time.monotonic() + timeout_s
-    try:
-        while todo and time.monotonic() < deadline:
-            for m in consumer.consume(1000, 0.05):
-                err = m.error()
-                if err is not None and err.code() == KafkaError._PARTITION_EOF:
-                    ends[(m.topic(), m.partition())] = m.offset()
-                    todo.discard((m.topic(), m.partition()))
-    finally:
-        consumer.unassign()
-    for t, p in todo:  # no answer in time: fall back to what ListOffsets says
-        ends[(t, p)] = consumer.get_watermark_offsets(TopicPartition(t, p), timeout=timeout_s)[1]
-    return ends
 
 
 class FlowProbe:
@@ -193,38 +180,28 @@ class FlowProbe:
         lag_topic: str,
         timeout_s: float = 5.0,
     ) -> None:
-        from confluent_kafka import Consumer
-
         self.kafka, self.timeout_s = kafka, timeout_s
-        self.lag_topic = qualified(lag_topic, kafka.namespace)
-        self.consumer = Consumer(
-            {
-                **kafka.client_config("admin"),
-                "group.id": qualified(lag_group, kafka.namespace),
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-                "fetch.wait.max.ms": 10,  # an empty fetch answers at once (see end_offsets)
-            }
-        )
+        self.lag_topic = lag_topic
+        # an empty fetch answers at once (see Reader.ends)
+        self.reader = Reader(kafka, "admin", group=lag_group, fetch_wait_ms=10)
         md = admin_client(kafka).list_topics(timeout=timeout_s)
-        self.tps: list[TopicPartition] = []
+        self.tps: list[tuple[str, int]] = []
         for t in {*topics, lag_topic}:
             real = qualified(t, kafka.namespace)
             parts = md.topics[real].partitions if real in md.topics else {}
-            self.tps += [TopicPartition(real, p) for p in sorted(parts)]
-        self.lag_tps = [tp for tp in self.tps if tp.topic == self.lag_topic]
+            self.tps += [(t, p) for p in sorted(parts)]
+        self.lag_tps = [tp for tp in self.tps if tp[0] == lag_topic]
 
     def read(self) -> tuple[dict[str, int], int]:
         """({registry topic: total end offset}, lag of the group on the lag topic)."""
-        ends = end_offsets(self.consumer, self.tps, self.timeout_s)
+        ends = self.reader.ends(self.tps, self.timeout_s)
         totals: dict[str, int] = {}
         for (t, _), end in ends.items():
-            name = unqualified(t, self.kafka.namespace)
-            totals[name] = totals.get(name, 0) + end
+            totals[t] = totals.get(t, 0) + end
         lag = 0
-        for tp in self.consumer.committed(self.lag_tps, timeout=self.timeout_s):
-            lag += max(0, ends[(tp.topic, tp.partition)] - max(tp.offset, 0))
+        for tp, committed in self.reader.committed(self.lag_tps, self.timeout_s).items():
+            lag += max(0, ends[tp] - (committed or 0))
         return totals, lag
 
     def close(self) -> None:
-        self.consumer.close()
+        self.reader.close()

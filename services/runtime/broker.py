@@ -57,11 +57,9 @@ def wait_for_kafka(
     log: Path | None = None,
 ) -> None:
     """Block until `bootstrap` answers a Kafka metadata request."""
-    from confluent_kafka.admin import AdminClient
+    from rollstream.services.runtime.admin import bootstrap_client
 
-    admin = AdminClient(
-        {"bootstrap.servers": bootstrap, "socket.connection.setup.timeout.ms": 1000, "log_level": 0}
-    )
+    admin = bootstrap_client(bootstrap)
     deadline = time.monotonic() + timeout_s
     while True:
         if proc is not None and proc.poll() is not None:

@@ -26,13 +26,14 @@ import argparse
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO
 
 import msgspec
 
 from rollstream.schemas.topics import qualified, unqualified
+from rollstream.services.runtime.admin import partitions
+from rollstream.services.runtime.bus import BusError, Producer, Reader, Record
 from rollstream.services.runtime.settings import KafkaSettings, kafka_from
 
 FORMAT = "rollstream-recording"
@@ -43,20 +44,9 @@ class RecordingError(ValueError):
     """A file that is not a rollstream recording, or one written by a newer version."""
 
 
-@dataclass(frozen=True)
-class Recorded:
-    """One record of a recording."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes
-    headers: list[tuple[str, bytes | None]]
-    timestamp_ms: int
-
-
-def write_recording(out: BinaryIO, topic: str, partitions: int, records: Iterator[Recorded]) -> int:
+def write_recording(
+    out: BinaryIO, topic: str, partitions: int, records: Iterator[Record[bytes]]
+) -> int:
     """Write the header and every record to `out`; returns the number of records."""
     enc = msgspec.msgpack.Encoder()
     out.write(
@@ -95,7 +85,7 @@ def read_header(path: str | Path) -> dict[str, Any]:
         return _header(_unpacker(f), path)
 
 
-def iter_recording(path: str | Path) -> Iterator[Recorded]:
+def iter_recording(path: str | Path) -> Iterator[Record[bytes]]:
     """Every record of the recording at `path`, in order (RecordingError if not a recording).
 
     For programmatic use, e.g. `decode(r.value, ScoredRollout) for r in iter_recording(p)`."""
@@ -104,14 +94,14 @@ def iter_recording(path: str | Path) -> Iterator[Recorded]:
         _header(unpacker, path)
         for i, obj in enumerate(unpacker):
             try:
-                yield Recorded(
+                yield Record(
                     topic=obj["topic"],
                     partition=obj["partition"],
                     offset=obj["offset"],
                     key=obj["key"],
                     value=obj["value"],
-                    headers=[(k, v) for k, v in obj.get("headers") or []],
                     timestamp_ms=obj.get("timestamp_ms", -1),
+                    headers=[(k, v) for k, v in obj.get("headers") or []],
                 )
             except (KeyError, TypeError, ValueError) as exc:
                 raise RecordingError(f"{path}: record {i} is malformed: {exc!r}") from None
@@ -146,39 +136,38 @@ def _header(unpacker: Any, path: str | Path) -> dict[str, Any]:
 def record_main(args: argparse.Namespace) -> int:
     """`rollstream record TOPIC FILE`: save a topic from its oldest message to FILE."""
     from rollstream.schemas import SchemaError
-    from rollstream.services.tools.tap import TapError, decode_message, read_raw, registry_type
+    from rollstream.services.tools.tap import decode_message, registry_type
 
     kafka = kafka_from(args.bootstrap, args.namespace)
     topic = unqualified(args.topic, kafka.namespace)
     typ = registry_type(topic)
     count = undecodable = 0
 
-    def records() -> Iterator[Recorded]:
+    def records(reader: Reader) -> Iterator[Record[bytes]]:
         nonlocal count, undecodable
         if args.limit is not None and args.limit <= 0:
             return
-        for raw in read_raw(kafka, topic, from_beginning=True, follow=args.follow, stage="record"):
+        for raw in reader.tail(topic, from_beginning=True, follow=args.follow):
             try:
                 decode_message(raw.value, typ)
             except SchemaError:
                 undecodable += 1
             count += 1
-            yield Recorded(
-                topic, raw.partition, raw.offset, raw.key, raw.value, raw.headers, raw.timestamp_ms
-            )
+            yield raw
             if args.limit is not None and count >= args.limit:
                 return
 
-    try:
-        partitions = _partitions(kafka, topic)
-    except TapError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    with open(args.file, "wb") as f:
+    with Reader(kafka, "record") as reader:
         try:
-            write_recording(f, topic, partitions, records())
-        except KeyboardInterrupt:  # --follow ends with Ctrl-C; every record read is written
-            pass
+            partitions = len(reader.partitions(topic))
+        except BusError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        with open(args.file, "wb") as f:
+            try:
+                write_recording(f, topic, partitions, records(reader))
+            except KeyboardInterrupt:  # --follow ends with Ctrl-C; every record read is written
+                pass
     size = Path(args.file).stat().st_size
     print(
         f"recorded {count} messages of {topic} ({undecodable} undecodable) to {args.file} "
@@ -189,17 +178,15 @@ def record_main(args: argparse.Namespace) -> int:
 
 def replay_main(args: argparse.Namespace) -> int:
     """`rollstream replay FILE [TOPIC]`: produce every recorded record into TOPIC."""
-    from rollstream.services.tools.tap import TapError
-
     kafka = kafka_from(args.bootstrap, args.namespace)
     try:
         head = read_header(args.file)
-    except (RecordingError, OSError) as exc:
+        topic = unqualified(args.topic or head["topic"], kafka.namespace)
+        target_parts = len(partitions(kafka, topic))
+    except (RecordingError, OSError, BusError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    topic = unqualified(args.topic or head["topic"], kafka.namespace)
     try:
-        target_parts = _partitions(kafka, topic)
         n = replay(
             kafka,
             iter_recording(args.file),
@@ -207,7 +194,7 @@ def replay_main(args: argparse.Namespace) -> int:
             keep_partitions=target_parts == head.get("partitions"),
             rate=args.rate,
         )
-    except (RecordingError, TapError) as exc:
+    except RecordingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"replayed {n} messages from {args.file} into {qualified(topic, kafka.namespace)}")
@@ -216,27 +203,14 @@ def replay_main(args: argparse.Namespace) -> int:
 
 def replay(
     kafka: KafkaSettings,
-    records: Iterator[Recorded],
+    records: Iterator[Record[bytes]],
     topic: str,
     *,
     keep_partitions: bool,
     rate: float | None = None,
 ) -> int:
     """Produce `records` into registry-level `topic`; returns how many, all acknowledged."""
-    from confluent_kafka import Producer
-
-    from rollstream.services.runtime.bus import BusError
-
-    cfg = kafka.client_config("replay")
-    cfg.update({"enable.idempotence": True, "linger.ms": 5, "message.max.bytes": 8 << 20})
-    producer = Producer(cfg)
-    real = qualified(topic, kafka.namespace)
-    errors: list[str] = []
-
-    def on_delivery(err: Any, msg: Any) -> None:
-        if err is not None:
-            errors.append(str(err))
-
+    producer = Producer(kafka, "replay")
     start = time.monotonic()
     n = 0
     for r in records:
@@ -244,38 +218,8 @@ def replay(
             wait = start + n / rate - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
-        kw: dict[str, Any] = {"partition": r.partition} if keep_partitions else {}
-        while True:
-            try:
-                producer.produce(
-                    real,
-                    r.value,
-                    key=r.key,
-                    headers=cast(Any, r.headers) or None,
-                    on_delivery=on_delivery,
-                    **kw,
-                )
-                break
-            except BufferError:
-                producer.poll(0.05)
-        producer.poll(0)
+        partition = r.partition if keep_partitions else None
+        producer.send_raw(topic, r.value, r.key, r.headers or None, partition)
         n += 1
-    left = producer.flush(60)
-    if left or errors:
-        raise BusError(f"{left} messages unacknowledged, {len(errors)} failed: {errors[:3]}")
+    producer.flush(60)
     return n
-
-
-def _partitions(kafka: KafkaSettings, topic: str) -> int:
-    from confluent_kafka.admin import AdminClient
-
-    from rollstream.services.tools.tap import TapError
-
-    real = qualified(topic, kafka.namespace)
-    md = AdminClient(kafka.client_config("admin")).list_topics(timeout=10)
-    if real not in md.topics or md.topics[real].error is not None:
-        raise TapError(
-            f"topic {real!r} does not exist at {kafka.bootstrap}; "
-            f"run `rollstream topics create` (or check --namespace)"
-        )
-    return len(md.topics[real].partitions)

@@ -1,10 +1,10 @@
 """`rollstream tap TOPIC`: decode a topic live, without joining or moving any consumer group.
 
 Reads: one topic - a registry topic, a `<topic>.dlq`, or any other topic - by assigning every
-partition directly (no group join, no offsets committed, so no stage's position moves), from
-the end by default or the oldest message with `--from-beginning`. Stops once every partition
-is caught up unless `--follow`. Writes: stdout only (one line per message; JSON lines with
-`--json`; a summary with `--stats`).
+partition directly (bus.Reader.tail: no group join, no offsets committed, so no stage's
+position moves), from the end by default or the oldest message with `--from-beginning`. Stops
+once every partition is caught up unless `--follow`. Writes: stdout only (one line per
+message; JSON lines with `--json`; a summary with `--stats`).
 
 Messages are decoded as the topic's registry type, else as whatever registered schema they
 say they are (`decode_any`). A message that decodes as neither is shown as an error line with
@@ -19,16 +19,15 @@ import json
 import math
 import os
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import msgspec
 import numpy as np
 
 from rollstream.schemas import Message, SchemaError, decode, decode_any
-from rollstream.schemas.topics import lookup, qualified, unqualified
-from rollstream.services.runtime.settings import KafkaSettings, kafka_from
+from rollstream.schemas.topics import lookup, unqualified
+from rollstream.services.runtime.bus import BusError, Reader, Record
+from rollstream.services.runtime.settings import kafka_from
 from rollstream.services.tools.tapstats import TapStats
 from rollstream.services.tools.where import Where, WhereError, resolve_path
 
@@ -55,89 +54,6 @@ SUMMARY: dict[str, list[str]] = {
         "DeadLetter": "topic partition offset error",
     }.items()
 }
-
-
-class TapError(RuntimeError):
-    """A topic that does not exist, or a client that cannot reach Kafka."""
-
-
-@dataclass(frozen=True)
-class RawMessage:
-    topic: str  # as asked for (namespace stripped)
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes
-    headers: list[tuple[str, bytes | None]]
-    timestamp_ms: int
-
-
-def read_raw(
-    kafka: KafkaSettings, topic: str, *, from_beginning: bool, follow: bool, stage: str = "tap"
-) -> Iterator[RawMessage]:
-    """Every message of `topic` in arrival order, read by partition assignment (no group).
-
-    Without `follow` it returns once every partition has reached its end."""
-    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
-
-    real = qualified(topic, kafka.namespace)
-    cfg = kafka.client_config(stage)
-    cfg.update(
-        {
-            "group.id": f"rollstream-nogroup-{stage}",  # required by librdkafka, never joined
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "enable.partition.eof": True,
-            "fetch.wait.max.ms": 100,  # "caught up" shows sooner than after the 500 ms default
-            "fetch.max.bytes": 64 * 1024 * 1024,
-            "max.partition.fetch.bytes": 16 * 1024 * 1024,
-        }
-    )
-    consumer = Consumer(cfg)
-    try:
-        md = consumer.list_topics(timeout=10)
-        if real not in md.topics or md.topics[real].error is not None:
-            raise TapError(
-                f"topic {real!r} does not exist at {kafka.bootstrap}; "
-                f"run `rollstream topics create` (or check --namespace)"
-            )
-        start = OFFSET_BEGINNING if from_beginning else OFFSET_END
-        parts = sorted(md.topics[real].partitions)
-        consumer.assign([TopicPartition(real, p, start) for p in parts])
-        at_end: set[int] = set()
-        # From the end: skip what arrives before a partition's first end-of-partition. The
-        # start offset comes from ListOffsets, which Tansu answers short of the real end
-        # (see admin.end_offsets); the fetch that reports end-of-partition is exact.
-        skipping = set() if from_beginning else set(parts)
-        while True:
-            for m in consumer.consume(500, 0.5):
-                part = cast(int, m.partition())
-                err = m.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        at_end.add(part)
-                        skipping.discard(part)
-                        continue
-                    if err.fatal():
-                        raise TapError(str(err))
-                    continue  # transient (the client retries on its own)
-                at_end.discard(part)
-                if part in skipping:
-                    continue
-                headers = cast(list[tuple[str, bytes | None]], m.headers() or [])
-                yield RawMessage(
-                    topic,
-                    part,
-                    cast(int, m.offset()),
-                    m.key(),
-                    m.value() or b"",
-                    headers,
-                    m.timestamp()[1],
-                )
-            if not follow and len(at_end) == len(parts):
-                return
-    finally:
-        consumer.close()
 
 
 def registry_type(topic: str) -> type[Message] | None:
@@ -256,7 +172,7 @@ class HumanOut:
         self.console = Console(highlight=False, soft_wrap=True)
 
     def message(
-        self, raw: RawMessage, d: dict[str, Any], paths: list[str], tokenizer: Any = None
+        self, raw: Record[bytes], d: dict[str, Any], paths: list[str], tokenizer: Any = None
     ) -> None:
         from rich.text import Text
 
@@ -272,7 +188,7 @@ class HumanOut:
             line.append(_compact(k, v))
         self.console.print(line)
 
-    def error(self, raw: RawMessage, reason: str) -> None:
+    def error(self, raw: Record[bytes], reason: str) -> None:
         from rich.text import Text
 
         line = Text()
@@ -286,14 +202,14 @@ class JsonOut:
     """JSON lines: the decoded message plus `_topic`, `_partition`, `_offset`, `_key`."""
 
     def message(
-        self, raw: RawMessage, d: dict[str, Any], paths: list[str], tokenizer: Any = None
+        self, raw: Record[bytes], d: dict[str, Any], paths: list[str], tokenizer: Any = None
     ) -> None:
         body = select(d, paths) if paths else d
         if tokenizer is not None:
             add_text(body, tokenizer)
         self._write({**body, **_coords(raw)})
 
-    def error(self, raw: RawMessage, reason: str) -> None:
+    def error(self, raw: Record[bytes], reason: str) -> None:
         self._write({"_error": reason, **_coords(raw), "_size": len(raw.value)})
 
     @staticmethod
@@ -302,7 +218,7 @@ class JsonOut:
         sys.stdout.flush()
 
 
-def _coords(raw: RawMessage) -> dict[str, Any]:
+def _coords(raw: Record[bytes]) -> dict[str, Any]:
     return {
         "_topic": raw.topic,
         "_partition": raw.partition,
@@ -350,18 +266,19 @@ def main(args: argparse.Namespace) -> int:
     topic = unqualified(args.topic, kafka.namespace)
     try:
         if args.limit is None or args.limit > 0:
-            for raw in read_raw(
-                kafka, topic, from_beginning=args.from_beginning, follow=args.follow
-            ):
-                tap.handle(raw, typ)
-                if args.limit is not None and tap.shown >= args.limit:
-                    break
+            with Reader(kafka, "tap") as reader:
+                for raw in reader.tail(
+                    topic, from_beginning=args.from_beginning, follow=args.follow
+                ):
+                    tap.handle(raw, typ)
+                    if args.limit is not None and tap.shown >= args.limit:
+                        break
     except KeyboardInterrupt:
         pass
     except BrokenPipeError:  # e.g. `| head`: the reader has gone; not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except TapError as exc:
+    except BusError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     tap.finish(topic, from_beginning=args.from_beginning, follow=args.follow, as_json=args.json)
@@ -385,7 +302,7 @@ class Tap:
         self.where_failures = 0
         self.first_where_failure = ""
 
-    def handle(self, raw: RawMessage, typ: type[Message] | None) -> None:
+    def handle(self, raw: Record[bytes], typ: type[Message] | None) -> None:
         try:
             msg = decode_message(raw.value, typ)
         except SchemaError as exc:

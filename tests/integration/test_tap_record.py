@@ -4,9 +4,6 @@ subprocess, against the real broker."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,28 +12,15 @@ import msgpack
 import msgspec
 import pytest
 from golden import make_golden  # tests/golden/make_golden.py
+from rollstream_cli import rollstream  # tests/integration/rollstream_cli.py
 
 from rollstream.schemas import ScoredRollout, decode
 from rollstream.services.runtime.admin import create_topics
-from rollstream.services.runtime.bus import Producer
+from rollstream.services.runtime.bus import Producer, Reader
 from rollstream.services.runtime.settings import KafkaSettings
 from rollstream.services.tools.record import iter_recording
-from rollstream.services.tools.tap import read_raw
 
 pytestmark = pytest.mark.kafka
-
-
-ROLLSTREAM = str(Path(sys.executable).with_name("rollstream"))
-
-
-def rollstream(kafka: KafkaSettings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "ROLLSTREAM_BOOTSTRAP": kafka.bootstrap,
-        "ROLLSTREAM_NAMESPACE": str(kafka.namespace),
-        "COLUMNS": "200",
-    }
-    return subprocess.run([ROLLSTREAM, *args], env=env, capture_output=True, text=True, timeout=120)
 
 
 def json_lines(out: str) -> list[dict[str, Any]]:
@@ -182,6 +166,15 @@ def test_tap_stats_counts_and_summarises(kafka: KafkaSettings) -> None:
     assert "of the 1 MiB default max.message.bytes" in table.stdout
 
 
+def stored(kafka: KafkaSettings, topic: str) -> list[tuple[Any, ...]]:
+    """Every record of `topic` as (partition, offset, key, value, headers), sorted."""
+    with Reader(kafka, "test") as reader:
+        return sorted(
+            (m.partition, m.offset, m.key, m.value, tuple(m.headers))
+            for m in reader.tail(topic, from_beginning=True, follow=False)
+        )
+
+
 def test_record_then_replay_into_another_namespace_is_byte_identical(
     kafka: KafkaSettings, tmp_path: Path
 ) -> None:
@@ -190,10 +183,7 @@ def test_record_then_replay_into_another_namespace_is_byte_identical(
         p.send("rollouts.scored", scored(i / 5, "add", i, f"r{i}"), key=f"g{i % 3}")
     p.send_raw("rollouts.scored", b"kept as is", key="g0", headers=[("x-note", b"raw")])
     p.flush()
-    original = sorted(
-        (m.partition, m.offset, m.key, m.value, tuple(m.headers))
-        for m in read_raw(kafka, "rollouts.scored", from_beginning=True, follow=False)
-    )
+    original = stored(kafka, "rollouts.scored")
     assert len(original) == 7
 
     file = tmp_path / "scored.rsr"
@@ -213,10 +203,7 @@ def test_record_then_replay_into_another_namespace_is_byte_identical(
     rep = rollstream(other, "replay", str(file))
     assert rep.returncode == 0, rep.stderr
     assert f"replayed 7 messages from {file} into {other.namespace}.rollouts.scored" in rep.stdout
-    copied = sorted(
-        (m.partition, m.offset, m.key, m.value, tuple(m.headers))
-        for m in read_raw(other, "rollouts.scored", from_beginning=True, follow=False)
-    )
+    copied = stored(other, "rollouts.scored")
     assert copied == original
 
 

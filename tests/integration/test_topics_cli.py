@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
+from rollstream_cli import rollstream  # tests/integration/rollstream_cli.py
 
 from rollstream.schemas import PromptTask
 from rollstream.schemas.topics import all_topics, qualified
@@ -18,18 +15,6 @@ from rollstream.services.runtime.bus import Consumer, Producer
 from rollstream.services.runtime.settings import KafkaSettings
 
 pytestmark = pytest.mark.kafka
-
-ROLLSTREAM = str(Path(sys.executable).with_name("rollstream"))
-
-
-def rollstream(kafka: KafkaSettings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "ROLLSTREAM_BOOTSTRAP": kafka.bootstrap,
-        "ROLLSTREAM_NAMESPACE": str(kafka.namespace),
-        "COLUMNS": "200",
-    }
-    return subprocess.run([ROLLSTREAM, *args], env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_topics_create_is_idempotent_and_matches_the_registry(bootstrap: str) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 import msgpack
 import pytest
 
+from rollstream.services.runtime.bus import Record
 from rollstream.services.tools.record import (
-    Recorded,
     RecordingError,
     iter_recording,
     read_header,
@@ -83,10 +83,10 @@ def test_stats_summarise_numbers_text_sizes_and_rate() -> None:
     assert d["strings"]["correct"]["top"] == [["False", 2], ["True", 1]]
 
 
-def _records() -> list[Recorded]:
+def _records() -> list[Record[bytes]]:
     return [
-        Recorded("rollouts.scored", 3, 0, b"g1", b"\x81\xa1a\x01", [("schema", b"X")], 1000),
-        Recorded("rollouts.scored", 3, 1, None, b"garbage \xc1", [("h", None)], 1001),
+        Record("rollouts.scored", 3, 0, b"g1", b"\x81\xa1a\x01", 1000, [("schema", b"X")]),
+        Record("rollouts.scored", 3, 1, None, b"garbage \xc1", 1001, [("h", None)]),
     ]
 
 

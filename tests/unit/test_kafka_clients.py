@@ -1,0 +1,41 @@
+"""Stages reach Kafka through the bus: outside runtime/bus.py (producer, consumer, reader),
+runtime/admin.py (its admin-client half) and the faust layer, no module imports confluent_kafka."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+ALLOWED = {
+    "services/runtime/bus.py",
+    "services/runtime/admin.py",
+    "services/runtime/faust/sender.py",  # the faust layer: faust's own producer replaced
+    "services/filter/app.py",  # the faust layer: the filter app's internal topics
+}
+
+
+def kafka_imports(path: Path) -> list[int]:
+    """Line numbers of the `confluent_kafka` imports in the module at `path`."""
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names = [node.module or ""]
+        else:
+            continue
+        if any(n == "confluent_kafka" or n.startswith("confluent_kafka.") for n in names):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_only_the_bus_admin_and_faust_layer_import_confluent_kafka() -> None:
+    found = {
+        str(p.relative_to(ROOT)): kafka_imports(p)
+        for p in sorted((ROOT / "services").rglob("*.py"))
+    }
+    outside = {p: lines for p, lines in found.items() if lines and p not in ALLOWED}
+    assert outside == {}, "use runtime/bus.py (Producer, Consumer, Reader) or runtime/admin.py"
+    assert {p for p, lines in found.items() if lines} == ALLOWED  # the list is kept up to date
