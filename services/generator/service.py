@@ -357,7 +357,7 @@ class Generator:
                 self._export_busy()
                 continue
             t0 = time.perf_counter()
-            recs = self.consumer.poll(self.cfg.batch_prompts, self.cfg.poll_timeout_s)
+            recs = self.consumer.poll(self.cfg.batch_prompts, self.cfg.poll_timeout_s, fill=True)
             self.busy.add("wait_prompts", time.perf_counter() - t0)
             if recs:
                 self.run_batch(recs)

@@ -45,6 +45,31 @@ def sample(registry: Any, name: str, topic: str) -> float | None:
     return registry.get_sample_value(name, {"topic": topic})
 
 
+def test_poll_hands_on_a_record_as_soon_as_it_is_there(kafka: KafkaSettings) -> None:
+    """poll(500, 5 s) with one record on the topic returns it without waiting out the 5 s
+    (librdkafka's consume(n, timeout) alone waits for n records or the timeout); `fill`
+    waits for the batch, which is what a generator filling a batch of prompts wants."""
+    producer = Producer(kafka, "test")
+    consumer = Consumer(kafka, "test", ["prompts"], group=None)
+    try:
+        consumer.poll(10, 2.0)  # assignment done
+        producer.send("prompts", prompt("t1"), key="t1")
+        producer.flush()
+        t0 = time.monotonic()
+        got = consumer.poll(500, 5.0)
+        assert [r.value.task_id for r in got] == ["t1"]
+        assert time.monotonic() - t0 < 2.5
+        producer.send("prompts", prompt("t2"), key="t2")
+        producer.flush()
+        t0 = time.monotonic()
+        got = consumer.poll(2, 3.0, fill=True)  # one record of the two asked for
+        assert [r.value.task_id for r in got] == ["t2"]
+        assert time.monotonic() - t0 >= 2.9
+    finally:
+        consumer.close()
+        producer.close()
+
+
 def test_keyed_messages_round_trip_and_share_a_partition(kafka: KafkaSettings) -> None:
     base = make_golden.rollout()
     sent = [msgspec.structs.replace(base, rollout_id=f"g1-{i}", sample_index=i) for i in range(4)]
