@@ -24,7 +24,7 @@ from rollstream.services.runtime.admin import (
     listed_offsets,
     partitions,
 )
-from rollstream.services.runtime.bus import Reader
+from rollstream.services.runtime.reader import Reader
 from rollstream.services.runtime.settings import KafkaSettings
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ twice (outputs written, changelog not). So the app keeps each finished group's s
 the source offset that finished it is committed (faust flushes the outputs before it commits),
 and when it takes a partition over it reads back the output partitions for the groups finished
 after the last commit: those found are not sent again, the others are. This module is that
-read-back, through a bus.Reader (no group joined, nothing committed).
+read-back, through a reader.Reader (no group joined, nothing committed).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from rollstream.schemas.topics import qualified, unqualified
-from rollstream.services.runtime.bus import Reader
+from rollstream.services.runtime.reader import Reader
 from rollstream.services.runtime.settings import KafkaSettings
 
 

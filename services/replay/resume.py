@@ -21,7 +21,7 @@ learner to an empty buffer (`ReplayBuffer.mark_emitted`: uses, idempotent) and t
 `add` is idempotent by group_id, so re-read groups that were handed out to their cap are
 skipped and the others come back with their use counts: no group lost, none sent twice.
 
-Both reads go through a bus.Reader (offsets for times, ranges of a partition, headers): no
+Both reads go through a reader.Reader (offsets for times, ranges of a partition, headers): no
 group joined, nothing committed.
 """
 
@@ -33,7 +33,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from rollstream.schemas import SchemaError, TrainBatch, decode
-from rollstream.services.runtime.bus import Reader, Record
+from rollstream.services.runtime.bus import Record
+from rollstream.services.runtime.reader import Reader
 from rollstream.services.runtime.settings import KafkaSettings
 
 log = logging.getLogger(__name__)

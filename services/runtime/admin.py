@@ -3,7 +3,7 @@
 
 Topics are always created explicitly from schemas/topics.py, with their partitions and config;
 auto-created topics can get a partition count nobody asked for. Offsets as a fetch reports
-them (exact on Tansu too) come from bus.Reader.
+them (exact on Tansu too) come from reader.Reader.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicP
 from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
 from rollstream.schemas.topics import Topic, all_topics, qualified, unqualified
-from rollstream.services.runtime.bus import Reader, topic_partitions
+from rollstream.services.runtime.bus import topic_partitions
+from rollstream.services.runtime.reader import Reader
 from rollstream.services.runtime.settings import KafkaSettings
 
 

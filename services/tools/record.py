@@ -33,7 +33,8 @@ import msgspec
 
 from rollstream.schemas.topics import qualified, unqualified
 from rollstream.services.runtime.admin import partitions
-from rollstream.services.runtime.bus import BusError, Producer, Reader, Record
+from rollstream.services.runtime.bus import BusError, Producer, Record
+from rollstream.services.runtime.reader import Reader
 from rollstream.services.runtime.settings import KafkaSettings, kafka_from
 
 FORMAT = "rollstream-recording"

@@ -1,7 +1,7 @@
 """`rollstream tap TOPIC`: decode a topic live, without joining or moving any consumer group.
 
 Reads: one topic - a registry topic, a `<topic>.dlq`, or any other topic - by assigning every
-partition directly (bus.Reader.tail: no group join, no offsets committed, so no stage's
+partition directly (reader.Reader.tail: no group join, no offsets committed, so no stage's
 position moves), from the end by default or the oldest message with `--from-beginning`. Stops
 once every partition is caught up unless `--follow`. Writes: stdout only (one line per
 message; JSON lines with `--json`; a summary with `--stats`).
@@ -26,7 +26,8 @@ import numpy as np
 
 from rollstream.schemas import Message, SchemaError, decode, decode_any
 from rollstream.schemas.topics import lookup, unqualified
-from rollstream.services.runtime.bus import BusError, Reader, Record
+from rollstream.services.runtime.bus import BusError, Record
+from rollstream.services.runtime.reader import Reader
 from rollstream.services.runtime.settings import kafka_from
 from rollstream.services.tools.tapstats import TapStats
 from rollstream.services.tools.where import Where, WhereError, resolve_path

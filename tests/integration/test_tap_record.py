@@ -16,7 +16,8 @@ from rollstream_cli import rollstream  # tests/integration/rollstream_cli.py
 
 from rollstream.schemas import ScoredRollout, decode
 from rollstream.services.runtime.admin import create_topics
-from rollstream.services.runtime.bus import Producer, Reader
+from rollstream.services.runtime.bus import Producer
+from rollstream.services.runtime.reader import Reader
 from rollstream.services.runtime.settings import KafkaSettings
 from rollstream.services.tools.record import iter_recording
 
