@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from rollstream.services.runtime.config import section
-from rollstream.services.runtime.service import StageContext, stage_parser
+from rollstream.services.runtime.stage import StageContext, stage_parser
 
 log = logging.getLogger("rollstream")
 

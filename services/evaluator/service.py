@@ -5,7 +5,7 @@ files they point to (verified by models.weights.fetch_update). Writes one EvalRe
 evaluated version to `eval.results`, keyed by run name, and each refused WeightUpdate to
 `weights.dlq` (a DeadLetter with the reason and the update's coordinates, keyed by the
 update's key); it is also the one stage that dead-letters undecodable records on `weights`
-(runtime/service.py DEAD_LETTERED_BY), so each bad record there has one dead letter.
+(runtime/stage.py DEAD_LETTERED_BY), so each bad record there has one dead letter.
 
 At start it evaluates the starting model as version 0, unless a newer version is already
 published and verifies (a restart mid-run evaluates that one instead). Then it follows the
@@ -32,8 +32,8 @@ from rollstream.schemas import DeadLetter, EvalResult, WeightUpdate, encode
 from rollstream.services.evaluator.config import EvaluatorConfig
 from rollstream.services.runtime.bus import Producer, Record
 from rollstream.services.runtime.metrics import BusMetrics, StageMetrics
-from rollstream.services.runtime.service import Follower
 from rollstream.services.runtime.settings import KafkaSettings
+from rollstream.services.runtime.stage import Follower
 from rollstream.services.tasks import Item, heldout_items
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rollstream.services.runtime.config import section
-from rollstream.services.runtime.service import StageContext, stage_parser
+from rollstream.services.runtime.stage import StageContext, stage_parser
 
 
 def main(argv: list[str]) -> int:

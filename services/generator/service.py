@@ -37,7 +37,7 @@ from rollstream.services.runtime.bus import Consumer, Producer, Record
 from rollstream.services.runtime.config import RunConfig
 from rollstream.services.runtime.knobs import LiveKnobs
 from rollstream.services.runtime.metrics import Busy
-from rollstream.services.runtime.service import (
+from rollstream.services.runtime.stage import (
     Follower,
     StageContext,
     follow_control,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rollstream.services.runtime.config import section
-from rollstream.services.runtime.service import (
+from rollstream.services.runtime.stage import (
     StageContext,
     follow_control,
     follow_weights,

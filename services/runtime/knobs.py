@@ -56,7 +56,7 @@ class LiveKnobs(Generic[M]):
         self.validate = validate
         self.apply = apply
         self.live = frozenset(live)
-        self.follower = follower  # runtime.service.Follower of `control`, or None
+        self.follower = follower  # runtime.stage.Follower of `control`, or None
         self.counter = counter  # a Counter with a "result" label, or None
         self.seen = -1  # the follower's seq last looked at; -1: nothing applied yet
 

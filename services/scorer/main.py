@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from rollstream.services.runtime.config import section
-from rollstream.services.runtime.service import StageContext, follow_control, stage_parser
+from rollstream.services.runtime.stage import StageContext, follow_control, stage_parser
 
 log = logging.getLogger("rollstream")
 

@@ -16,7 +16,7 @@ import pytest
 from helmchart import ROOT, STAGES, VALUE_SETS, Rendered, container_env, expand
 
 from rollstream.services.cli import build_parser
-from rollstream.services.runtime.service import StageContext, stage_parser
+from rollstream.services.runtime.stage import StageContext, stage_parser
 
 
 def _entrypoint() -> list[str]:
@@ -34,7 +34,7 @@ class _Captured(Exception):
 
 def stage_argparser(stage: str, monkeypatch: pytest.MonkeyPatch) -> argparse.ArgumentParser:
     """The parser `rollstream run <stage>` uses: main() builds it and hands it to
-    StageContext.from_argv (the contract in runtime/service.py), where we catch it."""
+    StageContext.from_argv (the contract in runtime/stage.py), where we catch it."""
     mod = importlib.import_module(f"rollstream.services.{stage}.main")
     seen: dict[str, argparse.ArgumentParser] = {}
 

@@ -1,7 +1,7 @@
 """Bad records on the compacted `control` / `weights` topics and under read-only readers, on the
 real embedded broker (issue 16: D1 followers, D7 readers). A follower still applies every valid
 record fetched with a bad one; the bad record is dead-lettered once, by the one stage named for
-the topic (runtime/service.py DEAD_LETTERED_BY), and skipped and counted by every other
+the topic (runtime/stage.py DEAD_LETTERED_BY), and skipped and counted by every other
 follower; a reader skips and reports it."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from golden import make_golden  # tests/golden/make_golden.py
 from rollstream.schemas import DeadLetter, encode
 from rollstream.schemas.topics import qualified
 from rollstream.services.runtime.bus import Consumer
-from rollstream.services.runtime.service import follow_control, follow_weights
 from rollstream.services.runtime.settings import KafkaSettings
+from rollstream.services.runtime.stage import follow_control, follow_weights
 from rollstream.services.up.ledger import compute, read_all
 
 pytestmark = pytest.mark.kafka

@@ -19,8 +19,8 @@ from rollstream.services.feed.items import build_pool
 from rollstream.services.feed.service import Feed
 from rollstream.services.runtime.bus import Consumer
 from rollstream.services.runtime.metrics import StageMetrics
-from rollstream.services.runtime.service import follow_control
 from rollstream.services.runtime.settings import KafkaSettings
+from rollstream.services.runtime.stage import follow_control
 
 pytestmark = pytest.mark.kafka
 
