@@ -27,8 +27,7 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY schemas ./schemas
-COPY services ./services
+COPY rollstream ./rollstream
 
 RUN set -eux; \
     case "$VARIANT" in \

@@ -1,8 +1,8 @@
 """Does the transformers path keep one GPU busy? Generated and trained tokens/s of a ~0.5B model.
 
 A random-init model of Qwen2.5-0.5B's shape (494M parameters, vocab 151,936, tied embeddings;
-built offline by services/models/synthetic.py with a small BPE tokenizer, saved as an HF dir)
-runs one-GPU colocated RL for --seconds: the generator's own transformers backend (bf16,
+built offline by rollstream/services/models/synthetic.py with a small BPE tokenizer, saved as an HF
+dir) runs one-GPU colocated RL for --seconds: the generator's own transformers backend (bf16,
 batched `generate` with a KV cache, behaviour logprobs recorded on the device) samples
 --prompts x --n completions of --max-tokens tokens; the learner's own Trainer (fp32 master
 weights, bf16 autocast) trains on exactly those samples as GRPO groups; the version is
@@ -37,7 +37,6 @@ import sys
 import tempfile
 import threading
 import time
-import types
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def use_checkout() -> None:
     """Import `rollstream` from this checkout when it is not installed."""
     if importlib.util.find_spec("rollstream") is None:
-        pkg = types.ModuleType("rollstream")
-        pkg.__path__ = [str(ROOT)]
-        sys.modules["rollstream"] = pkg
+        sys.path.insert(0, str(ROOT))
 
 
 class GpuSampler:

@@ -34,7 +34,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +50,9 @@ TINY_SIZES = {"tiny-a": (64, 2, 4, 128, 1000), "tiny-b": (128, 2, 4, 256, 1000)}
 
 
 def use_checkout() -> None:
-    """Import `rollstream` from this checkout when it is not installed (package-dir layout:
-    rollstream.schemas is schemas/, rollstream.services is services/)."""
+    """Import `rollstream` from this checkout when it is not installed."""
     if importlib.util.find_spec("rollstream") is None:
-        pkg = types.ModuleType("rollstream")
-        pkg.__path__ = [str(ROOT)]
-        sys.modules["rollstream"] = pkg
+        sys.path.insert(0, str(ROOT))
 
 
 def llama(shape: tuple[int, int, int, int, int], device: str) -> Any:

@@ -9,7 +9,7 @@ the generator's live bf16 (CUDA) / fp32 (CPU) copy. One swap is timed phase by p
               out as the safetensors file), waited for once
   write       before: save_file (serialise the whole file in memory, then write it);
               after: the image's 16 MiB chunks hashed and pwrite()n by one thread per core
-              (the digest is the chunked sha256 of schemas/control.py WeightUpdate)
+              (the digest is the chunked sha256 of rollstream/schemas/control.py WeightUpdate)
   hash        before: a second read of every file to hash it; after: none (hashed on write)
   other       config (and tokenizer) files; after: their hashes, the rename into place
   notify      WeightUpdate encoded and decoded (the Kafka hop itself is not on this host:
@@ -45,7 +45,6 @@ import statistics
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +64,7 @@ SIZES = {
 def use_checkout() -> None:
     """Import `rollstream` from this checkout when it is not installed."""
     if importlib.util.find_spec("rollstream") is None:
-        pkg = types.ModuleType("rollstream")
-        pkg.__path__ = [str(ROOT)]
-        sys.modules["rollstream"] = pkg
+        sys.path.insert(0, str(ROOT))
 
 
 def sync(device: str) -> None:

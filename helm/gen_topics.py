@@ -3,7 +3,7 @@
 Reads: `rollstream.schemas.topics.all_topics()` (every registry topic plus its `.dlq`).
 Writes: `helm/rollstream/files/topics.json`, which `templates/topics.yaml` ranges over to
 render Strimzi KafkaTopic resources (or to list what the topic-init Job creates).
-Run it after changing schemas/topics.py: `.venv/bin/python helm/gen_topics.py`. A test
+Run it after changing rollstream/schemas/topics.py: `.venv/bin/python helm/gen_topics.py`. A test
 (tests/helm/test_chart_topics.py) regenerates the list in memory and fails on drift.
 """
 

@@ -35,7 +35,7 @@ PATTERNS = {  # glob -> description, for data files that cannot carry a comment
     "helm/rollstream/Chart.yaml": "chart metadata",
     "helm/rollstream/values.yaml": "default values: one block per stage with identical keys",
     "helm/rollstream/values.schema.json": "JSON schema that rejects bad values",
-    "helm/rollstream/files/topics.json": "topic list generated from schemas/topics.py",
+    "helm/rollstream/files/topics.json": "topic list generated from rollstream/schemas/topics.py",
     "helm/rollstream/dashboards/rollstream.json": "Grafana dashboard from the metrics catalog",
     "benchmarks/results/*.json": "benchmark results (written by the script of the same name)",
     "tests/golden/*.msgpack": "golden bytes of one message type (tests/unit/test_schemas.py)",

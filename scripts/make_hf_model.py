@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
-import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,9 +27,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     if importlib.util.find_spec("rollstream") is None:  # run from a checkout, not installed
-        pkg = types.ModuleType("rollstream")
-        pkg.__path__ = [str(ROOT)]
-        sys.modules["rollstream"] = pkg
+        sys.path.insert(0, str(ROOT))
     from rollstream.services.models.synthetic import QWEN2_0_5B_SIZES, TINY_SIZES, build_hf_model
 
     sizes = QWEN2_0_5B_SIZES if args.size == "0.5b" else TINY_SIZES

@@ -1,6 +1,6 @@
 """Reads TensorBoard event files back for tests, with the `Event` protobuf that tensorboardX
-ships (a decoder independent of services/up/tbevents.py, which writes them), checking every
-record's CRC. Imported by bare name (`from tb_events import read_events`), like tiny_llama."""
+ships (a decoder independent of rollstream/services/up/tbevents.py, which writes them), checking
+every record's CRC. Imported by bare name (`from tb_events import read_events`), like tiny_llama."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """`rollstream up` on a model that is not the built-in one: a tiny Qwen2-architecture model
 with its own byte-level BPE tokenizer (trained offline), ChatML chat template, two stop tokens
-and tied embeddings, saved as an ordinary Hugging Face directory (services/models/synthetic.py).
+and tied embeddings, saved as an ordinary Hugging Face directory
+(rollstream/services/models/synthetic.py).
 
 The whole pipeline must run on it - prompts through its chat template, rollouts scored,
 groups trained, versions published - with a balanced ledger, and every published version must

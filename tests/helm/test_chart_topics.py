@@ -1,5 +1,5 @@
-"""The chart creates exactly the registry's topics (schemas/topics.py), in both modes, and
-KEDA scales each stage on a topic that stage really consumes."""
+"""The chart creates exactly the registry's topics (rollstream/schemas/topics.py), in both modes,
+and KEDA scales each stage on a topic that stage really consumes."""
 
 from __future__ import annotations
 

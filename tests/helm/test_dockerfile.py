@@ -40,10 +40,11 @@ def test_entrypoint_is_the_console_script() -> None:
 
 
 def test_image_copies_what_the_package_is_built_from() -> None:
-    """pip builds the wheel from these: the package dirs pyproject maps, and its readme."""
+    """pip builds the wheel from these: the packages pyproject finds, and its readme."""
     sources = {
         w for srcs in re.findall(r"^COPY (.+) \./", DOCKERFILE, flags=re.M) for w in srcs.split()
     }
-    for src in PYPROJECT["tool"]["setuptools"]["package-dir"].values():
+    for pattern in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]:
+        src = pattern.rstrip("*")
         assert src in sources, f"{src} is not copied into the image"
     assert PYPROJECT["project"]["readme"] in sources

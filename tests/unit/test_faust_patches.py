@@ -1,5 +1,5 @@
-"""The faust / aiokafka patches (services/runtime/faust/patches.py) fit the installed packages,
-and refuse to start, naming what is wrong, when they do not."""
+"""The faust / aiokafka patches (rollstream/services/runtime/faust/patches.py) fit the installed
+packages, and refuse to start, naming what is wrong, when they do not."""
 
 from __future__ import annotations
 

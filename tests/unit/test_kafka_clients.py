@@ -9,11 +9,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 ALLOWED = {
-    "services/runtime/bus.py",
-    "services/runtime/reader.py",
-    "services/runtime/admin.py",
-    "services/runtime/faust/sender.py",  # the faust layer: faust's own producer replaced
-    "services/filter/app.py",  # the faust layer: the filter app's internal topics
+    "rollstream/services/runtime/bus.py",
+    "rollstream/services/runtime/reader.py",
+    "rollstream/services/runtime/admin.py",
+    "rollstream/services/runtime/faust/sender.py",  # the faust layer: faust's own producer replaced
+    "rollstream/services/filter/app.py",  # the faust layer: the filter app's internal topics
 }
 
 
@@ -35,7 +35,7 @@ def kafka_imports(path: Path) -> list[int]:
 def test_only_the_bus_admin_and_faust_layer_import_confluent_kafka() -> None:
     found = {
         str(p.relative_to(ROOT)): kafka_imports(p)
-        for p in sorted((ROOT / "services").rglob("*.py"))
+        for p in sorted((ROOT / "rollstream" / "services").rglob("*.py"))
     }
     outside = {p: lines for p, lines in found.items() if lines and p not in ALLOWED}
     assert outside == {}, "use runtime/bus.py (Producer, Consumer, Reader) or runtime/admin.py"

@@ -1,5 +1,5 @@
-"""Pacing by the learner (services/generator/pacing.py): how many groups a generator samples
-before it waits for a new version, given what the filter keeps."""
+"""Pacing by the learner (rollstream/services/generator/pacing.py): how many groups a generator
+samples before it waits for a new version, given what the filter keeps."""
 
 from __future__ import annotations
 

@@ -80,7 +80,7 @@ def test_write_safetensors_is_read_back_exactly_and_hashed_as_written(tmp_path: 
     back = load_file(str(path))
     for name, t in tensors.items():
         assert back[name].dtype == t.dtype and torch.equal(back[name], t), name
-    # the chunked digest, by its definition (schemas/control.py), over 24-byte chunks
+    # the chunked digest, by its definition (rollstream/schemas/control.py), over 24-byte chunks
     digest = write_safetensors(tensors, path, {"format": "pt"}, chunk_bytes=24)
     data = path.read_bytes()
     h = hashlib.sha256(f"rollstream-chunked-sha256 24 {len(data)}\n".encode())

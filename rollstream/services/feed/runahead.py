@@ -1,5 +1,5 @@
 """The run-ahead bound: how many prompts the generators have not consumed yet, and whether the
-feed may send another. Pure: no I/O (services/feed/offsets.py measures the offsets).
+feed may send another. Pure: no I/O (rollstream/services/feed/offsets.py measures the offsets).
 
 "Un-consumed" counts, per partition of `prompts`, the messages between the generator group's
 committed offset and the end of the log. A partition the group has never committed counts

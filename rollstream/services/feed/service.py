@@ -7,7 +7,7 @@ task_id, each with a `feed_pos` header (pool fingerprint, epoch, index).
 
 Live knobs (`rollstream control feed ...`: n, sampling, template, max_ahead, poll_s) are read
 from `control` in the background and applied between two prompts; a removed knob reverts to
-the run file's value (services/runtime/knobs.py).
+the run file's value (rollstream/services/runtime/knobs.py).
 
 Back-pressure: the feed never has more than `max_ahead` prompts on `prompts` that the
 generator group has not committed; at the bound it pauses (paused seconds are a metric) and

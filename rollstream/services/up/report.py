@@ -219,7 +219,7 @@ def _legend(ax: Any, **kw: Any) -> None:
 def pipeline_latency(last: dict[str, Any]) -> dict[str, float | None]:
     """Mean seconds a trained sample spent in each hop from generation start to training
     (`latency_<hop>_s`, from the learner's `sample_latency_seconds` histogram; the hops are
-    services/learner/metrics.HOPS)."""
+    rollstream/services/learner/metrics.HOPS)."""
     from rollstream.services.learner.metrics import HOPS
 
     name = "rollstream_learner_sample_latency_seconds"

@@ -135,7 +135,8 @@ def check() -> None:
         raise FaustPatchError(
             "rollstream's faust patches do not fit the installed packages: "
             + "; ".join(problems)
-            + " (services/runtime/faust/patches.py; install the versions pyproject.toml pins)"
+            + " (rollstream/services/runtime/faust/patches.py;"
+            + " install the versions pyproject.toml pins)"
         )
 
 

@@ -65,7 +65,7 @@ class GeneratorConfig(BaseModel):
     ahead_batches: float = Field(0.0, ge=0)
     """Pace sampling by the learner (0 = off): pause while the kept groups expected from what
     was sampled since start reach `replay.batch_groups` x (versions published since start +
-    ahead_batches), i.e. stay about this many learner batches ahead (services/generator/
+    ahead_batches), i.e. stay about this many learner batches ahead (rollstream/services/generator/
     pacing.py). 1-2 keeps the learner fed while bounding staleness."""
     oversample: bool = True
     """With `ahead_batches`: count a sampled group as the share of groups the filter keeps

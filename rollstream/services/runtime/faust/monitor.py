@@ -3,8 +3,8 @@
 faust calls its Monitor on every message in and out, every event, table access and send
 (counters, timestamps, latency deques: several microseconds each). Nothing here reads them:
 the stages export their own Prometheus metrics. Commits, rebalances and assignments are still
-recorded. Imported by faust (the `Monitor` setting of services/runtime/faust/app.py), so only
-by processes that run a faust app.
+recorded. Imported by faust (the `Monitor` setting of rollstream/services/runtime/faust/app.py), so
+only by processes that run a faust app.
 """
 
 from __future__ import annotations

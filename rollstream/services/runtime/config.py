@@ -2,14 +2,16 @@
 
 Top-level fields shared by several stages live here (kafka, model, weight store, target,
 replicas). Each stage's own section (`feed:`, `generator:`, ...) is validated by that stage's
-pydantic model (`services/<stage>/config.py`) through `section()`. Every error names the field
-as a dotted path, e.g. `generator.sampling.temperature: Input should be less than or equal to 10`.
-Environment variables `ROLLSTREAM_<SECTION>__<FIELD>=value` override fields (for Kubernetes),
-e.g. `ROLLSTREAM_LEARNER__LR=1e-5`; `--set path=value` does the same from the command line.
+pydantic model (`rollstream/services/<stage>/config.py`) through `section()`. Every error names
+the field as a dotted path, e.g. `generator.sampling.temperature: Input should be less than or
+equal to 10`. Environment variables `ROLLSTREAM_<SECTION>__<FIELD>=value` override fields (for
+Kubernetes), e.g. `ROLLSTREAM_LEARNER__LR=1e-5`; `--set path=value` does the same from the
+command line.
 
-Layers, lowest first: the built-in defaults (`services/up/default.yaml`, for `rollstream up`
-and `rollstream config show`), each `--config FILE` in order, the environment, each `--set`.
-Mappings merge key by key; lists (e.g. `filter.chain`) and the `target` section replace.
+Layers, lowest first: the built-in defaults (`rollstream/services/up/default.yaml`, for
+`rollstream up` and `rollstream config show`), each `--config FILE` in order, the environment,
+each `--set`. Mappings merge key by key; lists (e.g. `filter.chain`) and the `target` section
+replace.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ class TaskEntry(BaseModel):
 
     task: str = Field(min_length=1)
     """Task name (`add`, `sort`, `reverse`, `count`) or a user task's dotted path
-    (`my_tasks.parity`, see services/tasks)."""
+    (`my_tasks.parity`, see rollstream/services/tasks)."""
     difficulty: int | None = Field(None, ge=1)
     """Difficulty of the drawn items; None = the task's default."""
     weight: float = Field(1.0, ge=0)
@@ -67,8 +67,8 @@ class CurriculumSpec(BaseModel):
     [lo, hi]), `greso` (probabilistic skip of prompts predicted to give zero-variance groups),
     or a dotted path `pkg.module:factory` / `pkg.module.factory` of your own policy."""
     params: dict[str, Any] = {}
-    """Keyword arguments of the policy (see services/feed/curriculum.py for each built-in's
-    parameters; unknown ones are an error)."""
+    """Keyword arguments of the policy (see rollstream/services/feed/curriculum.py for each
+    built-in's parameters; unknown ones are an error)."""
 
 
 class FeedConfig(BaseModel):

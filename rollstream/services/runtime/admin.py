@@ -1,8 +1,8 @@
 """Topic administration, the admin-client half of the bus: create every registry topic
 (idempotent), describe them, list offsets and the groups' commits.
 
-Topics are always created explicitly from schemas/topics.py, with their partitions and config;
-auto-created topics can get a partition count nobody asked for. Offsets as a fetch reports
+Topics are always created explicitly from rollstream/schemas/topics.py, with their partitions and
+config; auto-created topics can get a partition count nobody asked for. Offsets as a fetch reports
 them (exact on Tansu too) come from reader.Reader.
 """
 

@@ -145,9 +145,9 @@ STAGES_WITH_METRICS = ("feed", "generator", "scorer", "filter", "replay", "learn
 def catalog() -> dict[str, set[str]]:
     """Every metric name each stage exports, per stage, as Prometheus scrapes them.
 
-    Each stage's `services/<stage>/metrics.py` has `register(m: StageMetrics)` that creates all
-    of its metrics; BusMetrics and the `up` gauge are common to all. The Helm dashboard test
-    checks its queries against this."""
+    Each stage's `rollstream/services/<stage>/metrics.py` has `register(m: StageMetrics)` that
+    creates all of its metrics; BusMetrics and the `up` gauge are common to all. The Helm
+    dashboard test checks its queries against this."""
     import importlib
 
     out: dict[str, set[str]] = {}

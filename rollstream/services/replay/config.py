@@ -88,7 +88,7 @@ class ReplayConfig(BaseModel):
     None: full batches only (and `partial_after_s`)."""
 
     success_replay: bool = False
-    """Success replay for hard prompts (ExGRPO-style); see services/replay/success.py."""
+    """Success replay for hard prompts (ExGRPO-style); see rollstream/services/replay/success.py."""
 
     success_max_pass_rate: float = Field(default=0.5, ge=0, le=1)
     """A prompt is hard while its latest group's pass rate is <= this (and > 0 to store)."""
