@@ -30,7 +30,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -123,12 +122,6 @@ def engine_throughput(backend_kind: str, model_dir: Path, repeats: int) -> dict[
 
 
 # ---- the broker and a generator subprocess ----------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Stack:
     """A namespace on the broker, a generator subprocess on `model_dir`, a tap, a producer."""
 
@@ -136,6 +129,7 @@ class Stack:
         self, bootstrap: str, model_dir: Path, backend: str, log: Path, threads: int | None
     ) -> None:
         from rollstream.services.runtime.admin import create_topics
+        from rollstream.services.runtime.broker import free_port
         from rollstream.services.runtime.bus import Consumer, Producer
         from rollstream.services.runtime.settings import KafkaSettings
 
@@ -193,12 +187,9 @@ class Stack:
     def close(self) -> int:
         self.tap.close()
         self.producer.close()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(120)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            rc = self.proc.wait()
+        from rollstream.services.runtime.broker import stop_process
+
+        rc = stop_process(self.proc, signal.SIGTERM, 120)
         self.log.close()
         return rc
 

@@ -87,3 +87,14 @@ def hf_logprobs(
         steps = steps.masked_fill(steps < kth, float("-inf"))
     lp = steps.log_softmax(-1)
     return lp.gather(-1, torch.tensor(completion)[:, None])[:, 0].tolist()
+
+
+def without_tensor(model_dir: Path, name: str, out: Path) -> Path:
+    """`out` holding the weights of `model_dir` less the tensor `name`: a weight file that
+    does not fit the model, which a backend must refuse and keep serving the old weights."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(model_dir / "model.safetensors"))
+    del state[name]
+    save_file(state, str(out / "model.safetensors"))
+    return out

@@ -71,7 +71,7 @@ def envelope(data: bytes | bytearray | memoryview) -> tuple[str, int]:
     return env.schema, env.v
 
 
-def decode(data: bytes | bytearray | memoryview, typ: type[M]) -> M:
+def decode(data: bytes | bytearray | memoryview | None, typ: type[M]) -> M:
     """Decode `data` as `typ`; unknown fields are ignored, anything else wrong is a SchemaError."""
     if not isinstance(data, bytes | bytearray | memoryview):
         # A record with a null value (a tombstone) or no value at all is bad input like any

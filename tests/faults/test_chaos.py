@@ -7,19 +7,12 @@ rose."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from chaos_bench import chaos
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka]
-
-_spec = importlib.util.spec_from_file_location(
-    "chaos", Path(__file__).parents[2] / "benchmarks" / "chaos.py"
-)
-assert _spec is not None and _spec.loader is not None
-chaos = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(chaos)
 
 
 def test_random_kills_and_a_broker_pause_lose_nothing(

@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from chaos_bench import chaos
 from confluent_kafka import Producer as RawProducer
 from poison import CONSUMED, bad_records
 
@@ -85,10 +85,7 @@ def test_poison_on_every_topic_stops_nothing_and_every_record_is_dead_lettered(
     proc = subprocess.Popen(
         cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
-    reader.start()
-    try:
+    with chaos.output_of(proc) as lines:
         time.sleep(30)  # the stages are up and traffic flows
         assert proc.poll() is None, "".join(lines)[-3000:]
         bad = {t: bad_records(t, PER_TOPIC + OVERSIZED, oversized=OVERSIZED) for t in CONSUMED}
@@ -99,13 +96,6 @@ def test_poison_on_every_topic_stops_nothing_and_every_record_is_dead_lettered(
                 inj.send(topic, bad[topic][r * step : (r + 1) * step])
             time.sleep(3)
         proc.wait(timeout=420)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        reader.join(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
     out = "".join(lines)
     assert proc.returncode == 0, out[-4000:]
     assert "restarting" not in out, [x for x in lines if "restarting" in x]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tiny_llama import VLLM_SIZES, hf_greedy, hf_logprobs, hf_model, two_versions
 
 from rollstream.schemas import PromptTask, Rollout, Sampling, WeightUpdate
+from rollstream.services.runtime.broker import free_port, stop_process
 from rollstream.services.runtime.bus import Consumer, Producer, Record
 from rollstream.services.runtime.settings import KafkaSettings
 
@@ -69,12 +69,6 @@ def greedy_per_version(models: dict[str, Path]) -> dict[str, list[list[int]]]:
     want = {v: [hf_greedy(hf_model(models[v]), p, 24, EOS) for p in prompts] for v in ("v0", "v1")}
     assert want["v0"] != want["v1"]
     return want
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class GeneratorProcess:
@@ -136,15 +130,9 @@ class GeneratorProcess:
 
     def stop(self, timeout_s: float = 60.0) -> int:
         """SIGTERM, then the exit status (SIGKILL after `timeout_s`)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        rc = stop_process(self.proc, signal.SIGTERM, timeout_s)
         self._log.close()
-        return self.proc.returncode
+        return rc
 
 
 class RolloutTap:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tiny_llama import VLLM_SIZES, hf_greedy, hf_logprobs, hf_model, two_versions
+from tiny_llama import VLLM_SIZES, hf_greedy, hf_logprobs, hf_model, two_versions, without_tensor
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]  # skipped without vllm (tests/conftest.py)
 
@@ -97,11 +97,7 @@ def test_reload_weights_then_greedy_matches_transformers(
 def test_reload_refuses_weights_that_do_not_fit(
     backend: Any, models: dict[str, Path], tmp_path: Path
 ) -> None:
-    from safetensors.torch import load_file, save_file
-
-    state = load_file(str(models["v1"] / "model.safetensors"))
-    del state["lm_head.weight"]
-    save_file(state, str(tmp_path / "model.safetensors"))
+    without_tensor(models["v1"], "lm_head.weight", tmp_path)
     with pytest.raises(ValueError, match="missing \\['lm_head.weight'\\]"):
         backend.load_weights(str(tmp_path))
     # the engine is still up, with the old weights

@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from generated_docs import script_output
+
 from rollstream.schemas.topics import TOPICS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,16 +44,7 @@ def test_ci_runs_the_readme_commands() -> None:
 
 
 def test_file_map_is_current() -> None:
-    import subprocess
-    import sys
-
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "filemap.py")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    out = script_output("filemap.py").strip()
     files_md = (ROOT / "docs" / "files.md").read_text()
     block = files_md.split("<!-- file-map:start -->")[1].split("<!-- file-map:end -->")[0].strip()
     assert block == out, "docs/files.md is stale: run `python scripts/filemap.py --write`"

@@ -20,10 +20,24 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 
 class BrokerError(RuntimeError):
     """The broker could not be started or died; the message says why."""
+
+
+def stop_process(proc: subprocess.Popen[Any], sig: int, timeout_s: float) -> int:
+    """Send `sig` to `proc` if it still runs, wait up to `timeout_s`, then SIGKILL; its exit
+    status."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return int(proc.returncode)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -134,16 +148,10 @@ class EmbeddedBroker:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        # SIGINT, not SIGTERM: on SIGTERM Tansu waits ~5 s for open client connections to
-        # close; memory storage has nothing to flush, so stop at once.
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            # SIGINT, not SIGTERM: on SIGTERM Tansu waits ~5 s for open client connections to
+            # close; memory storage has nothing to flush, so stop at once.
+            stop_process(self.proc, signal.SIGINT, timeout_s)
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tiny_llama import SMALL_SIZES, hf_greedy, hf_logprobs, hf_model, two_versions
+from tiny_llama import (
+    SMALL_SIZES,
+    hf_greedy,
+    hf_logprobs,
+    hf_model,
+    two_versions,
+    without_tensor,
+)
 
 from rollstream.services.generator.backend import GenRequest
 
@@ -171,11 +178,7 @@ def test_load_weights_switches_greedy_output_to_the_new_weights(
 def test_load_weights_refuses_a_file_that_does_not_fit(
     backend: Any, models: dict[str, Path], hf: Any, tmp_path: Path
 ) -> None:
-    from safetensors.torch import load_file, save_file
-
-    state = load_file(str(models["v1"] / "model.safetensors"))
-    del state["model.norm.weight"]
-    save_file(state, str(tmp_path / "model.safetensors"))
+    without_tensor(models["v1"], "model.norm.weight", tmp_path)
     with pytest.raises(ValueError, match="model.norm.weight"):
         backend.load_weights(str(tmp_path))
     prompt = encode(backend, PROMPTS[2])

@@ -3,9 +3,9 @@ them (regenerate with `python scripts/configdoc.py --write`) and cover every fie
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
+
+from generated_docs import script_output
 
 from rollstream.services.up.main import default_config_path
 
@@ -13,13 +13,7 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_config_reference_is_current() -> None:
-    fresh = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "configdoc.py")],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    ).stdout
+    fresh = script_output("configdoc.py")
     assert (ROOT / "docs" / "config.md").read_text() == fresh, (
         "docs/config.md is out of date: run `python scripts/configdoc.py --write`"
     )
