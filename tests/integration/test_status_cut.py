@@ -21,19 +21,27 @@ def test_a_topic_still_being_written_is_read_to_the_cut_not_chased(kafka: KafkaS
     written = 0
     stop = threading.Event()
 
-    def writer() -> None:
+    def write_one() -> None:
         nonlocal written
+        r = syn.scored(f"g{written}", 0, [1, 2], [3], group_size=1).rollout
+        prod.send("rollouts.raw", r, r.group_id)
+        written += 1
+
+    def writer() -> None:
         while not stop.is_set():
-            r = syn.scored(f"g{written}", 0, [1, 2], [3], group_size=1).rollout
-            prod.send("rollouts.raw", r, r.group_id)
+            write_one()
             prod.flush()
-            written += 1
             time.sleep(0.002)
 
+    # a long head, so that reading up to the cut takes a while and the writer adds records
+    # behind the cut meanwhile, however fast the reader is
+    for _ in range(20_000):
+        write_one()
+    prod.flush()
     t = threading.Thread(target=writer, daemon=True)
     t.start()
     try:
-        while written < 300:
+        while written < 20_100:
             time.sleep(0.05)
         at_start = written
         got = read_all(kafka, "rollouts.raw", timeout_s=20)  # BusError if the cut is not reached
