@@ -9,7 +9,7 @@ import grimp
 import pytest
 
 STAGES = ("feed", "generator", "scorer", "filter", "replay", "learner", "evaluator")
-# what a stage may share (STYLE.md): the wire contract, the runtime and two libraries
+# what a stage may share: the wire contract, the runtime and the two libraries (tasks, models)
 SHARED = ("schemas", "services.runtime", "services.tasks", "services.models")
 
 
