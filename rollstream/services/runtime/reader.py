@@ -21,7 +21,14 @@ from confluent_kafka import (
 from confluent_kafka import Consumer as _KConsumer
 
 from rollstream.schemas.topics import qualified, unqualified
-from rollstream.services.runtime.bus import BusError, Record, headers_of, topic_partitions
+from rollstream.services.runtime.bus import (
+    BusError,
+    Record,
+    consumer_config,
+    headers_of,
+    take,
+    topic_partitions,
+)
 from rollstream.services.runtime.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -45,20 +52,8 @@ class Reader:
         fetch_wait_ms: int = 100,
     ) -> None:
         self.kafka = kafka
-        cfg = kafka.client_config(stage)
-        cfg.update(
-            {
-                "group.id": qualified(group, kafka.namespace)
-                if group
-                else f"rollstream-nogroup-{stage}",  # librdkafka wants one; never joined
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "enable.partition.eof": True,
-                "fetch.wait.max.ms": fetch_wait_ms,
-                "fetch.max.bytes": 64 * 1024 * 1024,
-                "max.partition.fetch.bytes": 16 * 1024 * 1024,
-            }
-        )
+        cfg = consumer_config(kafka, stage, group, fetch_wait_ms)
+        cfg["enable.partition.eof"] = True
         self._c = _KConsumer(cfg)
 
     def __enter__(self) -> Reader:
@@ -197,7 +192,7 @@ class Reader:
     ) -> Iterator[tuple[str, int, int, Record[bytes] | None]]:
         """One batch from the client, in order: (topic, partition, offset, record), where the
         record is None when the partition has reached its end (offset: the end)."""
-        for m in self._c.consume(1000, wait_s):
+        for m in take(self._c, 1000, wait_s):
             topic = unqualified(str(m.topic()), self.kafka.namespace)
             part, off = int(m.partition() or 0), int(m.offset() or 0)
             err = m.error()
