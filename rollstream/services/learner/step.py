@@ -114,10 +114,9 @@ def train_on_batch(
     lr_scale: float = 1.0,
 ) -> tuple[dict[str, float], list[float]]:
     """Train on `batch` (mini_steps optimizer steps, each at the scheduled lr times
-    `lr_scale`). Returns the merged metrics and, per
-    row (rows_of order), a new priority: the mean over its tokens of |A| * pi / pi_old at
-    the first time the row was seen in this call, i.e. how much gradient signal it still
-    carries (for feedback-prioritised replay).
+    `lr_scale`). Returns the merged metrics and, per row (rows_of order), a new priority: the
+    mean over its tokens of |A| * pi / pi_old at the first time the row was seen in this call,
+    i.e. how much gradient signal it still carries (for feedback-prioritised replay).
 
     With `dp`, this process trains its share of every step (batching.plan) and the loss is
     multiplied by the world size, since DDP / FSDP average the ranks' gradients while each
@@ -272,9 +271,6 @@ def _optimizer_step(
         if not math.isfinite(grad_norm):
             optimizer.zero_grad(set_to_none=True)  # skip a step with inf / nan gradients
             return False
-    if lr_scale == 1.0:
-        optimizer.step()
-        return True
     lrs = [g["lr"] for g in optimizer.param_groups]
     for g, lr in zip(optimizer.param_groups, lrs, strict=True):
         g["lr"] = lr * lr_scale
