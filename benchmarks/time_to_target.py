@@ -58,6 +58,9 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "gb8": ("async", ["generator.batch_prompts=8"]),
     "a4s2-gb8": ("async", ["generator.ahead_batches=4", "generator.batch_prompts=8"]),
     "2gen-gb8": ("async", ["stages.generator.replicas=2", "generator.batch_prompts=8"]),
+    # a generate call sized to fill one learner batch of kept groups (16 / keep rate prompts)
+    "fill32": ("async", ["generator.batch_prompts_max=32"]),
+    "fill48": ("async", ["generator.batch_prompts_max=48"]),
     # weights loaded between two decoding steps (PipelineRL's in-flight update)
     "inf": ("async", ["generator.swap_policy=inflight"]),
     "a4s2-inf": ("async", ["generator.ahead_batches=4", "generator.swap_policy=inflight"]),

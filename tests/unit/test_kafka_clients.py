@@ -40,3 +40,17 @@ def test_only_the_bus_admin_and_faust_layer_import_confluent_kafka() -> None:
     outside = {p: lines for p, lines in found.items() if lines and p not in ALLOWED}
     assert outside == {}, "use runtime/bus.py (Producer, Consumer, Reader) or runtime/admin.py"
     assert {p for p, lines in found.items() if lines} == ALLOWED  # the list is kept up to date
+
+
+def test_kafka_linger_ms_reaches_every_producer_and_a_bad_value_names_the_field() -> None:
+    import pydantic
+    import pytest
+
+    from rollstream.services.runtime.bus import producer_config
+    from rollstream.services.runtime.settings import KafkaSettings
+
+    assert producer_config(KafkaSettings(), "scorer")["linger.ms"] == 5
+    assert producer_config(KafkaSettings(linger_ms=40), "scorer")["linger.ms"] == 40
+    assert producer_config(KafkaSettings(linger_ms=40), "x", linger_ms=0)["linger.ms"] == 0
+    with pytest.raises(pydantic.ValidationError, match="linger_ms"):
+        KafkaSettings(linger_ms=-1)

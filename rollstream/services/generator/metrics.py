@@ -10,7 +10,7 @@ class GeneratorMetrics:
         self.tokens = m.counter("tokens_total", "Completion tokens generated")
         self.rollouts = m.counter("rollouts_total", "Rollouts published")
         self.occupancy = m.gauge(
-            "batch_occupancy_ratio", "Prompts in the last batch / batch_prompts"
+            "batch_occupancy_ratio", "Prompts in the last batch / the prompts it asked for"
         )
         self.finish = m.counter("finish_reason_total", "Samples by finish reason", ["reason"])
         self.length = m.histogram(

@@ -32,6 +32,7 @@ training and one waits in its queue, so 3 ahead leaves about one batch on its wa
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -108,6 +109,12 @@ class Pacer:
         if self.version0 is None:
             self.version0 = version
         return self.batch_groups * (version - self.version0 + self.ahead_batches)
+
+    def batch_prompts(self, least: int, most: int) -> int:
+        """Prompts a batch takes to yield one learner batch of kept groups at the measured
+        keep rate (counting every group as kept without `oversample`), within [least, most]."""
+        rate = self.keep_rate if self.oversample else 1.0
+        return max(least, min(most, math.ceil(self.batch_groups / rate)))
 
     def should_pause(self, version: int, unseen_groups: float = 0.0) -> bool:
         if self.start is None:

@@ -33,7 +33,7 @@ from rollstream.services.generator.metrics import GeneratorMetrics
 from rollstream.services.generator.pacing import PACED_TOPICS, UNUSED, Pacer
 from rollstream.services.generator.rollouts import request_of, rollouts_of
 from rollstream.services.models.load import resolve_template
-from rollstream.services.runtime.bus import Consumer, Producer, Record
+from rollstream.services.runtime.bus import Consumer, Producer, Record, join_group
 from rollstream.services.runtime.config import RunConfig
 from rollstream.services.runtime.knobs import LiveKnobs
 from rollstream.services.runtime.metrics import Busy
@@ -47,6 +47,11 @@ from rollstream.services.runtime.stage import (
 log = logging.getLogger(__name__)
 
 
+def join_prompts(ctx: StageContext) -> tuple[Producer, Consumer]:
+    """The generator's producer and its consumer of `prompts` (bus.join_group)."""
+    return join_group(ctx.kafka, "generator", ["prompts"], "generator", ctx.bus_metrics)
+
+
 class Generator:
     def __init__(
         self,
@@ -55,7 +60,9 @@ class Generator:
         backend: Backend,
         tokenizer: object,
         model_name: str,
+        bus: tuple[Producer, Consumer] | None = None,
     ) -> None:
+        """`bus`: join_prompts(ctx), when the caller joined the group before loading."""
         self.ctx, self.cfg, self.backend, self.tokenizer = ctx, cfg, backend, tokenizer
         self.model_name = model_name
         user_model = ctx.cfg.model.path or getattr(getattr(ctx, "args", None), "model", None)
@@ -66,15 +73,7 @@ class Generator:
             " (chat template of the model's tokenizer)" if self.template == "chat" else "",
         )
         self.m = GeneratorMetrics(ctx.metrics)
-        self.producer = Producer(ctx.kafka, "generator", ctx.bus_metrics)
-        self.consumer = Consumer(
-            ctx.kafka,
-            "generator",
-            ["prompts"],
-            group="generator",
-            producer=self.producer,
-            metrics=ctx.bus_metrics,
-        )
+        self.producer, self.consumer = bus or join_prompts(ctx)
         self.control = follow_control(ctx.kafka, "generator")
         self.knobs = LiveKnobs(
             "generator",
@@ -106,6 +105,7 @@ class Generator:
                 ctx.kafka, "generator", "groups.dropped", self._count_unused, lambda a, b: False
             )
         self.paced_since: float | None = None
+        self.asked = cfg.batch_prompts  # prompts the last poll asked for
         self.busy = Busy()
         self._lag_thread = threading.Thread(target=self._watch_lag, daemon=True, name="raw-lag")
 
@@ -240,6 +240,14 @@ class Generator:
             self.on_version, self.budget_hit = 0, None  # waited long enough: another budget
         return None
 
+    def batch_size(self) -> int:
+        """Prompts the next batch takes: `batch_prompts`, or with `batch_prompts_max` and
+        pacing, enough for one learner batch of kept groups (Pacer.batch_prompts)."""
+        least, most = self.cfg.batch_prompts, self.cfg.batch_prompts_max
+        if self.pacer is None or most <= least:
+            return least
+        return self.pacer.batch_prompts(least, most)
+
     # ---- one batch --------------------------------------------------------------------------
     def request(self, rec: Record[PromptTask]) -> GenRequest:
         return request_of(
@@ -266,7 +274,7 @@ class Generator:
                 continue
             break
         self.m.gen_time.observe(gen_s)
-        self.m.occupancy.set(len(recs) / self.cfg.batch_prompts)
+        self.m.occupancy.set(len(recs) / self.asked)
         t0 = time.perf_counter()
         for rec, req, samples in zip(recs, reqs, outs, strict=True):
             self.publish(rec, req, samples, version, started, gen_s)
@@ -357,7 +365,8 @@ class Generator:
                 self._export_busy()
                 continue
             t0 = time.perf_counter()
-            recs = self.consumer.poll(self.cfg.batch_prompts, self.cfg.poll_timeout_s, fill=True)
+            self.asked = self.batch_size()
+            recs = self.consumer.poll(self.asked, self.cfg.poll_timeout_s, fill=True)
             self.busy.add("wait_prompts", time.perf_counter() - t0)
             if recs:
                 self.run_batch(recs)

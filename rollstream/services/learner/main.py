@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rollstream.services.runtime.bus import join_group
 from rollstream.services.runtime.config import section
 from rollstream.services.runtime.stage import (
     StageContext,
@@ -153,18 +154,22 @@ def main(argv: list[str]) -> int:
         log.error("learner: %s", exc)
         return 2
     try:
+        joined = None
+        if par is None or par.is_main:  # the group join runs while the model loads
+            group = f"learner-{cfg.learner_id}"
+            joined = join_group(ctx.kafka, "learner", ["batches.train"], group, ctx.bus_metrics)
         trainer, model_dir = build_trainer(ctx, cfg, par)
         if par is not None and not par.is_main:
             distributed.ignore_stop_signals()
             return trainer.serve()
-        return run_main(ctx, cfg, trainer, model_dir)
+        return run_main(ctx, cfg, trainer, model_dir, joined)
     finally:
         if par is not None:
             par.close()
         ctx.close()
 
 
-def run_main(ctx: StageContext, cfg: Any, trainer: Any, model_dir: str) -> int:
+def run_main(ctx: StageContext, cfg: Any, trainer: Any, model_dir: str, joined: Any = None) -> int:
     """Rank 0 (or the only process): the Kafka loop until SIGTERM, then a last checkpoint."""
     from rollstream.services.learner.service import Learner
 
@@ -182,6 +187,7 @@ def run_main(ctx: StageContext, cfg: Any, trainer: Any, model_dir: str) -> int:
         ctx.metrics,
         ctx.bus_metrics,
         follow_control(ctx.kafka, "learner"),
+        joined,
     )
     try:
         svc.start(weights.latest)

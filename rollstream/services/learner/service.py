@@ -36,7 +36,7 @@ from rollstream.schemas import WeightUpdate, encode
 from rollstream.services.learner.config import LIVE_KNOBS, LearnerConfig, validate_control
 from rollstream.services.learner.metrics import LearnerMetrics, pipeline_latency
 from rollstream.services.learner.trainer import StepResult, Trainer
-from rollstream.services.runtime.bus import Consumer, Producer
+from rollstream.services.runtime.bus import Consumer, Producer, join_group
 from rollstream.services.runtime.knobs import LiveKnobs
 from rollstream.services.runtime.metrics import BusMetrics, Busy, StageMetrics
 from rollstream.services.runtime.settings import KafkaSettings
@@ -58,8 +58,11 @@ class Learner:
         metrics: StageMetrics | None = None,
         bus_metrics: BusMetrics | None = None,
         control: Any = None,
+        joined: tuple[Producer, Consumer] | None = None,
     ) -> None:
-        """`control`: a runtime Follower of this stage's ControlUpdates, or None."""
+        """`control`: a runtime Follower of this stage's ControlUpdates, or None. `joined`:
+        the producer and the `batches.train` consumer of group `learner-<learner_id>`
+        (bus.join_group), when the caller joined the group before loading the model."""
         self.trainer = trainer
         self.kafka = kafka
         self.ckpt = Path(checkpoint_dir)
@@ -69,14 +72,8 @@ class Learner:
         self.m = LearnerMetrics(stage)
         bus = bus_metrics or BusMetrics(stage)
         lid = trainer.cfg.learner_id
-        self.producer = Producer(kafka, "learner", bus)
-        self.consumer = Consumer(
-            kafka,
-            "learner",
-            ["batches.train"],
-            group=f"learner-{lid}",
-            producer=self.producer,
-            metrics=bus,
+        self.producer, self.consumer = joined or join_group(
+            kafka, "learner", ["batches.train"], f"learner-{lid}", bus
         )
         self.checkpointed_step = 0
         self.last_feedback = 0.0

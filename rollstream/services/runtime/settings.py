@@ -48,6 +48,12 @@ class KafkaSettings(BaseModel):
     the embedded broker (Tansu) looks for new data at intervals that grow with it: one hop's
     p50 was 130 ms at 500 and 22 ms at 100 (see benchmarks/RESULTS.md). Followers of the
     compacted control and weights topics, idle nearly always, wait at least 500 ms."""
+    linger_ms: int = Field(5, ge=0, le=1_000)
+    """How long a producer holds a message to send it in one request with those that follow
+    (librdkafka linger.ms; faust's producer_linger_ms). Each request costs the broker work of
+    its own: a stage that sends its messages one by one as it processes them (scorer, filter)
+    makes a request per message with 0 and one per `linger_ms` with more, at the price of that
+    much latency per hop."""
     partitions: int | None = Field(None, ge=1, le=1024)
     """Partitions of every multi-partition topic that rollstream creates (None: the registry's
     counts, 8 for the rollout and group topics; single-partition topics stay at 1). A topic's

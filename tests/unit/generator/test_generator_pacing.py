@@ -108,3 +108,15 @@ def test_groups_replay_drops_untrained_are_sampled_again_not_counted_as_on_their
         kept, dropped = (kept + 1, dropped) if n % 2 else (kept, dropped + 1)
         p.observe(probe(raw, kept, dropped, 10), N)
     assert 18 <= n <= 22, n  # 10 more kept groups, at a keep rate of 0.5
+
+
+def test_a_batch_sized_to_fill_a_learner_batch_follows_the_keep_rate_within_its_bounds() -> None:
+    for keep, want in ((1.0, 16), (0.5, 32), (0.8, 20), (0.25, 48)):
+        p = Pacer(batch_groups=16, ahead_batches=2, oversample=True, window=64, prior_keep=1.0)
+        p.observe(totals(0, 0, 0), N)
+        sampled_before_pause(p, version=0, keep=keep, start=(0, 0, 0))
+        assert p.batch_prompts(8, 48) == want, keep
+    assert p.batch_prompts(8, 40) == 40  # at most the upper bound
+    assert p.batch_prompts(64, 80) == 64  # at least the lower one
+    fixed = Pacer(batch_groups=16, ahead_batches=2, oversample=False, prior_keep=0.25)
+    assert fixed.batch_prompts(8, 48) == 16  # without oversampling every group counts as kept

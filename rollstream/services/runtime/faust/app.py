@@ -106,7 +106,7 @@ def make_app(
         processing_guarantee="at_least_once",
         table_standby_replicas=0,
         topic_replication_factor=kafka.replication,
-        producer_linger_ms=5,
+        producer_linger_ms=kafka.linger_ms,
         producer_max_request_size=8 * 1024 * 1024,
         consumer_max_fetch_size=16 * 1024 * 1024,
         autodiscover=False,

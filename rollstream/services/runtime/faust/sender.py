@@ -52,7 +52,7 @@ class SendError(RuntimeError):
 class Sender:
     """A librdkafka producer for one faust app (see module docstring)."""
 
-    def __init__(self, kafka: KafkaSettings, stage: str, *, linger_ms: int = 5) -> None:
+    def __init__(self, kafka: KafkaSettings, stage: str, *, linger_ms: int | None = None) -> None:
         extra = {"partitioner": "murmur2_random"}
         self._p = _KProducer(producer_config(kafka, stage, linger_ms, extra=extra))
         self._errors: list[str] = []
