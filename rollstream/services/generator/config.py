@@ -46,8 +46,9 @@ class GeneratorConfig(BaseModel):
     takes as many prompts as the filter is expected to keep one learner batch from
     (`replay.batch_groups` / the measured keep rate), between `batch_prompts` and this. One
     generate call then fills a learner batch, instead of the first groups of a batch waiting
-    in replay for the next call's (where the engine is cheap per sequence, as on a GPU, a
-    larger call costs little more than a small one)."""
+    in replay for the next call's. Measured on the default tasks it did not pay: with the
+    transformers backend a larger call is slower even on a GPU, and the samples' latency rose
+    (benchmarks/RESULTS.md, rows fill32/fill48); for engines cheap per sequence (vLLM)."""
     poll_timeout_s: float = Field(0.2, gt=0, le=10)
     """How long to wait to fill a batch before generating a partial one."""
     sampling: SamplingDefaults = SamplingDefaults()
