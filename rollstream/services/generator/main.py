@@ -37,23 +37,17 @@ def main(argv: list[str]) -> int:
     from rollstream.services.generator.backend import make_backend
     from rollstream.services.models.load import ensure_base_model, load_tokenizer
 
-    try:
-        model_dir = ctx.args.model or ctx.cfg.model.path or str(ensure_base_model())
-        backend = make_backend(
-            cfg.backend,
-            model_dir,
-            seed=ctx.cfg.seed,
-            dtype=ctx.cfg.model.dtype,
-            device=cfg.device,
-            max_model_len=cfg.max_model_len,
-            **cfg.vllm,
-        )
-        tokenizer = load_tokenizer(model_dir)
-    except BaseException:
-        if bus is not None:  # leave the group now, not when its session times out
-            bus[1].close()
-        raise
-    gen = Generator(ctx.start(), cfg, backend, tokenizer, model_dir, bus)
+    model_dir = ctx.args.model or ctx.cfg.model.path or str(ensure_base_model())
+    backend = make_backend(
+        cfg.backend,
+        model_dir,
+        seed=ctx.cfg.seed,
+        dtype=ctx.cfg.model.dtype,
+        device=cfg.device,
+        max_model_len=cfg.max_model_len,
+        **cfg.vllm,
+    )
+    gen = Generator(ctx.start(), cfg, backend, load_tokenizer(model_dir), model_dir, bus)
     try:
         gen.run()
     finally:

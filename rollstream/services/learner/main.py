@@ -158,12 +158,7 @@ def main(argv: list[str]) -> int:
         if par is None or par.is_main:  # the group join runs while the model loads
             group = f"learner-{cfg.learner_id}"
             joined = join_group(ctx.kafka, "learner", ["batches.train"], group, ctx.bus_metrics)
-        try:
-            trainer, model_dir = build_trainer(ctx, cfg, par)
-        except BaseException:
-            if joined is not None:  # leave the group now, not when its session times out
-                joined[1].close()
-            raise
+        trainer, model_dir = build_trainer(ctx, cfg, par)
         if par is not None and not par.is_main:
             distributed.ignore_stop_signals()
             return trainer.serve()
