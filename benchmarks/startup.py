@@ -51,28 +51,30 @@ def bootstrap_of(run_dir: Path, deadline: float) -> str:
     raise TimeoutError(f"{cfg} did not appear")
 
 
-def first_times(bootstrap: str, deadline: float) -> dict[str, float]:
-    """Wall time (s since the epoch) of the first message of each topic; waits for `weights`."""
+def first_times(bootstrap: str, deadline: float, proc: subprocess.Popen) -> dict[str, float]:
+    """Wall time (s since the epoch) of the first message of each topic, read until each has
+    one, the deadline passes or `up` (and its embedded broker) has exited."""
+    from confluent_kafka import KafkaException
+
     from rollstream.services.runtime.bus import BusError
     from rollstream.services.runtime.reader import Reader
     from rollstream.services.runtime.settings import KafkaSettings
 
     out: dict[str, float] = {}
     with Reader(KafkaSettings(bootstrap=bootstrap), "startup-bench") as reader:
-        while time.monotonic() < deadline and len(out) < len(TOPICS):
+        while time.monotonic() < deadline and len(out) < len(TOPICS) and proc.poll() is None:
             for topic in TOPICS:
                 if topic in out:
                     continue
-                ranges = {}
                 try:
-                    parts = reader.partitions(topic)
-                except BusError:  # `up` has not created the topics yet
+                    ranges = {}
+                    for p in reader.partitions(topic):
+                        low, high = reader.watermarks(topic, p)
+                        if high > low:
+                            ranges[(topic, p)] = (low, low + 1)
+                    stamps = [r.timestamp_ms / 1000 for r in reader.read(ranges, timeout_s=10)]
+                except (BusError, KafkaException, TimeoutError):  # no topics yet; try again
                     continue
-                for p in parts:
-                    low, high = reader.watermarks(topic, p)
-                    if high > low:
-                        ranges[(topic, p)] = (low, low + 1)
-                stamps = [r.timestamp_ms / 1000 for r in reader.read(ranges, timeout_s=10)]
                 if stamps:
                     out[topic] = min(stamps)
             time.sleep(0.5)
@@ -91,7 +93,7 @@ def one_run(name: str, minutes: float, sets: list[str], runs: Path) -> dict[str,
     proc = subprocess.Popen(cmd, cwd=runs.parent, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
-        firsts = first_times(bootstrap_of(run_dir, deadline), deadline)
+        firsts = first_times(bootstrap_of(run_dir, deadline), deadline, proc)
     finally:
         proc.wait(timeout=minutes * 60 + 120)
         log.close()

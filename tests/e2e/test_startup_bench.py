@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_startup_bench_reports_when_each_stage_first_wrote(bench) -> None:  # type: ignore[no-untyped-def]
-    p, out = bench("startup.py", "--runs", "1", "--minutes", "0.4", "--tag", "smoke", timeout=300)
+    p, out = bench("startup.py", "--runs", "1", "--minutes", "0.5", "--tag", "smoke", timeout=300)
     assert "first message on each topic" in p.stdout
     first = json.loads((out / "startup-smoke.json").read_text())["median"]
     # a sample is generated before it is scored, kept, batched and trained into a version
