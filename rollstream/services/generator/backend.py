@@ -8,6 +8,7 @@ decoded text and a finish reason. It can swap its weights in place.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -79,6 +80,13 @@ def vllm_available() -> bool:
     except Exception:
         return False
     return True
+
+
+def may_fork(kind: str) -> bool:
+    """Whether make_backend(kind) may build vLLM, which forks its engine process (a librdkafka
+    client must not live across a fork); for "auto" it only asks whether vllm is installed,
+    without the seconds of importing it."""
+    return kind == "vllm" or (kind == "auto" and importlib.util.find_spec("vllm") is not None)
 
 
 def make_backend(

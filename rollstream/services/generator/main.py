@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 from rollstream.services.runtime.config import section
 from rollstream.services.runtime.stage import StageContext, stage_parser
 
@@ -22,19 +20,14 @@ def main(argv: list[str]) -> int:
     cfg = section(ctx.cfg, "generator", GeneratorConfig)
     if ctx.args.backend:
         cfg.backend = ctx.args.backend
+    from rollstream.services.generator.backend import make_backend, may_fork
     from rollstream.services.generator.service import Generator, join_prompts
 
-    # The group join runs while the model loads; not before vLLM, which forks its engine
-    # process (a librdkafka client must not live across a fork).
-    vllm_may_run = cfg.backend == "vllm" or (
-        cfg.backend == "auto" and importlib.util.find_spec("vllm") is not None
-    )
-    bus = None if vllm_may_run else join_prompts(ctx)
+    bus = None if may_fork(cfg.backend) else join_prompts(ctx)  # joins while the model loads
     if cfg.threads:
         import torch
 
         torch.set_num_threads(cfg.threads)
-    from rollstream.services.generator.backend import make_backend
     from rollstream.services.models.load import ensure_base_model, load_tokenizer
 
     model_dir = ctx.args.model or ctx.cfg.model.path or str(ensure_base_model())

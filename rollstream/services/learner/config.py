@@ -97,6 +97,11 @@ class LearnerConfig(BaseModel):
     checkpoint_dir: str | None = None
     """Where checkpoints go (default: <run dir>/checkpoints/<learner_id>)."""
 
+    @property
+    def consumer_group(self) -> str:
+        """The consumer group this learner reads `batches.train` in."""
+        return f"learner-{self.learner_id}"
+
 
 def validate_control(params: dict[str, Any], base: LearnerConfig | None = None) -> LearnerConfig:
     """`base` (defaults if None) with live knobs `params`; ValueError naming an unknown knob

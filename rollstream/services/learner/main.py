@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rollstream.services.runtime.bus import join_group
+from rollstream.services.runtime.bus import Consumer, Producer, join_group
 from rollstream.services.runtime.config import section
 from rollstream.services.runtime.stage import (
     StageContext,
@@ -156,8 +156,8 @@ def main(argv: list[str]) -> int:
     try:
         joined = None
         if par is None or par.is_main:  # the group join runs while the model loads
-            group = f"learner-{cfg.learner_id}"
-            joined = join_group(ctx.kafka, "learner", ["batches.train"], group, ctx.bus_metrics)
+            group, metrics = cfg.consumer_group, ctx.bus_metrics
+            joined = join_group(ctx.kafka, "learner", ["batches.train"], group, metrics)
         trainer, model_dir = build_trainer(ctx, cfg, par)
         if par is not None and not par.is_main:
             distributed.ignore_stop_signals()
@@ -169,7 +169,13 @@ def main(argv: list[str]) -> int:
         ctx.close()
 
 
-def run_main(ctx: StageContext, cfg: Any, trainer: Any, model_dir: str, joined: Any = None) -> int:
+def run_main(
+    ctx: StageContext,
+    cfg: Any,
+    trainer: Any,
+    model_dir: str,
+    joined: tuple[Producer, Consumer] | None = None,
+) -> int:
     """Rank 0 (or the only process): the Kafka loop until SIGTERM, then a last checkpoint."""
     from rollstream.services.learner.service import Learner
 

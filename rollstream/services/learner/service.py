@@ -71,9 +71,8 @@ class Learner:
         stage = metrics or StageMetrics("learner")
         self.m = LearnerMetrics(stage)
         bus = bus_metrics or BusMetrics(stage)
-        lid = trainer.cfg.learner_id
         self.producer, self.consumer = joined or join_group(
-            kafka, "learner", ["batches.train"], f"learner-{lid}", bus
+            kafka, "learner", ["batches.train"], trainer.cfg.consumer_group, bus
         )
         self.checkpointed_step = 0
         self.last_feedback = 0.0

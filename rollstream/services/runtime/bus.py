@@ -133,7 +133,6 @@ def topic_partitions(md: Any, real: str, bootstrap: str) -> list[int]:
 def producer_config(
     kafka: KafkaSettings,
     stage: str,
-    linger_ms: int | None = None,
     idempotent: bool = True,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -142,7 +141,7 @@ def producer_config(
     cfg = kafka.client_config(stage)
     cfg.update(
         {
-            "linger.ms": kafka.linger_ms if linger_ms is None else linger_ms,
+            "linger.ms": kafka.linger_ms,
             "enable.idempotence": idempotent,
             "compression.type": "none",
             "message.max.bytes": 8 * 1024 * 1024,
@@ -173,13 +172,12 @@ class Producer:
         stage: str,
         metrics: BusMetrics | None = None,
         *,
-        linger_ms: int | None = None,
         idempotent: bool = True,
         extra: dict[str, Any] | None = None,
     ) -> None:
         self.kafka = kafka
         self.metrics = metrics or BusMetrics(StageMetrics(stage))
-        self._p = _KProducer(producer_config(kafka, stage, linger_ms, idempotent, extra))
+        self._p = _KProducer(producer_config(kafka, stage, idempotent, extra))
         self._errors: list[str] = []
 
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:

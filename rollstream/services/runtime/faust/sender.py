@@ -52,9 +52,9 @@ class SendError(RuntimeError):
 class Sender:
     """A librdkafka producer for one faust app (see module docstring)."""
 
-    def __init__(self, kafka: KafkaSettings, stage: str, *, linger_ms: int | None = None) -> None:
+    def __init__(self, kafka: KafkaSettings, stage: str) -> None:
         extra = {"partitioner": "murmur2_random"}
-        self._p = _KProducer(producer_config(kafka, stage, linger_ms, extra=extra))
+        self._p = _KProducer(producer_config(kafka, stage, extra=extra))
         self._errors: list[str] = []
         self._sends = 0  # sequence number of the next message
         self._oldest = 0  # no message below this sequence number is unacknowledged
