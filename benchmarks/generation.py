@@ -3,6 +3,8 @@
 Part 1 (engine): rollouts/s and completion tokens/s of one backend on the tiny model (the
   built-in base model if `services.models.build` is there, else a random tiny Llama with
   head_dim 32), calling backend.generate directly: 16 prompts x n=8, max_tokens 64, T=1.0.
+  For transformers also the time of one such call (max_tokens 16, as the default run) with
+  a group's prompt run once for its n samples (the backend's default) and once per sample.
 Part 2 (service): the same through the broker: `rollstream run generator` as a subprocess,
   64 PromptTasks (n=8, max_tokens 32) published at once; from publishing to the last rollout
   read back.
@@ -118,6 +120,46 @@ def engine_throughput(backend_kind: str, model_dir: Path, repeats: int) -> dict[
         "rollouts_per_s": statistics.median(r[0] for r in runs),
         "tokens_per_s": statistics.median(r[1] for r in runs),
         "mean_completion_tokens": statistics.median(r[2] for r in runs),
+    }  # fmt: skip
+
+
+def shared_prompts_ab(model_dir: Path, repeats: int, threads: int | None) -> dict[str, Any]:
+    """The transformers backend with and without one prompt pass per group, calls interleaved:
+    16 prompts of the built-in tasks x n=8 at the default run's max_tokens (16)."""
+    import random
+
+    import torch
+
+    from rollstream.services.generator.backend import GenRequest, make_backend
+    from rollstream.services.models.load import load_tokenizer
+    from rollstream.services.tasks.builtin import BUILTIN_TASKS as tasks
+
+    if threads:
+        torch.set_num_threads(threads)
+    tok = load_tokenizer(model_dir)
+    backend: Any = make_backend("transformers", str(model_dir), seed=0)
+    rng = random.Random(0)
+    prompts = [tasks[i % len(tasks)].make(rng, tasks[i % len(tasks)].default_difficulty)[0]
+               for i in range(16)]  # fmt: skip
+    reqs = [
+        GenRequest(f"p{i}", list(tok.encode(p)), 8, temperature=1.0, max_tokens=16)
+        for i, p in enumerate(prompts)
+    ]
+    took: dict[bool, list[float]] = {True: [], False: []}
+    try:
+        backend.generate(reqs)  # warm-up
+        for _ in range(max(repeats, 5)):
+            for share in (True, False):
+                backend.share_prompts = share
+                t0 = time.perf_counter()
+                backend.generate(reqs)
+                took[share].append(time.perf_counter() - t0)
+    finally:
+        backend.close()
+    shared, own = statistics.median(took[True]), statistics.median(took[False])
+    return {
+        "prompts": 16, "n": 8, "max_tokens": 16,
+        "call_s_shared": shared, "call_s_per_sample": own, "speedup": own / shared,
     }  # fmt: skip
 
 
@@ -329,6 +371,10 @@ def main() -> int:
         if "engine" not in args.skip:
             result["engine"] = engine_throughput(backend, model_dir, args.repeats)
             print(f"engine  {backend}: {result['engine']}", flush=True)
+            if backend == "transformers":
+                ab = shared_prompts_ab(model_dir, args.repeats, threads)
+                result["engine_shared_prompts"] = ab
+                print(f"prompt pass per group: {ab}", flush=True)
         with EmbeddedBroker(log_path=tmp / "broker.log") as broker:
             if "service" not in args.skip:
                 result["service"] = service_throughput(

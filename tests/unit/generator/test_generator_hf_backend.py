@@ -212,3 +212,36 @@ def test_weights_loaded_between_decoding_steps_take_effect_from_the_next_token(
     assert during.completion_ids[:4] == before.completion_ids[:4]
     assert during.logprobs[:4] == pytest.approx(before.logprobs[:4])
     assert during.logprobs[4:] != pytest.approx(before.logprobs[4:])
+
+
+def test_a_groups_prompt_is_run_once_and_its_samples_are_those_of_unshared_generation(
+    backend: Any,
+) -> None:
+    """A request's n rows share one pass over its prompt (the model's first forward sees one
+    row per request, not per sample), and the samples are token for token, logprob for
+    logprob, what generate gives when every row runs the prompt itself (same seed): mixed n,
+    mixed prompt lengths, down to a one-token prompt."""
+    reqs = [
+        GenRequest("a", encode(backend, PROMPTS[0]), 4, max_tokens=12, seed=3),
+        GenRequest("b", encode(backend, PROMPTS[1]), 1, max_tokens=12, seed=3),
+        GenRequest("c", encode(backend, "h"), 3, max_tokens=12, seed=3),
+    ]
+    batches: list[int] = []
+    hook = backend.model.register_forward_pre_hook(
+        lambda _m, args, kwargs: batches.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+    try:
+        shared = backend.generate(reqs)
+        first_shared = batches[0]
+        backend.share_prompts = False  # generate's own path: every row runs its prompt
+        batches.clear()
+        unshared = backend.generate(reqs)
+    finally:
+        hook.remove()
+        backend.share_prompts = True
+    assert (first_shared, batches[0]) == (3, 8)
+    for got, want in zip(shared, unshared, strict=True):
+        assert [s.completion_ids for s in got] == [s.completion_ids for s in want]
+        for s, w in zip(got, want, strict=True):
+            assert s.logprobs == pytest.approx(w.logprobs, abs=1e-5)
+    assert len({tuple(s.completion_ids) for s in shared[0]}) > 1  # samples, not copies
