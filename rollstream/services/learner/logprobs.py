@@ -15,6 +15,7 @@ behaviour log-probs the generator recorded at that temperature.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -50,12 +51,14 @@ def token_logprobs(
     temperature: float | Tensor = 1.0,
     with_entropy: bool = False,
     chunk: int = 2048,
+    share_prompts: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
     """(logp, entropy): (B, T) each, filled at completion positions, 0 elsewhere.
 
     `input_ids`, `attention_mask`, `completion_mask`: (B, T), right-padded; no completion
     token may sit at column 0. `temperature`: one number, or (B,) one per row. Gradients flow
-    unless called under torch.no_grad()."""
+    unless called under torch.no_grad(). `share_prompts`: rows with the same prompt (a
+    group's samples) run it once (`_shared_prompt_hidden`); off only to measure it."""
     b_idx, t_idx = completion_mask.nonzero(as_tuple=True)
     if (t_idx == 0).any():
         raise ValueError("a completion token at position 0 has nothing to predict it from")
@@ -67,8 +70,17 @@ def token_logprobs(
     parts = _decoder_and_head(model)
     if parts is not None:
         decoder, head = parts
-        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        rows = hidden[b_idx, t_idx - 1]  # (N, H)
+        shared = (
+            _shared_prompt_hidden(decoder, input_ids, attention_mask, completion_mask)
+            if share_prompts
+            else None
+        )
+        if shared is not None:
+            hidden, starts = shared
+            rows = hidden[b_idx, t_idx - 1 - starts[b_idx]]  # (N, H)
+        else:
+            hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            rows = hidden[b_idx, t_idx - 1]  # (N, H)
     else:
         head = None
         full = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, T, V)
@@ -105,6 +117,81 @@ def token_logprobs(
     return logp, entropy
 
 
+_PLAIN_CACHE: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
+def _shared_prompt_hidden(
+    decoder: Any, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor
+) -> tuple[Tensor, Tensor] | None:
+    """The decoder's hidden states with each distinct prompt run once: (hidden, starts).
+
+    A row's prompt is its tokens before its first completion token. Every distinct prompt but
+    its last token runs once (left-padded, at its true positions) into a key/value cache; the
+    cache is repeated for the rows that share it, and each row's last prompt token, completion
+    and padding (`hidden`, (B, S, H)) run on top of it. Row b's original column t is column
+    t - starts[b] of `hidden`. Under autograd the prompt's gradient is the sum over its rows,
+    as in the unshared pass, so values and gradients are the same up to float rounding
+    (tested). A group of n samples costs 1/n of its prompt tokens: with the built-in tasks'
+    prompts as long as their completions, about 40 % of the tokens of a step.
+
+    None - the caller runs the plain pass - when no two rows share a prompt, a prompt is a
+    single token, a row has no completion, or the model's cache is not one plain key/value
+    pair per layer (sliding-window, linear-attention and other caches)."""
+    if _PLAIN_CACHE.get(decoder) is False:
+        return None
+    b = input_ids.shape[0]
+    has = completion_mask > 0
+    if b < 2 or not bool(has.any(dim=1).all()):
+        return None
+    plen = has.int().argmax(dim=1)  # (B,) first completion column
+    ends = attention_mask.sum(dim=1)  # (B,) right-padded: tokens per row
+    if int(plen.min()) < 2:
+        return None
+    ids = input_ids.tolist()
+    pl = plen.tolist()
+    index: dict[tuple[int, ...], int] = {}
+    group = [index.setdefault(tuple(ids[i][: pl[i] - 1]), len(index)) for i in range(b)]
+    if len(index) == b:
+        return None
+    dev = input_ids.device
+    width = int(plen.max()) - 1
+    prefix = torch.zeros((len(index), width), dtype=input_ids.dtype, device=dev)
+    pmask = torch.zeros((len(index), width), dtype=attention_mask.dtype, device=dev)
+    for key, u in index.items():  # left-padded, so every prompt ends at the last column
+        if key:
+            prefix[u, width - len(key) :] = torch.tensor(key, dtype=input_ids.dtype)
+            pmask[u, width - len(key) :] = 1
+    positions = (pmask.cumsum(-1) - 1).clamp(min=0)
+    cache = decoder(
+        input_ids=prefix, attention_mask=pmask, position_ids=positions, use_cache=True
+    ).past_key_values
+    layers = list(getattr(cache, "layers", None) or [])
+    if decoder not in _PLAIN_CACHE:
+        _PLAIN_CACHE[decoder] = bool(layers) and all(
+            type(x).__name__ == "DynamicLayer" for x in layers
+        )
+    if not _PLAIN_CACHE[decoder]:
+        return None
+    rows = torch.tensor(group, device=dev)
+    for layer in layers:
+        layer.keys = layer.keys.index_select(0, rows)
+        layer.values = layer.values.index_select(0, rows)
+    starts = plen - 1  # each row's suffix starts at its last prompt token
+    width_s = int((ends - starts).max())
+    col = torch.arange(width_s, device=dev)
+    src = (starts[:, None] + col[None, :]).clamp(max=input_ids.shape[1] - 1)
+    smask = (col[None, :] < (ends - starts)[:, None]).to(attention_mask.dtype)
+    suffix = input_ids.gather(1, src) * smask
+    hidden = decoder(
+        input_ids=suffix,
+        attention_mask=torch.cat([pmask.index_select(0, rows), smask], dim=1),
+        position_ids=starts[:, None] + col[None, :],
+        past_key_values=cache,
+        use_cache=True,
+    ).last_hidden_state
+    return hidden, starts
+
+
 class LogprobModule(torch.nn.Module):
     """`token_logprobs` as a module's forward, so that a DDP or FSDP wrapper of this module sees
     (and synchronises) the whole computation, chunked output head included. Its parameters are
@@ -113,6 +200,9 @@ class LogprobModule(torch.nn.Module):
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.share_prompts = True
+        """Off under FSDP: every rank must run the same passes (each all-gathers the weights),
+        and whether two rows share a prompt differs between the ranks' rows."""
 
     def forward(
         self,
@@ -129,6 +219,7 @@ class LogprobModule(torch.nn.Module):
             completion_mask,
             temperature=temperature,
             with_entropy=with_entropy,
+            share_prompts=self.share_prompts,
         )
 
 

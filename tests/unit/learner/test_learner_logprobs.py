@@ -62,3 +62,44 @@ def test_completion_token_at_position_zero_is_rejected(make_model) -> None:
     comp[0, 0] = 1
     with pytest.raises(ValueError):
         token_logprobs(make_model(), IDS, ATT, comp)
+
+
+def test_rows_that_share_a_prompt_run_it_once_with_the_same_values_and_gradients(
+    make_model,
+) -> None:
+    """A group's samples share their prompt: it runs once for all of them (the decoder's first
+    pass has one row per distinct prompt and only the prompt's tokens), and the log-probs,
+    entropies and gradients are those of every row running its whole sequence. Prompts of
+    different lengths, completions of different lengths, a row whose prompt no other row has."""
+    rows = [([1, 5, 6], [7, 8, 9, 3]), ([1, 5, 6], [7]), ([1, 5, 6], [10, 11]),
+            ([1, 9, 9, 9, 4], [2, 2]), ([1, 9, 9, 9, 4], [12, 13, 14]),
+            ([1, 3], [4, 4])]  # fmt: skip
+    width = max(len(p) + len(c) for p, c in rows)
+    ids = torch.zeros((len(rows), width), dtype=torch.long)
+    att, comp = torch.zeros_like(ids), torch.zeros((len(rows), width), dtype=torch.float64)
+    for i, (p, c) in enumerate(rows):
+        ids[i, : len(p) + len(c)] = torch.tensor(p + c)
+        att[i, : len(p) + len(c)] = 1
+        comp[i, len(p) : len(p) + len(c)] = 1
+    model = make_model()
+    shapes: list[tuple[int, ...]] = []
+    hook = model.get_decoder().register_forward_pre_hook(
+        lambda _m, _a, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True
+    )
+    out = {}
+    for share in (True, False):
+        model.zero_grad()
+        shapes.clear()
+        logp, ent = token_logprobs(
+            model, ids, att, comp, temperature=0.7, with_entropy=True, share_prompts=share
+        )
+        (logp * torch.arange(1.0, width + 1)).sum().backward()  # every position weighs
+        out[share] = (logp.detach(), ent, [p.grad.clone() for p in model.parameters()], shapes[:])
+    hook.remove()
+    assert out[True][3][0] == (3, 4)  # 3 distinct prompts, the longest less its last token
+    assert out[False][3] == [(6, width)]
+    assert torch.allclose(out[True][0], out[False][0], atol=1e-10)
+    assert torch.allclose(out[True][1], out[False][1], atol=1e-10)
+    assert (out[True][0][comp == 0] == 0).all()
+    for a, b in zip(out[True][2], out[False][2], strict=True):
+        assert torch.allclose(a, b, atol=1e-10)
