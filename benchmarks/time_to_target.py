@@ -88,6 +88,9 @@ ROWS: dict[str, tuple[str, list[str]]] = {
         ["replay.min_batch_groups=8", "learner.lr_batch_groups=16", "generator.ahead_batches=4"],
     ),
     "sync-4threads": ("sync", ["learner.threads=4"]),
+    # every row runs its own prompt, in generation and training (before prompt sharing)
+    "sync-noshare": ("sync", ["generator.share_prompts=false", "learner.share_prompts=false"]),
+    "noshare": ("async", ["generator.share_prompts=false", "learner.share_prompts=false"]),
     "ahead2-s1": ("async", ["generator.ahead_batches=2", "staleness.max_versions=1"]),
     "async-s0": ("async", ["staleness.max_versions=0"]),
     "async-s1": ("async", ["staleness.max_versions=1"]),

@@ -97,6 +97,7 @@ def make_backend(
     max_model_len: int = 512,
     dtype: str = "auto",
     device: str = "auto",
+    share_prompts: bool = True,
     **vllm_args: object,
 ) -> Backend:
     """`kind`: "vllm", "transformers" or "auto" (vLLM when it imports, else transformers)."""
@@ -111,5 +112,7 @@ def make_backend(
     if kind == "transformers":
         from rollstream.services.generator.backend_hf import HFBackend
 
-        return HFBackend(model_dir, seed=seed, dtype=dtype, device=device)
+        return HFBackend(
+            model_dir, seed=seed, dtype=dtype, device=device, share_prompts=share_prompts
+        )
     raise ValueError(f"generator.backend: unknown backend {kind!r} (vllm, transformers, auto)")

@@ -25,7 +25,13 @@ class HFBackend:
     name = "transformers"
 
     def __init__(
-        self, model_dir: str, *, seed: int = 0, dtype: str = "auto", device: str = "auto"
+        self,
+        model_dir: str,
+        *,
+        seed: int = 0,
+        dtype: str = "auto",
+        device: str = "auto",
+        share_prompts: bool = True,
     ) -> None:
         import torch
 
@@ -65,8 +71,8 @@ class HFBackend:
             repetition_penalty=1.0,
         )  # top_k: passed per call when sampling (else generate's global default, 50)
         self._vocab_text: list[str] | None = None
-        self.share_prompts = True
-        """Run a request's prompt once for its n samples (exact; off only to measure it)."""
+        self.share_prompts = share_prompts
+        """Run a request's prompt once for its n samples (`_shared_prompts`)."""
         self._plain_cache: bool | None = None  # known after the first shared prompt pass
         self.between_steps: Callable[[], None] | None = None
         """Called between two decoding steps (after a step's forward pass, before the next):

@@ -49,6 +49,10 @@ class GeneratorConfig(BaseModel):
     in replay for the next call's. Measured on the default tasks it did not pay: with the
     transformers backend a larger call is slower even on a GPU, and the samples' latency rose
     (benchmarks/RESULTS.md, rows fill32/fill48); for engines cheap per sequence (vLLM)."""
+    share_prompts: bool = True
+    """transformers backend: run a group's prompt once for its n samples (the same tokens and
+    logprobs; a generate call of the built-in tasks takes a third less time). vLLM shares
+    prompts by its own prefix caching."""
     poll_timeout_s: float = Field(0.2, gt=0, le=10)
     """How long to wait to fill a batch before generating a partial one."""
     sampling: SamplingDefaults = SamplingDefaults()

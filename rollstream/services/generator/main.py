@@ -38,6 +38,7 @@ def main(argv: list[str]) -> int:
         dtype=ctx.cfg.model.dtype,
         device=cfg.device,
         max_model_len=cfg.max_model_len,
+        share_prompts=cfg.share_prompts,
         **cfg.vllm,
     )
     gen = Generator(ctx.start(), cfg, backend, load_tokenizer(model_dir), model_dir, bus)

@@ -73,6 +73,10 @@ class LearnerConfig(BaseModel):
     """Gradient clipping by global norm (None: off)."""
     token_budget: int | None = Field(default=4096, ge=1)
     """Padded tokens per micro-batch; gradients accumulate over micro-batches."""
+    share_prompts: bool = True
+    """Rows with the same prompt (a group's samples) run it once, forward and backward: the
+    same log-probs and gradients for fewer tokens (on the built-in tasks a step takes ~30 %
+    less time). Not under FSDP, where every rank must run the same passes."""
     mini_steps: int = Field(default=1, ge=1)
     """Optimizer steps per TrainBatch (> 1 makes the PPO clip act)."""
     prefetch: int = Field(default=2, ge=1)

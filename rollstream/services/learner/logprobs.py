@@ -211,6 +211,7 @@ class LogprobModule(torch.nn.Module):
         completion_mask: Tensor,
         temperature: float | Tensor = 1.0,
         with_entropy: bool = False,
+        share_prompts: bool = True,
     ) -> tuple[Tensor, Tensor | None]:
         return token_logprobs(
             self.model,
@@ -219,7 +220,7 @@ class LogprobModule(torch.nn.Module):
             completion_mask,
             temperature=temperature,
             with_entropy=with_entropy,
-            share_prompts=self.share_prompts,
+            share_prompts=share_prompts and self.share_prompts,
         )
 
 
@@ -231,10 +232,13 @@ def policy_logprobs(
     *,
     temperature: float | Tensor = 1.0,
     with_entropy: bool = False,
+    share_prompts: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
     """`token_logprobs` of `model`: a causal LM, a LogprobModule, or a DDP wrapper of one."""
     if isinstance(getattr(model, "module", model), LogprobModule):
-        return model(input_ids, attention_mask, completion_mask, temperature, with_entropy)
+        return model(
+            input_ids, attention_mask, completion_mask, temperature, with_entropy, share_prompts
+        )
     return token_logprobs(
         model,
         input_ids,
@@ -242,4 +246,5 @@ def policy_logprobs(
         completion_mask,
         temperature=temperature,
         with_entropy=with_entropy,
+        share_prompts=share_prompts,
     )

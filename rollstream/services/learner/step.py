@@ -41,6 +41,7 @@ class StepConfig:
     max_grad_norm: float | None = 1.0
     temperature: float | None = None  # None: each sample's own sampling temperature
     entropy: bool = True  # compute the entropy metric (one more softmax per token)
+    share_prompts: bool = True  # rows with one prompt run it once (logprobs.token_logprobs)
     pad_id: int = 0
 
 
@@ -75,6 +76,7 @@ def _logp(model: Any, mb: TensorBatch, cfg: StepConfig, entropy: bool):
         mb.completion_mask,
         temperature=mb.temperatures if cfg.temperature is None else cfg.temperature,
         with_entropy=entropy,
+        share_prompts=cfg.share_prompts,
     )
 
 

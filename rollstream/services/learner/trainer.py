@@ -118,6 +118,7 @@ class Trainer:
             token_budget=cfg.token_budget,
             mini_steps=cfg.mini_steps,
             max_grad_norm=cfg.max_grad_norm,
+            share_prompts=cfg.share_prompts,
             pad_id=pad_id,
         )
         self.step = 0  # batches trained

@@ -71,6 +71,7 @@ class SyncRun:
             model_dir,
             seed=cfg.seed,
             dtype=cfg.model.dtype,
+            share_prompts=gen.share_prompts,
         )
         self.tok = tok = load_tokenizer(model_dir)
         # prompts as the generator stage would send them: its template and system prompt
