@@ -147,7 +147,7 @@ def _shared_prompt_hidden(
     ends = attention_mask.sum(dim=1)  # (B,) right-padded: tokens per row
     if int(plen.min()) < 2:
         return None
-    ids = input_ids.tolist()
+    ids = input_ids[:, : int(plen.max())].tolist()
     pl = plen.tolist()
     index: dict[tuple[int, ...], int] = {}
     group = [index.setdefault(tuple(ids[i][: pl[i] - 1]), len(index)) for i in range(b)]
