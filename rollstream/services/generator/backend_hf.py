@@ -166,20 +166,25 @@ class HFBackend:
         pass, so the tokens and logprobs are the same (tested). None when there is nothing to
         share or the model's cache is not one plain key/value pair per layer (sliding-window,
         linear-attention and other caches take generate's own path)."""
+        from rollstream.services.models.prompt_cache import (
+            is_plain,
+            left_pad_positions,
+            repeat_rows,
+        )
+
         torch = self.torch
         if width < 2 or not self.share_prompts or self._plain_cache is False:
             return None
         ids, attn = self._left_pad([r.prompt_ids for r in reqs], width)
         ids, attn = ids[:, :-1].to(self.device), attn[:, :-1].to(self.device)
-        positions = (attn.cumsum(-1) - 1).masked_fill(attn == 0, 0)  # as generate makes them
         cache = self.model(
-            input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=True
+            input_ids=ids,
+            attention_mask=attn,
+            position_ids=left_pad_positions(attn),
+            use_cache=True,
         ).past_key_values
-        layers = list(getattr(cache, "layers", None) or [])
         if self._plain_cache is None:
-            self._plain_cache = bool(layers) and all(
-                type(x).__name__ == "DynamicLayer" for x in layers
-            )
+            self._plain_cache = is_plain(cache)
             if not self._plain_cache:
                 log.info("generator: %s cache, prompts are not shared", type(cache).__name__)
         if not self._plain_cache:
@@ -188,10 +193,7 @@ class HFBackend:
             torch.arange(len(reqs), device=self.device),
             torch.tensor([r.n for r in reqs], device=self.device),
         )
-        for layer in layers:
-            layer.keys = layer.keys.index_select(0, rows)
-            layer.values = layer.values.index_select(0, rows)
-        return cache
+        return repeat_rows(cache, rows)
 
     def _sample(self, ids: list[int], lps: list[float], stop: list[str]) -> GenSample:
         finish = "length"

@@ -115,7 +115,6 @@ class Parallel:
     def _shard(self, module: LogprobModule) -> torch.nn.Module:
         from torch.distributed.fsdp import fully_shard
 
-        module.share_prompts = False  # (see there)
         for layer in _blocks(module.model):
             fully_shard(layer, mesh=self.mesh)
         fully_shard(module, mesh=self.mesh)  # the root: embeddings, final norm, head

@@ -22,6 +22,8 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from rollstream.services.models.prompt_cache import is_plain, left_pad_positions, repeat_rows
+
 # config attributes that mean "the logits are not just lm_head(hidden)"
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 
@@ -161,21 +163,18 @@ def _shared_prompt_hidden(
         if key:
             prefix[u, width - len(key) :] = torch.tensor(key, dtype=input_ids.dtype)
             pmask[u, width - len(key) :] = 1
-    positions = (pmask.cumsum(-1) - 1).clamp(min=0)
     cache = decoder(
-        input_ids=prefix, attention_mask=pmask, position_ids=positions, use_cache=True
+        input_ids=prefix,
+        attention_mask=pmask,
+        position_ids=left_pad_positions(pmask),
+        use_cache=True,
     ).past_key_values
-    layers = list(getattr(cache, "layers", None) or [])
     if decoder not in _PLAIN_CACHE:
-        _PLAIN_CACHE[decoder] = bool(layers) and all(
-            type(x).__name__ == "DynamicLayer" for x in layers
-        )
+        _PLAIN_CACHE[decoder] = is_plain(cache)
     if not _PLAIN_CACHE[decoder]:
         return None
     rows = torch.tensor(group, device=dev)
-    for layer in layers:
-        layer.keys = layer.keys.index_select(0, rows)
-        layer.values = layer.values.index_select(0, rows)
+    repeat_rows(cache, rows)
     starts = plen - 1  # each row's suffix starts at its last prompt token
     width_s = int((ends - starts).max())
     col = torch.arange(width_s, device=dev)
@@ -200,9 +199,6 @@ class LogprobModule(torch.nn.Module):
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.share_prompts = True
-        """Off under FSDP: every rank must run the same passes (each all-gathers the weights),
-        and whether two rows share a prompt differs between the ranks' rows."""
 
     def forward(
         self,
@@ -220,7 +216,7 @@ class LogprobModule(torch.nn.Module):
             completion_mask,
             temperature=temperature,
             with_entropy=with_entropy,
-            share_prompts=share_prompts and self.share_prompts,
+            share_prompts=share_prompts,
         )
 
 

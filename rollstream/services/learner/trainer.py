@@ -118,7 +118,9 @@ class Trainer:
             token_budget=cfg.token_budget,
             mini_steps=cfg.mini_steps,
             max_grad_norm=cfg.max_grad_norm,
-            share_prompts=cfg.share_prompts,
+            # not under FSDP: every rank must run the same passes (each all-gathers the
+            # weights), and whether two rows share a prompt differs between the ranks' rows
+            share_prompts=cfg.share_prompts and not (parallel is not None and parallel.fsdp),
             pad_id=pad_id,
         )
         self.step = 0  # batches trained

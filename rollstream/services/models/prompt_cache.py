@@ -1,0 +1,29 @@
+"""A prompt's key/value cache computed once and repeated for the rows that share it: the
+generator's (`backend_hf`) and the learner's (`learner/logprobs`) prompt sharing. Pure torch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+
+def left_pad_positions(mask: Tensor) -> Tensor:
+    """Position ids of left-padded rows, as transformers' generate makes them: 0, 1, ... from
+    each row's first real token, 0 on the padding."""
+    return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+
+
+def is_plain(cache: Any) -> bool:
+    """Whether `cache` is one plain key/value pair per layer, whose batch rows can be repeated
+    (not a sliding-window, linear-attention or other cache)."""
+    layers = list(getattr(cache, "layers", None) or [])
+    return bool(layers) and all(type(x).__name__ == "DynamicLayer" for x in layers)
+
+
+def repeat_rows(cache: Any, rows: Tensor) -> Any:
+    """`cache` (a plain one, `is_plain`) with batch row rows[i] as its row i, in place."""
+    for layer in cache.layers:
+        layer.keys = layer.keys.index_select(0, rows)
+        layer.values = layer.values.index_select(0, rows)
+    return cache
