@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stage_cpu import _cmdline, _stat, label
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 GAINS = (0.10, 0.20, 0.30)
@@ -144,6 +146,10 @@ class Run:
     counts: dict[str, Any] = field(default_factory=dict)
     wall_s: float = 0.0
     returncode: int | None = None
+    cpu_samples: list[tuple[float, dict[int, tuple[str, float]]]] = field(default_factory=list)
+    """(time.time(), pid -> (label, CPU seconds so far)) of the run's process tree, every
+    CPU_EVERY_S while it runs: where the cores went (see cpu_budget)."""
+    cpu: dict[str, Any] | None = None  # cpu_budget of the samples, once collected
 
     def run_dir(self, runs: Path) -> Path:
         mode = ROWS[self.row][0]
@@ -212,6 +218,75 @@ def collect(run: Run, runs: Path) -> None:
         run.counts.update(idle_shares(last))
         run.counts.update(pipeline_latency(last))
         run.counts.update(trained_staleness(last.get("learner", {})))
+    budget = cpu_budget(run.cpu_samples, run.evals)
+    run.counts["cpu_ms_per_step"] = budget["cpu_ms_per_step"] if budget else None
+    run.counts["cores_busy"] = budget["cores_busy"] if budget else None
+    run.cpu = budget
+
+
+CPU_EVERY_S = 2.0
+
+
+def tree_cpu(root: int) -> dict[int, tuple[str, float]]:
+    """pid -> (stage label, CPU seconds user + system) for `root` and every descendant: the
+    `up` process (sync: the whole loop), its stages and the embedded broker."""
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (st := _stat(int(entry))) is not None:
+            parents[int(entry)], cpu[int(entry)] = st
+    found, grew = {root} & parents.keys(), True
+    while grew:
+        new = {p for p, pp in parents.items() if pp in found and p not in found}
+        found |= new
+        grew = bool(new)
+    return {pid: (label(_cmdline(pid)), cpu[pid]) for pid in found}
+
+
+def sample_cpu(run: Run) -> None:
+    if run.proc is None:
+        return
+    last = run.cpu_samples[-1][0] if run.cpu_samples else 0.0
+    if time.time() - last >= CPU_EVERY_S:
+        run.cpu_samples.append((time.time(), tree_cpu(run.proc.pid)))
+
+
+def cpu_budget(
+    samples: list[tuple[float, dict[int, tuple[str, float]]]], evals: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """Where the CPU went while the run trained: from its first evaluation after step 0
+    (start-up over) to its last one. CPU seconds by stage label over that window, the cores
+    kept busy (CPU seconds / wall seconds), and CPU milliseconds per learner step, in all and
+    by stage. A process that ended inside the window counts up to its last sample."""
+    trained = [e for e in evals if e.get("step", 0) > 0 and "wall" in e]
+    if len(trained) < 2 or len(samples) < 2:
+        return None
+    t0, t1 = trained[0]["wall"], trained[-1]["wall"]
+    steps = trained[-1]["step"] - trained[0]["step"]
+    if t1 <= t0 or steps <= 0:
+        return None
+
+    def at(t: float) -> dict[int, tuple[str, float]]:
+        seen: dict[int, tuple[str, float]] = {}
+        for when, procs in samples:
+            if when > t:
+                break
+            seen.update(procs)
+        return seen
+
+    before, after = at(t0), at(t1)
+    by_stage: dict[str, float] = {}
+    for pid, (name, cpu) in after.items():
+        by_stage[name] = by_stage.get(name, 0.0) + cpu - before.get(pid, (name, 0.0))[1]
+    total = sum(by_stage.values())
+    return {
+        "window_s": t1 - t0,
+        "steps": steps,
+        "cpu_s": by_stage,
+        "cores_busy": total / (t1 - t0),
+        "cpu_ms_per_step": 1000 * total / steps,
+        "cpu_ms_per_step_by_stage": {k: 1000 * v / steps for k, v in by_stage.items()},
+    }
 
 
 def trained_staleness(learner: dict[str, float]) -> dict[str, float | None]:
@@ -270,6 +345,13 @@ def summarize(runs: list[Run], rows: list[str]) -> list[dict[str, Any]]:
         entry["staleness_max"] = [r.counts.get("staleness_max") for r in rs]
         for hop in ("replay", "total"):  # seconds from generation start to training
             entry[f"latency_{hop}_s"] = [r.counts.get(f"latency_{hop}_s") for r in rs]
+        entry["cpu_ms_per_step"] = [r.counts.get("cpu_ms_per_step") for r in rs]
+        entry["cores_busy"] = [r.counts.get("cores_busy") for r in rs]
+        stages = sorted({k for r in rs if r.cpu for k in r.cpu["cpu_ms_per_step_by_stage"]})
+        entry["cpu_ms_per_step_by_stage"] = {
+            k: [r.cpu["cpu_ms_per_step_by_stage"].get(k, 0.0) if r.cpu else None for r in rs]
+            for k in stages
+        }
         out.append(entry)
     return out
 
@@ -309,9 +391,9 @@ def table(summary: list[dict[str, Any]]) -> str:
     head = (
         "| row | +10 pts | +20 pts | +30 pts | step at +30 | best | learner steps | generated |"
         " trained | dropped | expired | learner idle | generator idle | staleness trained |"
-        " sample latency (in replay) |"
+        " sample latency (in replay) | CPU a step (cores busy) |"
     )
-    lines = [head, "|" + "---|" * 15]
+    lines = [head, "|" + "---|" * 16]
     for e in summary:
         cells = [
             e["row"],
@@ -326,7 +408,33 @@ def table(summary: list[dict[str, Any]]) -> str:
             ),
             _staleness(e),
             _latency(e),
+            _cpu(e),
         ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cpu(e: dict[str, Any]) -> str:
+    """CPU milliseconds a learner step, all processes of the run (medians over seeds)."""
+    ms, busy = _median(e["cpu_ms_per_step"]), _median(e["cores_busy"])
+    if ms is None:
+        return "—"
+    return f"{ms:,.0f} ms ({busy or 0:.2f})"
+
+
+def cpu_table(summary: list[dict[str, Any]]) -> str:
+    """CPU milliseconds a learner step by process (medians over seeds), while training: what
+    each learner step costs the cores, so cores / (CPU a step) bounds the steps a second."""
+    stages = sorted(
+        {k for e in summary for k in e["cpu_ms_per_step_by_stage"]},
+        key=lambda k: -max((_median(v) or 0.0) for e in summary
+                           for kk, v in e["cpu_ms_per_step_by_stage"].items() if kk == k),
+    )  # fmt: skip
+    lines = ["| row | all | " + " | ".join(stages) + " |", "|" + "---|" * (len(stages) + 2)]
+    for e in summary:
+        by = e["cpu_ms_per_step_by_stage"]
+        cells = [e["row"], _fmt(_median(e["cpu_ms_per_step"]))]
+        cells += [_fmt(_median(by[k])) if k in by else "—" for k in stages]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -410,6 +518,7 @@ def run_all(
             time.sleep(1.0)
             for run in list(active):
                 assert run.proc is not None
+                sample_cpu(run)
                 if run.proc.poll() is None and time.time() - run.launched < grace:
                     continue
                 stop(run)
@@ -466,6 +575,7 @@ def write_json(
                         "wall_s": r.wall_s,
                         "counts": r.counts,
                         "evals": r.evals,
+                        "cpu": r.cpu,
                     }
                     for r in done
                 ],
@@ -506,6 +616,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(done, args.rows)
     text = table(summary)
     print(text)
+    print("\nCPU ms a learner step, by process (while training):")
+    print(cpu_table(summary))
     args.out_dir.mkdir(parents=True, exist_ok=True)
     out = args.out_dir / f"time_to_target{tag}.json"
     write_json(out, args, slots, summary, text, done)

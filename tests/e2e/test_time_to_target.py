@@ -22,4 +22,11 @@ def test_time_to_target_smoke_prints_the_table_and_writes_json_and_png(bench) ->
         assert run["evals"], run["name"]  # at least the starting evaluation
         assert run["evals"][0]["step"] == 0
         assert run["counts"]["generated"] > 0, run  # the run sampled and counted rollouts
+    # where the CPU went while training: sync trains inside 45 s, so it has a window, all in
+    # the one `up --mode sync` process, about one core busy
+    sync = data["summary"][0]
+    assert sync["cpu_ms_per_step"][0] > 0, sync
+    assert list(sync["cpu_ms_per_step_by_stage"]) == ["up (sync)"], sync
+    assert 0.3 < sync["cores_busy"][0] <= 2.2, sync
+    assert "CPU ms a learner step, by process" in p.stdout
     assert (out / "time_to_target-smoke.png").stat().st_size > 10_000
