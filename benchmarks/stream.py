@@ -113,11 +113,10 @@ def scored(r: Rollout) -> ScoredRollout:
 def bench_cores(k: int) -> dict[str, float]:
     """Rollouts/s of the scorer's and the filter's per-message work in this process."""
     from rollstream.services.filter.app import FilterStage
-    from rollstream.services.filter.assembly import PendingGroup
     from rollstream.services.filter.config import FilterConfig
     from rollstream.services.filter.core import FilterCore
     from rollstream.services.filter.metrics import register as filter_metrics
-    from rollstream.services.filter.tables import TableView
+    from rollstream.services.filter.tables import PendingTable, TableView
     from rollstream.services.runtime.metrics import StageMetrics
     from rollstream.services.scorer.app import Scorer
     from rollstream.services.scorer.combine import Combiner
@@ -162,8 +161,8 @@ def bench_cores(k: int) -> dict[str, float]:
         return k / (time.perf_counter() - t0)
 
     result["filter"] = run_filter(None, None)
-    result["filter_table_views"] = run_filter(  # msgpack of the pending group on every sample
-        TableView({}, PendingGroup, lambda: 0), TableView({}, float, lambda: 0)
+    result["filter_table_views"] = run_filter(  # msgpack of each sample into the pending table
+        PendingTable({}, lambda: 0), TableView({}, float, lambda: 0)
     )
     result["scorer_plus_filter"] = 1 / (1 / result["scorer"] + 1 / result["filter_table_views"])
     return result

@@ -7,9 +7,10 @@ reason and numbers) to `groups.dropped`; keyed by task_id, each prompt's running
 "filter": FilterConfig fields and filter params, applied live onto the run's config through
 LiveKnobs, see config.py) and `weights` (the learner's version, for the stale filter).
 
-State, in faust tables (changelogged; a restarted worker rebuilds them): pending groups and
-finished group ids, both keyed by group_id and partitioned like the source, so assembly
-survives restarts and a redelivered sample of a finished group is ignored instead of emitting
+State, in faust tables (changelogged; a restarted worker rebuilds them): the samples of
+pending groups (one entry a sample, keyed group_id and rollout_id: tables.PendingTable) and
+finished group ids (keyed by group_id), partitioned like the source, so assembly survives
+restarts and a redelivered sample of a finished group is ignored instead of emitting
 the group twice; and the pass-rate records, keyed by task_id. Because groups of one prompt land
 on any partition, each finished group's pass rate is sent to an internal topic keyed by
 task_id, whose consumer (one per task) keeps the running average and publishes PromptStats.

@@ -14,7 +14,7 @@ committed, so that after a crash it can re-send a group whose outputs never reac
 
 A pending group whose first sample is older than the timeout is handed back by `expire`; the
 caller then drops it or emits what arrived (FilterConfig.timeout_policy). Pure: time is an
-argument. PendingGroup is a msgspec Struct because it is persisted (table changelog).
+argument. The faust app stores pending groups one sample per table entry (tables.PendingTable).
 """
 
 from __future__ import annotations
@@ -47,19 +47,6 @@ class PendingGroup(msgspec.Struct, kw_only=True):
         return sorted(
             self.samples.values(), key=lambda s: (s.rollout.sample_index, s.rollout.rollout_id)
         )
-
-
-_pending_encoder = msgspec.msgpack.Encoder()
-_pending_decoder = msgspec.msgpack.Decoder(PendingGroup)
-
-
-def encode_pending(group: PendingGroup) -> bytes:
-    """MessagePack bytes of a pending group (for a table's changelog)."""
-    return _pending_encoder.encode(group)
-
-
-def decode_pending(data: bytes) -> PendingGroup:
-    return _pending_decoder.decode(data)
 
 
 @dataclass(frozen=True)

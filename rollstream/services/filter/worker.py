@@ -20,12 +20,11 @@ from typing import Any, Protocol
 import msgspec
 
 from rollstream.schemas import DropRecord, SchemaError, ScoredRollout, decode, encode
-from rollstream.services.filter.assembly import PendingGroup
 from rollstream.services.filter.config import LIVE_KNOBS, FilterConfig, validate_control
 from rollstream.services.filter.core import FilterCore, Outcome
 from rollstream.services.filter.metrics import FilterMetrics
 from rollstream.services.filter.pass_rate import PassObservation, PassRecord
-from rollstream.services.filter.tables import TableView
+from rollstream.services.filter.tables import PendingTable, TableView
 from rollstream.services.runtime.knobs import LiveKnobs
 from rollstream.services.runtime.metrics import BusMetrics
 
@@ -164,7 +163,7 @@ class FilterWorker:
         self.partition = partition
         self.last_read: dict[int, int] = {}  # partition -> last source offset read
         self.done = TableView(done_table, float, partition, self._stamp)
-        self.pending = TableView(pending_table, PendingGroup, partition, self._stamp)
+        self.pending = PendingTable(pending_table, partition, self._stamp)
         self.pass_rates = TableView(pass_table, PassRecord, partition)
         self.core = FilterCore(
             config,

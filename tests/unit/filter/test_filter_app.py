@@ -6,11 +6,11 @@ from filter_builders import scored
 
 from rollstream.schemas import encode
 from rollstream.services.filter.app import FilterStage
-from rollstream.services.filter.assembly import GroupAssembler, PendingGroup
+from rollstream.services.filter.assembly import GroupAssembler
 from rollstream.services.filter.config import FilterConfig
 from rollstream.services.filter.core import FilterCore
 from rollstream.services.filter.metrics import register
-from rollstream.services.filter.tables import TableView
+from rollstream.services.filter.tables import PendingTable, TableView
 from rollstream.services.runtime.metrics import StageMetrics
 
 
@@ -101,19 +101,19 @@ def test_a_filter_keeps_its_state_across_knob_changes_that_keep_it_in_the_chain(
     assert stage.core.chain.filters[0] is not flt and stage.core.chain.filters[0].seen == 0
 
 
-def test_table_view_tags_entries_with_their_partition() -> None:
+def test_pending_table_tags_entries_with_their_partition() -> None:
     table: dict[bytes, bytes] = {}
     current = {"p": 3}
-    pending = TableView(table, PendingGroup, lambda: current["p"])
+    pending = PendingTable(table, lambda: current["p"])
     asm = GroupAssembler(pending, TableView({}, float, lambda: current["p"]))
     asm.add(scored(0, group_id="a"), now=1.0)
     current["p"] = 5
     asm.add(scored(0, group_id="b"), now=1.0)
-    assert set(table) == {b"a", b"b"}  # bytes keys, as a changelog gives them back
+    assert set(table) == {b"a\x00a/0", b"b\x00b/0"}  # bytes keys, as a changelog gives them
     assert list(pending) == ["b"] and len(pending) == 1  # only this partition's entries
     current["p"] = 3
     assert [g.group_id for g in asm.expire(now=100.0, timeout_s=10.0)] == ["a"]
-    assert set(table) == {b"b"}  # partition 5's group untouched by partition 3's tick
+    assert set(table) == {b"b\x00b/0"}  # partition 5's group untouched by partition 3's tick
     assert pending["b"].group_id == "b"  # direct lookups see every partition
     current["p"] = None
     assert list(pending) == ["b"]  # outside an event: everything
@@ -148,3 +148,64 @@ def test_a_table_view_reads_values_written_underneath_once_told_to_forget_its_ca
     view["h"] = 3.0
     del view["h"]
     assert "h" not in view and table == {}
+
+
+class Changelog(dict):  # type: ignore[type-arg]
+    """A bytes table that records what a changelog would carry: (key, value or None)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log: list[tuple[bytes, bytes | None]] = []
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self.log.append((key, value))
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: bytes) -> None:
+        self.log.append((key, None))
+        super().__delitem__(key)
+
+
+def test_a_pending_group_costs_its_changelog_each_sample_once() -> None:
+    """n samples: n writes of one sample each and, when the group is forgotten, n tombstones;
+    not the whole group again on every arrival (n(n+1)/2 samples)."""
+    table = Changelog()
+    stamp = {"v": 0}
+    pending = PendingTable(table, lambda: 0, lambda: stamp["v"])
+    asm = GroupAssembler(pending, TableView({}, float, lambda: 0), keep_finished=True)
+    one = len(pending._encoder.encode((0, scored(7, group_size=8), 0, 0.0)))
+    for i in range(8):
+        stamp["v"] = 100 + i
+        asm.add(scored(i, reward=float(i % 2), group_size=8), now=1.0 + i)
+    assert len(table.log) == 8 and all(v is not None for _, v in table.log)
+    assert max(len(v or b"") for _, v in table.log) <= one + 8  # one sample per write
+    assert pending.stamp_of("g1") == 107 and pending["g1"].complete
+    asm.forget("g1")
+    assert [v for _, v in table.log[8:]] == [None] * 8 and table == {} and "g1" not in pending
+
+
+def test_a_pending_table_read_back_from_its_table_has_the_same_groups() -> None:
+    """What a restarted worker sees after the changelog recovery: the groups, their samples,
+    first_seen, the newest stamp of each and the partition each belongs to."""
+    table: dict[bytes, bytes] = {}
+    current, stamp = {"p": 2}, {"v": 10}
+    pending = PendingTable(table, lambda: current["p"], lambda: stamp["v"])
+    asm = GroupAssembler(pending, TableView({}, float, lambda: current["p"]))
+    asm.add(scored(0, reward=1.0, group_id="a"), now=5.0)
+    stamp["v"] = 11
+    asm.add(scored(2, reward=0.0, group_id="a"), now=6.0)
+    current["p"], stamp["v"] = 4, 12
+    asm.add(scored(1, reward=1.0, group_id="b"), now=7.0)
+
+    again = PendingTable(table, lambda: current["p"], lambda: stamp["v"])
+    current["p"] = None
+    assert sorted(again) == ["a", "b"]
+    for gid in ("a", "b"):
+        assert again[gid] == pending[gid]  # samples, first_seen, task and group size
+    assert [s.rollout.sample_index for s in again["a"].ordered()] == [0, 2]
+    assert (again["a"].first_seen, again.stamp_of("a"), again.stamp_of("b")) == (5.0, 11, 12)
+    current["p"] = 4
+    assert list(again) == ["b"] and len(again) == 1
+    again.forget_cache()  # a later recovery wrote underneath: read again
+    del table[next(k for k in table if k.startswith(b"b"))]
+    assert "b" not in again and list(again) == []

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from filter_builders import scored
 
-from rollstream.services.filter.assembly import GroupAssembler, decode_pending, encode_pending
+from rollstream.services.filter.assembly import GroupAssembler
 from rollstream.services.filter.pass_rate import PassRateTracker
+from rollstream.services.filter.tables import PendingTable
 
 
 def test_a_group_completes_when_group_size_distinct_samples_arrived() -> None:
@@ -42,27 +43,15 @@ def test_expire_hands_back_groups_older_than_the_timeout() -> None:
 
 
 def test_state_lives_in_the_callers_mappings_and_round_trips_as_bytes() -> None:
-    # a table-like store that keeps only bytes, as a changelogged table would
-    class BytesStore(dict):
-        def __setitem__(self, key, value):
-            super().__setitem__(key, encode_pending(value))
-
-        def __getitem__(self, key):
-            return decode_pending(super().__getitem__(key))
-
-        def get(self, key, default=None):
-            return self[key] if key in self else default
-
-        def values(self):
-            return [self[k] for k in self]
-
-    store = BytesStore()
-    asm = GroupAssembler(pending=store)
+    table: dict[bytes, bytes] = {}  # bytes only, as a changelogged table keeps them
+    asm = GroupAssembler(pending=PendingTable(table, lambda: 0))
     asm.add(scored(0, reward=0.5, group_size=2), now=1.0)
-    restarted = GroupAssembler(pending=store, done=asm.done)  # a new worker, same state
+    # a new worker, same state
+    restarted = GroupAssembler(pending=PendingTable(table, lambda: 0), done=asm.done)
     added = restarted.add(scored(1, reward=1.0, group_size=2), now=2.0)
     assert added.status == "complete"
     assert [s.reward for s in added.group.ordered()] == [0.5, 1.0]
+    assert table == {}  # a finished group leaves nothing behind
 
 
 def test_pass_rate_tracker_ewma_and_recent() -> None:
