@@ -28,7 +28,27 @@ from rollstream.services.filter.assembly import PendingGroup
 V = TypeVar("V")
 
 
-class TableView(MutableMapping[str, V], Generic[V]):
+class _Tagged:
+    """A bytes table whose entries are tagged with the partition (and stamp) of their write."""
+
+    def __init__(
+        self,
+        table: MutableMapping[bytes, bytes],
+        partition: Callable[[], int | None],
+        stamp: Callable[[], int] | None,
+    ) -> None:
+        self.table = table
+        self.partition = partition
+        self.stamp = stamp
+        self._encoder = msgspec.msgpack.Encoder()
+
+    def _tag(self) -> tuple[int, int]:
+        """(partition of the current event or -1, the stamp or -1) for a write now."""
+        part = self.partition()
+        return (-1 if part is None else part, -1 if self.stamp is None else self.stamp())
+
+
+class TableView(_Tagged, MutableMapping[str, V], Generic[V]):
     """A str-keyed view of a faust table (or any bytes-keyed MutableMapping) holding `V`s."""
 
     def __init__(
@@ -38,10 +58,7 @@ class TableView(MutableMapping[str, V], Generic[V]):
         partition: Callable[[], int | None],
         stamp: Callable[[], int] | None = None,
     ) -> None:
-        self.table = table
-        self.partition = partition
-        self.stamp = stamp
-        self._encoder = msgspec.msgpack.Encoder()
+        super().__init__(table, partition, stamp)
         shape: Any = tuple[int, value_type, int] if stamp else tuple[int, value_type]  # type: ignore[valid-type]
         self._decoder = msgspec.msgpack.Decoder(shape)
         self._part_decoder = msgspec.msgpack.Decoder(
@@ -66,10 +83,8 @@ class TableView(MutableMapping[str, V], Generic[V]):
         return int(self._decoder.decode(self.table[key.encode()])[2])
 
     def __setitem__(self, key: str, value: V) -> None:
-        part = self.partition()
-        entry: tuple[Any, ...] = (-1 if part is None else part, value)
-        if self.stamp is not None:
-            entry += (self.stamp(),)
+        part, stamp = self._tag()
+        entry: tuple[Any, ...] = (part, value, stamp) if self.stamp is not None else (part, value)
         self.table[key.encode()] = self._encoder.encode(entry)
         self._cache[key] = value
 
@@ -98,7 +113,7 @@ def event_partition() -> int | None:
 SAMPLE_SEP = b"\x00"  # between group_id and rollout_id in a pending table key
 
 
-class PendingTable(MutableMapping[str, PendingGroup]):
+class PendingTable(_Tagged, MutableMapping[str, PendingGroup]):
     """The pending groups, stored one sample per table entry.
 
     Key `<group_id>\\0<rollout_id>`, value the MessagePack tuple [partition, ScoredRollout,
@@ -122,10 +137,7 @@ class PendingTable(MutableMapping[str, PendingGroup]):
         partition: Callable[[], int | None],
         stamp: Callable[[], int] | None = None,
     ) -> None:
-        self.table = table
-        self.partition = partition
-        self.stamp = stamp
-        self._encoder = msgspec.msgpack.Encoder()
+        super().__init__(table, partition, stamp)
         self._decoder = msgspec.msgpack.Decoder(tuple[int, ScoredRollout, int, float])
         self._groups: dict[str, PendingGroup] | None = None  # None: read the table first
         self._stored: dict[str, set[str]] = {}  # group_id -> rollout ids in the table
@@ -170,9 +182,7 @@ class PendingTable(MutableMapping[str, PendingGroup]):
     def __setitem__(self, gid: str, group: PendingGroup) -> None:
         groups = self._load()
         stored = self._stored.setdefault(gid, set())
-        part = self.partition()
-        part = -1 if part is None else part
-        stamp = self.stamp() if self.stamp is not None else -1
+        part, stamp = self._tag()
         for rid in stored - group.samples.keys():
             del self.table[self._key(gid, rid)]
             stored.discard(rid)
