@@ -20,7 +20,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _stat(pid: int) -> tuple[int, float] | None:
+def proc_stat(pid: int) -> tuple[int, float] | None:
     """(parent pid, CPU seconds user + system) of a process; None once it is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -29,7 +29,7 @@ def _stat(pid: int) -> tuple[int, float] | None:
     return int(fields[1]), (int(fields[11]) + int(fields[12])) / TICK
 
 
-def _cmdline(pid: int) -> list[str]:
+def cmdline(pid: int) -> list[str]:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
@@ -47,23 +47,34 @@ def label(argv: list[str]) -> str:
     return Path(argv[0]).name if argv and argv[0] else "?"
 
 
-def run_processes(name: str) -> dict[int, str]:
-    """pid -> label for the `up` process of run `name` and all its descendants."""
-    parents: dict[int, int] = {}
+def all_processes() -> dict[int, tuple[int, float]]:
+    """pid -> (parent pid, CPU seconds) of every process readable now."""
+    found: dict[int, tuple[int, float]] = {}
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and (st := _stat(int(entry))) is not None:
-            parents[int(entry)] = st[0]
-    roots = {
-        pid
-        for pid in parents
-        if "up" in (argv := _cmdline(pid)) and name in argv and "taskset" not in argv[0]
-    }
-    found, grew = set(roots), True
+        if entry.isdigit() and (st := proc_stat(int(entry))) is not None:
+            found[int(entry)] = st
+    return found
+
+
+def descendants(roots: set[int], procs: dict[int, tuple[int, float]]) -> set[int]:
+    """`roots` (those alive in `procs`) and every process below them."""
+    found, grew = roots & procs.keys(), True
     while grew:
-        new = {p for p, pp in parents.items() if pp in found and p not in found}
+        new = {p for p, (pp, _) in procs.items() if pp in found and p not in found}
         found |= new
         grew = bool(new)
-    return {pid: label(_cmdline(pid)) for pid in found}
+    return found
+
+
+def run_processes(name: str) -> dict[int, str]:
+    """pid -> label for the `up` process of run `name` and all its descendants."""
+    procs = all_processes()
+    roots = {
+        pid
+        for pid in procs
+        if "up" in (argv := cmdline(pid)) and name in argv and "taskset" not in argv[0]
+    }
+    return {pid: label(cmdline(pid)) for pid in descendants(roots, procs)}
 
 
 def main() -> int:
@@ -76,13 +87,13 @@ def main() -> int:
     if not procs:
         print(f"no process of run {args.run!r}")
         return 2
-    before = {pid: st[1] for pid in procs if (st := _stat(pid)) is not None}
+    before = {pid: st[1] for pid in procs if (st := proc_stat(pid)) is not None}
     t0 = time.monotonic()
     time.sleep(args.seconds)
     span = time.monotonic() - t0
     shares: dict[str, float] = {}
     for pid, cpu0 in before.items():
-        st = _stat(pid)
+        st = proc_stat(pid)
         if st is not None:
             key = procs[pid]
             shares[key] = shares.get(key, 0.0) + (st[1] - cpu0) / span

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stage_cpu import _cmdline, _stat, label
+from stage_cpu import all_processes, cmdline, descendants, label
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -230,17 +230,8 @@ CPU_EVERY_S = 2.0
 def tree_cpu(root: int) -> dict[int, tuple[str, float]]:
     """pid -> (stage label, CPU seconds user + system) for `root` and every descendant: the
     `up` process (sync: the whole loop), its stages and the embedded broker."""
-    parents: dict[int, int] = {}
-    cpu: dict[int, float] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (st := _stat(int(entry))) is not None:
-            parents[int(entry)], cpu[int(entry)] = st
-    found, grew = {root} & parents.keys(), True
-    while grew:
-        new = {p for p, pp in parents.items() if pp in found and p not in found}
-        found |= new
-        grew = bool(new)
-    return {pid: (label(_cmdline(pid)), cpu[pid]) for pid in found}
+    procs = all_processes()
+    return {pid: (label(cmdline(pid)), procs[pid][1]) for pid in descendants({root}, procs)}
 
 
 def sample_cpu(run: Run) -> None:
