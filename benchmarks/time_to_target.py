@@ -416,11 +416,14 @@ def _cpu(e: dict[str, Any]) -> str:
 def cpu_table(summary: list[dict[str, Any]]) -> str:
     """CPU milliseconds a learner step by process (medians over seeds), while training: what
     each learner step costs the cores, so cores / (CPU a step) bounds the steps a second."""
+
+    def heaviest(k: str) -> float:  # the most any row spends in process k
+        return max(_median(e["cpu_ms_per_step_by_stage"].get(k, [])) or 0.0 for e in summary)
+
     stages = sorted(
         {k for e in summary for k in e["cpu_ms_per_step_by_stage"]},
-        key=lambda k: -max((_median(v) or 0.0) for e in summary
-                           for kk, v in e["cpu_ms_per_step_by_stage"].items() if kk == k),
-    )  # fmt: skip
+        key=lambda k: (-heaviest(k), k),
+    )
     lines = ["| row | all | " + " | ".join(stages) + " |", "|" + "---|" * (len(stages) + 2)]
     for e in summary:
         by = e["cpu_ms_per_step_by_stage"]

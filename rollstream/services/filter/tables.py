@@ -10,9 +10,10 @@ may only touch entries written from p; iteration therefore yields only the entri
 current event's partition (all entries outside an event, e.g. in tests). With `stamp`, each
 value also carries a number taken when it was written (the filter stores the source offset).
 
-Decoded values are cached (the filter reads a pending group on every sample): the view must be
-the only writer of the table while it runs, and `forget_cache` must be called whenever the
-table can change underneath (a partition assigned and recovered from the changelog, or revoked).
+Decoded values are cached (the filter reads its `done` and pending entries on every sample):
+each view must be the only writer of its table while it runs, and `forget_cache` must be called
+whenever the table can change underneath (a partition assigned and recovered from the
+changelog, or revoked).
 """
 
 from __future__ import annotations
