@@ -182,6 +182,44 @@ def scored(gid: str, i: int) -> ScoredRollout:
     )
 
 
+def test_a_filter_worker_reads_what_it_fetched_while_seeking_back_after_a_rebalance(
+    kafka, tmp_path, processes
+):
+    """At the end of a rebalance's table recovery faust seeks back to the committed offsets
+    and then resumes its stream queues, which clears them; the fetcher, running since the
+    recovery began, could fill them in between, and those records were never read again
+    (faust-streaming issue #596; in CI a filter lost whole groups after a kill). Worker A's
+    seek takes 3 s longer and its agent is busy 1.5 s on each partition's first event, so
+    without a fix the records fetched in that window are lost when B joins."""
+    n = 60
+    slow = {"ROLLSTREAM_FAILPOINTS": "faust.slow_seek,filter.slow_reconcile"}
+    processes.append(start("filter", kafka, tmp_path, "A", **slow))
+    p = Producer(kafka, "test")
+    consumer = Consumer(kafka, "test", ["groups.kept"], group=None)
+    out: list = []
+
+    def send(g: int) -> None:
+        for i in range(4):
+            p.send("rollouts.scored", scored(f"g{g}", i), key=f"g{g}")
+        p.flush()
+
+    try:
+        send(0)
+        out += collect(consumer, lambda got: bool(got["groups.kept"]), 90)["groups.kept"]
+        assert out, "worker A never started"
+        processes.append(start("filter", kafka, tmp_path, "B"))  # A rebalances
+        for g in range(1, n):  # one group every 0.25 s, through A's rebalance
+            send(g)
+            out += [r.value for r in consumer.poll(500, 0.25)]
+        left = n - len(out)
+        out += collect(consumer, lambda got: len(got["groups.kept"]) >= left)["groups.kept"]
+    finally:
+        consumer.close()
+    kept = Counter(v.group_id for v in out)
+    assert sorted(kept, key=lambda gid: int(gid[1:])) == [f"g{g}" for g in range(n)]
+    assert max(kept.values()) == 1
+
+
 @pytest.mark.parametrize("crash", ["sigkill", "failpoint"])
 def test_two_filter_workers_one_killed_and_restarted_lose_and_repeat_nothing(
     kafka, tmp_path, processes, crash

@@ -127,6 +127,8 @@ async def reconcile(app: Any, worker: FilterWorker, kafka: KafkaSettings, part: 
     """First event of source partition `part` since it was assigned: look the groups touched
     after the last commit up on the output topics (reconcile.py) and let the worker send what
     is missing (FilterWorker.plan_reconcile, .settle)."""
+    if failpoints.armed("filter.slow_reconcile"):  # tests: the agent is busy for a while
+        await asyncio.sleep(1.5)
     committed = committed_offset(app, qualified(SOURCE, kafka.namespace), part)
     await app.producer.flush()  # our own sends before a rebalance must count as sent
     plan = worker.plan_reconcile(part, committed)
@@ -215,6 +217,12 @@ def add_agents(
 
     @app.on_partitions_assigned.connect
     async def on_assigned(_app: Any, assigned: Any, **kwargs: Any) -> None:
+        worker.assigned()
+
+    @app.on_rebalance_complete.connect
+    async def on_recovered(_app: Any, **kwargs: Any) -> None:
+        # the tables are whole now: a partition reconciles again on its next event, and the
+        # views read the recovered tables (nothing read during the recovery is trusted)
         worker.assigned()
 
     @app.agent(source, name="assemble", concurrency=1)

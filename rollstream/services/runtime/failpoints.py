@@ -2,8 +2,9 @@
 
 `ROLLSTREAM_FAILPOINTS="filter.before_outputs=5"` makes the 5th call of
 `reached("filter.before_outputs")` return True; the stage then kills its own process at the
-worst moment (state written, outputs not). Unset (always, outside tests) it costs one dict
-lookup per call.
+worst moment (state written, outputs not). A point armed for a delay (`armed`, e.g.
+`faust.slow_seek`) slows a step down on every call to widen a race window. Unset (always,
+outside tests) it costs one dict lookup per call.
 """
 
 from __future__ import annotations
@@ -31,3 +32,8 @@ def reached(name: str) -> bool:
         return False
     _counts[name] = _counts.get(name, 0) + 1
     return _counts[name] == ARMED[name]
+
+
+def armed(name: str) -> bool:
+    """True when `name` is armed at all (for points that delay every call)."""
+    return name in ARMED

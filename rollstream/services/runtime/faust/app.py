@@ -30,6 +30,7 @@ from typing import Any
 
 from rollstream.schemas import DeadLetter, encode
 from rollstream.schemas.topics import qualified
+from rollstream.services.runtime import failpoints
 from rollstream.services.runtime.settings import KafkaSettings
 
 log = logging.getLogger("rollstream.faust")
@@ -350,10 +351,47 @@ def rewind_uncommitted_partitions() -> None:
 
     async def seek_to_committed(self: Any) -> Any:
         reset = self.app.conf.consumer_auto_offset_reset
-        return await self.call_thread(seek_to_committed_or_reset, self._ensure_consumer(), reset)
+        committed = await self.call_thread(
+            seek_to_committed_or_reset, self._ensure_consumer(), reset
+        )
+        if failpoints.armed("faust.slow_seek"):  # tests: widen the window after the seek
+            import asyncio
+
+            await asyncio.sleep(3.0)
+        return committed
 
     AIOKafkaConsumerThread.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
     AIOKafkaConsumerThread._rollstream_rewinds = True  # type: ignore[attr-defined]
+
+
+def stop_fetching_until_streams_resume() -> None:
+    """At the end of a rebalance faust seeks every assigned partition back to its committed
+    offset and then resumes its stream queues, which clears them (`FlowControlEvent.resume`).
+    After a table recovery the fetcher has been running since the recovery began, so records
+    fetched from the new positions between the seek and that clear were dropped, never acked
+    and never read again (faust-streaming issue #596): a filter worker lost whole groups when
+    its partitions moved, and faust could then commit past them. This version stops the
+    consumer's flow before the seek, as faust does when a rebalance starts; faust's own code
+    resumes it after clearing the queues, and a fetch still in flight when the flow stopped
+    is dropped and sought back by faust (a patch applied once per process)."""
+    from faust.tables.recovery import Recovery
+
+    if getattr(Recovery, "_rollstream_stops_flow", False):
+        return
+    completed = Recovery.on_recovery_completed
+    resume = Recovery._resume_streams
+
+    async def on_recovery_completed(self: Any, generation_id: int = 0) -> None:
+        self.app.consumer.stop_flow()
+        await completed(self, generation_id)
+
+    async def _resume_streams(self: Any, generation_id: int = 0) -> None:
+        self.app.consumer.stop_flow()
+        await resume(self, generation_id)
+
+    Recovery.on_recovery_completed = on_recovery_completed  # type: ignore[method-assign]
+    Recovery._resume_streams = _resume_streams  # type: ignore[method-assign]
+    Recovery._rollstream_stops_flow = True  # type: ignore[attr-defined]
 
 
 def read_changelogs_to_fetched_end() -> None:

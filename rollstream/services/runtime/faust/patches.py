@@ -1,6 +1,6 @@
 """Every change rollstream makes to faust-streaming and aiokafka, behind one version guard.
 
-The two stream processors (scorer, filter) run on faust, and five of faust's behaviours are
+The two stream processors (scorer, filter) run on faust, and six of faust's behaviours are
 patched (app.py) while a few more private attributes are read (sender.py, the
 filter's app). A minor faust release can rename any of them; instead of breaking silently
 mid-run, `apply()` checks at start that the installed versions are the tested ones and that
@@ -67,6 +67,19 @@ PATCHES = (
         " made table recovery stop early and forget the newest state",
     ),
     Patch(
+        "faust.tables.recovery",
+        "Recovery",
+        "on_recovery_completed",
+        "stop_fetching_until_streams_resume: records fetched between the seek back to the"
+        " committed offsets and the queues' resume were cleared and never read (lost groups)",
+    ),
+    Patch(
+        "faust.tables.recovery",
+        "Recovery",
+        "_resume_streams",
+        "stop_fetching_until_streams_resume (the same, for a stage without tables)",
+    ),
+    Patch(
         "faust.tables.base",
         "Collection",
         "send_changelog",
@@ -94,6 +107,7 @@ RELIED_ON = (
         "rewind_uncommitted_partitions",
     ),
     Patch("aiokafka.protocol.fetch", None, "FetchRequest", "fetched_ends"),
+    Patch("faust.transport.consumer", "Consumer", "stop_flow", "stop_fetching_until_streams_..."),
     Patch("faust", None, "current_event", "filter tables: the current event's partition"),
 )
 
@@ -149,4 +163,5 @@ def apply() -> None:
     fa.drain_buffer_on_flush()
     fa.deliver_fetches_in_one_task()
     fa.rewind_uncommitted_partitions()
+    fa.stop_fetching_until_streams_resume()
     fa.wait_at_most_in_fetches()
