@@ -50,17 +50,20 @@ def test_pyproject_pins_the_tested_ranges() -> None:
 def test_apply_patches_once_and_marks_each() -> None:
     from faust.transport.consumer import Consumer
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+    from faust.tables.recovery import Recovery
     from faust.transport.producer import ProducerBuffer
 
     fp.apply()
-    drain = Consumer._drain_messages
+    drain, completed = Consumer._drain_messages, Recovery.on_recovery_completed
     fp.apply()
     assert Consumer._drain_messages is drain
+    assert Recovery.on_recovery_completed is completed
     for owner, mark in (
         (Consumer, "_rollstream_batch_delivery"),
         (ProducerBuffer, "_rollstream_drains"),
         (AIOKafkaConsumerThread, "_rollstream_rewinds"),
         (AIOKafkaConsumerThread, "_rollstream_fetched_ends"),
         (AIOKafkaConsumerThread, "_rollstream_fetch_wait"),
+        (Recovery, "_rollstream_stops_flow"),
     ):
         assert getattr(owner, mark, False), mark
