@@ -48,9 +48,9 @@ def test_pyproject_pins_the_tested_ranges() -> None:
 
 
 def test_apply_patches_once_and_marks_each() -> None:
+    from faust.tables.recovery import Recovery
     from faust.transport.consumer import Consumer
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
-    from faust.tables.recovery import Recovery
     from faust.transport.producer import ProducerBuffer
 
     fp.apply()
