@@ -12,11 +12,14 @@ read-back, through a reader.Reader (no group joined, nothing committed).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 from rollstream.schemas.topics import qualified, unqualified
 from rollstream.services.runtime.reader import Reader
 from rollstream.services.runtime.settings import KafkaSettings
+
+log = logging.getLogger("rollstream.filter")
 
 
 def read_back(
@@ -36,6 +39,7 @@ def read_back(
         starts = reader.offsets_for_times({tp: since_ms for tp in keys}, timeout_s)
         ends = reader.ends(keys, timeout_s)
         ranges = {tp: (ends[tp] if s is None else s, ends[tp]) for tp, s in starts.items()}
+        log.info("reading back (topic, partition): (start, end) %s", ranges)
         for r in reader.read(ranges, timeout_s, strict=True):
             if r.key is not None and r.key in keys[(r.topic, r.partition)]:
                 found.setdefault((qualified(r.topic, ns), r.key), []).append(r.value)
