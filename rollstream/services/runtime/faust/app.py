@@ -378,19 +378,17 @@ def stop_fetching_until_streams_resume() -> None:
 
     if getattr(Recovery, "_rollstream_stops_flow", False):
         return
-    completed = Recovery.on_recovery_completed
-    resume = Recovery._resume_streams
 
-    async def on_recovery_completed(self: Any, generation_id: int = 0) -> None:
-        self.app.consumer.stop_flow()
-        await completed(self, generation_id)
+    def stopping_flow_first(method: Any) -> Any:
+        async def resume_streams(self: Any, generation_id: int = 0) -> None:
+            self.app.consumer.stop_flow()
+            await method(self, generation_id)
 
-    async def _resume_streams(self: Any, generation_id: int = 0) -> None:
-        self.app.consumer.stop_flow()
-        await resume(self, generation_id)
+        return resume_streams
 
-    Recovery.on_recovery_completed = on_recovery_completed  # type: ignore[method-assign]
-    Recovery._resume_streams = _resume_streams  # type: ignore[method-assign]
+    # with tables (after recovery) and without (scorer): both seek, then clear the queues
+    Recovery.on_recovery_completed = stopping_flow_first(Recovery.on_recovery_completed)  # type: ignore[method-assign]
+    Recovery._resume_streams = stopping_flow_first(Recovery._resume_streams)  # type: ignore[method-assign]
     Recovery._rollstream_stops_flow = True  # type: ignore[attr-defined]
 
 

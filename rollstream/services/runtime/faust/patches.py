@@ -107,7 +107,9 @@ RELIED_ON = (
         "rewind_uncommitted_partitions",
     ),
     Patch("aiokafka.protocol.fetch", None, "FetchRequest", "fetched_ends"),
-    Patch("faust.transport.consumer", "Consumer", "stop_flow", "stop_fetching_until_streams_..."),
+    Patch(
+        "faust.transport.consumer", "Consumer", "stop_flow", "stop_fetching_until_streams_resume"
+    ),
     Patch("faust", None, "current_event", "filter tables: the current event's partition"),
 )
 
