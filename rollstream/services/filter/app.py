@@ -25,14 +25,17 @@ out through librdkafka (runtime/faust/sender.py), whose flush is part of faust's
 and faust flushes the producer before each offset commit. A finished group keeps its samples in
 the pending table until the source offset that finished it is committed (each `done` entry is
 stamped with the last source offset read on its partition). When a worker takes a partition over
-(start, restart, rebalance) it reads back the output partitions for the groups finished since
-the last commit (reconcile.py) and sends only what is missing: a worker killed at any point
+(start, restart, rebalance) it reads back the output partitions for the groups touched since
+the last commit, and for every group with a sample past it (a table write lost with a dead
+worker leaves no trace in the tables, while its outputs may be out), and sends only what is
+missing (reconcile.py): a worker killed at any point
 loses no group and emits none twice. The internal pass-rate observation of such a group is sent
 again only when one of its outputs was missing.
 
 What each event does is FilterWorker's (worker.py, no faust in it); this module wires it into
 faust: the agents, timers and rebalance callbacks, faust's committed offsets and partitioner,
-and the `filter.before_outputs` failpoint (runtime/failpoints.py).
+and the `filter.before_outputs` and `filter.outputs_without_state` failpoints
+(runtime/failpoints.py).
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from rollstream.schemas.topics import dlq_name, qualified
 from rollstream.services.filter.config import FilterConfig
 from rollstream.services.filter.core import Outcome
 from rollstream.services.filter.metrics import FilterMetrics
-from rollstream.services.filter.reconcile import read_back
+from rollstream.services.filter.reconcile import read_back, replayed_groups
 from rollstream.services.filter.tables import event_partition
 from rollstream.services.filter.worker import SOURCE, FilterWorker, OutputTopics
 from rollstream.services.filter.worker import FilterStage as FilterStage  # re-exported
@@ -125,19 +128,25 @@ async def output_partitions(
 
 async def reconcile(app: Any, worker: FilterWorker, kafka: KafkaSettings, part: int) -> None:
     """First event of source partition `part` since it was assigned: look the groups touched
-    after the last commit up on the output topics (reconcile.py) and let the worker send what
-    is missing (FilterWorker.plan_reconcile, .settle)."""
+    after the last commit, and those with samples past it, up on the output topics
+    (reconcile.py) and let the worker send what is missing (FilterWorker.plan_reconcile,
+    .settle)."""
     if failpoints.armed("filter.slow_reconcile"):  # tests: the agent is busy for a while
         await asyncio.sleep(1.5)
     committed = committed_offset(app, qualified(SOURCE, kafka.namespace), part)
     await app.producer.flush()  # our own sends before a rebalance must count as sent
-    plan = worker.plan_reconcile(part, committed)
+    loop = asyncio.get_running_loop()
+    try:
+        replayed = await loop.run_in_executor(None, replayed_groups, kafka, SOURCE, part, committed)
+    except Exception as exc:  # then only the stamps tell which groups are unsure
+        log.warning("partition %d: reading the source past the commit failed (%s)", part, exc)
+        replayed = {}
+    plan = worker.plan_reconcile(part, committed, replayed)
     if not plan.unsure:
         return
     outputs = (worker.topics.kept, worker.topics.dropped)
     wanted = await output_partitions(app, outputs, plan.unsure)
     since_ms = int((min(plan.unsure.values()) - 60.0) * 1000)  # clock-skew margin
-    loop = asyncio.get_running_loop()
     try:
         found = await loop.run_in_executor(None, read_back, kafka, wanted, since_ms)
     except Exception as exc:  # better twice than never: send the finished ones again
@@ -178,13 +187,14 @@ def build_app(
         config, sender, topics, bus, metrics, tables=tables, partition=event_partition
     )
     worker.stage.knobs.follower = control
-    add_agents(app, worker, kafka, bus, partitions, observations, weights)
+    add_agents(app, worker, sender, kafka, bus, partitions, observations, weights)
     return app
 
 
 def add_agents(
     app: Any,
     worker: FilterWorker,
+    sender: Sender,
     kafka: KafkaSettings,
     bus: BusMetrics,
     partitions: int,
@@ -205,6 +215,12 @@ def add_agents(
             if failpoints.reached("filter.before_outputs"):
                 await app.producer.flush()  # the state reaches the changelog, the outputs never
                 log.warning("failpoint filter.before_outputs: exiting before %s", outcome.group_id)
+                os._exit(9)
+            if sender.losing_changelog:  # filter.outputs_without_state: outputs, no state
+                worker.emit(outcome, part)
+                await app.producer.flush()
+                gid = outcome.group_id
+                log.warning("failpoint filter.outputs_without_state: exiting after %s", gid)
                 os._exit(9)
             worker.emit(outcome, part)
 
@@ -239,6 +255,8 @@ def add_agents(
                 committed = committed_offset(app, source_name, m.partition)
                 worker.forget_committed(m.partition, committed)
                 continue
+            if failpoints.reached("filter.outputs_without_state"):
+                sender.lose_changelog()  # this event's table writes never reach the broker
             positions[m.tp] = m.offset + 1
             outcome, error = worker.read(m.partition, m.offset, m.value, now)
             if error:

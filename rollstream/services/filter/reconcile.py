@@ -5,9 +5,11 @@ table changelog (the group is finished) and the outputs (`groups.kept`, `groups.
 crash between the two either loses the group (changelog written, outputs not) or emits it
 twice (outputs written, changelog not). So the app keeps each finished group's samples until
 the source offset that finished it is committed (faust flushes the outputs before it commits),
-and when it takes a partition over it reads back the output partitions for the groups finished
-after the last commit: those found are not sent again, the others are. This module is that
-read-back, through a reader.Reader (no group joined, nothing committed).
+and when it takes a partition over it reads back the output partitions for the groups touched
+after the last commit, and for the groups with a sample past it (`replayed_groups`: a changelog
+write lost with the dead worker leaves no mark in the tables): those found are not sent again,
+the others are. This module is those reads, through a reader.Reader (no group joined, nothing
+committed).
 """
 
 from __future__ import annotations
@@ -20,6 +22,21 @@ from rollstream.services.runtime.reader import Reader
 from rollstream.services.runtime.settings import KafkaSettings
 
 log = logging.getLogger("rollstream.filter")
+
+
+def replayed_groups(
+    kafka: KafkaSettings, topic: str, part: int, start: int, timeout_s: float = 60.0
+) -> dict[str, float]:
+    """The keys (group ids) of the records of `topic` (registry name) partition `part` from
+    offset `start` to its end, each with the timestamp (s) of its first record there: the
+    samples a worker taking the partition over reads again. Raises like `read_back`."""
+    keys: dict[str, float] = {}
+    with Reader(kafka, "filter-reconcile", fetch_wait_ms=50) as reader:
+        end = reader.ends([(topic, part)], timeout_s)[(topic, part)]
+        for r in reader.read({(topic, part): (start, end)}, timeout_s, strict=True):
+            if r.key is not None:
+                keys.setdefault(r.key.decode(errors="replace"), r.timestamp_ms / 1000)
+    return keys
 
 
 def read_back(

@@ -282,10 +282,16 @@ class FilterWorker:
         for view in (self.done, self.pending, self.pass_rates):
             view.forget_cache()
 
-    def plan_reconcile(self, part: int, committed: int) -> Reconcile:
-        """First event of `part` since it was assigned, `committed` its committed offset.
-        Groups touched after the last commit (stamp >= committed - 1) are unsure: their outputs
-        must be looked up (`settle` then acts on what was found)."""
+    def plan_reconcile(
+        self, part: int, committed: int, replayed: Mapping[str, float] | None = None
+    ) -> Reconcile:
+        """First event of `part` since it was assigned, `committed` its committed offset,
+        `replayed` the groups with a sample at or past it (group_id -> when the first such
+        sample was written). Unsure, so their outputs must be looked up (`settle` then acts on
+        what was found): the groups touched after the last commit (stamp >= committed - 1),
+        and the unfinished or unknown groups about to be read again. A table write lost with a
+        dead worker leaves no stamp, while its outputs may have reached the broker: without the
+        second set, the group's samples read again would finish it a second time."""
         limit = committed - 1
         self.last_read[part] = limit
         pending, done = self.core.assembler.pending, self.done
@@ -301,6 +307,9 @@ class FilterWorker:
                 unsure[gid] = pending[gid].first_seen
             elif self.pending.stamp_of(gid) >= limit:
                 unsure[gid] = pending[gid].first_seen
+        for gid, written in (replayed or {}).items():
+            if gid not in unsure and gid not in done:
+                unsure[gid] = pending[gid].first_seen if gid in pending else written
         self.finished[part] = deque(sorted(queue))
         return Reconcile(part, limit, unsure)
 
@@ -313,11 +322,18 @@ class FilterWorker:
         samples are ignored."""
         part, limit, core, done = plan.part, plan.limit, self.core, self.done
         names = {"kept": self.topics.kept, "dropped": self.topics.dropped}
-        resent = marked = reopened = 0
+        resent: list[str] = []
+        marked = reopened = 0
         for gid in plan.unsure:
             key = gid.encode()
             seen = {k: list(found.get((name, key), [])) for k, name in names.items()}
             there = bool(seen["kept"] or seen["dropped"])
+            if gid not in core.assembler.pending:  # seen only past the commit: no state left
+                if there:
+                    marked += 1
+                    done[gid] = now
+                    self.finished[part].append((limit, gid))
+                continue
             group = core.assembler.pending[gid]
             expired = gid in done and done[gid] - group.first_seen > core.config.group_timeout_s
             if gid in done and not group.complete and not expired:
@@ -328,7 +344,8 @@ class FilterWorker:
                     reopened += 1
                     del done[gid]
             elif gid in done or group.complete:
-                resent += not there
+                if not there:
+                    resent.append(gid)
                 if gid not in done:
                     done[gid] = now
                     self.finished[part].append((limit, gid))
@@ -340,10 +357,11 @@ class FilterWorker:
         self.finished[part] = deque(e for e in self.finished[part] if e[1] in done)
         log.info(
             "partition %d: %d group(s) touched after the last commit; %d finished ones sent "
-            "again, %d reopened, %d already on the output topics marked done",
+            "again %s, %d reopened, %d already on the output topics marked done",
             part,
             len(plan.unsure),
-            resent,
+            len(resent),
+            sorted(resent)[:20],
             reopened,
             marked,
         )

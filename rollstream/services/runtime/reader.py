@@ -119,6 +119,9 @@ class Reader:
         out: dict[tuple[str, int], int] = {}
         if not todo:
             return out
+        # a fresh client assigned at once waits out a 500 ms fetch backoff before its first
+        # fetch; one ListOffsets first connects it (~3 ms)
+        self.watermarks(*min(todo), timeout_s)
         self._c.assign([self._tp(t, p, OFFSET_END) for t, p in todo])
         deadline = time.monotonic() + timeout_s
         try:

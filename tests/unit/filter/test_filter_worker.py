@@ -180,3 +180,29 @@ def test_a_pending_group_whose_outputs_are_already_out_is_marked_done() -> None:
     for i in (0, 1, 2, 3):  # the source is read again from the commit
         assert worker.read(0, i, encode(scored(i, 1.0, group_id="g5")), now=21.0) == (None, "")
     assert sender.sent == []
+
+
+def test_groups_read_again_past_the_commit_are_looked_up_even_without_a_stamp_there() -> None:
+    """The dead worker committed half of g6 and g7, then finished both; those table writes
+    were lost, g6's outputs were not. Only the source past the commit names them."""
+    tables: tuple[dict[bytes, bytes], ...] = ({}, {}, {})
+    first, _, _ = worker_over(tables)
+    for offset, (gid, i) in enumerate([("g6", 0), ("g6", 1), ("g7", 0), ("g7", 1)]):
+        first.read(0, offset, encode(scored(i, 1.0, group_id=gid)), now=10.0)
+    worker, sender = taken_over(tables)
+    assert worker.plan_reconcile(0, committed=10).unsure == {}  # the stamps alone miss them
+    replayed = {"g6": 11.0, "g7": 11.0, "g8": 12.0}  # g8: no state at all
+    plan = worker.plan_reconcile(0, committed=10, replayed=replayed)
+    assert plan.unsure == {"g6": 10.0, "g7": 10.0, "g8": 12.0}
+    found = {
+        ("groups.kept", b"g6"): [b"g6, sent by the dead worker"],
+        ("groups.kept", b"g8"): [b"g8"],
+    }
+    worker.settle(plan, found, now=20.0)
+    assert sender.sent == []
+    for offset, (gid, i) in enumerate([("g6", 2), ("g6", 3), ("g7", 2), ("g7", 3)], start=10):
+        outcome, _ = worker.read(0, offset, encode(scored(i, float(i % 2), group_id=gid)), 21.0)
+        if outcome is not None:
+            worker.emit(outcome, 0)
+    assert [decode(v, Group).group_id for v, _ in sender.on("groups.kept")] == ["g7"]
+    assert worker.read(0, 14, encode(scored(0, 1.0, group_id="g8")), now=21.0) == (None, "")

@@ -59,6 +59,7 @@ class Sender:
         self._sends = 0  # sequence number of the next message
         self._oldest = 0  # no message below this sequence number is unacknowledged
         self._acked: set[int] = set()  # acknowledged sequence numbers above _oldest
+        self.losing_changelog = False  # see lose_changelog
 
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
         if err is not None:
@@ -103,6 +104,11 @@ class Sender:
         if self._sends % POLL_EVERY == 0:
             self._p.poll(0)
             self._oldest_unacked()  # keeps the acknowledged set to what is above a gap
+
+    def lose_changelog(self) -> None:
+        """From now on drop every table changelog write instead of sending it, as a process
+        that dies before they leave would (failpoints only: the stage exits soon after)."""
+        self.losing_changelog = True
 
     def pending(self) -> int:
         """Messages queued or in flight (not acknowledged yet)."""
@@ -160,7 +166,8 @@ class Sender:
             raw = isinstance(key, bytes) and (value is None or isinstance(value, bytes))
             if partition is None or not raw:
                 return faust_send(partition, key, value, key_serializer, value_serializer)
-            self.send(topic, value, key, partition=partition, on_delivery=recorded)
+            if not self.losing_changelog:
+                self.send(topic, value, key, partition=partition, on_delivery=recorded)
             # what faust's callers read from the FutureMessage they get back
             return SimpleNamespace(message=SimpleNamespace(partition=partition))
 
