@@ -221,6 +221,19 @@ def test_a_filter_worker_reads_what_it_fetched_while_seeking_back_after_a_rebala
     assert max(kept.values()) == 1
 
 
+def every_group_and_then_some(consumer: Consumer, n: int, got: list) -> list:
+    """Records polled until `got` and they name `n` groups (at most 120 s), then 5 s more:
+    anything emitted twice shows up by then."""
+    more: list = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len({r.value.group_id for r in got + more}) < n:
+        more += consumer.poll(500, 0.5)
+    end = time.monotonic() + 5
+    while time.monotonic() < end:
+        more += consumer.poll(500, 0.5)
+    return more
+
+
 @pytest.mark.parametrize("crash", ["sigkill", "failpoint"])
 def test_two_filter_workers_one_killed_and_restarted_lose_and_repeat_nothing(
     kafka, tmp_path, processes, crash
@@ -255,12 +268,7 @@ def test_two_filter_workers_one_killed_and_restarted_lose_and_repeat_nothing(
             for i in (2, 3):
                 p.send("rollouts.scored", scored(f"g{g}", i), key=f"g{g}")
         p.flush()
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and len({r.value.group_id for r in got}) < n:
-            got += consumer.poll(500, 0.5)
-        end = time.monotonic() + 5  # anything emitted twice would show up now
-        while time.monotonic() < end:
-            got += consumer.poll(500, 0.5)
+        got += every_group_and_then_some(consumer, n, got)
     finally:
         consumer.close()
     kept = Counter(r.value.group_id for r in got if r.topic == "groups.kept")
@@ -318,12 +326,7 @@ def test_a_filter_worker_killed_with_a_groups_outputs_sent_and_its_state_lost_em
         log = (tmp_path / "A.log").read_text()
         assert "failpoint filter.outputs_without_state: exiting after g" in log
         processes.append(start("filter", kafka, tmp_path, "A", log="A-restarted"))
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and len({r.value.group_id for r in got}) < n:
-            got += consumer.poll(500, 0.5)
-        end = time.monotonic() + 5  # anything emitted twice would show up now
-        while time.monotonic() < end:
-            got += consumer.poll(500, 0.5)
+        got += every_group_and_then_some(consumer, n, got)
     finally:
         consumer.close()
     kept = Counter(r.value.group_id for r in got if r.topic == "groups.kept")
