@@ -22,6 +22,7 @@ from rollstream.schemas import DeadLetter, PromptTask, Rollout, encode
 from rollstream.schemas.topics import qualified
 from rollstream.services.runtime.bus import Consumer, Producer, Record
 from rollstream.services.runtime.metrics import BusMetrics, StageMetrics
+from rollstream.services.runtime.reader import Reader
 from rollstream.services.runtime.settings import KafkaSettings
 
 pytestmark = pytest.mark.kafka
@@ -91,6 +92,29 @@ def test_keyed_messages_round_trip_and_share_a_partition(kafka: KafkaSettings) -
     assert [r.offset for r in g1] == [0, 1, 2, 3]
     assert all(isinstance(r.value, Rollout) and r.topic == "rollouts.raw" for r in got)
     assert [r.value for r in got if r.key == b"g2"] == [other]
+
+
+def test_a_key_lands_where_the_java_client_and_faust_would_put_it(kafka: KafkaSettings) -> None:
+    """A group's samples written by our producer and by another client (a Java producer,
+    faust's aiokafka) must meet on one partition: murmur2 of the key, not librdkafka's CRC32."""
+    from aiokafka.partitioner import murmur2
+
+    producer = Producer(kafka, "test")
+    base = make_golden.rollout()
+    keys = [f"g{i}" for i in range(32)]
+    for key in keys:
+        producer.send("rollouts.raw", msgspec.structs.replace(base, group_id=key), key=key)
+    producer.flush()
+    consumer = Consumer(kafka, "test", ["rollouts.raw"], group=None)
+    try:
+        got = poll_until(consumer, len(keys))
+    finally:
+        consumer.close()
+    with Reader(kafka, "test") as reader:
+        count = len(reader.partitions("rollouts.raw"))
+    placed = {r.key: r.partition for r in got}
+    assert placed == {k.encode(): (murmur2(k.encode()) & 0x7FFFFFFF) % count for k in keys}
+    assert len(set(placed.values())) > 1
 
 
 def test_garbage_goes_to_the_dlq_and_the_good_messages_around_it_are_processed(

@@ -137,7 +137,9 @@ def producer_config(
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """librdkafka producer settings of every rollstream producer (the bus's, the faust
-    stages' Sender): batched, idempotent, no compression, 8 MiB messages."""
+    stages' Sender): batched, idempotent, no compression, 8 MiB messages; a keyed message goes
+    where the Java client, aiokafka (faust) and Kafka Streams put it (`murmur2_random`, not
+    librdkafka's default CRC32), so one key lands on one partition whoever writes it."""
     cfg = kafka.client_config(stage)
     cfg.update(
         {
@@ -146,6 +148,7 @@ def producer_config(
             "compression.type": "none",
             "message.max.bytes": 8 * 1024 * 1024,
             "queue.buffering.max.kbytes": 256 * 1024,
+            "partitioner": "murmur2_random",
         }
     )
     cfg.update(extra or {})

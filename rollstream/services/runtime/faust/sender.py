@@ -13,9 +13,9 @@ ties it into faust's delivery contract:
 - `redirect_changelog` makes a table write its changelog entries through the Sender, to the
   partition faust chose (the current event's). On a table store that keeps the changelog offset
   it has (rocksdb), each acknowledged write records it, as faust's own path does.
-- Keyed messages without a partition go where aiokafka would put them (librdkafka's
-  `murmur2_random` partitioner, the Java client's), so a key lands on the same partition
-  whichever producer sent it.
+- Keyed messages without a partition go where aiokafka would put them (`murmur2_random`, the
+  Java client's partitioner, as every rollstream producer: bus.producer_config), so a key lands
+  on the same partition whichever producer sent it.
 - The producer is idempotent: one partition's messages land in the order they were sent, and a
   retry cannot write one twice.
 
@@ -53,8 +53,7 @@ class Sender:
     """A librdkafka producer for one faust app (see module docstring)."""
 
     def __init__(self, kafka: KafkaSettings, stage: str) -> None:
-        extra = {"partitioner": "murmur2_random"}
-        self._p = _KProducer(producer_config(kafka, stage, extra=extra))
+        self._p = _KProducer(producer_config(kafka, stage))
         self._errors: list[str] = []
         self._sends = 0  # sequence number of the next message
         self._oldest = 0  # no message below this sequence number is unacknowledged
