@@ -28,9 +28,9 @@ stamped with the last source offset read on its partition). When a worker takes 
 (start, restart, rebalance) it reads back the output partitions for the groups touched since
 the last commit, and for every group with a sample past it (a table write lost with a dead
 worker leaves no trace in the tables, while its outputs may be out), and sends only what is
-missing (reconcile.py): a worker killed at any point
-loses no group and emits none twice. The internal pass-rate observation of such a group is sent
-again only when one of its outputs was missing.
+missing (reconcile.py): a worker killed at any point loses no group and emits none twice. The
+internal pass-rate observation of such a group is sent again only when one of its outputs was
+missing.
 
 What each event does is FilterWorker's (worker.py, no faust in it); this module wires it into
 faust: the agents, timers and rebalance callbacks, faust's committed offsets and partitioner,

@@ -328,13 +328,13 @@ class FilterWorker:
             key = gid.encode()
             seen = {k: list(found.get((name, key), [])) for k, name in names.items()}
             there = bool(seen["kept"] or seen["dropped"])
-            if gid not in core.assembler.pending:  # seen only past the commit: no state left
-                if there:
+            group = core.assembler.pending.get(gid)  # None: seen only past the commit
+            if group is None or (gid not in done and not group.complete):
+                if there:  # unfinished here, yet out: the dead worker finished it
                     marked += 1
                     done[gid] = now
                     self.finished[part].append((limit, gid))
                 continue
-            group = core.assembler.pending[gid]
             expired = gid in done and done[gid] - group.first_seen > core.config.group_timeout_s
             if gid in done and not group.complete and not expired:
                 # finished, but the write of its last sample(s) was lost (changelog partitions
@@ -343,17 +343,13 @@ class FilterWorker:
                 if not there:
                     reopened += 1
                     del done[gid]
-            elif gid in done or group.complete:
+            else:
                 if not there:
                     resent.append(gid)
                 if gid not in done:
                     done[gid] = now
                     self.finished[part].append((limit, gid))
                 self.emit(core.decide(group, now), part, seen)
-            elif there:
-                marked += 1
-                done[gid] = now
-                self.finished[part].append((limit, gid))
         self.finished[part] = deque(e for e in self.finished[part] if e[1] in done)
         log.info(
             "partition %d: %d group(s) touched after the last commit; %d finished ones sent "
