@@ -41,6 +41,8 @@ GAINS = (0.10, 0.20, 0.30)
 # or learnability 0.09 drops exactly the zero-variance groups and nothing else.
 ROWS: dict[str, tuple[str, list[str]]] = {
     "sync": ("sync", []),
+    # the broker on cores of its own, outside the run's (see ELSEWHERE)
+    "async-xb": ("async", []),
     "sync-2threads": ("sync", ["learner.threads=2"]),  # sync's one process on both cores
     "async": ("async", []),
     "ahead0": ("async", ["generator.ahead_batches=0"]),  # no pacing: sample flat out
@@ -120,6 +122,14 @@ ROWS: dict[str, tuple[str, list[str]]] = {
         ],
     ),
 }
+ELSEWHERE = {"async-xb"}
+"""Rows whose Kafka broker runs outside the run's cores, as a real cluster would: this script
+starts a Tansu broker per run on the host's spare cores (those in no run's slot) and points
+`rollstream up --bootstrap` at it, with the settings `up` gives its own broker (one partition
+a topic, a 6 s session timeout). The broker's CPU is reported (`broker-elsewhere`) but not
+counted in the run's CPU a step or cores busy."""
+ELSEWHERE_LABEL = "broker-elsewhere"
+
 DEFAULT_ROWS = [
     "sync",
     "async",
@@ -150,6 +160,7 @@ class Run:
     """(time.time(), pid -> (label, CPU seconds so far)) of the run's process tree, every
     CPU_EVERY_S while it runs: where the cores went (see cpu_budget)."""
     cpu: dict[str, Any] | None = None  # cpu_budget of the samples, once collected
+    broker: Any = None  # the EmbeddedBroker of an ELSEWHERE row, while it runs
 
     def run_dir(self, runs: Path) -> Path:
         mode = ROWS[self.row][0]
@@ -160,11 +171,28 @@ def command(run: Run, budget_s: float, extra: list[str]) -> list[str]:
     mode, sets = ROWS[run.row]
     cmd = [sys.executable, "-m", "rollstream.services.cli", "up", "--name", run.name]
     cmd += ["--mode", "sync"] if mode == "sync" else ["--no-view"]
+    if run.broker is not None:  # what `up` sets for its own broker (up/main.py)
+        cmd += ["--bootstrap", run.broker.bootstrap]
+        sets = ["kafka.session_timeout_ms=6000", "kafka.partitions=1", *sets]
     for s in [f"target.minutes={budget_s / 60:.4f}", f"seed={run.seed}", *sets, *extra]:
         cmd += ["--set", s]
     if run.cores:
         cmd = ["taskset", "-c", ",".join(map(str, run.cores)), *cmd]
     return cmd
+
+
+def start_broker(run: Run, spare: list[int], logs: Path) -> None:
+    """A broker of its own for an ELSEWHERE run, every thread pinned to the `spare` cores."""
+    from rollstream.services.runtime.broker import EmbeddedBroker
+
+    if not spare:
+        raise SystemExit(
+            f"row {run.row} runs its broker outside the run's cores and this host has none "
+            "spare: lower --parallel or --cores-per-run"
+        )
+    run.broker = EmbeddedBroker(log_path=logs / f"{run.name}-broker.log").start()
+    for tid in os.listdir(f"/proc/{run.broker.proc.pid}/task"):
+        os.sched_setaffinity(int(tid), spare)
 
 
 def start(run: Run, budget_s: float, extra: list[str], logs: Path, runs: Path) -> None:
@@ -192,6 +220,12 @@ def stop(run: Run) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(run.proc.pid, signal.SIGKILL)
         run.proc.wait()
+
+
+def stop_broker(run: Run) -> None:
+    if run.broker is not None:
+        run.broker.stop()
+        run.broker = None
 
 
 def collect(run: Run, runs: Path) -> None:
@@ -239,7 +273,15 @@ def sample_cpu(run: Run) -> None:
         return
     last = run.cpu_samples[-1][0] if run.cpu_samples else 0.0
     if time.time() - last >= CPU_EVERY_S:
-        run.cpu_samples.append((time.time(), tree_cpu(run.proc.pid)))
+        procs = tree_cpu(run.proc.pid)
+        if run.broker is not None and run.broker.alive():
+            procs.update(
+                {
+                    pid: (ELSEWHERE_LABEL, cpu)
+                    for pid, (_, cpu) in tree_cpu(run.broker.proc.pid).items()
+                }
+            )
+        run.cpu_samples.append((time.time(), procs))
 
 
 def cpu_budget(
@@ -248,7 +290,8 @@ def cpu_budget(
     """Where the CPU went while the run trained: from its first evaluation after step 0
     (start-up over) to its last one. CPU seconds by stage label over that window, the cores
     kept busy (CPU seconds / wall seconds), and CPU milliseconds per learner step, in all and
-    by stage. A process that ended inside the window counts up to its last sample."""
+    by stage. A process that ended inside the window counts up to its last sample. A broker
+    outside the run's cores (ELSEWHERE_LABEL) is listed by stage but left out of the totals."""
     trained = [e for e in evals if e.get("step", 0) > 0 and "wall" in e]
     if len(trained) < 2 or len(samples) < 2:
         return None
@@ -269,7 +312,7 @@ def cpu_budget(
     by_stage: dict[str, float] = {}
     for pid, (name, cpu) in after.items():
         by_stage[name] = by_stage.get(name, 0.0) + cpu - before.get(pid, (name, 0.0))[1]
-    total = sum(by_stage.values())
+    total = sum(v for k, v in by_stage.items() if k != ELSEWHERE_LABEL)
     return {
         "window_s": t1 - t0,
         "steps": steps,
@@ -482,19 +525,30 @@ def physical_cpus() -> tuple[list[int], int]:
     return sorted(seen.values()), max(width.values(), default=1)
 
 
-def plan_cores(n_runs: int, per_run: int, parallel: int | None) -> tuple[int, list[list[int]]]:
-    """How many runs at once, and the cores of each slot (empty: no pinning)."""
+def plan_cores(
+    n_runs: int, per_run: int, parallel: int | None
+) -> tuple[int, list[list[int]], list[int]]:
+    """How many runs at once, the cores of each slot (empty: no pinning), and the cores left
+    over (for ELSEWHERE rows' brokers)."""
     cores, _ = physical_cpus()
     slots = len(cores) // per_run
     if parallel is not None:
         slots = min(slots, parallel)
     if slots < 2:  # one at a time on every core
-        return 1, [[]]
-    return slots, [cores[i * per_run : (i + 1) * per_run] for i in range(slots)]
+        return 1, [[]], []
+    return (
+        slots,
+        [cores[i * per_run : (i + 1) * per_run] for i in range(slots)],
+        cores[slots * per_run :],
+    )
 
 
 def run_all(
-    runs: list[Run], cores: list[list[int]], args: argparse.Namespace, logs: Path
+    runs: list[Run],
+    cores: list[list[int]],
+    spare: list[int],
+    args: argparse.Namespace,
+    logs: Path,
 ) -> list[Run]:
     """Run every config, as many at once as there are core slots; the finished runs."""
     pending, active, done = list(runs), list[Run](), list[Run]()
@@ -506,6 +560,8 @@ def run_all(
                 run, slot = pending.pop(0), free.pop(0)
                 run.cores = cores[slot] or None
                 run.slot = slot
+                if run.row in ELSEWHERE:
+                    start_broker(run, spare, logs)
                 start(run, args.budget_s, args.set, logs, args.runs_dir)
                 active.append(run)
                 print(f"  start {run.name} cores={run.cores or 'all'}", flush=True)
@@ -516,6 +572,7 @@ def run_all(
                 if run.proc.poll() is None and time.time() - run.launched < grace:
                     continue
                 stop(run)
+                stop_broker(run)  # after `up`, which reads its ledger from it at the end
                 run.returncode = run.proc.returncode
                 run.wall_s = time.time() - run.launched
                 collect(run, args.runs_dir)
@@ -531,6 +588,7 @@ def run_all(
     finally:
         for run in active:
             stop(run)
+            stop_broker(run)
     return done
 
 
@@ -538,6 +596,7 @@ def write_json(
     out: Path,
     args: argparse.Namespace,
     slots: int,
+    spare: list[int],
     summary: list[dict[str, Any]],
     text: str,
     done: list[Run],
@@ -556,6 +615,7 @@ def write_json(
                 "budget_s": args.budget_s,
                 "cores_per_run": args.cores_per_run,
                 "parallel": slots,
+                "spare_cores": spare,
                 "host": host,
                 "summary": summary,
                 "table": text,
@@ -565,6 +625,7 @@ def write_json(
                         "seed": r.seed,
                         "name": r.name,
                         "cores": r.cores,
+                        "broker_elsewhere": r.row in ELSEWHERE,
                         "returncode": r.returncode,
                         "wall_s": r.wall_s,
                         "counts": r.counts,
@@ -602,11 +663,16 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds
         for row in args.rows
     ]
-    slots, cores = plan_cores(len(runs), args.cores_per_run, args.parallel)
+    slots, cores, spare = plan_cores(len(runs), args.cores_per_run, args.parallel)
+    if ELSEWHERE & set(args.rows) and not spare:
+        ap.error(
+            f"rows {sorted(ELSEWHERE & set(args.rows))} need cores outside every run's: "
+            "lower --parallel or --cores-per-run"
+        )
     logs = args.runs_dir / f"ttt{tag}-{stamp}-logs"
     logs.mkdir(parents=True, exist_ok=True)
     print(f"{len(runs)} runs, {slots} at a time, {args.budget_s:.0f} s budget each", flush=True)
-    done = run_all(runs, cores, args, logs)
+    done = run_all(runs, cores, spare, args, logs)
     summary = summarize(done, args.rows)
     text = table(summary)
     print(text)
@@ -614,7 +680,7 @@ def main(argv: list[str] | None = None) -> int:
     print(cpu_table(summary))
     args.out_dir.mkdir(parents=True, exist_ok=True)
     out = args.out_dir / f"time_to_target{tag}.json"
-    write_json(out, args, slots, summary, text, done)
+    write_json(out, args, slots, spare, summary, text, done)
     png = args.out_dir / f"time_to_target{tag}.png"
     plot(done, args.rows, png)
     print(f"wrote {out} and {png}")

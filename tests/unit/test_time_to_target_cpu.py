@@ -1,0 +1,47 @@
+"""`benchmarks/time_to_target.py`'s CPU accounting and core plan (pure functions; the e2e smoke
+runs the whole script)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
+
+import time_to_target as ttt  # noqa: E402
+
+
+def test_a_broker_on_cores_of_its_own_is_listed_but_not_charged_to_the_run() -> None:
+    evals = [{"step": 0, "wall": 0.0}, {"step": 10, "wall": 10.0}, {"step": 30, "wall": 20.0}]
+    samples = [
+        (9.0, {1: ("learner", 5.0), 2: ("generator", 5.0), 3: (ttt.ELSEWHERE_LABEL, 1.0)}),
+        (19.5, {1: ("learner", 9.0), 2: ("generator", 11.0), 3: (ttt.ELSEWHERE_LABEL, 4.0)}),
+    ]
+    budget = ttt.cpu_budget(samples, evals)
+    assert budget is not None
+    assert budget["cpu_s"] == {"learner": 4.0, "generator": 6.0, ttt.ELSEWHERE_LABEL: 3.0}
+    assert budget["cores_busy"] == pytest.approx(10.0 / 10.0)  # the broker's 3 s left out
+    assert budget["cpu_ms_per_step"] == pytest.approx(1000 * 10.0 / 20)
+    assert budget["cpu_ms_per_step_by_stage"][ttt.ELSEWHERE_LABEL] == pytest.approx(150.0)
+
+
+def test_cores_outside_every_slot_are_the_spare_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ttt, "physical_cpus", lambda: (list(range(16)), 1))
+    slots, cores, spare = ttt.plan_cores(6, 2, 6)
+    assert slots == 6 and cores[0] == [0, 1] and cores[-1] == [10, 11]
+    assert spare == [12, 13, 14, 15]
+    assert ttt.plan_cores(8, 2, None)[2] == []  # every core in a slot: none spare
+    assert ttt.plan_cores(2, 2, None)[0] == 8
+
+
+def test_a_row_with_its_broker_elsewhere_points_up_at_it() -> None:
+    class Broker:
+        bootstrap = "127.0.0.1:9999"
+
+    run = ttt.Run("async-xb", 0, "x", broker=Broker())
+    cmd = ttt.command(run, 60, [])
+    assert cmd[cmd.index("--bootstrap") + 1] == "127.0.0.1:9999"
+    assert "kafka.partitions=1" in cmd and "kafka.session_timeout_ms=6000" in cmd
+    assert "--bootstrap" not in ttt.command(ttt.Run("async", 0, "y"), 60, [])
