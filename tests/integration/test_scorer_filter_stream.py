@@ -218,7 +218,7 @@ def test_a_filter_worker_reads_what_it_fetched_while_seeking_back_after_a_rebala
         consumer.close()
     kept = Counter(v.group_id for v in out)
     assert sorted(kept, key=lambda gid: int(gid[1:])) == [f"g{g}" for g in range(n)]
-    assert max(kept.values()) == 1
+    assert sorted(g for g, times in kept.items() if times > 1) == []  # names any twice
 
 
 def every_group_and_then_some(consumer: Consumer, n: int, got: list) -> list:
