@@ -43,6 +43,7 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "sync": ("sync", []),
     # the broker on cores of its own, outside the run's (see ELSEWHERE)
     "async-xb": ("async", []),
+    "async-2gen-xb": ("async", ["stages.generator.replicas=2"]),
     "sync-2threads": ("sync", ["learner.threads=2"]),  # sync's one process on both cores
     "async": ("async", []),
     "ahead0": ("async", ["generator.ahead_batches=0"]),  # no pacing: sample flat out
@@ -122,12 +123,12 @@ ROWS: dict[str, tuple[str, list[str]]] = {
         ],
     ),
 }
-ELSEWHERE = {"async-xb"}
+ELSEWHERE = {"async-xb", "async-2gen-xb"}
 """Rows whose Kafka broker runs outside the run's cores, as a real cluster would: this script
 starts a Tansu broker per run on the host's spare cores (those in no run's slot) and points
-`rollstream up --bootstrap` at it, with the settings `up` gives its own broker (one partition
-a topic, a 6 s session timeout). The broker's CPU is reported (`broker-elsewhere`) but not
-counted in the run's CPU a step or cores busy."""
+`rollstream up --bootstrap` at it, with the settings `up` gives its own broker (a partition
+a topic for each replica of the most replicated stage, a 6 s session timeout). The broker's
+CPU is reported (`broker-elsewhere`) but not counted in the run's CPU a step or cores busy."""
 ELSEWHERE_LABEL = "broker-elsewhere"
 
 DEFAULT_ROWS = [
@@ -173,7 +174,9 @@ def command(run: Run, budget_s: float, extra: list[str]) -> list[str]:
     cmd += ["--mode", "sync"] if mode == "sync" else ["--no-view"]
     if run.broker is not None:  # what `up` sets for its own broker (up/main.py)
         cmd += ["--bootstrap", run.broker.bootstrap]
-        sets = ["kafka.session_timeout_ms=6000", "kafka.partitions=1", *sets]
+        replicas = [int(v) for k, v in (x.split("=", 1) for x in sets) if k.endswith(".replicas")]
+        parts = max([1, *replicas])
+        sets = ["kafka.session_timeout_ms=6000", f"kafka.partitions={parts}", *sets]
     for s in [f"target.minutes={budget_s / 60:.4f}", f"seed={run.seed}", *sets, *extra]:
         cmd += ["--set", s]
     if run.cores:

@@ -45,3 +45,5 @@ def test_a_row_with_its_broker_elsewhere_points_up_at_it() -> None:
     assert cmd[cmd.index("--bootstrap") + 1] == "127.0.0.1:9999"
     assert "kafka.partitions=1" in cmd and "kafka.session_timeout_ms=6000" in cmd
     assert "--bootstrap" not in ttt.command(ttt.Run("async", 0, "y"), 60, [])
+    two = ttt.command(ttt.Run("async-2gen-xb", 0, "z", broker=Broker()), 60, [])
+    assert "kafka.partitions=2" in two  # a partition for each generator, as up's own broker
