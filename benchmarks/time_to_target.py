@@ -44,6 +44,7 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     # the broker on cores of its own, outside the run's (see ELSEWHERE)
     "async-xb": ("async", []),
     "async-2gen-xb": ("async", ["stages.generator.replicas=2"]),
+    "feed256": ("async", ["feed.max_ahead=256"]),  # more prompts queued for the generators
     "sync-2threads": ("sync", ["learner.threads=2"]),  # sync's one process on both cores
     "async": ("async", []),
     "ahead0": ("async", ["generator.ahead_batches=0"]),  # no pacing: sample flat out
@@ -377,7 +378,8 @@ def summarize(runs: list[Run], rows: list[str]) -> list[dict[str, Any]]:
         for k in ("steps", "generated", "trained", "dropped", "expired", "pending"):
             entry[k] = [r.counts.get(k) for r in rs]
         entry["learner_idle"] = [r.counts.get("learner_idle") for r in rs]
-        entry["generator_idle"] = [r.counts.get("generator_idle") for r in rs]
+        for k in ("generator_idle", "generator_paused", "generator_starved"):
+            entry[k] = [r.counts.get(k) for r in rs]
         entry["staleness_mean"] = [r.counts.get("staleness_mean") for r in rs]
         entry["staleness_max"] = [r.counts.get("staleness_max") for r in rs]
         for hop in ("replay", "total"):  # seconds from generation start to training
@@ -406,6 +408,23 @@ def _fmt(v: float | None, unit: str = "") -> str:
     if v is None:
         return "—"
     return f"{v:,.0f}{unit}" if abs(v) >= 10 or unit == " s" else f"{v:.3g}{unit}"
+
+
+def _share(v: float | None) -> str:
+    return "—" if v is None else f"{v * 100:.0f} %"
+
+
+def _generator_idle(e: dict[str, Any]) -> str:
+    """Share of the generator's time outside generate calls, and of it the shares paused
+    (pacing) and waiting for prompts (medians over seeds)."""
+    idle = _median(e["generator_idle"])
+    paused, starved = (
+        _median(e.get("generator_paused", [])),
+        _median(e.get("generator_starved", [])),
+    )
+    if idle is None or paused is None or starved is None:
+        return _share(idle)
+    return f"{_share(idle)} ({_share(paused)} paused, {_share(starved)} no prompts)"
 
 
 def _staleness(e: dict[str, Any]) -> str:
@@ -439,10 +458,8 @@ def table(summary: list[dict[str, Any]]) -> str:
             "—" if _median(e["best"]) is None else f"{_median(e['best']) * 100:.1f} %",
             *(_fmt(_median(e[k])) for k in ("steps", "generated", "trained", "dropped")),
             _fmt(_median(e["expired"])),
-            *(
-                "—" if _median(e[k]) is None else f"{_median(e[k]) * 100:.0f} %"
-                for k in ("learner_idle", "generator_idle")
-            ),
+            _share(_median(e["learner_idle"])),
+            _generator_idle(e),
             _staleness(e),
             _latency(e),
             _cpu(e),

@@ -117,6 +117,43 @@ def test_feed_stops_at_max_ahead_and_goes_on_as_the_generators_commit(
         running.close()
 
 
+@pytest.mark.parametrize("lead_polls", [0.0, 2.0])
+def test_generators_that_take_every_prompt_at_once_are_not_held_to_max_ahead_a_poll(
+    kafka: KafkaSettings, lead_polls: float
+) -> None:
+    """A fixed bound lets at most max_ahead prompts out per poll_s (here 5 per 0.2 s: 75 in
+    3 s), however fast the generators commit; with a lead the bound follows their rate."""
+    cfg = FeedConfig.model_validate(
+        {
+            "tasks": [{"task": "add", "difficulty": 2}],
+            "pool_size": 30,
+            "max_ahead": 5,
+            "poll_s": 0.2,
+            "lead_polls": lead_polls,
+        }
+    )
+    metrics = StageMetrics("feed")
+    running = Running(Feed(cfg, kafka, build_pool(cfg, seed=0), make_policy("epochs"), 0, metrics))
+    generator = Consumer(kafka, "generator", ["prompts"], group="generator")
+    try:
+        read(generator, 5)  # joined; from here on it commits whatever it is given
+        generator.commit()
+        got, deadline = 0, time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            recs = generator.poll(max_messages=500, timeout_s=0.05)
+            if recs:
+                got += len(recs)
+                generator.commit()
+        bound = sample(metrics, "max_ahead")  # the bound in force, as the gauge shows
+    finally:
+        generator.close()
+        running.close()
+    if lead_polls == 0:
+        assert got <= 75 + 5 and bound == 5, (got, bound)
+    else:
+        assert got > 2 * 75 and bound > 5, (got, bound)
+
+
 def test_band_policy_skips_a_prompt_once_its_pass_rate_reaches_one(
     kafka: KafkaSettings, tap: Consumer, tmp_path: Path
 ) -> None:

@@ -103,6 +103,10 @@ class FeedConfig(BaseModel):
     pauses at this bound and resumes as the generators commit."""
     poll_s: float = Field(0.5, gt=0, le=10)
     """Seconds between measurements of the generator group's committed offsets."""
+    lead_polls: float = Field(2.0, ge=0, le=100)
+    """The run-ahead bound also grows to this many `poll_s` of the generators' measured
+    consumption (prompts committed a second), so that fast generators never wait for prompts:
+    a fixed bound lets at most `max_ahead` prompts out per `poll_s`. 0 = `max_ahead` only."""
     consumer_group: str = Field("generator", min_length=1)
     """Consumer group whose committed offsets on `prompts` count as consumed (namespaced)."""
     resume: bool = True

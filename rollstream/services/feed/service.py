@@ -9,11 +9,13 @@ Live knobs (`rollstream control feed ...`: n, sampling, template, max_ahead, pol
 from `control` in the background and applied between two prompts; a removed knob reverts to
 the run file's value (rollstream/services/runtime/knobs.py).
 
-Back-pressure: the feed never has more than `max_ahead` prompts on `prompts` that the
-generator group has not committed; at the bound it pauses (paused seconds are a metric) and
-measures again every `poll_s`. Delivery: at least once. A restart resumes after the last
-prompt acknowledged by the broker, so prompts in flight at a crash may be sent twice; their
-task_id is the same (stable per item), and the generator derives group ids per message.
+Back-pressure: the feed never has more prompts on `prompts` that the generator group has not
+committed than its run-ahead bound: `max_ahead`, or `lead_polls` poll intervals of the
+generators' measured consumption when that is more (runahead.py says why); at the bound it
+pauses (paused seconds are a metric) and measures again every `poll_s`. Delivery: at least
+once. A restart resumes after the last prompt acknowledged by the broker, so prompts in flight
+at a crash may be sent twice; their task_id is the same (stable per item), and the generator
+derives group ids per message.
 """
 
 from __future__ import annotations
@@ -59,7 +61,9 @@ class FeedMetrics:
             "curriculum_param", "Adaptive parameters of the curriculum policy", ["name"]
         )
         self.control = m.counter("control_updates_total", "Control updates", ["result"])
-        self.max_ahead = m.gauge("max_ahead", "Run-ahead bound in force (live knob max_ahead)")
+        self.max_ahead = m.gauge(
+            "max_ahead", "Run-ahead bound in force (max_ahead, or lead_polls of the measured rate)"
+        )
 
 
 class Feed:
@@ -91,7 +95,7 @@ class Feed:
         self.m.pool.set(len(self.pool))
         self.producer = Producer(kafka, "feed", bus_metrics, extra=FEED_PRODUCER)
         self.probe = OffsetProbe(kafka, "prompts", cfg.consumer_group)
-        self.ahead = RunAhead(cfg.max_ahead)
+        self.ahead = RunAhead(cfg.max_ahead, cfg.lead_polls, cfg.poll_s)
         self.knobs = LiveKnobs(
             "feed", cfg, validate_control, self._set_knobs, LIVE_KNOBS, control, self.m.control
         )
@@ -106,7 +110,8 @@ class Feed:
         self.cfg = cfg  # n, template and poll_s are read from it at each use
         self.sampling = cfg.sampling_overrides()
         self.ahead.max_ahead = cfg.max_ahead
-        self.m.max_ahead.set(cfg.max_ahead)
+        self.ahead.poll_s = cfg.poll_s
+        self.m.max_ahead.set(self.ahead.bound)
 
     # -- run-ahead ------------------------------------------------------------------------
 
@@ -121,8 +126,9 @@ class Feed:
         except Exception as exc:  # a broker hiccup: keep the conservative estimate
             log.warning("feed: cannot measure the generators' progress: %s", exc)
             return self.ahead.ahead
-        self.ahead.measured(count)
+        self.ahead.measured(count, self._measured_at)
         self.m.unconsumed.set(count)
+        self.m.max_ahead.set(self.ahead.bound)
         return count
 
     def wait_for_room(self, stopping: Callable[[], bool]) -> bool:

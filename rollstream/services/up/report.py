@@ -199,14 +199,19 @@ def _plot_idle(run: Path, hist: list[dict[str, Any]]) -> None:
 
 def idle_shares(last: dict[str, Any]) -> dict[str, float | None]:
     """Idle share of the learner and generator over the whole run, from their phase totals:
-    learner waiting for a batch / all its time; generator not in a generate call / all."""
+    learner waiting for a batch / all its time; generator not in a generate call / all, and
+    of the generator's time the shares held back (`generator_paused`: pacing, rollout lag)
+    and waiting for prompts (`generator_starved`: the feed not far enough ahead)."""
     lrn = by_label(last.get("learner", {}), "rollstream_learner_step_phase_seconds_sum", "phase")
     gen = by_label(last.get("generator", {}), "rollstream_generator_phase_seconds_total", "phase")
-    out: dict[str, float | None] = {"learner_idle": None, "generator_idle": None}
+    keys = ("learner_idle", "generator_idle", "generator_paused", "generator_starved")
+    out: dict[str, float | None] = dict.fromkeys(keys)
     if sum(lrn.values()) > 0:
         out["learner_idle"] = round(lrn.get("wait", 0.0) / sum(lrn.values()), 3)
-    if sum(gen.values()) > 0:
-        out["generator_idle"] = round(1.0 - gen.get("generate", 0.0) / sum(gen.values()), 3)
+    if (all_s := sum(gen.values())) > 0:
+        out["generator_idle"] = round(1.0 - gen.get("generate", 0.0) / all_s, 3)
+        out["generator_paused"] = round(gen.get("paused", 0.0) / all_s, 3)
+        out["generator_starved"] = round(gen.get("wait_prompts", 0.0) / all_s, 3)
     return out
 
 

@@ -32,3 +32,29 @@ def test_report_counts_learner_steps_from_the_learner(tmp_path: Path) -> None:
     assert summary["learner_steps"] == 58
     assert summary["learner_step_at_last_eval"] == 48
     assert (tmp_path / "staleness.png").stat().st_size > 1000
+
+
+def test_report_says_why_the_generator_was_idle() -> None:
+    from rollstream.services.up.report import idle_shares
+
+    gen = "rollstream_generator_phase_seconds_total"
+    last = {
+        "learner": {
+            "rollstream_learner_step_phase_seconds_sum{phase=wait}": 30.0,
+            "rollstream_learner_step_phase_seconds_sum{phase=compute}": 60.0,
+            "rollstream_learner_step_phase_seconds_sum{phase=publish}": 10.0,
+        },
+        "generator": {
+            f"{gen}{{phase=generate}}": 60.0,
+            f"{gen}{{phase=paused}}": 20.0,
+            f"{gen}{{phase=wait_prompts}}": 15.0,
+            f"{gen}{{phase=publish}}": 5.0,
+        },
+    }
+    assert idle_shares(last) == {
+        "learner_idle": 0.3,
+        "generator_idle": 0.4,
+        "generator_paused": 0.2,
+        "generator_starved": 0.15,
+    }
+    assert set(idle_shares({}).values()) == {None}  # a run with no metrics yet
