@@ -175,8 +175,8 @@ def command(run: Run, budget_s: float, extra: list[str]) -> list[str]:
     cmd += ["--mode", "sync"] if mode == "sync" else ["--no-view"]
     if run.broker is not None:  # what `up` sets for its own broker (up/main.py)
         cmd += ["--bootstrap", run.broker.bootstrap]
-        replicas = [int(v) for k, v in (x.split("=", 1) for x in sets) if k.endswith(".replicas")]
-        parts = max([1, *replicas])
+        given = (x.split("=", 1) for x in [*sets, *extra])  # --set for every run counts too
+        parts = max([1, *(int(v) for k, v in given if k.endswith(".replicas"))])
         sets = ["kafka.session_timeout_ms=6000", f"kafka.partitions={parts}", *sets]
     for s in [f"target.minutes={budget_s / 60:.4f}", f"seed={run.seed}", *sets, *extra]:
         cmd += ["--set", s]
@@ -186,14 +186,10 @@ def command(run: Run, budget_s: float, extra: list[str]) -> list[str]:
 
 
 def start_broker(run: Run, spare: list[int], logs: Path) -> None:
-    """A broker of its own for an ELSEWHERE run, every thread pinned to the `spare` cores."""
+    """A broker of its own for an ELSEWHERE run, every thread pinned to the `spare` cores
+    (main refused to start without any)."""
     from rollstream.services.runtime.broker import EmbeddedBroker
 
-    if not spare:
-        raise SystemExit(
-            f"row {run.row} runs its broker outside the run's cores and this host has none "
-            "spare: lower --parallel or --cores-per-run"
-        )
     run.broker = EmbeddedBroker(log_path=logs / f"{run.name}-broker.log").start()
     for tid in os.listdir(f"/proc/{run.broker.proc.pid}/task"):
         os.sched_setaffinity(int(tid), spare)
@@ -265,11 +261,13 @@ def collect(run: Run, runs: Path) -> None:
 CPU_EVERY_S = 2.0
 
 
-def tree_cpu(root: int) -> dict[int, tuple[str, float]]:
-    """pid -> (stage label, CPU seconds user + system) for `root` and every descendant: the
-    `up` process (sync: the whole loop), its stages and the embedded broker."""
-    procs = all_processes()
-    return {pid: (label(cmdline(pid)), procs[pid][1]) for pid in descendants({root}, procs)}
+def tree_cpu(
+    root: int, procs: dict[int, tuple[int, float]], name: str | None = None
+) -> dict[int, tuple[str, float]]:
+    """pid -> (stage label, CPU seconds user + system) for `root` and every descendant in
+    `procs` (all_processes()): the `up` process (sync: the whole loop), its stages and the
+    embedded broker. `name`: one label for all of them instead of each process's own."""
+    return {pid: (name or label(cmdline(pid)), procs[pid][1]) for pid in descendants({root}, procs)}
 
 
 def sample_cpu(run: Run) -> None:
@@ -277,14 +275,10 @@ def sample_cpu(run: Run) -> None:
         return
     last = run.cpu_samples[-1][0] if run.cpu_samples else 0.0
     if time.time() - last >= CPU_EVERY_S:
-        procs = tree_cpu(run.proc.pid)
+        everything = all_processes()  # one read of /proc for the run and its broker
+        procs = tree_cpu(run.proc.pid, everything)
         if run.broker is not None and run.broker.alive():
-            procs.update(
-                {
-                    pid: (ELSEWHERE_LABEL, cpu)
-                    for pid, (_, cpu) in tree_cpu(run.broker.proc.pid).items()
-                }
-            )
+            procs.update(tree_cpu(run.broker.proc.pid, everything, ELSEWHERE_LABEL))
         run.cpu_samples.append((time.time(), procs))
 
 
@@ -418,10 +412,7 @@ def _generator_idle(e: dict[str, Any]) -> str:
     """Share of the generator's time outside generate calls, and of it the shares paused
     (pacing) and waiting for prompts (medians over seeds)."""
     idle = _median(e["generator_idle"])
-    paused, starved = (
-        _median(e.get("generator_paused", [])),
-        _median(e.get("generator_starved", [])),
-    )
+    paused, starved = _median(e["generator_paused"]), _median(e["generator_starved"])
     if idle is None or paused is None or starved is None:
         return _share(idle)
     return f"{_share(idle)} ({_share(paused)} paused, {_share(starved)} no prompts)"

@@ -27,6 +27,15 @@ def test_a_broker_on_cores_of_its_own_is_listed_but_not_charged_to_the_run() -> 
     assert budget["cpu_ms_per_step_by_stage"][ttt.ELSEWHERE_LABEL] == pytest.approx(150.0)
 
 
+def test_one_read_of_the_processes_labels_a_run_and_its_broker_elsewhere() -> None:
+    procs = {10: (1, 3.0), 11: (10, 5.0), 20: (1, 2.0), 21: (20, 1.5), 30: (1, 9.0)}
+    assert ttt.tree_cpu(20, procs, ttt.ELSEWHERE_LABEL) == {
+        20: (ttt.ELSEWHERE_LABEL, 2.0),
+        21: (ttt.ELSEWHERE_LABEL, 1.5),
+    }
+    assert set(ttt.tree_cpu(10, procs)) == {10, 11}  # not the broker's, not a stranger's
+
+
 def test_cores_outside_every_slot_are_the_spare_ones(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ttt, "physical_cpus", lambda: (list(range(16)), 1))
     slots, cores, spare = ttt.plan_cores(6, 2, 6)
@@ -47,3 +56,5 @@ def test_a_row_with_its_broker_elsewhere_points_up_at_it() -> None:
     assert "--bootstrap" not in ttt.command(ttt.Run("async", 0, "y"), 60, [])
     two = ttt.command(ttt.Run("async-2gen-xb", 0, "z", broker=Broker()), 60, [])
     assert "kafka.partitions=2" in two  # a partition for each generator, as up's own broker
+    three = ttt.command(ttt.Run("async-xb", 0, "w", broker=Broker()), 60, ["x.replicas=3"])
+    assert "kafka.partitions=3" in three  # a --set given to every run counts as well
