@@ -45,6 +45,7 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "async-xb": ("async", []),
     "async-2gen-xb": ("async", ["stages.generator.replicas=2"]),
     "feed256": ("async", ["feed.max_ahead=256"]),  # more prompts queued for the generators
+    "weights500": ("async", ["generator.weights_wait_ms=500"]),  # new versions seen late
     "sync-2threads": ("sync", ["learner.threads=2"]),  # sync's one process on both cores
     "async": ("async", []),
     "ahead0": ("async", ["generator.ahead_batches=0"]),  # no pacing: sample flat out
@@ -378,6 +379,7 @@ def summarize(runs: list[Run], rows: list[str]) -> list[dict[str, Any]]:
         entry["staleness_max"] = [r.counts.get("staleness_max") for r in rs]
         for hop in ("replay", "total"):  # seconds from generation start to training
             entry[f"latency_{hop}_s"] = [r.counts.get(f"latency_{hop}_s") for r in rs]
+        entry["version_delay_s"] = [r.counts.get("version_delay_s") for r in rs]
         entry["cpu_ms_per_step"] = [r.counts.get("cpu_ms_per_step") for r in rs]
         entry["cores_busy"] = [r.counts.get("cores_busy") for r in rs]
         stages = sorted({k for r in rs if r.cpu for k in r.cpu["cpu_ms_per_step_by_stage"]})
@@ -427,18 +429,21 @@ def _staleness(e: dict[str, Any]) -> str:
 
 
 def _latency(e: dict[str, Any]) -> str:
-    """Seconds from generation start to training, and of it waiting in replay (medians)."""
+    """Seconds from generation start to training, and of it waiting in replay; and from a
+    weight version's publication to its load on a generator (medians)."""
     total, replay = _median(e["latency_total_s"]), _median(e["latency_replay_s"])
     if total is None:
         return "—"
-    return f"{total:.2f} s ({replay or 0:.2f} s)"
+    weights = _median(e.get("version_delay_s", []))
+    more = "" if weights is None else f"; weights {weights:.2f} s"
+    return f"{total:.2f} s ({replay or 0:.2f} s{more})"
 
 
 def table(summary: list[dict[str, Any]]) -> str:
     head = (
         "| row | +10 pts | +20 pts | +30 pts | step at +30 | best | learner steps | generated |"
         " trained | dropped | expired | learner idle | generator idle | staleness trained |"
-        " sample latency (in replay) | CPU a step (cores busy) |"
+        " sample latency (in replay; weights) | CPU a step (cores busy) |"
     )
     lines = [head, "|" + "---|" * 16]
     for e in summary:

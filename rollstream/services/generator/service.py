@@ -84,7 +84,13 @@ class Generator:
             follower=self.control,
             counter=self.m.control,
         )
-        self.weights = follow_weights(ctx.kafka, "generator", ctx.cfg.model.policy, last=True)
+        self.weights = follow_weights(
+            ctx.kafka,
+            "generator",
+            ctx.cfg.model.policy,
+            last=True,
+            fetch_wait_ms=cfg.weights_wait_ms,
+        )
         self.version = 0
         self.on_version = 0  # rollouts published on the current version
         self.budget_hit: float | None = None  # when rollouts_per_version was reached
@@ -170,6 +176,7 @@ class Generator:
         self.on_version, self.budget_hit = 0, None
         self.m.version.set(self.version)
         self.m.swap.observe(time.perf_counter() - t0)
+        self.m.version_delay.observe(max(0.0, time.time() - upd.produced_at))
         log.info("loaded weights v%d in %.3fs", upd.version, time.perf_counter() - t0)
         return True
 

@@ -224,7 +224,8 @@ def _legend(ax: Any, **kw: Any) -> None:
 def pipeline_latency(last: dict[str, Any]) -> dict[str, float | None]:
     """Mean seconds a trained sample spent in each hop from generation start to training
     (`latency_<hop>_s`, from the learner's `sample_latency_seconds` histogram; the hops are
-    rollstream/services/learner/metrics.HOPS)."""
+    rollstream/services/learner/metrics.HOPS), and `version_delay_s`: mean seconds from a
+    weight version's publication to its load on a generator (pacing moves on it)."""
     from rollstream.services.learner.metrics import HOPS
 
     name = "rollstream_learner_sample_latency_seconds"
@@ -234,6 +235,10 @@ def pipeline_latency(last: dict[str, Any]) -> dict[str, float | None]:
         n = learner.get(f"{name}_count{{hop={hop}}}") or 0
         total = learner.get(f"{name}_sum{{hop={hop}}}", 0.0)
         out[f"latency_{hop}_s"] = round(total / n, 4) if n else None
+    gen = last.get("generator", {})
+    n = gen.get("rollstream_generator_version_delay_seconds_count") or 0
+    delay = gen.get("rollstream_generator_version_delay_seconds_sum", 0.0)
+    out["version_delay_s"] = round(delay / n, 4) if n else None
     return out
 
 
