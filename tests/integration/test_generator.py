@@ -197,8 +197,14 @@ def test_new_weights_stamp_later_rollouts_and_greedy_matches_transformers(
     generator: GeneratorProcess, tap: RolloutTap, kafka: KafkaSettings, models, tmp_path: Path
 ) -> None:
     want_v1 = greedy_per_version(models)["v1"]
+    before = time.time()
     send_weights(kafka, publish_weights(tmp_path / "store", models["v1"], version=1))
     wait_until(lambda: generator.metric("policy_version") == 1, 60, "weights v1 to be loaded")
+    # how long the version took from publication to load here: one observation, inside the
+    # window this test saw (pacing moves on it; report's version_delay_s)
+    assert generator.metric("version_delay_seconds_count") == 1
+    delay = generator.metric("version_delay_seconds_sum")
+    assert 0.0 < delay <= time.time() - before
     ids = send_prompts(kafka, PROMPTS, n=2, tag="v1", sampling=GREEDY)
     recs = tap.wait_for(ids, 6)
     for rec in recs:

@@ -50,10 +50,15 @@ def test_report_gives_the_mean_latency_of_each_hop(tmp_path: Path) -> None:
     for hop, mean in (("total", 0.6), ("replay", 0.25)):
         learner[f"{name}_sum{{hop={hop}}}"] = mean * 40
         learner[f"{name}_count{{hop={hop}}}"] = 40.0
-    (tmp_path / "metrics.jsonl").write_text(json.dumps({"t": 5.0, "learner": learner}) + "\n")
+    # two generators' version delays, summed by `up` as it sums every stage's processes
+    d = "rollstream_generator_version_delay_seconds"
+    generator = {f"{d}_sum": 0.03 * 20 + 0.09 * 20, f"{d}_count": 40.0}
+    record = {"t": 5.0, "learner": learner, "generator": generator}
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(record) + "\n")
     evals = {"t": 5.0, "version": 0, "step": 0, "accuracy": 0.37, "per_task": {}, "n": 300}
     (tmp_path / "eval.jsonl").write_text(json.dumps(evals) + "\n")
     summary = write_report(tmp_path)
     assert summary["latency_total_s"] == 0.6
     assert summary["latency_replay_s"] == 0.25
     assert summary["latency_generate_s"] is None  # not measured: said so, not 0
+    assert summary["version_delay_s"] == 0.06
