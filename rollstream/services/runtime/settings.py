@@ -47,7 +47,8 @@ class KafkaSettings(BaseModel):
     fetch as soon as there is data, so there this only sets how often an idle consumer asks;
     the embedded broker (Tansu) looks for new data at intervals that grow with it: one hop's
     p50 was 130 ms at 500 and 22 ms at 100 (see benchmarks/RESULTS.md). Followers of the
-    compacted control and weights topics, idle nearly always, wait at least 500 ms."""
+    compacted control and weights topics, idle nearly always, wait at least 500 ms, except the
+    generator's weights follower (`generator.weights_wait_ms`: pacing moves on each version)."""
     linger_ms: int = Field(5, ge=0, le=1_000)
     """How long a producer holds a message to send it in one request with those that follow
     (librdkafka linger.ms; faust's producer_linger_ms). Each request costs the broker work of
