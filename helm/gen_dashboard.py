@@ -86,6 +86,7 @@ CURATED: dict[str, tuple[Panel, ...]] = {
         Panel("response length (tokens)", "short", _quantiles("response_length_tokens")),
         Panel("generate call (s)", "s", _quantiles("generate_seconds")),
         Panel("weight swap (s)", "s", _quantiles("swap_seconds")),
+        Panel("new version: published to loaded (s)", "s", _quantiles("version_delay_seconds")),
         Panel(
             "finish reasons / s", "ops", ((_rate("finish_reason_total", "reason"), "{{reason}}"),)
         ),

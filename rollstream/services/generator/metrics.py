@@ -22,7 +22,8 @@ class GeneratorMetrics:
         self.swap = m.histogram("swap_seconds", "Time to fetch, verify and load new weights")
         self.version_delay = m.histogram(
             "version_delay_seconds",
-            "From a weight version's publication to its load here (pacing moves on it)",
+            "From a weight version's publication to its load here (pacing moves on it; wall"
+            " clocks of two processes, so across hosts their skew counts too)",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5),
         )
         self.inflight_swaps = m.counter(
