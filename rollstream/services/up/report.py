@@ -230,16 +230,16 @@ def pipeline_latency(last: dict[str, Any]) -> dict[str, float | None]:
 
     name = "rollstream_learner_sample_latency_seconds"
     learner = last.get("learner", {})
-    out: dict[str, float | None] = {}
-    for hop in HOPS:
-        n = learner.get(f"{name}_count{{hop={hop}}}") or 0
-        total = learner.get(f"{name}_sum{{hop={hop}}}", 0.0)
-        out[f"latency_{hop}_s"] = round(total / n, 4) if n else None
+    out = {f"latency_{hop}_s": _mean(learner, name, f"{{hop={hop}}}") for hop in HOPS}
     gen = last.get("generator", {})
-    n = gen.get("rollstream_generator_version_delay_seconds_count") or 0
-    delay = gen.get("rollstream_generator_version_delay_seconds_sum", 0.0)
-    out["version_delay_s"] = round(delay / n, 4) if n else None
+    out["version_delay_s"] = _mean(gen, "rollstream_generator_version_delay_seconds")
     return out
+
+
+def _mean(snap: dict[str, float], name: str, labels: str = "") -> float | None:
+    """A histogram's mean from its _sum and _count in a snapshot (None when it has none)."""
+    n = snap.get(f"{name}_count{labels}") or 0
+    return round(snap.get(f"{name}_sum{labels}", 0.0) / n, 4) if n else None
 
 
 def main(args: argparse.Namespace) -> int:
