@@ -87,7 +87,8 @@ class GeneratorConfig(BaseModel):
     """How long a fetch of the `weights` topic waits when there is no new version. Pacing
     moves on each new version, so it should reach the generator at once; a broker that looks
     for new records during a fetch's wait only now and then hands it over later the longer the
-    wait (the embedded broker: median 11 ms at 100, 86 ms at 500, the other followers' wait).
+    wait (the embedded broker: median 15 ms at 100, 79 ms at 500, the other followers' wait;
+    benchmarks/fetch_wait.py).
     Each generator's idle fetches cost the broker a little CPU (~2 % of a core at 100 ms there)."""
     pace_interval_s: float = Field(0.25, gt=0, le=10)
     """How often the topic counts behind pacing and `max_raw_lag` are read."""

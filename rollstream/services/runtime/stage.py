@@ -251,8 +251,9 @@ def follow_weights(
     (so the caller can see, and refuse, a version older than the one it runs).
     `fetch_wait_ms`: how long a fetch that finds nothing waits (default: a follower's 500 ms).
     A broker that checks for new records during a fetch's wait now and then, not at once,
-    hands a new version over later the longer the wait (the embedded broker: median 11 ms at
-    100 ms, 86 ms at 500), so a stage that acts on each version passes a shorter one."""
+    hands a new version over later the longer the wait (the embedded broker: median 15 ms at
+    100 ms, 79 ms at 500; benchmarks/fetch_wait.py), so a stage that acts on each version
+    passes a shorter one."""
     f = Follower(
         kafka,
         stage,
