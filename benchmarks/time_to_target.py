@@ -46,7 +46,8 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "async-2gen-xb": ("async", ["stages.generator.replicas=2"]),
     "feed256": ("async", ["feed.max_ahead=256"]),  # more prompts queued for the generators
     "weights500": ("async", ["generator.weights_wait_ms=500"]),  # new versions seen late
-    "sync-2threads": ("sync", ["learner.threads=2"]),  # sync's one process on both cores
+    "sync-2threads": ("sync", ["up.sync_threads=2"]),  # sync's one process on two cores
+    "sync-1thread": ("sync", ["up.sync_threads=1"]),  # sync's default before the twelfth session
     "async": ("async", []),
     "ahead0": ("async", ["generator.ahead_batches=0"]),  # no pacing: sample flat out
     "ahead2": ("async", ["generator.ahead_batches=2"]),
@@ -94,7 +95,7 @@ ROWS: dict[str, tuple[str, list[str]]] = {
         "async",
         ["replay.min_batch_groups=8", "learner.lr_batch_groups=16", "generator.ahead_batches=4"],
     ),
-    "sync-4threads": ("sync", ["learner.threads=4"]),
+    "sync-4threads": ("sync", ["up.sync_threads=4"]),
     # every row runs its own prompt, in generation and training (before prompt sharing)
     "sync-noshare": ("sync", ["generator.share_prompts=false", "learner.share_prompts=false"]),
     "noshare": ("async", ["generator.share_prompts=false", "learner.share_prompts=false"]),

@@ -144,6 +144,8 @@ def test_sync_mode_learns_on_the_same_config(rollstream_home: Path, tmp_path: Pa
     evals = summary["evals"]
     assert summary["steps"] > 0
     assert evals[-1]["accuracy"] > evals[0]["accuracy"], evals
+    # its one process trains on the cores it may use, up to 4 (up.sync_threads unset)
+    assert summary["threads"] == min(len(os.sched_getaffinity(0)), 4), summary["threads"]
 
 
 def test_bad_config_fails_at_start_naming_the_field(tmp_path: Path, up):

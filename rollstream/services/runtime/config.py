@@ -210,6 +210,12 @@ class UpSpec(BaseModel):
     """The window, in seconds, over which `fail_restarts` failures are counted."""
     progress_every_s: float = Field(10.0, gt=0)
     """Without a terminal (`--no-view` or piped output): one progress line this often."""
+    sync_threads: int | None = Field(None, ge=1)
+    """`--mode sync`: torch CPU threads of its one process (None: one per core this process
+    may use, at most 4). The stage processes of the streaming run keep their own `threads` (1
+    in the default run, so stages do not fight over cores). Measured to +30 points: on 4 cores
+    + an H100, 72.5 s on 4 threads against 116 s on one; on 2 cores 1.4x the learner steps on
+    2; 16 threads on 16 cores no sooner than 4, for 2.2x the CPU (benchmarks/RESULTS.md)."""
 
 
 class RunConfig(BaseModel):

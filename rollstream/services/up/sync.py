@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -63,8 +64,8 @@ class SyncRun:
         self.run_dir = run_dir or new_run_dir(cfg.name + "-sync")
         (self.run_dir / "config.yaml").write_text(dump(cfg))
         torch.manual_seed(cfg.seed)
-        if self.lcfg.threads:
-            torch.set_num_threads(self.lcfg.threads)
+        self.threads = cfg.up.sync_threads or _cores()
+        torch.set_num_threads(self.threads)
         model_dir = cfg.model.path or str(ensure_base_model())
         self.backend = make_backend(
             "transformers" if gen.backend == "auto" else gen.backend,
@@ -234,10 +235,12 @@ class SyncRun:
             "staleness_max": max(stale, default=None),
             "generate_s": self.phase["generate"],
             "train_s": self.phase["train"],
+            "threads": self.threads,
         }
         (self.run_dir / "sync_summary.json").write_text(json.dumps(summary, indent=2))
         self.log(
-            f"sync run: {self.trainer.step} steps in {summary['wall_s']:.0f}s; accuracy "
+            f"sync run: {self.trainer.step} steps in {summary['wall_s']:.0f}s on "
+            f"{self.threads} thread(s); accuracy "
             f"{evals[0]['accuracy'] if evals else float('nan'):.3f} -> "
             f"{evals[-1]['accuracy'] if evals else float('nan'):.3f}; run folder {self.run_dir}"
         )
@@ -245,3 +248,19 @@ class SyncRun:
 
 async def _score_all(combiner: Any, rollouts: list[Rollout]) -> list[Any]:
     return await asyncio.gather(*(combiner.score(r) for r in rollouts))
+
+
+SYNC_THREADS_MAX = 4
+"""Default torch threads of `--mode sync` at most: on 16 cores + an H100, 16 threads made
+1.16x the learner steps of 4 for 2.2x the CPU, and reached +30 points no sooner once started
+(benchmarks/RESULTS.md, twelfth session). `up.sync_threads` sets any number."""
+
+
+def _cores() -> int:
+    """One thread per core this process may use (its affinity: taskset, a CPU-limited pod's
+    cpuset), up to SYNC_THREADS_MAX."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity on this platform
+        cores = os.cpu_count() or 1
+    return min(cores, SYNC_THREADS_MAX)
