@@ -97,7 +97,8 @@ class LearnerConfig(BaseModel):
     deterministic: bool = False
     """Deterministic algorithms and one thread (CPU): the same batches give the same weights."""
     threads: int | None = Field(default=None, ge=1)
-    """torch CPU threads (None: torch's default)."""
+    """torch CPU threads of the learner stage (None: torch's default). `--mode sync` runs in
+    one process and uses `up.sync_threads` instead."""
     checkpoint_dir: str | None = None
     """Where checkpoints go (default: <run dir>/checkpoints/<learner_id>)."""
 
