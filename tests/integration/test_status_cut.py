@@ -21,22 +21,23 @@ def test_a_topic_still_being_written_is_read_to_the_cut_not_chased(kafka: KafkaS
     written = 0
     stop = threading.Event()
 
-    def write_one() -> None:
+    def write_one(flush: bool = True) -> None:
         nonlocal written
         r = syn.scored(f"g{written}", 0, [1, 2], [3], group_size=1).rollout
         prod.send("rollouts.raw", r, r.group_id)
+        if flush:
+            prod.flush()  # on the broker before it counts as written
         written += 1
 
     def writer() -> None:
         while not stop.is_set():
             write_one()
-            prod.flush()
             time.sleep(0.002)
 
     # a long head, so that reading up to the cut takes a while and the writer adds records
     # behind the cut meanwhile, however fast the reader is
     for _ in range(20_000):
-        write_one()
+        write_one(flush=False)
     prod.flush()
     t = threading.Thread(target=writer, daemon=True)
     t.start()

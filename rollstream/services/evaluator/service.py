@@ -224,14 +224,15 @@ class Evaluator:
             eval_s=took,
             produced_at=time.time(),
         )
-        self.producer.send("eval.results", result, self.run_name)
-        self.producer.flush()
+        # Metrics first: whoever has read the published result finds them already set.
         self.m.accuracy.set(result.accuracy)
         for task, value in result.per_task.items():
             self.m.task_accuracy.labels(task).set(value)
         self.m.eval_seconds.observe(took)
         self.m.version.set(version)
         self.m.evaluations.inc()
+        self.producer.send("eval.results", result, self.run_name)
+        self.producer.flush()
         log.info(
             "evaluator: v%d step %d accuracy %.3f on %d items (%.1fs)",
             version,

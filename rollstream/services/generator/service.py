@@ -174,9 +174,9 @@ class Generator:
         self.newest = max(self.newest, upd.version)
         self.version = upd.version
         self.on_version, self.budget_hit = 0, None
-        self.m.version.set(self.version)
         self.m.swap.observe(time.perf_counter() - t0)
         self.m.version_delay.observe(max(0.0, time.time() - upd.produced_at))
+        self.m.version.set(self.version)  # last: who sees the version sees the rest
         log.info("loaded weights v%d in %.3fs", upd.version, time.perf_counter() - t0)
         return True
 

@@ -108,10 +108,10 @@ class Learner:
     # ---- steps ------------------------------------------------------------------------------
     def send_feedback(self, result: StepResult | None = None) -> None:
         fb = self.trainer.feedback(result)
+        self.m.credits.set(fb.credits_total)  # first: who has read the feedback sees it
         self.producer.send("learner.feedback", fb, self.trainer.cfg.learner_id)
         self.producer.flush()
         self.last_feedback = time.monotonic()
-        self.m.credits.set(fb.credits_total)
 
     def poll_once(self, timeout_s: float = 0.5) -> int:
         """Wait for batches, train those that are new; returns how many were trained."""
@@ -159,8 +159,8 @@ class Learner:
         t0 = time.perf_counter()
         self.trainer.version += 1
         self.checkpoint()
+        self.m.version.set(self.trainer.version)  # first: who has read the update sees it
         self._announce()
-        self.m.version.set(self.trainer.version)
         took = time.perf_counter() - t0
         self.busy.add("publish", took)
         self.m.phase.labels("publish").observe(took)
