@@ -146,6 +146,66 @@ def test_sync_mode_learns_on_the_same_config(rollstream_home: Path, tmp_path: Pa
     assert evals[-1]["accuracy"] > evals[0]["accuracy"], evals
     # its one process trains on the cores it may use, up to 4 (up.sync_threads unset)
     assert summary["threads"] == min(len(os.sched_getaffinity(0)), 4), summary["threads"]
+    # the trained policy is where the stream's learner puts its versions, and loads
+    check_policy(summary, tmp_path, rollstream_home)
+
+
+def check_policy(summary: dict, tmp_path: Path, home: Path) -> None:
+    """The policy a sync run wrote: an ordinary model directory at the run's last version,
+    whose weights match the recorded sha256 and differ from the base model's."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rollstream.services.models.weightfile import digest_file
+
+    policy = summary["policy"]
+    path = Path(policy["uri"])
+    assert policy["version"] == summary["version"] and path.name == f"v{summary['version']:08d}"
+    assert path.parent.parent == only_run(tmp_path) / "weights", path
+    digest = digest_file(path / "model.safetensors", policy["chunk_bytes"])
+    assert digest == policy["sha256"]
+    trained = AutoModelForCausalLM.from_pretrained(path)
+    AutoTokenizer.from_pretrained(path)
+    from rollstream.services.models.load import BASE_RECIPE
+
+    base = AutoModelForCausalLM.from_pretrained(home / "models" / f"base-{BASE_RECIPE}")
+    moved = [n for n, p in trained.named_parameters() if not torch.equal(p, base.state_dict()[n])]
+    assert moved, "the written policy is the base model"
+
+
+def test_sync_mode_stops_on_ctrl_c_after_the_step_and_keeps_what_it_trained(
+    rollstream_home: Path, tmp_path: Path
+):
+    """Ctrl-C (a run without a target ends that way) finishes the step in progress, then
+    evaluates, writes the policy and the summary, and exits 0."""
+    env = {**os.environ, "ROLLSTREAM_HOME": str(rollstream_home), "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "rollstream.services.cli", "up", "--no-view", "--mode", "sync"]
+    cmd += ["--name", "stop", "--set", "target.minutes=20", "--set", "evaluator.min_interval_s=5"]
+    cmd += ["--set", "evaluator.items_per_task=20", "--set", "learner.deterministic=true"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        evals = tmp_path / "runs" / "stop-sync" / "eval.jsonl"
+        while not (
+            evals.exists()
+            and any(json.loads(x)["step"] > 0 for x in evals.read_text().splitlines())
+        ):
+            assert time.time() < deadline, "no trained step within 5 minutes"
+            assert proc.poll() is None, proc.communicate()[0][-3000:]
+            time.sleep(1)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    assert "stopping after this step" in out, out[-3000:]
+    summary = json.loads((only_run(tmp_path) / "sync_summary.json").read_text())
+    assert summary["interrupted"] and summary["steps"] > 0
+    assert summary["wall_s"] < 20 * 60
+    assert summary["threads"] == 1  # learner.deterministic: one thread, as the stage
+    assert summary["evals"][-1]["step"] == summary["steps"]  # evaluated where it stopped
+    check_policy(summary, tmp_path, rollstream_home)
 
 
 def test_bad_config_fails_at_start_naming_the_field(tmp_path: Path, up):

@@ -28,6 +28,15 @@ the learner waited 37 % of its time while pacing held the generator back 34 %.
 
 `ahead_batches` counts what the learner holds too: with `learner.prefetch: 1` one batch is
 training and one waits in its queue, so 3 ahead leaves about one batch on its way.
+
+A pacer that starts in a running run (a replica added to scale out, or one restarted after a
+crash) finds a lead already on its way: the other replicas' (they keep `ahead_batches`), or
+what its own last life sampled. Counted from its first probe alone, that lead would be
+invisible and the new replica would sample `ahead_batches` more on top of it, for the rest of
+the run (the counts are relative, so the excess never drains: it ages past
+`staleness.max_versions` in replay and is sampled again). So at its first version past 0 the
+pacer takes the lead at start off its target (`lead_at_start`). A fresh run (version 0) starts
+from nothing: topics that hold an earlier run's traffic are ignored then.
 """
 
 from __future__ import annotations
@@ -66,6 +75,8 @@ class Pacer:
     finished: int = 0  # kept + dropped groups since start (by the filter)
     unused: int = 0  # kept groups replay dropped untrained since start
     sampled: float = 0.0  # sampled groups since start (all generators), at the last probe
+    lead0: float = 0.0  # kept groups expected from what was on its way at start
+    _size0: float = 8.0  # samples per group at the first probe
     _hist: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=4096))
 
     def __post_init__(self) -> None:
@@ -77,7 +88,7 @@ class Pacer:
         replay dropped untrained."""
         totals = {**{t: good(totals, t) for t in PACED_TOPICS}, UNUSED: totals.get(UNUSED, 0)}
         if self.start is None:
-            self.start = dict(totals)
+            self.start, self._size0 = dict(totals), max(group_size, 1.0)
         s = self.start
         unused = totals[UNUSED] - s[UNUSED]
         kept = totals["groups.kept"] - s["groups.kept"]
@@ -105,10 +116,29 @@ class Pacer:
 
     def target(self, version: int) -> float:
         """Kept groups the learner can use by the time it has moved `ahead_batches` past
-        `version` (counted from the first version this pacer saw)."""
+        `version` (counted from the first version this pacer saw), less the lead that was
+        already on its way then."""
         if self.version0 is None:
             self.version0 = version
-        return self.batch_groups * (version - self.version0 + self.ahead_batches)
+            self.lead0 = self.lead_at_start(version)
+        return self.batch_groups * (version - self.version0 + self.ahead_batches) - self.lead0
+
+    def lead_at_start(self, version: int) -> float:
+        """Kept groups expected from what was on its way at the first probe, when the run was
+        already at `version`: kept groups not yet trained (the learner trains `batch_groups`
+        a version) or dropped by replay, plus sampled groups the filter had not finished, at
+        the keep rate. 0 at version 0 (a fresh run). At most `ahead_batches` worth: topics
+        that also hold an earlier run's traffic then pace this run in lockstep (one batch a
+        version) instead of not at all."""
+        if self.start is None or version <= 0:
+            return 0.0
+        s = self.start
+        kept, unused = s["groups.kept"], s[UNUSED]
+        finished = kept + s["groups.dropped"] - unused
+        waiting = max(0, kept - unused - self.batch_groups * version)
+        in_flight = max(0.0, s["rollouts.raw"] / self._size0 - finished)
+        rate = self.keep_rate if self.oversample else 1.0
+        return min(self.batch_groups * self.ahead_batches, waiting + rate * in_flight)
 
     def batch_prompts(self, least: int, most: int) -> int:
         """Prompts a batch takes to yield one learner batch of kept groups at the measured

@@ -191,6 +191,7 @@ class Generator:
         from rollstream.services.runtime.admin import FlowProbe
 
         probe = None
+        n_default = float(self.ctx.cfg.feed.get("n", 8))  # samples a group, until one is sent
         if self._unused is not None:  # count replay's drops from before the pacer's start
             self._unused.start()
             self._unused.caught_up.wait(10.0)
@@ -205,7 +206,7 @@ class Generator:
                 log.debug("flow probe: %s", exc)
             else:
                 if self.pacer is not None:
-                    size = self._sent / self._groups_sent if self._groups_sent else 8.0
+                    size = self._sent / self._groups_sent if self._groups_sent else n_default
                     self.pacer.observe({**totals, UNUSED: self.unused_groups}, size)
                     self.m.keep_rate.set(self.pacer.keep_rate)
                 self.raw_lag, self._sent_at_probe, self._groups_at_probe = lag, sent, groups

@@ -5,15 +5,22 @@ compares the streaming pipeline against.
 This module is a composition root: unlike a stage, it imports each stage's pure core (feed
 pool, generator backend, reward combiner, filter core, replay buffer, learner trainer) and
 drives them directly. Weights are "published" by copying the learner's tensors into the
-generator's model in memory; evaluation runs in-process on the held-out split.
+generator's model in memory; evaluation runs in-process on the held-out split. At the end
+(its target, or Ctrl-C: the step in progress finishes first) the trained policy is written
+where the stream's learner writes its versions, `<run>/weights/<policy>/v<version>` (or
+`weights.uri`): an ordinary model directory that `from_pretrained` loads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,9 +71,13 @@ class SyncRun:
         self.run_dir = run_dir or new_run_dir(cfg.name + "-sync")
         (self.run_dir / "config.yaml").write_text(dump(cfg))
         torch.manual_seed(cfg.seed)
-        self.threads = cfg.up.sync_threads or _cores()
+        if self.lcfg.deterministic:  # as the learner stage: the same batches, the same weights
+            torch.use_deterministic_algorithms(True)
+            self.threads = 1
+        else:
+            self.threads = cfg.up.sync_threads or _cores()
         torch.set_num_threads(self.threads)
-        model_dir = cfg.model.path or str(ensure_base_model())
+        self.model_dir = model_dir = cfg.model.path or str(ensure_base_model())
         self.backend = make_backend(
             "transformers" if gen.backend == "auto" else gen.backend,
             model_dir,
@@ -91,6 +102,8 @@ class SyncRun:
         self.counts = {"generated": 0, "trained": 0, "dropped": 0}
         self.stale: list[int] = []  # versions behind at training, per trained sample
         self.phase = {"generate": 0.0, "train": 0.0}  # seconds in the two big phases
+        self.interrupted = False  # Ctrl-C: stop after the step in progress
+        self.saved: dict[str, Any] | None = None  # the trained policy written at the end
         self.epoch, self.cursor, self.order, self.seq = 0, 0, self._order(0), 0
 
     def _order(self, epoch: int) -> list[int]:
@@ -105,7 +118,13 @@ class SyncRun:
             return
         t, e = self.trainer, self.ecfg
         acc = heldout_accuracy(
-            t.model, self.tok, self.items, batch_size=e.batch_size, max_new_tokens=e.max_new_tokens
+            t.model,
+            self.tok,
+            self.items,
+            batch_size=e.batch_size,
+            max_new_tokens=e.max_new_tokens,
+            template=self.template,  # prompts as the evaluator stage sends them
+            system_prompt=self.system,
         )
         rec = {
             "t": time.time() - self.started,
@@ -125,6 +144,8 @@ class SyncRun:
         )
 
     def done(self) -> bool:
+        if self.interrupted:
+            return True
         t = self.cfg.target
         if t.steps and self.trainer.step >= t.steps:
             return True
@@ -210,17 +231,63 @@ class SyncRun:
                 buffer.set_learner_version(t.version)
 
     def run(self) -> int:
-        self.evaluate()
-        last_eval = time.time()
-        while not self.done():
-            self.score_and_filter(self.generate())
-            self.train_ready()
-            if time.time() - last_eval >= self.ecfg.min_interval_s:
-                self.evaluate()
-                last_eval = time.time()
-        self.evaluate()
-        self.write_summary()
+        with self._stop_on_ctrl_c():
+            self.evaluate()
+            last_eval = time.time()
+            while not self.done():
+                self.score_and_filter(self.generate())
+                self.train_ready()
+                if time.time() - last_eval >= self.ecfg.min_interval_s:
+                    self.evaluate()
+                    last_eval = time.time()
+            self.evaluate()
+            self.save()
+            self.write_summary()
         return 0
+
+    @contextlib.contextmanager
+    def _stop_on_ctrl_c(self) -> Iterator[None]:
+        """While the run goes (main thread only): the first Ctrl-C ends it after the step in
+        progress, with its evaluation, policy and summary; a second one interrupts at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def first(signum: int, frame: Any) -> None:
+            self.interrupted = True
+            self.log("sync run: stopping after this step (Ctrl-C again to abort)")
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+        old = signal.signal(signal.SIGINT, first)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, old)
+
+    def save(self) -> None:
+        """Write the trained policy as a weight version, as the stream's learner does."""
+        from rollstream.services.models.weights import default_store, publish_version
+
+        t, w = self.trainer, self.cfg.weights
+        store = default_store(w.uri, str(self.run_dir))
+        assert store is not None
+        upd = publish_version(
+            t.model,
+            store=store,
+            policy=self.cfg.model.policy,
+            version=t.version,
+            step=t.step,
+            model_dir=self.model_dir,
+            keep=w.keep,
+            storage_options=w.storage_options,
+            wire_dtype=None if w.wire_dtype == "auto" else w.wire_dtype,  # as trained
+        )
+        self.saved = {
+            "uri": upd.uri,
+            "version": upd.version,
+            "sha256": upd.sha256,  # weightfile.digest_file(<uri>/model.safetensors, chunk_bytes)
+            "chunk_bytes": upd.chunk_bytes,
+        }
 
     def write_summary(self) -> None:
         evals, stale = self.evals, self.stale
@@ -236,6 +303,8 @@ class SyncRun:
             "generate_s": self.phase["generate"],
             "train_s": self.phase["train"],
             "threads": self.threads,
+            "interrupted": self.interrupted,
+            "policy": self.saved,
         }
         (self.run_dir / "sync_summary.json").write_text(json.dumps(summary, indent=2))
         self.log(
@@ -244,6 +313,8 @@ class SyncRun:
             f"{evals[0]['accuracy'] if evals else float('nan'):.3f} -> "
             f"{evals[-1]['accuracy'] if evals else float('nan'):.3f}; run folder {self.run_dir}"
         )
+        if self.saved:
+            self.log(f"trained policy v{self.saved['version']}: {self.saved['uri']}")
 
 
 async def _score_all(combiner: Any, rollouts: list[Rollout]) -> list[Any]:

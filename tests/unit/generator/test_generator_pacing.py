@@ -53,16 +53,67 @@ def test_without_oversampling_a_fixed_number_of_groups_goes_out_per_version() ->
 
 def test_groups_in_flight_count_at_the_keep_rate_and_counts_start_at_the_first_probe() -> None:
     p = Pacer(batch_groups=10, ahead_batches=1, oversample=True, window=40)
-    # the topics already hold an earlier run's traffic: only what comes after counts
+    # a fresh run (version 0) on topics that hold an earlier run's traffic: only what comes
+    # after counts
     p.observe(totals(1000, 300, 700), N)
-    assert not p.should_pause(5)
+    assert not p.should_pause(0)
     # 40 groups finished, 10 kept: keep rate 0.25; 20 more sampled and not yet finished
     p.observe(totals(1060, 310, 730), N)
     assert p.keep_rate == 0.25
     assert p.expected_kept() == 10 + 0.25 * 20
-    assert p.should_pause(5)  # 15 expected >= 10 * (0 versions + 1 batch ahead)
-    assert not p.should_pause(6)  # the learner moved on a version: target 20
-    assert p.should_pause(6, unseen_groups=20.0)  # 20 groups sent since the probe: 5 more
+    assert p.should_pause(0)  # 15 expected >= 10 * (0 versions + 1 batch ahead)
+    assert not p.should_pause(1)  # the learner moved on a version: target 20
+    assert p.should_pause(1, unseen_groups=20.0)  # 20 groups sent since the probe: 5 more
+
+
+def paced_lead(join_at: int | None, restart_at: int | None, versions: int = 30) -> list[int]:
+    """Replica A paces from the run's start; replica B joins at version `join_at`, or A is
+    replaced by a fresh pacer (a restart) at `restart_at`. Each version every replica samples
+    group by group until its pacer says pause (probing after each group; the filter keeps
+    every other group at once), then the learner trains one batch of 16. The lead (kept
+    groups not yet trained) after sampling, per version."""
+    b, ahead = 16, 3
+    raw = kept = dropped = 0
+    pacers = [Pacer(batch_groups=b, ahead_batches=ahead, window=64, prior_keep=0.5)]
+    leads = []
+    for version in range(versions):
+        if version == join_at:
+            pacers.append(Pacer(batch_groups=b, ahead_batches=ahead, window=64, prior_keep=0.5))
+        if version == restart_at:
+            pacers[0] = Pacer(batch_groups=b, ahead_batches=ahead, window=64, prior_keep=0.5)
+        for p in pacers:
+            p.observe(totals(raw, kept, dropped), N)
+            while not p.should_pause(version):
+                raw += 1
+                kept, dropped = (kept + 1, dropped) if raw % 2 else (kept, dropped + 1)
+                for q in pacers:  # every replica's probe sees the same topic totals
+                    q.observe(totals(raw, kept, dropped), N)
+        leads.append(kept - b * version)
+    return leads
+
+
+def test_a_replica_that_joins_or_restarts_in_a_running_run_counts_the_lead_on_its_way() -> None:
+    """A replica added at version 10 (scaling out) or one restarted there finds a lead of 3
+    batches already on its way. Counted from its own first probe, it would sample 3 batches
+    more on top, for the rest of the run: 6 batches ahead, staler samples, and replay would
+    expire what aged past the staleness bound."""
+    alone = paced_lead(None, None)
+    assert alone[5:] == [48] * 25  # 3 batches of 16 ahead
+    for joined in (paced_lead(10, None), paced_lead(None, 10)):
+        assert max(joined) <= 49, joined  # still 3 batches ahead, not 6
+
+
+def test_the_lead_at_start_counts_kept_groups_untrained_and_groups_in_flight() -> None:
+    from rollstream.services.generator.pacing import UNUSED
+
+    p = Pacer(batch_groups=16, ahead_batches=3, prior_keep=0.5)
+    # version 20: 320 groups trained; 340 kept, 4 of them expired by replay -> 16 waiting;
+    # 700 groups sampled, 340 kept + 340 dropped by the filter -> 20 in flight (10 at 0.5)
+    p.observe({**totals(700, 340, 344), UNUSED: 4}, N)
+    assert p.lead_at_start(20) == 16 + 10
+    assert p.target(20) == 16 * 3 - 26
+    assert p.lead_at_start(0) == 0  # a fresh run starts from nothing
+    assert p.lead_at_start(1) == 48  # at most ahead_batches' worth (an earlier run's traffic)
 
 
 def test_no_probe_yet_means_sample() -> None:
