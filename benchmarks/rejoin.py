@@ -113,7 +113,7 @@ def run_once(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     if args.src:
         env["PYTHONPATH"] = str(Path(args.src).resolve())
     victim = f"generator-{args.replicas - 1}"
-    with open(work / f"{name}.log", "wb") as log:
+    with open(work / "runs" / f"{name}.log", "wb") as log:
         proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
         killed_at = None
         try:
