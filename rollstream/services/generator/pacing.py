@@ -34,9 +34,9 @@ crash) finds a lead already on its way: the other replicas' (they keep `ahead_ba
 what its own last life sampled. Counted from its first probe alone, that lead would be
 invisible and the new replica would sample `ahead_batches` more on top of it, for the rest of
 the run (the counts are relative, so the excess never drains: it ages past
-`staleness.max_versions` in replay and is sampled again). So at its first version past 0 the
-pacer takes the lead at start off its target (`lead_at_start`). A fresh run (version 0) starts
-from nothing: topics that hold an earlier run's traffic are ignored then.
+`staleness.max_versions` in replay and is sampled again). So a pacer whose first version is
+past 0 takes the lead at start off its target (`lead_at_start`). One that starts at version 0
+(a fresh run) starts from nothing: topics that hold an earlier run's traffic are ignored then.
 """
 
 from __future__ import annotations
@@ -77,18 +77,22 @@ class Pacer:
     sampled: float = 0.0  # sampled groups since start (all generators), at the last probe
     lead0: float = 0.0  # kept groups expected from what was on its way at start
     _size0: float = 8.0  # samples per group at the first probe
+    _lag0: int | None = None  # rollouts on rollouts.raw not yet scored, at the first probe
     _hist: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=4096))
 
     def __post_init__(self) -> None:
         self.keep_rate = self.prior_keep
 
-    def observe(self, totals: dict[str, int], group_size: float) -> None:
+    def observe(
+        self, totals: dict[str, int], group_size: float, raw_lag: int | None = None
+    ) -> None:
         """A probe: total messages ever on rollouts.raw, groups.kept, groups.dropped and
         their dead-letter topics (`good` counts the difference), and under UNUSED the groups
-        replay dropped untrained."""
+        replay dropped untrained; `raw_lag`: rollouts the scorers have not yet taken."""
         totals = {**{t: good(totals, t) for t in PACED_TOPICS}, UNUSED: totals.get(UNUSED, 0)}
         if self.start is None:
             self.start, self._size0 = dict(totals), max(group_size, 1.0)
+            self._lag0 = raw_lag
         s = self.start
         unused = totals[UNUSED] - s[UNUSED]
         kept = totals["groups.kept"] - s["groups.kept"]
@@ -129,14 +133,21 @@ class Pacer:
         a version) or dropped by replay, plus sampled groups the filter had not finished, at
         the keep rate. 0 at version 0 (a fresh run). At most `ahead_batches` worth: topics
         that also hold an earlier run's traffic then pace this run in lockstep (one batch a
-        version) instead of not at all."""
+        version) instead of not at all.
+
+        Groups in flight are the scorers' lag when the probe has it (bounded by what is on its
+        way now), else sampled less finished over the whole run, which also counts every
+        rollout a crash made a generator send twice."""
         if self.start is None or version <= 0:
             return 0.0
         s = self.start
         kept, unused = s["groups.kept"], s[UNUSED]
-        finished = kept + s["groups.dropped"] - unused
         waiting = max(0, kept - unused - self.batch_groups * version)
-        in_flight = max(0.0, s["rollouts.raw"] / self._size0 - finished)
+        if self._lag0 is not None:
+            in_flight = self._lag0 / self._size0
+        else:
+            finished = kept + s["groups.dropped"] - unused
+            in_flight = max(0.0, s["rollouts.raw"] / self._size0 - finished)
         rate = self.keep_rate if self.oversample else 1.0
         return min(self.batch_groups * self.ahead_batches, waiting + rate * in_flight)
 

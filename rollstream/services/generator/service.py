@@ -207,7 +207,7 @@ class Generator:
             else:
                 if self.pacer is not None:
                     size = self._sent / self._groups_sent if self._groups_sent else n_default
-                    self.pacer.observe({**totals, UNUSED: self.unused_groups}, size)
+                    self.pacer.observe({**totals, UNUSED: self.unused_groups}, size, lag)
                     self.m.keep_rate.set(self.pacer.keep_rate)
                 self.raw_lag, self._sent_at_probe, self._groups_at_probe = lag, sent, groups
                 self.m.raw_lag.set(lag)
@@ -231,9 +231,19 @@ class Generator:
             return "staleness"
         if self.lag_estimate() > self.cfg.max_raw_lag:
             return "raw_lag"
-        if self.pacer is not None:
+        if self.pacer is not None and self.weights.caught_up.is_set():
+            # (not before the newest version is known: the pacer counts from the first one)
             unseen = self._groups_sent - self._groups_at_probe
-            if self.pacer.should_pause(self.newest, unseen):
+            first = self.pacer.version0 is None
+            pause = self.pacer.should_pause(self.newest, unseen)
+            if first and self.pacer.version0 is not None:
+                log.info(
+                    "pacing from v%d: %.1f kept groups already on their way, target %.1f",
+                    self.pacer.version0,
+                    self.pacer.lead0,
+                    self.pacer.target(self.newest),
+                )
+            if pause:
                 if self.paced_since is None:
                     self.paced_since = time.monotonic()
                 if time.monotonic() - self.paced_since < self.cfg.version_wait_s:

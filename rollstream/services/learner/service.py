@@ -159,7 +159,6 @@ class Learner:
         t0 = time.perf_counter()
         self.trainer.version += 1
         self.checkpoint()
-        self.m.version.set(self.trainer.version)  # first: who has read the update sees it
         self._announce()
         took = time.perf_counter() - t0
         self.busy.add("publish", took)
@@ -176,6 +175,7 @@ class Learner:
         t0 = time.perf_counter()
         t = self.trainer
         update = self.publisher(t.publishable(), t.version, t.step)
+        self.m.version.set(t.version)  # written; set before the update that announces it
         self.producer.send("weights", update, self.policy)
         self.producer.flush()
         self.m.publish.observe(time.perf_counter() - t0)

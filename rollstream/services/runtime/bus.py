@@ -439,6 +439,24 @@ class Consumer:
             out[key] = high if high >= 0 else None
         return out
 
+    def at_end(self) -> bool:
+        """Whether every assigned partition has been read up to the end its last fetch
+        reported. A partition with nothing to read counts (never written, or every record
+        deleted or compacted away: its low watermark is its end); one with records not yet
+        fetched does not."""
+        parts = self._c.assignment()
+        if not parts:
+            return False
+        for tp in self._c.position(parts):
+            low, high = self._c.get_watermark_offsets(tp, cached=True)
+            if high < 0:  # not fetched yet: ask the broker whether there is anything to read
+                low, high = self._c.get_watermark_offsets(tp, timeout=5.0, cached=False)
+                if low < high:
+                    return False
+            elif not (tp.offset >= high or 0 <= high <= low):
+                return False
+        return True
+
     def positions(self) -> dict[tuple[str, int], int]:
         """Per assigned partition, the offset of the next record this consumer will return."""
         out: dict[tuple[str, int], int] = {}

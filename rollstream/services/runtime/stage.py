@@ -206,18 +206,18 @@ class Follower(threading.Thread):
                     if self.latest is None or self.newer(r.value, self.latest):
                         self.latest = r.value
                         self.seq += 1
-            if not recs and not self.caught_up.is_set() and self._at_end():
+            if not self.caught_up.is_set() and self._at_end():
                 self.caught_up.set()
         self.consumer.close()
 
     def _at_end(self) -> bool:
-        """Every partition read to the end its last fetch reported. An empty poll alone is
-        not enough: the first one can come back before the first fetch from offset 0 has."""
+        """Every partition read to the end its last fetch reported (after every poll: a busy
+        topic may never give an empty one). An empty poll alone is not enough: the first can
+        come back before the first fetch from offset 0 has."""
         try:
-            ends, positions = self.consumer.ends(), self.consumer.positions()
+            return self.consumer.at_end()
         except Exception:  # a broker hiccup: not known to be caught up yet
             return False
-        return all(end is not None and positions.get(tp, 0) >= end for tp, end in ends.items())
 
     def take(self) -> list[Record[Any]]:
         """The accepted records since the last call, oldest first (needs `keep` > 0)."""

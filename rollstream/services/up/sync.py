@@ -7,8 +7,8 @@ pool, generator backend, reward combiner, filter core, replay buffer, learner tr
 drives them directly. Weights are "published" by copying the learner's tensors into the
 generator's model in memory; evaluation runs in-process on the held-out split. At the end
 (its target, or Ctrl-C: the step in progress finishes first) the trained policy is written
-where the stream's learner writes its versions, `<run>/weights/<policy>/v<version>` (or
-`weights.uri`): an ordinary model directory that `from_pretrained` loads.
+in the run folder as the stream's learner lays out its versions,
+`<run>/weights/<policy>/v<version>`: an ordinary model directory that `from_pretrained` loads.
 """
 
 from __future__ import annotations
@@ -72,6 +72,8 @@ class SyncRun:
         (self.run_dir / "config.yaml").write_text(dump(cfg))
         torch.manual_seed(cfg.seed)
         if self.lcfg.deterministic:  # as the learner stage: the same batches, the same weights
+            # (process-wide here, generation included: cuBLAS needs a fixed workspace for it)
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
             self.threads = 1
         else:
@@ -89,6 +91,8 @@ class SyncRun:
         # prompts as the generator stage would send them: its template and system prompt
         self.template = gen.template or resolve_template(cfg.model.template, cfg.model.path, tok)
         self.system = gen.system_prompt or cfg.model.system_prompt
+        # held-out prompts as the evaluator stage puts them: the model's own template
+        self.eval_template = resolve_template(cfg.model.template, cfg.model.path, tok)
         self.overrides = self.feed.sampling_overrides()  # the feed's per-prompt sampling
         model = load_model(model_dir, dtype="float32")
         self.trainer = Trainer(self.lcfg, model, pad_id=tok.pad_token_id or 0)
@@ -123,8 +127,8 @@ class SyncRun:
             self.items,
             batch_size=e.batch_size,
             max_new_tokens=e.max_new_tokens,
-            template=self.template,  # prompts as the evaluator stage sends them
-            system_prompt=self.system,
+            template=self.eval_template,  # as the evaluator stage, for comparable figures
+            system_prompt=self.cfg.model.system_prompt,
         )
         rec = {
             "t": time.time() - self.started,
@@ -240,36 +244,42 @@ class SyncRun:
                 if time.time() - last_eval >= self.ecfg.min_interval_s:
                     self.evaluate()
                     last_eval = time.time()
-            self.evaluate()
+            if self.interrupted:
+                self.log(f"sync run: stopped by a signal after step {self.trainer.step}")
+            if not self.evals or self.evals[-1]["step"] != self.trainer.step:
+                self.evaluate()
             self.save()
             self.write_summary()
         return 0
 
     @contextlib.contextmanager
     def _stop_on_ctrl_c(self) -> Iterator[None]:
-        """While the run goes (main thread only): the first Ctrl-C ends it after the step in
-        progress, with its evaluation, policy and summary; a second one interrupts at once."""
+        """While the run goes (main thread only): the first Ctrl-C or SIGTERM ends it after the
+        step in progress, with its evaluation, policy and summary; a second Ctrl-C interrupts
+        at once. The handler only sets a flag (printing from it could re-enter a print)."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
 
         def first(signum: int, frame: Any) -> None:
             self.interrupted = True
-            self.log("sync run: stopping after this step (Ctrl-C again to abort)")
             signal.signal(signal.SIGINT, signal.default_int_handler)
 
-        old = signal.signal(signal.SIGINT, first)
+        old = {sig: signal.signal(sig, first) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, old)
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
 
     def save(self) -> None:
         """Write the trained policy as a weight version, as the stream's learner does."""
         from rollstream.services.models.weights import default_store, publish_version
 
         t, w = self.trainer, self.cfg.weights
-        store = default_store(w.uri, str(self.run_dir))
+        # Always the run folder: a shared `weights.uri` (a stream run's config names its
+        # store) would have this version replace or prune that run's own.
+        store = default_store(None, str(self.run_dir))
         assert store is not None
         upd = publish_version(
             t.model,
@@ -278,8 +288,6 @@ class SyncRun:
             version=t.version,
             step=t.step,
             model_dir=self.model_dir,
-            keep=w.keep,
-            storage_options=w.storage_options,
             wire_dtype=None if w.wire_dtype == "auto" else w.wire_dtype,  # as trained
         )
         self.saved = {

@@ -114,6 +114,11 @@ def test_the_lead_at_start_counts_kept_groups_untrained_and_groups_in_flight() -
     assert p.target(20) == 16 * 3 - 26
     assert p.lead_at_start(0) == 0  # a fresh run starts from nothing
     assert p.lead_at_start(1) == 48  # at most ahead_batches' worth (an earlier run's traffic)
+    # with the scorers' lag (40 rollouts: 5 groups) the groups in flight are those, not
+    # sampled less finished over the run (which counts every rollout sent twice by a crash)
+    q = Pacer(batch_groups=16, ahead_batches=3, prior_keep=0.5)
+    q.observe({**totals(700, 340, 344), UNUSED: 4}, N, raw_lag=40)
+    assert q.lead_at_start(20) == 16 + 0.5 * 5
 
 
 def test_no_probe_yet_means_sample() -> None:
