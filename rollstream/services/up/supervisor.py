@@ -55,8 +55,18 @@ class Supervisor:
         self.procs: list[Proc] = []
         (run_dir / "logs").mkdir(parents=True, exist_ok=True)
 
-    def add(self, stage: str, index: int, extra_env: dict[str, str] | None = None) -> Proc:
+    def _port(self, proc: Proc | None = None) -> int:
+        """A free port no other process of this run has: `free_port` releases the port it
+        found, so two calls can return the same one (feed and filter once got one port, and
+        the feed died on "Address already in use" at each of its restarts)."""
+        taken = {p.port for p in self.procs if p is not proc}
         port = free_port()
+        while port in taken:
+            port = free_port()
+        return port
+
+    def add(self, stage: str, index: int, extra_env: dict[str, str] | None = None) -> Proc:
+        port = self._port()
         argv = [
             sys.executable,
             "-m",
@@ -82,6 +92,10 @@ class Supervisor:
         return proc
 
     def start(self, proc: Proc) -> None:
+        if proc.popen is not None:  # a restart: a fresh port, in case another took the old one
+            proc.port = self._port(proc)
+            at = proc.argv.index("--metrics-port") + 1
+            proc.argv[at] = str(proc.port)
         log = open(proc.log, "ab")  # noqa: SIM115 (kept open by the child)
         proc.popen = subprocess.Popen(
             proc.argv,
