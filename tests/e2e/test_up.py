@@ -142,7 +142,7 @@ def test_sync_mode_learns_on_the_same_config(rollstream_home: Path, tmp_path: Pa
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     summary = json.loads((only_run(tmp_path) / "sync_summary.json").read_text())
     evals = summary["evals"]
-    assert summary["steps"] > 0
+    assert summary["finished"] and summary["steps"] > 0
     assert evals[-1]["accuracy"] > evals[0]["accuracy"], evals
     # its one process trains on the cores it may use, up to 4 (up.sync_threads unset)
     assert summary["threads"] == min(len(os.sched_getaffinity(0)), 4), summary["threads"]
@@ -205,6 +205,35 @@ def test_sync_mode_stops_on_ctrl_c_after_the_step_and_keeps_what_it_trained(
     assert summary["wall_s"] < 20 * 60
     assert summary["threads"] == 1  # learner.deterministic: one thread, as the stage
     assert summary["evals"][-1]["step"] == summary["steps"]  # evaluated where it stopped
+    check_policy(summary, tmp_path, rollstream_home)
+
+
+def test_sync_mode_killed_mid_run_leaves_the_policy_it_last_saved(
+    rollstream_home: Path, tmp_path: Path
+):
+    """kill -9 (no chance to write anything at the end): the policy written by the last
+    periodic save (`up.sync_save_every_s`) is there, loads and matches its summary."""
+    env = {**os.environ, "ROLLSTREAM_HOME": str(rollstream_home), "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "rollstream.services.cli", "up", "--no-view", "--mode", "sync"]
+    cmd += ["--name", "kill", "--set", "target.minutes=20", "--set", "up.sync_save_every_s=2"]
+    cmd += ["--set", "evaluator.items_per_task=20"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True)
+    summary_file = tmp_path / "runs" / "kill-sync" / "sync_summary.json"
+    try:
+        deadline = time.time() + 300
+        while not summary_file.exists():
+            assert time.time() < deadline, "no periodic save within 5 minutes"
+            assert proc.poll() is None, proc.communicate()[0][-3000:]
+            time.sleep(0.5)
+        proc.kill()
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "written:" in out, out[-3000:]
+    summary = json.loads(summary_file.read_text())
+    assert summary["finished"] is False and summary["steps"] > 0
+    assert summary["policy"]["step"] == summary["steps"]
     check_policy(summary, tmp_path, rollstream_home)
 
 

@@ -410,9 +410,7 @@ class Consumer:
                 # only before the first fetch. Tansu answers ListOffsets(latest) with the last
                 # record batch's base offset + 1, short of the end when that batch holds
                 # several records, while its fetch responses carry the true high watermark.
-                _, high = self._c.get_watermark_offsets(tp, cached=True)
-                if high < 0:
-                    _, high = self._c.get_watermark_offsets(tp, timeout=1.0, cached=False)
+                _, high, _ = self._watermarks(tp, timeout=1.0)
             except Exception:
                 continue
             pos = tp.offset if tp.offset >= 0 else 0
@@ -422,6 +420,16 @@ class Consumer:
             self.metrics.consumer_lag.labels(topic).set(value)
         return lags
 
+    def _watermarks(self, tp: Any, timeout: float = 5.0) -> tuple[int, int, bool]:
+        """(low, high, fetched) of a partition: as the last fetch response reported them
+        (fetched), else as the broker answers ListOffsets (Tansu's latest can be short of the
+        end, see `lag`)."""
+        low, high = self._c.get_watermark_offsets(tp, cached=True)
+        if high >= 0:
+            return low, high, True
+        low, high = self._c.get_watermark_offsets(tp, timeout=timeout, cached=False)
+        return low, high, False
+
     def ends(self) -> dict[tuple[str, int], int | None]:
         """Per assigned partition, its end offset as the last fetch response reported it; an
         empty partition answers 0; None while a partition with data has not been fetched yet
@@ -430,10 +438,9 @@ class Consumer:
         for tp in self._c.assignment():
             key = (unqualified(tp.topic, self.kafka.namespace), tp.partition)
             try:
-                _, high = self._c.get_watermark_offsets(tp, cached=True)
-                if high < 0:
-                    _, listed = self._c.get_watermark_offsets(tp, timeout=5.0, cached=False)
-                    high = 0 if listed == 0 else -1
+                _, high, fetched = self._watermarks(tp)
+                if not fetched:
+                    high = 0 if high == 0 else -1
             except Exception:
                 high = -1
             out[key] = high if high >= 0 else None
@@ -448,9 +455,8 @@ class Consumer:
         if not parts:
             return False
         for tp in self._c.position(parts):
-            low, high = self._c.get_watermark_offsets(tp, cached=True)
-            if high < 0:  # not fetched yet: ask the broker whether there is anything to read
-                low, high = self._c.get_watermark_offsets(tp, timeout=5.0, cached=False)
+            low, high, fetched = self._watermarks(tp)
+            if not fetched:  # the broker's answer: is there anything to read at all?
                 if low < high:
                     return False
             elif not (tp.offset >= high or 0 <= high <= low):

@@ -216,6 +216,10 @@ class UpSpec(BaseModel):
     in the default run, so stages do not fight over cores). Measured to +30 points: on 4 cores
     + an H100, 72.5 s on 4 threads against 116 s on one; on 2 cores 1.4x the learner steps on
     2; 16 threads on 16 cores no sooner than 4, for 2.2x the CPU (benchmarks/RESULTS.md)."""
+    sync_save_every_s: float | None = Field(300.0, gt=0)
+    """`--mode sync`: also write the trained policy (and `sync_summary.json`, `finished`
+    false) this often while the run goes, so a crash or kill -9 keeps the newest; it is
+    always written at the end. None: only at the end."""
 
 
 class RunConfig(BaseModel):

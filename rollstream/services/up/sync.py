@@ -88,11 +88,11 @@ class SyncRun:
             share_prompts=gen.share_prompts,
         )
         self.tok = tok = load_tokenizer(model_dir)
-        # prompts as the generator stage would send them: its template and system prompt
-        self.template = gen.template or resolve_template(cfg.model.template, cfg.model.path, tok)
-        self.system = gen.system_prompt or cfg.model.system_prompt
         # held-out prompts as the evaluator stage puts them: the model's own template
         self.eval_template = resolve_template(cfg.model.template, cfg.model.path, tok)
+        # prompts as the generator stage would send them: its template and system prompt
+        self.template = gen.template or self.eval_template
+        self.system = gen.system_prompt or cfg.model.system_prompt
         self.overrides = self.feed.sampling_overrides()  # the feed's per-prompt sampling
         model = load_model(model_dir, dtype="float32")
         self.trainer = Trainer(self.lcfg, model, pad_id=tok.pad_token_id or 0)
@@ -237,18 +237,23 @@ class SyncRun:
     def run(self) -> int:
         with self._stop_on_ctrl_c():
             self.evaluate()
-            last_eval = time.time()
+            last_eval = last_save = time.time()
+            every = self.cfg.up.sync_save_every_s
             while not self.done():
                 self.score_and_filter(self.generate())
                 self.train_ready()
                 if time.time() - last_eval >= self.ecfg.min_interval_s:
                     self.evaluate()
                     last_eval = time.time()
+                if every and time.time() - last_save >= every and not self.done():
+                    self.save_policy_so_far()
+                    last_save = time.time()
             if self.interrupted:
                 self.log(f"sync run: stopped by a signal after step {self.trainer.step}")
             if not self.evals or self.evals[-1]["step"] != self.trainer.step:
                 self.evaluate()
-            self.save()
+            if not (self.saved and self.saved["step"] == self.trainer.step):
+                self.save()
             self.write_summary()
         return 0
 
@@ -295,12 +300,29 @@ class SyncRun:
             "version": upd.version,
             "sha256": upd.sha256,  # weightfile.digest_file(<uri>/model.safetensors, chunk_bytes)
             "chunk_bytes": upd.chunk_bytes,
+            "step": t.step,
         }
 
-    def write_summary(self) -> None:
+    def save_policy_so_far(self) -> None:
+        """While the run goes (`up.sync_save_every_s`): the policy as trained so far and a
+        summary naming it, unless nothing was trained since the last one."""
+        if self.trainer.step == 0 or (self.saved and self.saved["step"] == self.trainer.step):
+            return
+        self.save()
+        self.write_summary(finished=False)
+        assert self.saved is not None
+        self.log(
+            f"[sync {time.time() - self.started:6.0f}s] policy v{self.saved['version']} "
+            f"(step {self.trainer.step}) written: {self.saved['uri']}"
+        )
+
+    def write_summary(self, finished: bool = True) -> None:
+        """`sync_summary.json`: the run's figures and the policy written last; `finished`
+        false while the run goes (a periodic save), true at its end."""
         evals, stale = self.evals, self.stale
         summary = {
             "mode": "sync",
+            "finished": finished,
             "wall_s": time.time() - self.started,
             "steps": self.trainer.step,
             "version": self.trainer.version,
@@ -314,7 +336,11 @@ class SyncRun:
             "interrupted": self.interrupted,
             "policy": self.saved,
         }
-        (self.run_dir / "sync_summary.json").write_text(json.dumps(summary, indent=2))
+        tmp = self.run_dir / "sync_summary.json.tmp"  # replaced whole: a reader never sees half
+        tmp.write_text(json.dumps(summary, indent=2))
+        tmp.replace(self.run_dir / "sync_summary.json")
+        if not finished:
+            return
         self.log(
             f"sync run: {self.trainer.step} steps in {summary['wall_s']:.0f}s on "
             f"{self.threads} thread(s); accuracy "
