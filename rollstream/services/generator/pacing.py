@@ -37,6 +37,11 @@ the run (the counts are relative, so the excess never drains: it ages past
 `staleness.max_versions` in replay and is sampled again). So a pacer whose first version is
 past 0 takes the lead at start off its target (`lead_at_start`). One that starts at version 0
 (a fresh run) starts from nothing: topics that hold an earlier run's traffic are ignored then.
+
+Groups a version follow the live knobs (`resize`): `rollstream control replay batch_groups=32`
+in a run paced for 16 a version left the generator sampling half of what the learner took, its
+lead drained in 3 versions, and from then on each batch came only when a pause ran out
+(`version_wait_s`, 10 s).
 """
 
 from __future__ import annotations
@@ -79,6 +84,8 @@ class Pacer:
     _size0: float = 8.0  # samples per group at the first probe
     _lag0: int | None = None  # rollouts on rollouts.raw not yet scored, at the first probe
     _hist: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=4096))
+    _base: float = 0.0  # kept groups the versions before `_from` took (resize)
+    _from: int | None = None  # the version `batch_groups` holds from
 
     def __post_init__(self) -> None:
         self.keep_rate = self.prior_keep
@@ -123,9 +130,22 @@ class Pacer:
         `version` (counted from the first version this pacer saw), less the lead that was
         already on its way then."""
         if self.version0 is None:
-            self.version0 = version
+            self.version0 = self._from = version
             self.lead0 = self.lead_at_start(version)
-        return self.batch_groups * (version - self.version0 + self.ahead_batches) - self.lead0
+        assert self._from is not None
+        versions = version - self._from
+        return self._base + self.batch_groups * (versions + self.ahead_batches) - self.lead0
+
+    def resize(self, batch_groups: int, version: int) -> None:
+        """The learner takes `batch_groups` kept groups a version from `version` on (a live
+        change of replay's batch_groups or the learner's publish_every): the versions before
+        keep what they took, the lead becomes `ahead_batches` of the new size."""
+        if batch_groups == self.batch_groups:
+            return
+        if self._from is not None and version > self._from:
+            self._base += self.batch_groups * (version - self._from)
+            self._from = version
+        self.batch_groups = batch_groups
 
     def lead_at_start(self, version: int) -> float:
         """Kept groups expected from what was on its way at the first probe, when the run was

@@ -1,7 +1,9 @@
 """Generator loop: prompts in, one Rollout per sample out.
 
 Reads `prompts` (consumer group `generator`; several generator processes split its partitions),
-`control` (live sampling knobs for stage `generator`) and `weights` (new policy versions).
+`control` (live sampling knobs for stage `generator`; with pacing also replay's batch_groups and
+the learner's publish_every, which set the kept groups a version) and `weights` (new policy
+versions).
 Writes `rollouts.raw`, keyed by group_id, so every sample of a prompt lands on one partition.
 
 Delivery: a batch of prompts is committed only after all its rollouts are acknowledged. A crash
@@ -41,6 +43,7 @@ from rollstream.services.runtime.stage import (
     Follower,
     StageContext,
     follow_control,
+    follow_knobs_of,
     follow_weights,
 )
 
@@ -104,13 +107,17 @@ class Generator:
         self.pacer: Pacer | None = None
         self.unused_groups = 0  # DropRecords replay wrote (groups it dropped untrained)
         self._unused: Follower | None = None
+        self._paced_by: Follower | None = None  # replay's and the learner's live knobs
+        self._paced_params: dict[str, dict[str, object]] = {}  # newest params, by stage
         if cfg.ahead_batches > 0:
             per_version = _groups_per_version(ctx.cfg)
             self.pacer = Pacer(per_version, cfg.ahead_batches, cfg.oversample)
             self._unused = Follower(
                 ctx.kafka, "generator", "groups.dropped", self._count_unused, lambda a, b: False
             )
+            self._paced_by = follow_knobs_of(ctx.kafka, "generator", ("replay", "learner"))
         self.paced_since: float | None = None
+        self._probe_deadline = time.monotonic() + cfg.version_wait_s  # see pause_reason
         self.asked = cfg.batch_prompts  # prompts the last poll asked for
         self.busy = Busy()
         self._lag_thread = threading.Thread(target=self._watch_lag, daemon=True, name="raw-lag")
@@ -215,6 +222,28 @@ class Generator:
         if probe is not None:
             probe.close()
 
+    def _follow_paced_knobs(self) -> None:
+        """Groups a version as replay's batch_groups and the learner's publish_every now are
+        (their live knobs over the run's config): the pacer resizes from the newest version."""
+        if self._paced_by is None or self.pacer is None:
+            return
+        recs = self._paced_by.take()
+        if not recs:
+            return
+        for r in recs:
+            newest = self._paced_params.get(r.value.stage)
+            if newest is None or r.value.revision >= newest["revision"]:
+                self._paced_params[r.value.stage] = {"revision": r.value.revision, **r.value.params}
+        per_version = _groups_per_version(self.ctx.cfg, self._paced_params)
+        if per_version != self.pacer.batch_groups:
+            log.info(
+                "pacing: %d kept groups a version from v%d (was %d)",
+                per_version,
+                self.newest,
+                self.pacer.batch_groups,
+            )
+            self.pacer.resize(per_version, self.newest)
+
     def _count_unused(self, msg: object) -> bool:
         """Follower filter on groups.dropped: counts replay's drops, keeps none."""
         if isinstance(msg, DropRecord) and msg.filter == "replay" and msg.scope == "group":
@@ -231,7 +260,13 @@ class Generator:
             return "staleness"
         if self.lag_estimate() > self.cfg.max_raw_lag:
             return "raw_lag"
-        if self.pacer is not None and self.weights.caught_up.is_set():
+        if self.pacer is not None and self.pacer.start is None:
+            # no topic counts yet: what is sampled before the first probe would be outside
+            # every count (a lead on top of `ahead_batches` for the whole run); wait for it,
+            # or sample unpaced if the probe cannot read the counts at all
+            if time.monotonic() < self._probe_deadline:
+                return "pacing"
+        elif self.pacer is not None and self.weights.caught_up.is_set():
             # (not before the newest version is known: the pacer counts from the first one)
             unseen = self._groups_sent - self._groups_at_probe
             first = self.pacer.version0 is None
@@ -367,9 +402,11 @@ class Generator:
         self._lag_thread.start()
         self.weights.caught_up.wait(10.0)  # start on the newest published version
         self.control.caught_up.wait(10.0)
+        self._probe_deadline = time.monotonic() + self.cfg.version_wait_s
         self.m.version.set(self.version)
         while not self.ctx.stopping:
             self.knobs.poll()
+            self._follow_paced_knobs()
             t0 = time.perf_counter()
             self.maybe_swap()
             t1 = time.perf_counter()
@@ -398,8 +435,9 @@ class Generator:
     def close(self) -> None:
         self.knobs.close()
         self.weights.stop()
-        if self._unused is not None:
-            self._unused.stop()
+        for f in (self._unused, self._paced_by):
+            if f is not None:
+                f.stop()
         try:
             self.consumer.commit()
         finally:
@@ -408,9 +446,12 @@ class Generator:
             self.backend.close()
 
 
-def _groups_per_version(cfg: RunConfig) -> int:
+def _groups_per_version(cfg: RunConfig, live: dict[str, dict[str, object]] | None = None) -> int:
     """Kept groups the learner trains per published version: replay's batch_groups times the
     learner's publish_every (from the run config's raw sections: a stage does not import
-    another stage's config model)."""
-    batch = int(cfg.replay.get("batch_groups", 8))
-    return batch * int(cfg.learner.get("publish_every", 1))
+    another stage's config model), each as `live[stage]` sets it if it does (the newest
+    `control` revision of that stage: every knob set so far, see ControlUpdate)."""
+    live = live or {}
+    batch = live.get("replay", {}).get("batch_groups", cfg.replay.get("batch_groups", 8))
+    every = live.get("learner", {}).get("publish_every", cfg.learner.get("publish_every", 1))
+    return int(batch) * int(every)  # type: ignore[call-overload]

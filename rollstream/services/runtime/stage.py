@@ -248,6 +248,22 @@ def follow_control(kafka: KafkaSettings, stage: str) -> Follower:
     return f
 
 
+def follow_knobs_of(kafka: KafkaSettings, stage: str, others: tuple[str, ...]) -> Follower:
+    """Every revision of other stages' live knobs, for `take()`: for a stage whose work
+    depends on them (the generator paces by replay's batch_groups and the learner's
+    publish_every)."""
+    f = Follower(
+        kafka,
+        stage,
+        "control",
+        lambda m: isinstance(m, ControlUpdate) and m.stage in others,
+        lambda a, b: True,
+        keep=64,
+    )
+    f.start()
+    return f
+
+
 def follow_weights(
     kafka: KafkaSettings,
     stage: str,

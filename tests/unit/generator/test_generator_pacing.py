@@ -103,6 +103,46 @@ def test_a_replica_that_joins_or_restarts_in_a_running_run_counts_the_lead_on_it
         assert max(joined) <= 49, joined  # still 3 batches ahead, not 6
 
 
+def paced_after_live_change(resize: bool, rounds: int = 30) -> tuple[list[int], int]:
+    """A run paced for 16 kept groups a version (3 ahead); from round 10 on the learner takes
+    32 a version (`rollstream control replay batch_groups=32`). Each round the generator
+    samples until its pacer says pause (the filter keeps every other group at once), then the
+    learner trains if a full batch is there (a new version), else waits. The lead (kept groups
+    not yet trained) per round, and the rounds the learner waited."""
+    b, version, trained, waited = 16, 0, 0, 0
+    raw = kept = dropped = 0
+    p = Pacer(batch_groups=b, ahead_batches=3, window=64, prior_keep=0.5)
+    leads = []
+    for r in range(rounds):
+        if r == 10:
+            b = 32
+            if resize:
+                p.resize(b, version)
+        p.observe(totals(raw, kept, dropped), N)
+        while not p.should_pause(version):
+            raw += 1
+            kept, dropped = (kept + 1, dropped) if raw % 2 else (kept, dropped + 1)
+            p.observe(totals(raw, kept, dropped), N)
+        if kept - trained >= b:
+            trained, version = trained + b, version + 1
+        else:
+            waited += 1
+        leads.append(kept - trained)
+    return leads, waited
+
+
+def test_a_live_change_of_the_groups_a_version_takes_moves_the_pacing_with_it() -> None:
+    """Paced for the old size, the lead drains in a few versions and the learner waits from
+    then on (in a run, for a pause to run out: `version_wait_s`); resized, the generator keeps
+    3 batches of the new size ahead and the learner never waits."""
+    leads, waited = paced_after_live_change(resize=True)
+    assert waited == 0
+    assert leads[5:10] == [48 - 16] * 5  # 3 batches of 16 ahead, one just trained
+    assert leads[15:] == [96 - 32] * 15  # 3 batches of 32 ahead, one just trained
+    _, waited_old = paced_after_live_change(resize=False)
+    assert waited_old >= 15  # what the generator did before it followed the knobs
+
+
 def test_the_lead_at_start_counts_kept_groups_untrained_and_groups_in_flight() -> None:
     from rollstream.services.generator.pacing import UNUSED
 
