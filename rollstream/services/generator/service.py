@@ -115,6 +115,7 @@ class Generator:
             self._unused = Follower(
                 ctx.kafka, "generator", "groups.dropped", self._count_unused, lambda a, b: False
             )
+            self._unused.start()  # now, as the other followers: the first probe waits for it
             self._paced_by = follow_knobs_of(ctx.kafka, "generator", ("replay", "learner"))
         self.paced_since: float | None = None
         self._probe_deadline = time.monotonic() + cfg.version_wait_s  # see pause_reason
@@ -200,7 +201,6 @@ class Generator:
         probe = None
         n_default = float(self.ctx.cfg.feed.get("n", 8))  # samples a group, until one is sent
         if self._unused is not None:  # count replay's drops from before the pacer's start
-            self._unused.start()
             self._unused.caught_up.wait(10.0)
         while not self.ctx.stopping:
             sent, groups = self._sent, self._groups_sent  # published before the probe reads
