@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import pytest
+import yaml
 from confluent_kafka.admin import AdminClient, ConfigResource
-from rollstream_cli import rollstream  # tests/integration/rollstream_cli.py
+from rollstream_cli import ROLLSTREAM, rollstream  # tests/integration/rollstream_cli.py
 
 from rollstream.schemas import PromptTask
 from rollstream.schemas.topics import all_topics, qualified
+from rollstream.services.runtime.broker import free_port
 from rollstream.services.runtime.bus import Consumer, Producer
 from rollstream.services.runtime.settings import KafkaSettings
 
@@ -102,3 +107,39 @@ def test_kafka_partitions_sets_every_multi_partition_topic_and_leaves_single_one
     for t in all_topics():
         want = 2 if t.partitions > 1 else 1
         assert len(md.topics[qualified(t.name, kafka.namespace)].partitions) == want, t.name
+
+
+def test_tools_find_the_broker_of_the_run_in_this_folder(bootstrap: str, tmp_path: Path) -> None:
+    """`rollstream up` starts its broker on a free port in a namespace of its own: `tap`,
+    `topics`, `record`, `control` in the run's folder find them without flags, and say so;
+    once that broker is gone they say what to do instead of retrying a dead port."""
+    kafka = KafkaSettings(bootstrap=bootstrap, namespace="t" + uuid.uuid4().hex[:10])
+    assert rollstream(kafka, "topics", "create").returncode == 0
+    run = tmp_path / "runs" / "r1"
+    run.mkdir(parents=True)
+    saved = {"kafka": {"bootstrap": bootstrap, "namespace": kafka.namespace}}
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROLLSTREAM_")}
+    env["COLUMNS"] = "200"
+
+    def tool(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [ROLLSTREAM, *args]
+        return subprocess.run(
+            cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+        )
+
+    listed = tool("topics", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "groups.kept" in listed.stdout and "learner.feedback" in listed.stdout
+    assert f"Kafka of the run runs/r1: {bootstrap}, namespace {kafka.namespace}" in listed.stderr
+
+    saved["kafka"]["bootstrap"] = f"127.0.0.1:{free_port()}"  # the run stopped: nothing there
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    t0 = time.monotonic()
+    tapped = tool("tap", "prompts", "-n", "1")
+    assert tapped.returncode == 2, tapped.stderr
+    assert "no Kafka answers at 127.0.0.1:9092 (the newest run, runs/r1, has stopped)" in (
+        tapped.stderr
+    )
+    assert "FAIL" not in tapped.stderr  # no stream of the client's connection errors
+    assert time.monotonic() - t0 < 30

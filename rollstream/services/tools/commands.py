@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import time
 
-from rollstream.services.runtime.settings import kafka_from
+from rollstream.services.tools.target import tool_kafka
 
 
 def topics(args: argparse.Namespace) -> int:
     from rollstream.services.runtime.admin import create_topics, describe
 
-    kafka = kafka_from(args.bootstrap, args.namespace)
+    kafka = tool_kafka(args)
     if args.action == "create":
         res = create_topics(kafka, replication=args.replication)
         created = sum(1 for v in res.values() if v == "created")
@@ -61,7 +61,7 @@ def control(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    kafka = kafka_from(args.bootstrap, args.namespace)
+    kafka = tool_kafka(args)
     params: dict[str, object] = {}
     for item in args.params:
         key, sep, value = item.partition("=")

@@ -35,7 +35,8 @@ from rollstream.schemas.topics import qualified, unqualified
 from rollstream.services.runtime.admin import partitions
 from rollstream.services.runtime.bus import BusError, Producer, Record
 from rollstream.services.runtime.reader import Reader
-from rollstream.services.runtime.settings import KafkaSettings, kafka_from
+from rollstream.services.runtime.settings import KafkaSettings
+from rollstream.services.tools.target import tool_kafka
 
 FORMAT = "rollstream-recording"
 VERSION = 1
@@ -139,7 +140,7 @@ def record_main(args: argparse.Namespace) -> int:
     from rollstream.schemas import SchemaError
     from rollstream.services.tools.tap import decode_message, registry_type
 
-    kafka = kafka_from(args.bootstrap, args.namespace)
+    kafka = tool_kafka(args)
     topic = unqualified(args.topic, kafka.namespace)
     typ = registry_type(topic)
     count = undecodable = 0
@@ -179,7 +180,7 @@ def record_main(args: argparse.Namespace) -> int:
 
 def replay_main(args: argparse.Namespace) -> int:
     """`rollstream replay FILE [TOPIC]`: produce every recorded record into TOPIC."""
-    kafka = kafka_from(args.bootstrap, args.namespace)
+    kafka = tool_kafka(args)
     try:
         head = read_header(args.file)
         topic = unqualified(args.topic or head["topic"], kafka.namespace)

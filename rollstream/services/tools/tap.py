@@ -28,8 +28,8 @@ from rollstream.schemas import Message, SchemaError, decode, decode_any
 from rollstream.schemas.topics import lookup, unqualified
 from rollstream.services.runtime.bus import BusError, Record
 from rollstream.services.runtime.reader import Reader
-from rollstream.services.runtime.settings import kafka_from
 from rollstream.services.tools.tapstats import TapStats
+from rollstream.services.tools.target import tool_kafka
 from rollstream.services.tools.where import Where, WhereError, resolve_path
 
 ID_FIELDS = frozenset({"prompt_ids", "completion_ids"})  # packed little-endian int32
@@ -248,7 +248,7 @@ def _compact(name: str, v: Any) -> str:
 
 def main(args: argparse.Namespace) -> int:
     """`rollstream tap`: print a topic's messages (see the module docstring)."""
-    kafka = kafka_from(args.bootstrap, args.namespace)
+    kafka = tool_kafka(args)
     typ = registry_type(args.topic)
     known = field_names(typ) if typ is not None else None
     try:

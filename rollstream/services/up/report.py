@@ -246,7 +246,7 @@ def main(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from rollstream.services.up.status import latest_run
+    from rollstream.services.tools.target import latest_run
 
     run = Path(args.run) if args.run else latest_run()
     if run is None or not run.exists():

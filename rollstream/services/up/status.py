@@ -8,25 +8,17 @@ import json
 from pathlib import Path
 
 from rollstream.services.runtime.settings import kafka_from
-
-
-def latest_run(root: Path = Path("runs")) -> Path | None:
-    runs = [p for p in root.glob("*") if (p / "config.yaml").exists()] if root.exists() else []
-    return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
+from rollstream.services.tools.target import latest_run, saved_kafka
 
 
 def main(args: argparse.Namespace) -> int:
     from rollstream.services.up.ledger import compute, render
 
     run = Path(args.run) if args.run else latest_run()
-    kafka = kafka_from(args.bootstrap, args.namespace)
-    if run is not None and not args.bootstrap and (run / "config.yaml").exists():
-        import yaml
-
-        saved = yaml.safe_load((run / "config.yaml").read_text()).get("kafka", {})
-        kafka = kafka_from(
-            args.bootstrap or saved.get("bootstrap"), args.namespace or saved.get("namespace")
-        )
+    saved = {} if args.bootstrap else saved_kafka(run)  # the run's own broker and namespace
+    kafka = kafka_from(
+        args.bootstrap or saved.get("bootstrap"), args.namespace or saved.get("namespace")
+    )
     try:
         from rollstream.services.runtime.broker import wait_for_kafka
 

@@ -1,0 +1,74 @@
+"""Which Kafka a tool (`tap`, `record`, `playback`, `topics`, `control`, `status`) talks to.
+
+`--bootstrap`, else the environment (ROLLSTREAM_BOOTSTRAP, ROLLSTREAM_KAFKA__BOOTSTRAP, the run
+file named by ROLLSTREAM_CONFIG); with neither, the broker of the newest run under `./runs`
+while it answers: `rollstream up` starts its embedded broker on a free port and a namespace
+of its own, both saved in the run's config.yaml, so the default 127.0.0.1:9092 reaches
+nothing of it. Said on stderr when a run's broker is used; a default that does not answer
+fails at once with what to do, instead of the client's connection errors."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from rollstream.services.runtime.settings import KafkaSettings, kafka_from
+
+ENV_KEYS = ("ROLLSTREAM_BOOTSTRAP", "ROLLSTREAM_KAFKA__BOOTSTRAP", "ROLLSTREAM_CONFIG")
+
+
+def latest_run(root: Path = Path("runs")) -> Path | None:
+    """The run folder under `root` (one with a config.yaml) changed last."""
+    runs = [p for p in root.glob("*") if (p / "config.yaml").exists()] if root.exists() else []
+    return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
+
+
+def saved_kafka(run: Path | None) -> dict[str, Any]:
+    """The `kafka` section of the run's config.yaml (bootstrap, namespace), or {}."""
+    if run is None or not (run / "config.yaml").exists():
+        return {}
+    import yaml
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    return dict(cfg.get("kafka") or {})
+
+
+def answers(bootstrap: str, timeout_s: float = 2.0) -> bool:
+    from rollstream.services.runtime.broker import wait_for_kafka
+
+    try:
+        wait_for_kafka(bootstrap, timeout_s=timeout_s)
+    except Exception:
+        return False
+    return True
+
+
+def tool_kafka(args: argparse.Namespace) -> KafkaSettings:
+    """See the module docstring. Exits 2, saying what to do, when nothing was named and
+    nothing answers."""
+    namespace = getattr(args, "namespace", None)
+    if getattr(args, "bootstrap", None) or any(os.environ.get(k) for k in ENV_KEYS):
+        return kafka_from(getattr(args, "bootstrap", None), namespace)
+    run = latest_run()
+    saved = saved_kafka(run)
+    if saved.get("bootstrap") and answers(saved["bootstrap"]):
+        kafka = kafka_from(saved["bootstrap"], namespace or saved.get("namespace"))
+        print(
+            f"(Kafka of the run {run}: {kafka.bootstrap}, namespace "
+            f"{kafka.namespace or '(none)'}; --bootstrap to name another)",
+            file=sys.stderr,
+        )
+        return kafka
+    kafka = kafka_from(None, namespace)
+    if not answers(kafka.bootstrap):
+        stopped = f" (the newest run, {run}, has stopped)" if saved.get("bootstrap") else ""
+        print(
+            f"error: no Kafka answers at {kafka.bootstrap}{stopped}: start a run "
+            "(`rollstream up`) or a broker (`rollstream broker`), or pass --bootstrap HOST:PORT",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    return kafka
