@@ -77,6 +77,12 @@ def test_short_up_run_learns_and_the_ledger_balances(rollstream_home: Path, tmp_
     for part in ("step ", "version ", "accuracy ", "reward ", "rollouts/s ", "staleness ", "lag "):
         assert part in last, (part, last)
     assert all(f"{t} " in last for t in ("sort", "reverse", "count")), last  # per task
+    # where its broker is, for the tools; at the end, the accuracy it reached
+    run = only_run(tmp_path)
+    assert f"run {run.relative_to(tmp_path)}: Kafka 127.0.0.1:" in res.stdout
+    evals = [json.loads(x) for x in (run / "eval.jsonl").read_text().splitlines()]
+    reached = f"held-out accuracy {evals[0]['accuracy']:.1%} (v0) -> {evals[-1]['accuracy']:.1%}"
+    assert reached in res.stdout and reached in (run / "summary.txt").read_text()
 
 
 def test_up_survives_a_stage_killed_with_sigkill(rollstream_home: Path, tmp_path: Path):

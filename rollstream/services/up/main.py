@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import sys
 from contextlib import ExitStack
 from importlib import resources
 from pathlib import Path
@@ -198,6 +199,12 @@ def main(args: argparse.Namespace) -> int:
             cfg.weights.uri = str((run_dir / "weights").resolve())
         config_path = run_dir / "config.yaml"
         config_path.write_text(dump(cfg))
+        print(
+            f"run {run_dir}: Kafka {cfg.kafka.bootstrap}, namespace "
+            f"{cfg.kafka.namespace or '(none)'} (`rollstream tap`, `topics`, `status` run from "
+            "this folder find it)",
+            flush=True,
+        )
         from rollstream.services.runtime.admin import create_topics
 
         create_topics(cfg.kafka)
@@ -207,7 +214,8 @@ def main(args: argparse.Namespace) -> int:
             print("base model:", ensure_base_model())
         from rollstream.services.up.loop import Loop
 
-        loop = Loop(cfg, run_dir, config_path, view=not args.no_view, resume=bool(resume))
+        view = not args.no_view and sys.stdout.isatty()  # piped: progress lines instead
+        loop = Loop(cfg, run_dir, config_path, view=view, resume=bool(resume))
         code = loop.run()
         from rollstream.services.up.ledger import compute, render
 
@@ -218,12 +226,28 @@ def main(args: argparse.Namespace) -> int:
     from rollstream.services.up.report import write_report
 
     write_report(run_dir)
-    summary = loop.summary()
+    summary = [*accuracy_lines(run_dir), *loop.summary()]
     (run_dir / "summary.txt").write_text("".join(x + "\n" for x in summary))
     for line in summary:
         print(line, flush=True)
     print(f"run folder: {run_dir}")
     return code
+
+
+def accuracy_lines(run_dir: Path) -> list[str]:
+    """Held-out accuracy from the base model to the last version evaluated, and where the
+    report is."""
+    evals = load_jsonl(run_dir / "eval.jsonl")
+    if not evals:
+        return [f"no evaluation finished; `rollstream report {run_dir}` for what there is"]
+    first, last = evals[0], evals[-1]
+    best = max(evals, key=lambda e: e["accuracy"])
+    return [
+        f"held-out accuracy {first['accuracy']:.1%} (v{first['version']}) -> "
+        f"{last['accuracy']:.1%} (v{last['version']}, step {last.get('step', '?')}; best "
+        f"{best['accuracy']:.1%} at v{best['version']}); table and plots: "
+        f"`rollstream report {run_dir}`"
+    ]
 
 
 def load_jsonl(path: Path) -> list[dict[str, Any]]:
