@@ -154,6 +154,20 @@ def test_sync_mode_learns_on_the_same_config(rollstream_home: Path, tmp_path: Pa
     assert summary["threads"] == min(len(os.sched_getaffinity(0)), 4), summary["threads"]
     # the trained policy is where the stream's learner puts its versions, and loads
     check_policy(summary, tmp_path, rollstream_home)
+    # every rollout accounted for: trained, dropped (filter or replay) or still in replay
+    assert summary["generated"] == summary["trained"] + summary["dropped"] + summary["pending"]
+    # `rollstream report` reads a sync run's figures from its summary
+    cmd = [sys.executable, "-m", "rollstream.services.cli", "report", str(only_run(tmp_path))]
+    rep = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert rep.returncode == 0, rep.stdout + rep.stderr
+    report = json.loads((only_run(tmp_path) / "summary.json").read_text())
+    assert report["mode"] == "sync" and report["learner_steps"] == summary["steps"]
+    assert report["final_accuracy"] == evals[-1]["accuracy"]
+    assert not (only_run(tmp_path) / "throughput.png").exists()  # no stages to plot
+    cmd[-2] = "status"  # its ledger, from the summary (a sync run has no Kafka to ask)
+    status = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert f"ledger BALANCED: generated {summary['generated']} = trained" in status.stdout
 
 
 def check_policy(summary: dict, tmp_path: Path, home: Path) -> None:

@@ -124,6 +124,15 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return len(self._slot)
 
+    def untrained_samples(self) -> int:
+        """Samples of the live groups never handed out (what a run that stops now leaves
+        pending in the buffer)."""
+        return sum(
+            len(g.samples)
+            for slot, g in enumerate(self._groups)
+            if g is not None and self._uses[slot] == 0
+        )
+
     def __contains__(self, group_id: str) -> bool:
         return group_id in self._slot
 

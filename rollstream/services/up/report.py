@@ -48,6 +48,8 @@ def write_report(run: Path) -> dict[str, Any]:
     hist = _jsonl(run / "metrics.jsonl")
     evals = _jsonl(run / "eval.jsonl")
     _plot_accuracy(run, hist, evals)
+    if (run / "sync_summary.json").exists() and not hist:
+        return _sync_summary(run, evals)
     _plot_throughput(run, hist)
     _plot_staleness(run, hist)
     drops = _drops(hist)
@@ -72,6 +74,34 @@ def write_report(run: Path) -> dict[str, Any]:
         "drops": drops,
         **idle_shares(hist[-1] if hist else {}),
         **pipeline_latency(hist[-1] if hist else {}),
+    }
+    (run / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _sync_summary(run: Path, evals: list[dict[str, Any]]) -> dict[str, Any]:
+    """A `--mode sync` run has no stages to scrape: its figures are in sync_summary.json
+    (only the accuracy plot applies)."""
+    sync = json.loads((run / "sync_summary.json").read_text())
+    for stale in ("throughput.png", "staleness.png", "drops.png", "idle.png"):
+        (run / stale).unlink(missing_ok=True)  # empty axes would say nothing happened
+    summary = {
+        "run": run.name,
+        "mode": "sync",
+        "finished": sync.get("finished", True),
+        "wall_minutes": round(sync["wall_s"] / 60, 2),
+        "base_accuracy": evals[0]["accuracy"] if evals else None,
+        "final_accuracy": evals[-1]["accuracy"] if evals else None,
+        "best_accuracy": max(e["accuracy"] for e in evals) if evals else None,
+        "eval_points": len(evals),
+        "learner_steps": sync["steps"],
+        "learner_step_at_last_eval": evals[-1]["step"] if evals else None,
+        **{k: sync.get(k) for k in ("generated", "trained", "dropped", "pending")},
+        "staleness_mean": sync.get("staleness_mean"),
+        "generate_s": sync.get("generate_s"),
+        "train_s": sync.get("train_s"),
+        "threads": sync.get("threads"),
+        "policy": (sync.get("policy") or {}).get("uri"),
     }
     (run / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -249,8 +279,12 @@ def main(args: argparse.Namespace) -> int:
     from rollstream.services.tools.target import latest_run
 
     run = Path(args.run) if args.run else latest_run()
-    if run is None or not run.exists():
-        print("no run folder (give RUN or run `rollstream up` first)")
+    if run is None:
+        print("error: no run under ./runs (give RUN, or run `rollstream up` first)")
+        return 2
+    if not (run / "config.yaml").exists():
+        what = "no such folder" if not run.exists() else "not a run folder (no config.yaml)"
+        print(f"error: {run}: {what}")
         return 2
     summary = write_report(run)
     table = Table("field", "value", title=f"run {run}")

@@ -15,6 +15,8 @@ def main(args: argparse.Namespace) -> int:
     from rollstream.services.up.ledger import compute, render
 
     run = Path(args.run) if args.run else latest_run()
+    if run is not None and (run / "sync_summary.json").exists() and not args.bootstrap:
+        return _sync_status(run)
     saved = {} if args.bootstrap else saved_kafka(run)  # the run's own broker and namespace
     kafka = kafka_from(
         args.bootstrap or saved.get("bootstrap"), args.namespace or saved.get("namespace")
@@ -49,3 +51,18 @@ def main(args: argparse.Namespace) -> int:
     print(f"saved ledger of {run} (written when the run stopped)")
     print(data["text"])
     return 0 if data["ledger"]["balanced"] else 1
+
+
+def _sync_status(run: Path) -> int:
+    """A `--mode sync` run has no topics: its counts are in sync_summary.json."""
+    sync = json.loads((run / "sync_summary.json").read_text())
+    parts = {k: int(sync.get(k) or 0) for k in ("generated", "trained", "dropped", "pending")}
+    balanced = parts["generated"] == parts["trained"] + parts["dropped"] + parts["pending"]
+    state = "finished" if sync.get("finished", True) else "written while it ran"
+    print(f"sync run {run} (one process, no Kafka; sync_summary.json {state})")
+    print(
+        f"ledger {'BALANCED' if balanced else 'UNBALANCED'}: generated {parts['generated']} = "
+        f"trained {parts['trained']} + dropped {parts['dropped']} + pending {parts['pending']} "
+        f"(in replay's buffer); step {sync['steps']}, version {sync['version']}"
+    )
+    return 0 if balanced else 1

@@ -203,7 +203,10 @@ class SyncRun:
                 continue
             self.counts["dropped"] += sum(len(d.rollout_ids) for d in outcome.drops)
             if outcome.group is not None:
-                self.buffer.add(outcome.group)
+                added = self.buffer.add(outcome.group)
+                self.counts["dropped"] += sum(
+                    len(r.group.samples) for r in added.removed if r.uses == 0
+                )  # evicted for room or too stale: never trained
 
     def train_ready(self) -> None:
         """Train every full batch replay can build; publish by copying the weights over."""
@@ -224,6 +227,10 @@ class SyncRun:
                 produced_at=time.time(),
             )
             result = t.train(batch)
+            rejected = {gid for gid, _ in t.rejected}  # untrainable (a bad token id): dropped
+            self.counts["dropped"] += sum(
+                len(it.group.samples) for it in draft.items if it.group.group_id in rejected
+            )
             if result is None:
                 continue
             self.phase["train"] += result.compute_s
@@ -328,6 +335,9 @@ class SyncRun:
             "version": self.trainer.version,
             "evals": evals,
             **self.counts,
+            # in replay's buffer when the summary was written: generated = trained + dropped
+            # + pending (each generate call's groups finish within it: none wait in the filter)
+            "pending": self.buffer.untrained_samples(),
             "staleness_mean": sum(stale) / len(stale) if stale else None,
             "staleness_max": max(stale, default=None),
             "generate_s": self.phase["generate"],
