@@ -261,12 +261,29 @@ class RunConfig(BaseModel):
         return spec.replicas if spec else 1
 
 
-def _format(exc: ValidationError, prefix: str = "") -> str:
+def _format(exc: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> str:
     lines = []
     for err in exc.errors():
         path = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
-        lines.append(f"{path or '(top)'}: {err['msg']}")
+        line = f"{path or '(top)'}: {err['msg']}"
+        if err["type"] == "extra_forbidden" and model is not None:
+            line += _did_you_mean(model, err["loc"])
+        lines.append(line)
     return "; ".join(lines)
+
+
+def _did_you_mean(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    """For an unknown key at `loc`: the closest field name of the model it sits in."""
+    import difflib
+
+    for key in loc[:-1]:  # down to the model holding the unknown key
+        field = model.model_fields.get(str(key))
+        inner = field.annotation if field is not None else None
+        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+            return ""
+        model = inner
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def _set_path(data: dict[str, Any], path: str, value: Any) -> None:
@@ -363,7 +380,7 @@ def load_layers(
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format(exc)) from None
+        raise ConfigError(_format(exc, model=RunConfig)) from None
     unknown = set(cfg.stages) - set(STAGE_NAMES)
     if unknown:
         raise ConfigError(f"stages: unknown stage(s) {sorted(unknown)}; known: {STAGE_NAMES}")
@@ -391,7 +408,7 @@ def section(cfg: RunConfig, name: str, model: type[T]) -> T:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format(exc, name)) from None
+        raise ConfigError(_format(exc, name, model)) from None
 
 
 def dump(cfg: RunConfig) -> str:

@@ -131,3 +131,20 @@ def test_two_different_values_for_the_one_bound_in_one_file_are_refused(tmp_path
     g.write_text("replay: {max_staleness: 1}\nstaleness: {max_versions: 2}\n")
     with pytest.raises(ConfigError, match="disagree"):
         load_layers([g], env={})
+
+
+def test_a_misspelt_key_names_the_field_it_is_closest_to() -> None:
+    from rollstream.services.generator.config import GeneratorConfig
+    from rollstream.services.runtime.config import section
+
+    with pytest.raises(ConfigError, match=r"kafka.bootstrp: .* \(did you mean bootstrap\?\)"):
+        load_layers([default_config_path()], ["kafka.bootstrp=x:1"], env={})
+    with pytest.raises(ConfigError, match=r"targt: .* \(did you mean target\?\)"):
+        load_layers([default_config_path()], ["targt.minutes=1"], env={})
+    cfg, _ = load_layers([default_config_path()], ["generator.batchprompts=4"], env={})
+    with pytest.raises(ConfigError, match=r"generator.batchprompts: .*mean batch_prompts\?"):
+        section(cfg, "generator", GeneratorConfig)
+    # nothing close: no guess
+    with pytest.raises(ConfigError) as err:
+        load_layers([default_config_path()], ["kafka.zzzzzz=1"], env={})
+    assert "did you mean" not in str(err.value)
