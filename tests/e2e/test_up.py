@@ -250,7 +250,6 @@ def test_sync_mode_killed_mid_run_leaves_the_policy_it_last_saved(
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert "written:" in out, out[-3000:]
     summary = json.loads(summary_file.read_text())
     assert summary["finished"] is False and summary["steps"] > 0
     assert summary["policy"]["step"] == summary["steps"]

@@ -196,3 +196,18 @@ def test_replay_follows_its_live_knobs_and_refuses_a_bad_one(kafka: KafkaSetting
         follower.stop()
         replay.close()
     assert [len(b.items) for b in batches()] == [4, 2, 2]
+
+
+def test_control_checks_a_knob_against_the_runs_own_values(
+    kafka: KafkaSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A value valid over the defaults but not over the run's config (replay refuses a batch
+    smaller than its min_batch_groups) is refused by the command, so nothing reads a revision
+    the stage will not apply (the generators pace by replay's batch_groups)."""
+    run_file = tmp_path / "run.yaml"
+    run_file.write_text("replay: {batch_groups: 16, min_batch_groups: 8}\n")
+    monkeypatch.setenv("ROLLSTREAM_CONFIG", str(run_file))
+    assert control(kafka, "replay", "batch_groups=4") == 2  # below the run's min_batch_groups
+    assert control(kafka, "replay", "batch_groups=8") == 0
+    monkeypatch.delenv("ROLLSTREAM_CONFIG")
+    assert control(kafka, "replay", "batch_groups=4") == 0  # over the defaults it is valid

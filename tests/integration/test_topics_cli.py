@@ -119,6 +119,7 @@ def test_tools_find_the_broker_of_the_run_in_this_folder(bootstrap: str, tmp_pat
     run.mkdir(parents=True)
     saved = {"kafka": {"bootstrap": bootstrap, "namespace": kafka.namespace}}
     (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    (run / "run.json").write_text('{"embedded_broker": true}')  # a stream run (sync has none)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROLLSTREAM_")}
     env["COLUMNS"] = "200"
 

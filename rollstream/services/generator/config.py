@@ -93,7 +93,9 @@ class GeneratorConfig(BaseModel):
     pace_interval_s: float = Field(0.25, gt=0, le=10)
     """How often the topic counts behind pacing and `max_raw_lag` are read."""
     version_wait_s: float = Field(10.0, gt=0)
-    """Longest pause for a new version under `rollouts_per_version`."""
+    """Longest pause: for a new version under `rollouts_per_version` or pacing
+    (`ahead_batches`), and for the first read of the topic counts pacing needs (after it, a
+    generator that cannot read them samples unpaced, with a warning)."""
     swap_policy: Literal["finish", "abort", "inflight"] = "finish"
     """A weight version that arrives mid-batch: `finish` the batch on the old weights (stamped
     with the old version), `abort` it and regenerate on the new ones, or (transformers backend)

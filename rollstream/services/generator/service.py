@@ -119,6 +119,7 @@ class Generator:
             self._paced_by = follow_knobs_of(ctx.kafka, "generator", ("replay", "learner"))
         self.paced_since: float | None = None
         self._probe_deadline = time.monotonic() + cfg.version_wait_s  # see pause_reason
+        self._unpaced_warned = False
         self.asked = cfg.batch_prompts  # prompts the last poll asked for
         self.busy = Busy()
         self._lag_thread = threading.Thread(target=self._watch_lag, daemon=True, name="raw-lag")
@@ -266,6 +267,13 @@ class Generator:
             # or sample unpaced if the probe cannot read the counts at all
             if time.monotonic() < self._probe_deadline:
                 return "pacing"
+            if not self._unpaced_warned:
+                self._unpaced_warned = True
+                log.warning(
+                    "pacing: no topic counts after %.0f s (version_wait_s): sampling unpaced "
+                    "until they come",
+                    self.cfg.version_wait_s,
+                )
         elif self.pacer is not None and self.weights.caught_up.is_set():
             # (not before the newest version is known: the pacer counts from the first one)
             unseen = self._groups_sent - self._groups_at_probe
@@ -402,6 +410,9 @@ class Generator:
         self._lag_thread.start()
         self.weights.caught_up.wait(10.0)  # start on the newest published version
         self.control.caught_up.wait(10.0)
+        if self._paced_by is not None:  # the groups a version in force, before pacing starts
+            self._paced_by.caught_up.wait(10.0)
+            self._follow_paced_knobs()
         self._probe_deadline = time.monotonic() + self.cfg.version_wait_s
         self.m.version.set(self.version)
         while not self.ctx.stopping:

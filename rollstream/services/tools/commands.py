@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
+from pathlib import Path
+from typing import Any
 
-from rollstream.services.tools.target import tool_kafka
+from rollstream.services.tools.target import tool_kafka, tool_target
 
 
 def topics(args: argparse.Namespace) -> int:
@@ -42,6 +45,34 @@ CONTROL_VALIDATORS = {
 }
 
 
+# The config model of each stage's section, for checking knobs against the run's own values
+SECTION_MODELS = {
+    "feed": ("rollstream.services.feed.config", "FeedConfig"),
+    "generator": ("rollstream.services.generator.config", "GeneratorConfig"),
+    "filter": ("rollstream.services.filter.config", "FilterConfig"),
+    "replay": ("rollstream.services.replay.config", "ReplayConfig"),
+    "learner": ("rollstream.services.learner.config", "LearnerConfig"),
+}
+
+
+def run_section(stage: str, run: Path | None) -> Any:
+    """The stage's section of the run's config (the file ROLLSTREAM_CONFIG names, else the
+    run whose broker the tool found), which the stage checks a revision against; None when
+    not known (then the defaults: a value the stage refuses can pass here)."""
+    import importlib
+
+    from rollstream.services.runtime.config import ConfigError, load_config, section
+
+    path = os.environ.get("ROLLSTREAM_CONFIG") or (run / "config.yaml" if run else None)
+    if not path or stage not in SECTION_MODELS:
+        return None
+    module, name = SECTION_MODELS[stage]
+    try:
+        return section(load_config(path), stage, getattr(importlib.import_module(module), name))
+    except ConfigError:
+        return None
+
+
 def control(args: argparse.Namespace) -> int:
     """Merge KEY=VALUE into the stage's current knobs (minus `--unset KEY`), check them against
     the stage's knob schema, and publish them on `control`. Exit 2, publishing nothing, on an
@@ -61,7 +92,7 @@ def control(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    kafka = tool_kafka(args)
+    kafka, run = tool_target(args)
     params: dict[str, object] = {}
     for item in args.params:
         key, sep, value = item.partition("=")
@@ -73,8 +104,9 @@ def control(args: argparse.Namespace) -> int:
     unset = set(getattr(args, "unset", None) or [])
     merged = {k: v for k, v in {**current, **params}.items() if k not in unset}
     validator = importlib.import_module(CONTROL_VALIDATORS[args.stage]).validate_control
+    base = run_section(args.stage, run)  # what the stage checks against: the run's values
     try:
-        validator(merged)
+        validator(merged, base) if base is not None else validator(merged)
     except ValueError as exc:
         print(
             f"rollstream control: {args.stage}: refused, nothing published: {exc}", file=sys.stderr

@@ -18,12 +18,23 @@ from typing import Any
 from rollstream.services.runtime.settings import KafkaSettings, kafka_from
 
 ENV_KEYS = ("ROLLSTREAM_BOOTSTRAP", "ROLLSTREAM_KAFKA__BOOTSTRAP", "ROLLSTREAM_CONFIG")
+NAMESPACE_KEYS = ("ROLLSTREAM_NAMESPACE", "ROLLSTREAM_KAFKA__NAMESPACE")
 
 
 def latest_run(root: Path = Path("runs")) -> Path | None:
     """The run folder under `root` (one with a config.yaml) changed last."""
     runs = [p for p in root.glob("*") if (p / "config.yaml").exists()] if root.exists() else []
     return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
+
+
+def stream_runs(root: Path = Path("runs")) -> list[Path]:
+    """Run folders of `rollstream up` in stream mode (a run.json: a sync run has no broker),
+    the most recently started first (by config.yaml, written at start: a folder's own time
+    moves when a stopped run's report is written)."""
+    if not root.exists():
+        return []
+    runs = [p for p in root.glob("*") if (p / "run.json").exists() and (p / "config.yaml").exists()]
+    return sorted(runs, key=lambda p: (p / "config.yaml").stat().st_mtime, reverse=True)
 
 
 def saved_kafka(run: Path | None) -> dict[str, Any]:
@@ -49,26 +60,39 @@ def answers(bootstrap: str, timeout_s: float = 2.0) -> bool:
 def tool_kafka(args: argparse.Namespace) -> KafkaSettings:
     """See the module docstring. Exits 2, saying what to do, when nothing was named and
     nothing answers."""
+    return tool_target(args)[0]
+
+
+def tool_target(args: argparse.Namespace) -> tuple[KafkaSettings, Path | None]:
+    """`tool_kafka`, and the run folder whose broker it is (None when named otherwise)."""
     namespace = getattr(args, "namespace", None)
     if getattr(args, "bootstrap", None) or any(os.environ.get(k) for k in ENV_KEYS):
-        return kafka_from(getattr(args, "bootstrap", None), namespace)
-    run = latest_run()
-    saved = saved_kafka(run)
-    if saved.get("bootstrap") and answers(saved["bootstrap"]):
-        kafka = kafka_from(saved["bootstrap"], namespace or saved.get("namespace"))
+        return kafka_from(getattr(args, "bootstrap", None), namespace), None
+    named = any(os.environ.get(k) for k in NAMESPACE_KEYS)
+    stopped = None
+    for run in stream_runs()[:3]:  # the newest runs whose broker still answers
+        saved = saved_kafka(run)
+        if not saved.get("bootstrap"):
+            continue
+        if not answers(saved["bootstrap"]):
+            stopped = stopped or run
+            continue
+        # a namespace named by flag or environment wins over the run's
+        own = None if named else saved.get("namespace")
+        kafka = kafka_from(saved["bootstrap"], namespace or own)
         print(
             f"(Kafka of the run {run}: {kafka.bootstrap}, namespace "
             f"{kafka.namespace or '(none)'}; --bootstrap to name another)",
             file=sys.stderr,
         )
-        return kafka
+        return kafka, run
     kafka = kafka_from(None, namespace)
     if not answers(kafka.bootstrap):
-        stopped = f" (the newest run, {run}, has stopped)" if saved.get("bootstrap") else ""
+        gone = f" (the newest run, {stopped}, has stopped)" if stopped else ""
         print(
-            f"error: no Kafka answers at {kafka.bootstrap}{stopped}: start a run "
+            f"error: no Kafka answers at {kafka.bootstrap}{gone}: start a run "
             "(`rollstream up`) or a broker (`rollstream broker`), or pass --bootstrap HOST:PORT",
             file=sys.stderr,
         )
         raise SystemExit(2)
-    return kafka
+    return kafka, None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -280,11 +281,13 @@ def main(args: argparse.Namespace) -> int:
 
     run = Path(args.run) if args.run else latest_run()
     if run is None:
-        print("error: no run under ./runs (give RUN, or run `rollstream up` first)")
+        print(
+            "error: no run under ./runs (give RUN, or run `rollstream up` first)", file=sys.stderr
+        )
         return 2
     if not (run / "config.yaml").exists():
         what = "no such folder" if not run.exists() else "not a run folder (no config.yaml)"
-        print(f"error: {run}: {what}")
+        print(f"error: {run}: {what}", file=sys.stderr)
         return 2
     summary = write_report(run)
     table = Table("field", "value", title=f"run {run}")

@@ -15,7 +15,7 @@ def main(args: argparse.Namespace) -> int:
     from rollstream.services.up.ledger import compute, render
 
     run = Path(args.run) if args.run else latest_run()
-    if run is not None and (run / "sync_summary.json").exists() and not args.bootstrap:
+    if run is not None and not args.bootstrap and _is_sync(run):
         return _sync_status(run)
     saved = {} if args.bootstrap else saved_kafka(run)  # the run's own broker and namespace
     kafka = kafka_from(
@@ -53,16 +53,31 @@ def main(args: argparse.Namespace) -> int:
     return 0 if data["ledger"]["balanced"] else 1
 
 
+def _is_sync(run: Path) -> bool:
+    """A `--mode sync` run folder: a stream run writes run.json at start, sync never does."""
+    return (run / "config.yaml").exists() and not (run / "run.json").exists()
+
+
 def _sync_status(run: Path) -> int:
     """A `--mode sync` run has no topics: its counts are in sync_summary.json."""
+    if not (run / "sync_summary.json").exists():
+        print(
+            f"sync run {run} (one process, no Kafka): no sync_summary.json yet (written every "
+            "up.sync_save_every_s and at the end); its evaluations so far are in eval.jsonl"
+        )
+        return 2
     sync = json.loads((run / "sync_summary.json").read_text())
-    parts = {k: int(sync.get(k) or 0) for k in ("generated", "trained", "dropped", "pending")}
-    balanced = parts["generated"] == parts["trained"] + parts["dropped"] + parts["pending"]
     state = "finished" if sync.get("finished", True) else "written while it ran"
     print(f"sync run {run} (one process, no Kafka; sync_summary.json {state})")
+    counts = {k: sync.get(k) for k in ("generated", "trained", "dropped", "pending")}
+    tail = f"step {sync['steps']}, version {sync['version']}"
+    if counts["pending"] is None:  # a summary from before pending was counted
+        print(f"counts {counts}; {tail}")
+        return 0
+    balanced = counts["generated"] == counts["trained"] + counts["dropped"] + counts["pending"]
     print(
-        f"ledger {'BALANCED' if balanced else 'UNBALANCED'}: generated {parts['generated']} = "
-        f"trained {parts['trained']} + dropped {parts['dropped']} + pending {parts['pending']} "
-        f"(in replay's buffer); step {sync['steps']}, version {sync['version']}"
+        f"ledger {'BALANCED' if balanced else 'UNBALANCED'}: generated {counts['generated']} = "
+        f"trained {counts['trained']} + dropped {counts['dropped']} + pending "
+        f"{counts['pending']} (in replay's buffer); {tail}"
     )
     return 0 if balanced else 1

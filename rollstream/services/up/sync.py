@@ -214,7 +214,9 @@ class SyncRun:
         buffer.set_learner_version(t.version)
         while len(buffer) >= self.rep.batch_groups and not self.done():
             draft = buffer.build_batch()
-            self.counts["dropped"] += sum(len(r.group.samples) for r in draft.expired)
+            self.counts["dropped"] += sum(  # expired before any use (a used one was trained)
+                len(r.group.samples) for r in draft.expired if r.uses == 0
+            )
             if not draft.items:
                 break
             self.seq += 1
@@ -311,10 +313,11 @@ class SyncRun:
         }
 
     def save_policy_so_far(self) -> None:
-        """While the run goes (`up.sync_save_every_s`): the policy as trained so far and a
-        summary naming it, unless nothing was trained since the last one."""
-        if self.trainer.step == 0 or (self.saved and self.saved["step"] == self.trainer.step):
-            return
+        """While the run goes (`up.sync_save_every_s`): the newest version and a summary
+        naming it, unless no version was published since the last one."""
+        t = self.trainer
+        if t.version == 0 or (self.saved and self.saved["version"] == t.version):
+            return  # nothing published since (publish_every > 1): one folder per version
         self.save()
         self.write_summary(finished=False)
         assert self.saved is not None
