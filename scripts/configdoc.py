@@ -128,8 +128,7 @@ def rows(model: type[BaseModel], prefix: str, seen: set[str]) -> list[str]:
 
 
 def render() -> str:
-    from rollstream.services.runtime.config import RunConfig
-    from rollstream.services.up.main import section_models
+    from rollstream.services.runtime.config import RunConfig, section_models
 
     table = ["| field | type | default | meaning |", "|---|---|---|---|"]
     out = [HEAD, "## Top level\n", *table]

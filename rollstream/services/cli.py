@@ -28,12 +28,23 @@ stages:
 `rollstream run STAGE --help` lists that stage's options."""
 
 
-def _kafka_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--bootstrap",
-        default=None,
-        help="Kafka bootstrap HOST:PORT (env ROLLSTREAM_BOOTSTRAP; default 127.0.0.1:9092)",
-    )
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rollstream")
+    except PackageNotFoundError:  # a source tree that was not installed
+        return "unknown (not installed)"
+
+
+TOOL_BOOTSTRAP = (
+    "Kafka bootstrap HOST:PORT (env ROLLSTREAM_BOOTSTRAP; default: the broker of the newest "
+    "`rollstream up` run under ./runs that answers)"
+)
+
+
+def _kafka_args(p: argparse.ArgumentParser, bootstrap_help: str = TOOL_BOOTSTRAP) -> None:
+    p.add_argument("--bootstrap", default=None, help=bootstrap_help)
     p.add_argument(
         "--namespace",
         default=None,
@@ -63,14 +74,22 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rollstream",
         description="RL fine-tuning of LLM policies as a stream of rollouts over Kafka.",
     )
+    ap.add_argument("--version", action="version", version=f"rollstream {_version()}")
     sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
 
     p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (Tansu)")
-    p.add_argument("--port", type=int, default=9092)
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9092, help="port to listen on (default 9092)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on and advertise (default 127.0.0.1)"
+    )
 
     p = sub.add_parser("topics", help="create or list the registry topics")
-    p.add_argument("action", choices=["create", "list"])
+    p.add_argument(
+        "action",
+        choices=["create", "list"],
+        help="create: every registry topic, with its partitions and config, where missing; "
+        "list: partitions, messages, end offsets and each group's lag",
+    )
     p.add_argument(
         "--replication",
         type=int,
@@ -81,14 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     _topic_tools(sub)
     p = sub.add_parser("run", help="run one stage as a service", add_help=False)
-    p.add_argument("stage", choices=STAGES)
+    p.add_argument("stage", choices=STAGES, help="the stage to run")
     p.add_argument("args", nargs=argparse.REMAINDER, help="stage options (see run STAGE --help)")
 
     _init_model_parser(sub)
     p = sub.add_parser(
         "control", help="change a stage's live knobs: control generator temperature=0.8"
     )
-    p.add_argument("stage")
+    p.add_argument(
+        "stage", help="feed, generator, scorer, filter, replay or learner (the evaluator has none)"
+    )
     p.add_argument("params", nargs="*", help="KEY=VALUE (VALUE parsed as YAML)")
     p.add_argument(
         "--unset",
@@ -103,23 +124,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "config", help="print the resolved run config and where each value came from"
     )
-    p.add_argument("action", choices=["show"])
+    p.add_argument("action", choices=["show"], help="show: print it, each value's source beside it")
     _config_args(p)
 
     p = sub.add_parser("status", help="the ledger: generated, pending, dropped, trained, expired")
     p.add_argument("run", nargs="?", default=None, help="run folder (default: latest under runs/)")
-    _kafka_args(p)
+    _kafka_args(p, "Kafka bootstrap HOST:PORT (default: the run's own broker)")
 
     p = sub.add_parser("report", help="rebuild a run's plots and print its summary")
-    p.add_argument("run", nargs="?", default=None)
+    p.add_argument("run", nargs="?", default=None, help="run folder (default: latest under runs/)")
     return ap
 
 
 def _topic_tools(sub: Any) -> None:
     """tap, record, playback: read a topic live, save a range of it, play it back (playback
     was `replay`, the replay stage's name; that spelling still works, with a note)."""
-    p = sub.add_parser("tap", help="decode a topic live, without joining any consumer group")
-    p.add_argument("topic")
+    p = sub.add_parser(
+        "tap",
+        help="decode a topic live, without joining any consumer group",
+        description="Print a topic's messages, decoded. Starts at the newest message (what "
+        "arrives from now on, with --follow); --from-beginning starts at the oldest.",
+    )
+    p.add_argument(
+        "topic", help="topic name, without the namespace (rollouts.raw, groups.kept, ...)"
+    )
     p.add_argument("--from-beginning", action="store_true", help="start at the oldest message")
     p.add_argument("--follow", "-f", action="store_true", help="keep waiting for new messages")
     p.add_argument("--limit", "-n", type=int, default=None, help="stop after N messages")
@@ -134,17 +162,23 @@ def _topic_tools(sub: Any) -> None:
     p.add_argument("--tokenizer", default=None, help="model dir to detokenize token ids with")
     _kafka_args(p)
 
-    p = sub.add_parser("record", help="save a range of a topic to a file")
-    p.add_argument("topic")
-    p.add_argument("file")
-    p.add_argument("--limit", "-n", type=int, default=None)
+    p = sub.add_parser(
+        "record",
+        help="save a range of a topic to a file",
+        description="Save a topic's messages, from its oldest, to FILE (MessagePack, each "
+        "message's bytes as sent), for `rollstream playback`. Stops at the end of the topic "
+        "unless --follow.",
+    )
+    p.add_argument("topic", help="topic name, without the namespace")
+    p.add_argument("file", help="file to write")
+    p.add_argument("--limit", "-n", type=int, default=None, help="stop after N messages")
     p.add_argument("--follow", "-f", action="store_true", help="keep recording new messages")
     _kafka_args(p)
 
     p = sub.add_parser(
         "playback", aliases=["replay"], help="play a recorded file back into a topic"
     )
-    p.add_argument("file")
+    p.add_argument("file", help="a file `rollstream record` wrote")
     p.add_argument(
         "topic", nargs="?", default=None, help="target topic (default: the recorded one)"
     )
@@ -160,7 +194,7 @@ def _topic_tools(sub: Any) -> None:
 def _init_model_parser(sub: Any) -> None:
     p = sub.add_parser("init-model", help="build the built-in tiny base model")
     p.add_argument("--out", default=None, help="output dir (default: the built-in model's home)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of its random init and warm-up")
     p.add_argument("--force", action="store_true", help="rebuild even if it exists")
     p.add_argument(
         "--tasks",
@@ -190,7 +224,13 @@ def _init_model_parser(sub: Any) -> None:
 def _up_parser(sub: Any) -> None:
     p = sub.add_parser("up", help="run the whole pipeline (embedded broker unless --bootstrap)")
     _config_args(p)
-    p.add_argument("--mode", choices=["stream", "sync"], default="stream")
+    p.add_argument(
+        "--mode",
+        choices=["stream", "sync"],
+        default="stream",
+        help="stream: the stages as processes over Kafka (default); sync: one process, "
+        "generate then train in lockstep, no Kafka (the baseline to compare with)",
+    )
     p.add_argument("--stage", action="append", default=[], help="stage whose replicas to set")
     p.add_argument("--replicas", action="append", type=int, default=[], help="replicas for --stage")
     p.add_argument("--name", default=None, help="run name (folder runs/NAME)")
@@ -210,7 +250,7 @@ def _up_parser(sub: Any) -> None:
         metavar="DIR",
         help="folder of user tasks/rewards/filters, put on every stage's import path",
     )
-    _kafka_args(p)
+    _kafka_args(p, "use the Kafka at HOST:PORT instead of starting the embedded broker")
 
 
 def main(argv: list[str] | None = None) -> int:

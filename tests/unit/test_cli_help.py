@@ -25,3 +25,25 @@ def test_every_subcommand_has_help(capsys: pytest.CaptureFixture[str]) -> None:
         assert exc.value.code == 0, name
         canonical = "playback" if name == "replay" else name  # the old name is an alias
         assert capsys.readouterr().out.startswith(f"usage: rollstream {canonical}")
+
+
+def test_every_option_and_argument_says_what_it_does() -> None:
+    """A user reading `rollstream CMD --help` sees a line for each option, not a bare name."""
+    ap = build_parser()
+    sub = next(a for a in ap._actions if a.dest == "cmd")
+    bare = [
+        f"{name} {action.option_strings or action.dest}"
+        for name, parser in sub.choices.items()  # type: ignore[union-attr]
+        for action in parser._actions
+        if not action.help and action.dest != "help"
+    ]
+    assert bare == []
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"rollstream {version('rollstream')}"

@@ -16,6 +16,7 @@ replace.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from pathlib import Path
@@ -409,6 +410,26 @@ def section(cfg: RunConfig, name: str, model: type[T]) -> T:
         return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format(exc, name, model)) from None
+
+
+# Each stage section -> its pydantic model, in rollstream.services.<stage>.config
+SECTION_MODELS = {
+    "feed": "FeedConfig",
+    "generator": "GeneratorConfig",
+    "scorer": "ScorerConfig",
+    "filter": "FilterConfig",
+    "replay": "ReplayConfig",
+    "learner": "LearnerConfig",
+    "evaluator": "EvaluatorConfig",
+}
+
+
+def section_models() -> dict[str, type[BaseModel]]:
+    """Each stage's section -> the pydantic model in that stage's config.py (imported now)."""
+    return {
+        stage: getattr(importlib.import_module(f"rollstream.services.{stage}.config"), name)
+        for stage, name in SECTION_MODELS.items()
+    }
 
 
 def dump(cfg: RunConfig) -> str:

@@ -19,6 +19,7 @@ import asyncio
 import inspect
 import math
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -275,8 +276,10 @@ class ScorerKnobs(BaseModel):
 KNOBS = tuple(ScorerKnobs.model_fields)
 
 
-def validate_control(params: dict[str, Any]) -> None:
-    """Shape and ranges of scorer knobs (`rollstream control scorer ...`) without the run's
-    reward keys, which only the stage knows (it refuses a key it does not have)."""
-    keys = {k for v in params.values() if isinstance(v, dict) for k in v}
+def validate_control(params: dict[str, Any], keys: Iterable[str] | None = None) -> None:
+    """Shape and ranges of scorer knobs (`rollstream control scorer ...`); with `keys` (the
+    run's reward keys) also that each names a reward the run has. Without them any key
+    passes here and the stage refuses one it does not have."""
+    if keys is None:
+        keys = {k for v in params.values() if isinstance(v, dict) for k in v}
     Combiner([Component(key=k, reward=None) for k in keys]).update(params)  # type: ignore[arg-type]

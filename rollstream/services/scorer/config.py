@@ -74,3 +74,20 @@ class ScorerConfig(BaseModel):
                 raise ValueError(f"rewards: label {spec.label!r} is used twice")
             seen.add(spec.label)
         return self
+
+
+def reward_keys(config: ScorerConfig) -> list[str] | None:
+    """Each reward's key in `ScoredRollout.rewards` (its label, else a built-in's name), or
+    None when a user reward has no label: its key is its object's `name`, known once built."""
+    if any(r.label is None and ":" in r.name for r in config.rewards):
+        return None
+    return [r.label or r.name for r in config.rewards]
+
+
+def validate_control(params: dict[str, Any], base: ScorerConfig | None = None) -> None:
+    """Check scorer knobs (`rollstream control scorer weights='{format: 0.2}'`): their shape
+    and ranges, and with the run's config `base`, that each key names one of its rewards.
+    Raises ValueError naming the bad entry."""
+    from rollstream.services.scorer.combine import validate_control as check
+
+    check(params, None if base is None else reward_keys(base))

@@ -25,8 +25,14 @@ def topics(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("topic", "partitions", "messages", "end offsets", "group lag")
-    for info in describe(kafka):
+    infos = describe(kafka)
+    table = Table()  # topic names whole (they are what a user types next); the rest folds
+    table.add_column("topic", no_wrap=True, min_width=max((len(i.name) for i in infos), default=5))
+    table.add_column("partitions", justify="right")
+    table.add_column("messages", justify="right")
+    table.add_column("end offsets", overflow="fold")
+    table.add_column("group lag", overflow="fold")
+    for info in infos:
         lags = ", ".join(f"{g}={lag}" for g, lag in sorted(info.group_lags.items())) or "-"
         ends = " ".join(str(e) for e in info.end_offsets)
         table.add_row(info.name, str(info.partitions), str(info.messages), ends, lags)
@@ -34,41 +40,21 @@ def topics(args: argparse.Namespace) -> int:
     return 0
 
 
-# Stages that follow `control`, and the function that checks their knobs (ValueError).
-CONTROL_VALIDATORS = {
-    "feed": "rollstream.services.feed.config",
-    "generator": "rollstream.services.generator.config",
-    "scorer": "rollstream.services.scorer.combine",
-    "filter": "rollstream.services.filter.config",
-    "replay": "rollstream.services.replay.config",
-    "learner": "rollstream.services.learner.config",
-}
-
-
-# The config model of each stage's section, for checking knobs against the run's own values
-SECTION_MODELS = {
-    "feed": ("rollstream.services.feed.config", "FeedConfig"),
-    "generator": ("rollstream.services.generator.config", "GeneratorConfig"),
-    "filter": ("rollstream.services.filter.config", "FilterConfig"),
-    "replay": ("rollstream.services.replay.config", "ReplayConfig"),
-    "learner": ("rollstream.services.learner.config", "LearnerConfig"),
-}
+# Stages that follow `control`; each one's config module has `validate_control(params, base)`.
+CONTROL_STAGES = ("feed", "generator", "scorer", "filter", "replay", "learner")
 
 
 def run_section(stage: str, run: Path | None) -> Any:
     """The stage's section of the run's config (the file ROLLSTREAM_CONFIG names, else the
     run whose broker the tool found), which the stage checks a revision against; None when
     not known (then the defaults: a value the stage refuses can pass here)."""
-    import importlib
-
-    from rollstream.services.runtime.config import ConfigError, load_config, section
+    from rollstream.services.runtime.config import ConfigError, load_config, section, section_models
 
     path = os.environ.get("ROLLSTREAM_CONFIG") or (run / "config.yaml" if run else None)
-    if not path or stage not in SECTION_MODELS:
+    if not path:
         return None
-    module, name = SECTION_MODELS[stage]
     try:
-        return section(load_config(path), stage, getattr(importlib.import_module(module), name))
+        return section(load_config(path), stage, section_models()[stage])
     except ConfigError:
         return None
 
@@ -85,10 +71,10 @@ def control(args: argparse.Namespace) -> int:
     from rollstream.schemas import ControlUpdate
     from rollstream.services.runtime.bus import Producer
 
-    if args.stage not in CONTROL_VALIDATORS:
+    if args.stage not in CONTROL_STAGES:
         print(
             f"rollstream control: stage {args.stage!r} has no live knobs;"
-            f" stages: {', '.join(sorted(CONTROL_VALIDATORS))}",
+            f" stages: {', '.join(sorted(CONTROL_STAGES))}",
             file=sys.stderr,
         )
         return 2
@@ -103,10 +89,9 @@ def control(args: argparse.Namespace) -> int:
     current, revision = latest_control(kafka, args.stage)
     unset = set(getattr(args, "unset", None) or [])
     merged = {k: v for k, v in {**current, **params}.items() if k not in unset}
-    validator = importlib.import_module(CONTROL_VALIDATORS[args.stage]).validate_control
-    base = run_section(args.stage, run)  # what the stage checks against: the run's values
-    try:
-        validator(merged, base) if base is not None else validator(merged)
+    validator = importlib.import_module(f"rollstream.services.{args.stage}.config").validate_control
+    try:  # against the run's values, which the stage checks a revision against
+        validator(merged, run_section(args.stage, run))
     except ValueError as exc:
         print(
             f"rollstream control: {args.stage}: refused, nothing published: {exc}", file=sys.stderr

@@ -342,7 +342,7 @@ class Tap:
                 f"(treated as not matching), e.g.: {self.first_where_failure}",
                 file=sys.stderr,
             )
-        if self.shown == 0 and not follow and self.stats is None:
+        if self.shown == 0 and not follow:  # with --stats too: `count 0` alone says not why
             if not from_beginning:
                 note = f"nothing new at the end of {topic!r}; use --from-beginning or --follow"
             else:

@@ -27,13 +27,19 @@ def latest_run(root: Path = Path("runs")) -> Path | None:
     return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
 
 
+def is_sync_run(run: Path) -> bool:
+    """A `--mode sync` run folder: `up` writes run.json when a stream run starts, sync never
+    does (its counts are in sync_summary.json)."""
+    return (run / "config.yaml").exists() and not (run / "run.json").exists()
+
+
 def stream_runs(root: Path = Path("runs")) -> list[Path]:
     """Run folders of `rollstream up` in stream mode (a run.json: a sync run has no broker),
     the most recently started first (by config.yaml, written at start: a folder's own time
     moves when a stopped run's report is written)."""
     if not root.exists():
         return []
-    runs = [p for p in root.glob("*") if (p / "run.json").exists() and (p / "config.yaml").exists()]
+    runs = [p for p in root.glob("*") if (p / "config.yaml").exists() and not is_sync_run(p)]
     return sorted(runs, key=lambda p: (p / "config.yaml").stat().st_mtime, reverse=True)
 
 
@@ -48,6 +54,7 @@ def saved_kafka(run: Path | None) -> dict[str, Any]:
 
 
 def answers(bootstrap: str, timeout_s: float = 2.0) -> bool:
+    """Whether a Kafka broker answers at `bootstrap` within `timeout_s`."""
     from rollstream.services.runtime.broker import wait_for_kafka
 
     try:

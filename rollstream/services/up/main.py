@@ -11,7 +11,6 @@ folder `runs/<name>/` gets the resolved config, every process's log, the metrics
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from contextlib import ExitStack
@@ -19,9 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
-from rollstream.services.runtime.config import RunConfig, dump, load_layers
+from rollstream.services.runtime.config import RunConfig, dump, load_layers, section_models
 
 ORDER = ("feed", "generator", "scorer", "filter", "replay", "learner", "evaluator")
 
@@ -53,25 +50,6 @@ def layered(args: argparse.Namespace, base: Path, sets: list[str]) -> RunConfig:
     if args.namespace:
         cfg.kafka.namespace = args.namespace
     return cfg
-
-
-SECTION_MODELS = {
-    "feed": "FeedConfig",
-    "generator": "GeneratorConfig",
-    "scorer": "ScorerConfig",
-    "filter": "FilterConfig",
-    "replay": "ReplayConfig",
-    "learner": "LearnerConfig",
-    "evaluator": "EvaluatorConfig",
-}
-
-
-def section_models() -> dict[str, type[BaseModel]]:
-    """Each stage's section -> the pydantic model in that stage's config.py (imported now)."""
-    return {
-        stage: getattr(importlib.import_module(f"rollstream.services.{stage}.config"), name)
-        for stage, name in SECTION_MODELS.items()
-    }
 
 
 def validate_sections(cfg: RunConfig) -> None:

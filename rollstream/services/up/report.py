@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rollstream.services.tools.target import is_sync_run
 from rollstream.services.up.scrape import by_label, drops_by_reason, total
 
 STAGES = ("feed", "generator", "scorer", "filter", "replay", "learner")
@@ -49,7 +50,7 @@ def write_report(run: Path) -> dict[str, Any]:
     hist = _jsonl(run / "metrics.jsonl")
     evals = _jsonl(run / "eval.jsonl")
     _plot_accuracy(run, hist, evals)
-    if (run / "sync_summary.json").exists() and not hist:
+    if is_sync_run(run) and (run / "sync_summary.json").exists():
         return _sync_summary(run, evals)
     _plot_throughput(run, hist)
     _plot_staleness(run, hist)

@@ -8,27 +8,20 @@ import json
 from pathlib import Path
 
 from rollstream.services.runtime.settings import kafka_from
-from rollstream.services.tools.target import latest_run, saved_kafka
+from rollstream.services.tools.target import answers, is_sync_run, latest_run, saved_kafka
 
 
 def main(args: argparse.Namespace) -> int:
     from rollstream.services.up.ledger import compute, render
 
     run = Path(args.run) if args.run else latest_run()
-    if run is not None and not args.bootstrap and _is_sync(run):
+    if run is not None and not args.bootstrap and is_sync_run(run):
         return _sync_status(run)
     saved = {} if args.bootstrap else saved_kafka(run)  # the run's own broker and namespace
     kafka = kafka_from(
         args.bootstrap or saved.get("bootstrap"), args.namespace or saved.get("namespace")
     )
-    try:
-        from rollstream.services.runtime.broker import wait_for_kafka
-
-        wait_for_kafka(kafka.bootstrap, timeout_s=3.0)
-        live = True
-    except Exception:
-        live = False
-    if live:
+    if answers(kafka.bootstrap, timeout_s=3.0):
         from rollstream.services.runtime.admin import describe
 
         led = compute(kafka)
@@ -51,11 +44,6 @@ def main(args: argparse.Namespace) -> int:
     print(f"saved ledger of {run} (written when the run stopped)")
     print(data["text"])
     return 0 if data["ledger"]["balanced"] else 1
-
-
-def _is_sync(run: Path) -> bool:
-    """A `--mode sync` run folder: a stream run writes run.json at start, sync never does."""
-    return (run / "config.yaml").exists() and not (run / "run.json").exists()
 
 
 def _sync_status(run: Path) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.console import Group
+from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.panel import Panel
 from rich.progress_bar import ProgressBar
 from rich.table import Table
@@ -24,19 +24,33 @@ def sparkline(values: list[float], lo: float = 0.0, hi: float = 1.0, width: int 
     return "".join(SPARK[min(7, max(0, int((v - lo) / span * 7.999)))] for v in vals)
 
 
-def stage_rows(stages: dict[str, dict[str, Any]]) -> Table:
+WIDE = 130
+"""Narrower than this, the notes go on lines of their own under the table (as a column they
+wrapped word by word at 80 columns)."""
+
+
+class StageRows:
+    """The per-stage table, laid out for the width it is drawn at."""
+
+    def __init__(self, stages: dict[str, dict[str, Any]]) -> None:
+        self.stages = stages
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        wide = options.max_width >= WIDE
+        yield stage_rows(self.stages, notes=wide)
+        if not wide:
+            for name, s in self.stages.items():
+                if not name.startswith("_") and s["notes"]:
+                    line = Text(f"  {name}: ", style="bold")
+                    line.append(s["notes"])
+                    yield line
+
+
+def stage_rows(stages: dict[str, dict[str, Any]], notes: bool = True) -> Table:
     t = Table(expand=True, box=None, header_style="bold")
-    cols = (
-        "stage",
-        "procs",
-        "restarts",
-        "in/s",
-        "out/s",
-        "lag",
-        "dead letters",
-        "version",
-        "notes",
-    )
+    cols = ["stage", "procs", "restarts", "in/s", "out/s", "lag", "dead letters", "version"]
+    if notes:
+        cols.append("notes")
     for col in cols:
         t.add_column(col, justify="left" if col in ("stage", "notes") else "right")
     restarts = stages.get("_restarts", {})
@@ -53,7 +67,7 @@ def stage_rows(stages: dict[str, dict[str, Any]]) -> Table:
             f"{s['lag']:.0f}",
             f"{s['dlq']:.0f}",
             s["version"],
-            s["notes"],
+            *([s["notes"]] if notes else []),
         )
     return t
 
@@ -130,7 +144,7 @@ def render(
         errors.append("".join(f"  {x}\n" for x in lines[-4:]), style="red")
     return Panel(
         Group(
-            stage_rows(stages),
+            StageRows(stages),
             errors,
             acc_line,
             rew_line,

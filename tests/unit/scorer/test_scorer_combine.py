@@ -216,3 +216,20 @@ def test_config_errors_name_the_field() -> None:
 def test_default_config_scores_with_the_task_checker() -> None:
     combiner = Combiner.from_config(ScorerConfig())
     assert [(c.key, c.checker) for c in combiner.components] == [("task", True)]
+
+
+def test_control_knobs_are_checked_against_the_runs_reward_keys() -> None:
+    """`rollstream control scorer` with the run's config known refuses a weight for a reward
+    the run does not have before anything is published; without it, only shape and ranges."""
+    from rollstream.services.scorer.config import validate_control
+
+    run = ScorerConfig(rewards=[RewardSpec(name="task"), RewardSpec(name="format", label="fmt")])
+    validate_control({"weights": {"fmt": 0.5}, "timeouts": {"task": 2}}, run)
+    with pytest.raises(ValueError, match="weights.format: no reward with that key"):
+        validate_control({"weights": {"format": 0.5}}, run)  # labelled "fmt" in this run
+    validate_control({"weights": {"format": 0.5}})  # run unknown: the stage decides
+    with pytest.raises(ValueError, match="out of range"):
+        validate_control({"timeouts": {"task": 0}}, run)
+    # a user reward without a label: its key is known only once built, so any key passes here
+    user = ScorerConfig(rewards=[RewardSpec(name="my_pkg.rewards:judge")])
+    validate_control({"weights": {"judge": 2}}, user)

@@ -1,0 +1,47 @@
+"""The live view of `rollstream up` reads at a terminal's width: at 80 columns each stage's
+notes stay on one line (as a table column they wrapped word by word); wide, they are a column."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from rollstream.services.up.view import render, summarize_stage
+
+SNAP = {
+    "rollstream_generator_paused_seconds_total": 12.0,
+    "rollstream_generator_idle_ratio": 0.3,
+    "rollstream_generator_policy_version": 4.0,
+    "rollstream_learner_step": 40.0,
+    "rollstream_learner_loss": 0.12,
+    "rollstream_learner_idle_ratio": 0.05,
+    "rollstream_replay_buffer_groups": 3.0,
+    "rollstream_replay_staleness_versions_sum": 4.0,
+    "rollstream_replay_staleness_versions_count": 4.0,
+}
+
+
+def _view(width: int) -> tuple[list[str], dict[str, str]]:
+    stages = {}
+    for stage in ("feed", "generator", "scorer", "filter", "replay", "learner", "evaluator"):
+        stages[stage] = {**summarize_stage(stage, SNAP, {"in": 10, "tokens": 1234}), "procs": "1/1"}
+    console = Console(width=width, record=True, file=io.StringIO())
+    console.print(render("run", stages, [(0.0, 0.37)], [0.1], 0.3, "3 of 10 min"))
+    lines = console.export_text().splitlines()
+    assert all(len(line) <= width for line in lines)
+    return lines, {s: d["notes"] for s, d in stages.items() if d["notes"]}
+
+
+def test_notes_stay_whole_at_80_columns() -> None:
+    lines, notes = _view(80)
+    assert set(notes) == {"generator", "replay", "learner"}
+    for stage, text in notes.items():
+        assert any(f"{stage}: {text}" in line for line in lines), (stage, text)
+
+
+def test_notes_are_a_column_when_wide() -> None:
+    lines, notes = _view(160)
+    assert "notes" in lines[1]
+    for stage, text in notes.items():
+        assert any(line.strip("│ ").startswith(stage) and text in line for line in lines)
