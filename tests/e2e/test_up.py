@@ -83,6 +83,9 @@ def test_short_up_run_learns_and_the_ledger_balances(rollstream_home: Path, tmp_
     evals = [json.loads(x) for x in (run / "eval.jsonl").read_text().splitlines()]
     reached = f"held-out accuracy {evals[0]['accuracy']:.1%} (v0) -> {evals[-1]['accuracy']:.1%}"
     assert reached in res.stdout and reached in (run / "summary.txt").read_text()
+    # ... which is the accuracy of the policy the run ended with: its last version is evaluated
+    published = max(int(p.name[1:]) for p in (run / "weights" / "policy").glob("v*"))
+    assert evals[-1]["version"] == published, (evals[-1], published)
 
 
 def test_up_survives_a_stage_killed_with_sigkill(rollstream_home: Path, tmp_path: Path):

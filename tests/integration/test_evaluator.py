@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -87,11 +88,13 @@ def next_result(results: Consumer, timeout_s: float = 120.0) -> EvalResult:
 
 @contextmanager
 def running_evaluator(
-    kafka: KafkaSettings, model_dir: str, items: list[Item]
+    kafka: KafkaSettings, model_dir: str, items: list[Item], **knobs: Any
 ) -> Iterator[StageMetrics]:
     """An Evaluator of run "evalrun" on `items` (greedy answers of len(ANSWER) tokens, no pause
-    between versions), looping in a thread until the block ends; yields its metrics."""
-    cfg = EvaluatorConfig(min_interval_s=0, max_new_tokens=len(ANSWER), batch_size=4)
+    between versions unless `knobs` say otherwise), looping in a thread until the block ends;
+    yields its metrics."""
+    knobs = {"min_interval_s": 0, **knobs}
+    cfg = EvaluatorConfig(max_new_tokens=len(ANSWER), batch_size=4, **knobs)
     metrics = StageMetrics("evaluator")
     ev = Evaluator(
         cfg,
@@ -204,3 +207,28 @@ def test_a_forged_far_future_version_is_refused_dead_lettered_and_blocks_nothing
             "rollstream_evaluator_refused_versions_total", {"reason": "checksum"}
         )
         assert refused == 1
+
+
+@pytest.mark.parametrize("final", [True, False])
+def test_the_version_a_run_ends_with_is_evaluated_when_the_evaluator_stops(
+    kafka: KafkaSettings, results: Consumer, tiny_model_dir: str, tmp_path: Path, final: bool
+) -> None:
+    """`min_interval_s` skips versions, so the policy a run ended with often had no accuracy
+    of its own. Stopping, the evaluator evaluates the newest version if it was not
+    (`evaluate_final`, on by default)."""
+    good = always_x_weights(tiny_model_dir, tmp_path / "v5")
+    with (
+        running_evaluator(
+            kafka, tiny_model_dir, XS.heldout(size=4), min_interval_s=3600, evaluate_final=final
+        ),
+        closing(Producer(kafka, "learner")) as producer,
+    ):
+        assert next_result(results).policy_version == 0
+        producer.send("weights", update(5, good, step=9), "policy")
+        producer.flush()
+        assert results.poll(10, 3.0) == []  # not due: an hour between evaluations
+    got = [r.value for r in results.poll(10, 5.0)]
+    if final:
+        assert [(e.policy_version, e.step, e.accuracy) for e in got] == [(5, 9, 1.0)]
+    else:
+        assert got == []

@@ -37,6 +37,10 @@ class EvaluatorConfig(BaseModel):
     skipped and the newest one is evaluated."""
     evaluate_initial: bool = True
     """Evaluate the starting model as version 0 when no newer version is published yet."""
+    evaluate_final: bool = True
+    """When stopping, evaluate the newest version if it was not (`min_interval_s` skips
+    versions; without this the policy a run ends with would have no accuracy). `rollstream up`
+    stops the evaluator after the learner has exited, so this is the run's last version."""
     device: str = "auto"
     """torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:1 ..."""
     threads: int | None = Field(None, ge=1)

@@ -14,7 +14,8 @@ first; the first that verifies (files inside the store, every digest right, the 
 the model) is followed, those above it are refused (metric, log line, dead letter; never
 retried) and those below it are superseded, not checked. A forged far-future version is
 therefore refused and never holds back later evaluations. A followed version is evaluated when
-`min_interval_s` has passed since the last evaluation began. Delivery: each result is flushed
+`min_interval_s` has passed since the last evaluation began; when it stops, the newest
+version is evaluated if it has not been (`evaluate_final`). Delivery: each result is flushed
 before the next evaluation; a crash can lose at most the result being computed (the restart
 evaluates the newest again). torch and transformers are imported only when the Evaluator is
 built.
@@ -145,6 +146,7 @@ class Evaluator:
         )
         self.weights.start()
         self.verified = -1  # newest version that verified and loaded (-1: none yet)
+        self.verified_step = 0  # the learner step it was published at
         self.schedule = EvalSchedule(cfg.min_interval_s)
 
     def follow(self) -> WeightUpdate | None:
@@ -153,7 +155,7 @@ class Evaluator:
         fresh = [r for r in self.weights.take() if r.value.version > self.verified]
         for rec in sorted(fresh, key=lambda r: r.value.version, reverse=True):
             if self.load(rec):
-                self.verified = rec.value.version
+                self.verified, self.verified_step = rec.value.version, rec.value.step
                 return rec.value
         return None
 
@@ -265,7 +267,25 @@ class Evaluator:
         while not stopping():
             if self.step() is None:
                 time.sleep(0.2)
+        if self.cfg.evaluate_final:
+            self.final()
         return 0
+
+    def final(self, sync_s: float = 5.0) -> EvalResult | None:
+        """Evaluate the newest version that verifies if it has not been (its result, else
+        None): what the run ends with, which `min_interval_s` may have skipped."""
+        if not self.weights.sync(sync_s):
+            log.warning(
+                "evaluator: weights not read to the end in %.0fs; final eval of v%d",
+                sync_s,
+                self.verified,
+            )
+        self.follow()
+        if self.verified <= self.schedule.last_version:
+            return None
+        self.schedule.started(self.verified, time.monotonic())
+        log.info("evaluator: stopping; evaluating the last version, v%d", self.verified)
+        return self.evaluate(self.verified, self.verified_step)
 
     def close(self) -> None:
         self.weights.stop()

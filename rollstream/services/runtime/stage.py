@@ -188,9 +188,19 @@ class Follower(threading.Thread):
         self._halt = threading.Event()
         self._lock = threading.Lock()
         self.caught_up = threading.Event()
+        self._sync_asked = threading.Event()
+        self._synced = threading.Event()
+
+    def sync(self, timeout_s: float) -> bool:
+        """Wait until everything on the topic when this was called has been read (a poll that
+        began after the call ended at the end of every partition); False after `timeout_s`."""
+        self._synced.clear()
+        self._sync_asked.set()
+        return self._synced.wait(timeout_s)
 
     def run(self) -> None:
         while not self._halt.is_set():
+            asked = self._sync_asked.is_set()
             try:
                 recs = self.consumer.poll(100, 0.2)
             except Exception as exc:  # keep following through broker hiccups
@@ -206,8 +216,11 @@ class Follower(threading.Thread):
                     if self.latest is None or self.newer(r.value, self.latest):
                         self.latest = r.value
                         self.seq += 1
-            if not self.caught_up.is_set() and self._at_end():
+            if (not self.caught_up.is_set() or asked) and self._at_end():
                 self.caught_up.set()
+                if asked:
+                    self._sync_asked.clear()
+                    self._synced.set()
         self.consumer.close()
 
     def _at_end(self) -> bool:

@@ -116,7 +116,31 @@ class Loop:
         for sink in (self.tb, self.wandb):
             if sink is not None:
                 sink.scalars(series, int(learner_step), now)
-        for r in evals.poll(100, 0.0):
+        self.take_evals(evals.poll(100, 0.0), evf, now)
+        self.supervise(now)
+        stages["_restarts"] = {p.name: p.restarts for p in self.sup.procs if p.restarts}
+        stages["_errors"] = {
+            p.name: p.last_error for p in self.sup.procs if p.last_error and not p.alive()
+        }
+        frac, label, done = self.progress(learner_step)
+        return stages, frac, label, done
+
+    def last_evals(self, evals: Any, wait_s: float = 5.0) -> None:
+        """The results published since the last tick (the evaluator's final one among them),
+        read to the end of eval.results."""
+        deadline = time.time() + wait_s
+        try:
+            with open(self.run_dir / "eval.jsonl", "a") as evf:
+                while time.time() < deadline:
+                    self.take_evals(evals.poll(100, 0.2), evf, time.time())
+                    if evals.at_end():
+                        break
+        except Exception as exc:  # the broker went first: the results it had are in Kafka
+            print(f"note: last evaluation results not read: {exc}", flush=True)
+
+    def take_evals(self, recs: list[Any], evf: Any, now: float) -> None:
+        """New EvalResults: to the view's series, TensorBoard/W&B and eval.jsonl."""
+        for r in recs:
             e = r.value
             if (e.policy_version, e.step) in self.seen_evals:
                 continue  # written before a resume
@@ -143,13 +167,6 @@ class Loop:
                 + "\n"
             )
             evf.flush()
-        self.supervise(now)
-        stages["_restarts"] = {p.name: p.restarts for p in self.sup.procs if p.restarts}
-        stages["_errors"] = {
-            p.name: p.last_error for p in self.sup.procs if p.last_error and not p.alive()
-        }
-        frac, label, done = self.progress(learner_step)
-        return stages, frac, label, done
 
     def _continue_history(self) -> None:
         """A resumed run: its clock goes on from the last metrics record, the evals it already
@@ -305,7 +322,9 @@ class Loop:
             if live is not None:
                 live.stop()
             print("stopping: SIGTERM to every stage (they commit and checkpoint)...", flush=True)
-            codes = self.sup.stop_all(grace_s=60.0, order=ORDER)
+            # the evaluator last: once the learner has exited it evaluates the final version
+            codes = self.sup.stop_all(grace_s=60.0, order=ORDER, after=("evaluator",))
+            self.last_evals(evals)
             evals.close()
             self.tb.close()
             if self.wandb is not None:

@@ -157,9 +157,18 @@ class Supervisor:
             except ProcessLookupError:
                 pass
 
-    def stop_all(self, grace_s: float = 30.0, order: tuple[str, ...] = ()) -> dict[str, int]:
-        """SIGTERM in `order` (stages named first stop first), wait, then SIGKILL."""
-        ranked = sorted(self.procs, key=lambda p: order.index(p.stage) if p.stage in order else -1)
+    def stop_all(
+        self, grace_s: float = 30.0, order: tuple[str, ...] = (), after: tuple[str, ...] = ()
+    ) -> dict[str, int]:
+        """SIGTERM in `order` (stages named first stop first), wait, then SIGKILL; the stages
+        in `after` are stopped once the others have exited (each wave has `grace_s`)."""
+        first = [p for p in self.procs if p.stage not in after]
+        self._stop(first, grace_s, order)
+        self._stop([p for p in self.procs if p.stage in after], grace_s, order)
+        return {p.name: (p.popen.returncode if p.popen else 0) for p in self.procs}
+
+    def _stop(self, procs: list[Proc], grace_s: float, order: tuple[str, ...]) -> None:
+        ranked = sorted(procs, key=lambda p: order.index(p.stage) if p.stage in order else -1)
         for p in ranked:
             self.kill(p, signal.SIGTERM)
         deadline = time.time() + grace_s
@@ -171,7 +180,6 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 self.kill(p, signal.SIGKILL)
                 p.popen.wait()
-        return {p.name: (p.popen.returncode if p.popen else 0) for p in self.procs}
 
 
 def error_tail(log: Path, lines: int = 8, scan_bytes: int = 64_000) -> list[str]:
