@@ -69,7 +69,7 @@ def test_short_up_run_learns_and_the_ledger_balances(rollstream_home: Path, tmp_
     res = up(rollstream_home, tmp_path, *SHORT, "--name", "short")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "ledger BALANCED" in res.stdout and "FAILED" not in res.stdout
-    check_run(only_run(tmp_path))
+    ledger = check_run(only_run(tmp_path))
     # without a terminal: one progress line every up.progress_every_s (10 s), not every second
     lines = [x for x in res.stdout.splitlines() if x.startswith("[") and "s] step " in x]
     assert 3 * 60 / 10 - 3 <= len(lines) <= 3 * 60 / 10 + 3, len(lines)
@@ -86,6 +86,9 @@ def test_short_up_run_learns_and_the_ledger_balances(rollstream_home: Path, tmp_
     # ... which is the accuracy of the policy the run ended with: its last version is evaluated
     published = max(int(p.name[1:]) for p in (run / "weights" / "policy").glob("v*"))
     assert evals[-1]["version"] == published, (evals[-1], published)
+    # one version a step: the ledger's step and version agree with it (the version was the one
+    # before, from the last step's Feedback, sent before that step's version is published)
+    assert ledger["learner_step"] == ledger["learner_version"] == published, ledger
 
 
 def test_up_survives_a_stage_killed_with_sigkill(rollstream_home: Path, tmp_path: Path):

@@ -18,6 +18,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from rollstream.schemas import WeightUpdate
 from rollstream.services.runtime.bus import Consumer
 from rollstream.services.runtime.settings import KafkaSettings
 
@@ -103,6 +104,7 @@ def compute(kafka: KafkaSettings) -> Ledger:
     produced after shows up as generated and pending, never as unknown."""
     led = Ledger()
     skipped: Counter[str] = Counter()
+    weights = read_all(kafka, "weights", skipped=skipped)
     feedback = read_all(kafka, "learner.feedback", skipped=skipped)
     kept_msgs = read_all(kafka, "groups.kept", skipped=skipped)
     dropped_msgs = read_all(kafka, "groups.dropped", skipped=skipped)
@@ -136,6 +138,9 @@ def compute(kafka: KafkaSettings) -> Ledger:
     led.groups_kept = len(kept)
     seen_groups: Counter[str] = Counter()
     seen_batches: set[str] = set()
+    # the newest version published (a step's Feedback goes out before the version it makes)
+    published = [w.version for w in weights if isinstance(w, WeightUpdate)]
+    led.learner_version = max(published, default=0)
     for f in feedback:
         led.learner_version = max(led.learner_version, f.learner_version)
         led.learner_step = max(led.learner_step, f.step)
