@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,8 @@ from generator_harness import (  # the fixtures kafka, models and tap too
 )
 from polling import wait_until
 
+from rollstream.schemas import ControlUpdate
+from rollstream.services.runtime.bus import Producer
 from rollstream.services.runtime.settings import KafkaSettings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -57,6 +60,16 @@ def test_a_live_change_of_replays_batch_size_moves_the_generators_pacing(
         ids = send_prompts(kafka, [f"{i}+{i}=" for i in range(40)], n=2, tag="pace")
         held = wait_until(lambda: settled(tap, ids, gen), 90, "pacing to pause", every=0)
         assert held == 4 * 2, held  # 4 groups of 2
+
+        # a revision not from `rollstream control` (which checks knobs first) that replay
+        # refuses: the generator keeps pacing by the old size instead of crashing on it
+        with closing(Producer(kafka, "not-the-cli")) as producer:
+            bad = {"batch_groups": "four"}
+            producer.send("control", ControlUpdate(stage="replay", params=bad, revision=1,
+                          issued_by="script", produced_at=time.time()), key="replay")  # fmt: skip
+            producer.flush()
+        wait_until(lambda: "replay control revision 1 ignored" in gen.log(), 30, "the warning")
+        assert settled(tap, ids, gen) == held and gen.proc.poll() is None
 
         env = {**os.environ, "ROLLSTREAM_BOOTSTRAP": kafka.bootstrap,
                "ROLLSTREAM_NAMESPACE": str(kafka.namespace)}  # fmt: skip

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 
 from rollstream.schemas import DropRecord, PromptTask, WeightUpdate, encode
 from rollstream.services.generator.backend import Backend, GenRequest, GenSample, RequestError
@@ -233,8 +234,18 @@ class Generator:
             return
         for r in recs:
             newest = self._paced_params.get(r.value.stage)
-            if newest is None or r.value.revision >= newest["revision"]:
-                self._paced_params[r.value.stage] = {"revision": r.value.revision, **r.value.params}
+            if newest is not None and r.value.revision < newest["revision"]:
+                continue
+            bad = _refused_pacing(self.ctx.cfg, r.value.stage, r.value.params)
+            if bad:  # the stage refuses it too and keeps its knobs: so does the pacing
+                log.warning(
+                    "pacing: %s control revision %d ignored: %s",
+                    r.value.stage,
+                    r.value.revision,
+                    bad,
+                )
+                continue
+            self._paced_params[r.value.stage] = {"revision": r.value.revision, **r.value.params}
         per_version = _groups_per_version(self.ctx.cfg, self._paced_params)
         if per_version != self.pacer.batch_groups:
             log.info(
@@ -455,6 +466,24 @@ class Generator:
             self.consumer.close()
             self.producer.close()
             self.backend.close()
+
+
+def _refused_pacing(cfg: RunConfig, stage: str, params: dict[str, Any]) -> str | None:
+    """Why replay or the learner would refuse the pacing knobs of this `control` revision (a
+    revision not from `rollstream control`, which checks them first), or None. The generator
+    does not import their config models; it checks what it paces by: whole numbers >= 1, and
+    replay's batch_groups not below its min_batch_groups."""
+    for knob in ("batch_groups", "publish_every", "min_batch_groups"):
+        if knob not in params or (knob == "min_batch_groups" and params[knob] is None):
+            continue
+        value = params[knob]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            return f"{knob}={value!r} is not a whole number >= 1"
+    if stage == "replay" and "batch_groups" in params:
+        floor = params.get("min_batch_groups", cfg.replay.get("min_batch_groups"))
+        if isinstance(floor, int) and params["batch_groups"] < floor:
+            return f"batch_groups={params['batch_groups']} is below min_batch_groups={floor}"
+    return None
 
 
 def _groups_per_version(cfg: RunConfig, live: dict[str, dict[str, object]] | None = None) -> int:
