@@ -28,13 +28,21 @@ stages:
 `rollstream run STAGE --help` lists that stage's options."""
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+class _Version(argparse.Action):
+    """`--version`, looked up only when asked (not on every command)."""
 
-    try:
-        return version("rollstream")
-    except PackageNotFoundError:  # a source tree that was not installed
-        return "unknown (not installed)"
+    def __init__(self, option_strings: list[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version("rollstream")
+        except PackageNotFoundError:  # a source tree that was not installed
+            found = "unknown (not installed)"
+        print(f"rollstream {found}")
+        parser.exit()
 
 
 TOOL_BOOTSTRAP = (
@@ -74,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rollstream",
         description="RL fine-tuning of LLM policies as a stream of rollouts over Kafka.",
     )
-    ap.add_argument("--version", action="version", version=f"rollstream {_version()}")
+    ap.add_argument("--version", action=_Version, help="print the installed version and exit")
     sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
 
     p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (Tansu)")

@@ -147,6 +147,7 @@ class Evaluator:
         self.weights.start()
         self.verified = -1  # newest version that verified and loaded (-1: none yet)
         self.verified_step = 0  # the learner step it was published at
+        self.last_eval_s = 0.0  # how long the last evaluation took
         self.schedule = EvalSchedule(cfg.min_interval_s)
 
     def follow(self) -> WeightUpdate | None:
@@ -216,6 +217,7 @@ class Evaluator:
             system_prompt=self.system_prompt,
         )
         took = time.perf_counter() - t0
+        self.last_eval_s = took
         result = EvalResult(
             run=self.run_name,
             policy_version=version,
@@ -276,12 +278,19 @@ class Evaluator:
         None): what the run ends with, which `min_interval_s` may have skipped."""
         if not self.weights.sync(sync_s):
             log.warning(
-                "evaluator: weights not read to the end in %.0fs; final eval of v%d",
-                sync_s,
-                self.verified,
+                "evaluator: weights not read to the end in %.0fs: may miss the last", sync_s
             )
         self.follow()
         if self.verified <= self.schedule.last_version:
+            return None
+        if self.last_eval_s > self.cfg.evaluate_final_max_s:
+            log.warning(
+                "evaluator: stopping; v%d not evaluated: the last evaluation took %.0fs "
+                "(evaluate_final_max_s %.0fs)",
+                self.verified,
+                self.last_eval_s,
+                self.cfg.evaluate_final_max_s,
+            )
             return None
         self.schedule.started(self.verified, time.monotonic())
         log.info("evaluator: stopping; evaluating the last version, v%d", self.verified)

@@ -27,7 +27,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field, TypeAdapter, ValidationError
 
 from rollstream.schemas import DropRecord, PromptTask, WeightUpdate, encode
 from rollstream.services.generator.backend import Backend, GenRequest, GenSample, RequestError
@@ -236,16 +238,12 @@ class Generator:
             newest = self._paced_params.get(r.value.stage)
             if newest is not None and r.value.revision < newest["revision"]:
                 continue
-            bad = _refused_pacing(self.ctx.cfg, r.value.stage, r.value.params)
-            if bad:  # the stage refuses it too and keeps its knobs: so does the pacing
-                log.warning(
-                    "pacing: %s control revision %d ignored: %s",
-                    r.value.stage,
-                    r.value.revision,
-                    bad,
-                )
+            knobs = _pacing_knobs(self.ctx.cfg, r.value.stage, r.value.params)
+            if isinstance(knobs, str):  # the stage refuses it and keeps its knobs: so does pacing
+                stage, revision = r.value.stage, r.value.revision
+                log.warning("pacing: %s control revision %d ignored: %s", stage, revision, knobs)
                 continue
-            self._paced_params[r.value.stage] = {"revision": r.value.revision, **r.value.params}
+            self._paced_params[r.value.stage] = {"revision": r.value.revision, **knobs}
         per_version = _groups_per_version(self.ctx.cfg, self._paced_params)
         if per_version != self.pacer.batch_groups:
             log.info(
@@ -468,22 +466,28 @@ class Generator:
             self.backend.close()
 
 
-def _refused_pacing(cfg: RunConfig, stage: str, params: dict[str, Any]) -> str | None:
-    """Why replay or the learner would refuse the pacing knobs of this `control` revision (a
-    revision not from `rollstream control`, which checks them first), or None. The generator
-    does not import their config models; it checks what it paces by: whole numbers >= 1, and
-    replay's batch_groups not below its min_batch_groups."""
+_WHOLE = TypeAdapter(Annotated[int, Field(ge=1)])  # as replay's and the learner's models read them
+
+
+def _pacing_knobs(cfg: RunConfig, stage: str, params: dict[str, Any]) -> dict[str, Any] | str:
+    """The pacing knobs of a `control` revision of replay or the learner, read as those stages
+    read them (4.0 and "4" are 4), or why they would refuse the revision (one not from
+    `rollstream control`, which checks it first). The generator does not import their config
+    models; it checks what it paces by: whole numbers >= 1, and replay's batch_groups not
+    below its min_batch_groups."""
+    out = dict(params)
     for knob in ("batch_groups", "publish_every", "min_batch_groups"):
         if knob not in params or (knob == "min_batch_groups" and params[knob] is None):
             continue
-        value = params[knob]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            return f"{knob}={value!r} is not a whole number >= 1"
-    if stage == "replay" and "batch_groups" in params:
-        floor = params.get("min_batch_groups", cfg.replay.get("min_batch_groups"))
-        if isinstance(floor, int) and params["batch_groups"] < floor:
-            return f"batch_groups={params['batch_groups']} is below min_batch_groups={floor}"
-    return None
+        try:
+            out[knob] = _WHOLE.validate_python(params[knob])
+        except ValidationError:
+            return f"{knob}={params[knob]!r} is not a whole number >= 1"
+    if stage == "replay" and "batch_groups" in out:
+        floor = out.get("min_batch_groups", cfg.replay.get("min_batch_groups"))
+        if isinstance(floor, int) and out["batch_groups"] < floor:
+            return f"batch_groups={out['batch_groups']} is below min_batch_groups={floor}"
+    return out
 
 
 def _groups_per_version(cfg: RunConfig, live: dict[str, dict[str, object]] | None = None) -> int:

@@ -124,14 +124,15 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return len(self._slot)
 
-    def untrained_samples(self) -> int:
-        """Samples of the live groups never handed out (what a run that stops now leaves
-        pending in the buffer)."""
-        return sum(
-            len(g.samples)
+    def untrained_ids(self) -> set[str]:
+        """Rollout ids of the samples in live groups never handed out (with success replay a
+        group may also carry samples of earlier groups: the caller tells those apart)."""
+        return {
+            s.rollout.rollout_id
             for slot, g in enumerate(self._groups)
             if g is not None and self._uses[slot] == 0
-        )
+            for s in g.samples
+        }
 
     def __contains__(self, group_id: str) -> bool:
         return group_id in self._slot

@@ -188,19 +188,21 @@ class Follower(threading.Thread):
         self._halt = threading.Event()
         self._lock = threading.Lock()
         self.caught_up = threading.Event()
-        self._sync_asked = threading.Event()
+        self._fetch_wait_s = ms / 1000
+        self._sync_asked_at: float | None = None
         self._synced = threading.Event()
 
     def sync(self, timeout_s: float) -> bool:
-        """Wait until everything on the topic when this was called has been read (a poll that
-        began after the call ended at the end of every partition); False after `timeout_s`."""
+        """Wait until everything on the topic when this was called has been read; False after
+        `timeout_s`. "The end" is the one the last fetch reported, so it counts only once a
+        fetch sent after the call can have answered (a fetch waits at most its fetch wait)."""
         self._synced.clear()
-        self._sync_asked.set()
+        self._sync_asked_at = time.monotonic()
         return self._synced.wait(timeout_s)
 
     def run(self) -> None:
         while not self._halt.is_set():
-            asked = self._sync_asked.is_set()
+            asked = self._sync_asked_at
             try:
                 recs = self.consumer.poll(100, 0.2)
             except Exception as exc:  # keep following through broker hiccups
@@ -216,10 +218,11 @@ class Follower(threading.Thread):
                     if self.latest is None or self.newer(r.value, self.latest):
                         self.latest = r.value
                         self.seq += 1
-            if (not self.caught_up.is_set() or asked) and self._at_end():
+            answered = asked is not None and time.monotonic() - asked > self._fetch_wait_s + 0.1
+            if (not self.caught_up.is_set() or answered) and self._at_end():
                 self.caught_up.set()
-                if asked:
-                    self._sync_asked.clear()
+                if answered and self._sync_asked_at == asked:  # not a newer request meanwhile
+                    self._sync_asked_at = None
                     self._synced.set()
         self.consumer.close()
 

@@ -78,8 +78,11 @@ class ScorerConfig(BaseModel):
 
 def reward_keys(config: ScorerConfig) -> list[str] | None:
     """Each reward's key in `ScoredRollout.rewards` (its label, else a built-in's name), or
-    None when a user reward has no label: its key is its object's `name`, known once built."""
-    if any(r.label is None and ":" in r.name for r in config.rewards):
+    None when a user reward (a dotted path or an entry point) has no label: its key is its
+    object's `name`, known once built."""
+    from rollstream.services.scorer.reward import BUILTIN_REWARDS
+
+    if any(r.label is None and r.name not in BUILTIN_REWARDS for r in config.rewards):
         return None
     return [r.label or r.name for r in config.rewards]
 

@@ -101,7 +101,8 @@ def compute(kafka: KafkaSettings) -> Ledger:
     """The ledger over one consistent cut: the topics are read downstream first (feedback,
     kept, dropped, then rollouts.raw), each to its end when its reading starts, so every
     rollout a later stage names was already on the earlier topic within the cut; what was
-    produced after shows up as generated and pending, never as unknown."""
+    produced after shows up as generated and pending, never as unknown. `weights` is read
+    first, for the newest version published only."""
     led = Ledger()
     skipped: Counter[str] = Counter()
     weights = read_all(kafka, "weights", skipped=skipped)
@@ -138,9 +139,6 @@ def compute(kafka: KafkaSettings) -> Ledger:
     led.groups_kept = len(kept)
     seen_groups: Counter[str] = Counter()
     seen_batches: set[str] = set()
-    # the newest version published (a step's Feedback goes out before the version it makes)
-    published = [w.version for w in weights if isinstance(w, WeightUpdate)]
-    led.learner_version = max(published, default=0)
     for f in feedback:
         led.learner_version = max(led.learner_version, f.learner_version)
         led.learner_step = max(led.learner_step, f.step)
@@ -158,6 +156,16 @@ def compute(kafka: KafkaSettings) -> Ledger:
             mark(rid, "trained")
             led.trained += 1
     led.groups_trained = len(seen_groups)
+    # a step's Feedback goes out before the version it makes (the last step's says N-1): the
+    # newest version published, bounded by the learner's (a forged far-future one is not)
+    led.learner_version = max(
+        [led.learner_version]
+        + [
+            w.version
+            for w in weights
+            if isinstance(w, WeightUpdate) and w.version <= led.learner_version + 1 and feedback
+        ]
+    )
     led.pending = led.generated - sum(1 for rid in final if rid in raw_ids)
     led.skipped_records = dict(skipped)
     return led

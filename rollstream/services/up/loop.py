@@ -139,24 +139,26 @@ class Loop:
             print(f"note: last evaluation results not read: {exc}", flush=True)
 
     def take_evals(self, recs: list[Any], evf: Any, now: float) -> None:
-        """New EvalResults: to the view's series, TensorBoard/W&B and eval.jsonl."""
+        """New EvalResults: to the view's series, TensorBoard/W&B and eval.jsonl, each at the
+        time it was produced (read later at a stop: the evaluator's final one)."""
         for r in recs:
             e = r.value
+            at = min(e.produced_at, now)  # not after it was read (another host's clock)
             if (e.policy_version, e.step) in self.seen_evals:
                 continue  # written before a resume
             self.seen_evals.add((e.policy_version, e.step))
-            self.accuracy.append((now - self.started, e.accuracy))
+            self.accuracy.append((at - self.started, e.accuracy))
             self.per_task = dict(e.per_task)
             acc = {"accuracy/held_out": e.accuracy}
             acc.update({f"accuracy/{k}": v for k, v in e.per_task.items()})
             for sink in (self.tb, self.wandb):
                 if sink is not None:
-                    sink.scalars(acc, e.step, now)
+                    sink.scalars(acc, e.step, at)
             evf.write(
                 json.dumps(
                     {
-                        "t": now - self.started,
-                        "wall": now,
+                        "t": at - self.started,
+                        "wall": at,
                         "version": e.policy_version,
                         "step": e.step,
                         "accuracy": e.accuracy,

@@ -67,5 +67,6 @@ def _sync_status(run: Path) -> int:
         f"ledger {'BALANCED' if balanced else 'UNBALANCED'}: generated {counts['generated']} = "
         f"trained {counts['trained']} + dropped {counts['dropped']} + pending "
         f"{counts['pending']} (in replay's buffer); {tail}"
+        + (f"; {sync['reuses']} groups trained again" if sync.get("reuses") else "")
     )
     return 0 if balanced else 1

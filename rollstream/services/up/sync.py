@@ -20,11 +20,11 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from rollstream.schemas import Rollout, TrainBatch
+from rollstream.schemas import Group, Rollout, TrainBatch
 from rollstream.services.runtime.config import RunConfig, dump, section
 
 
@@ -103,7 +103,12 @@ class SyncRun:
         self.items = eval_items(self.ecfg.task_entries(cfg.feed), self.ecfg.items_per_task)
         self.started = time.time()
         self.evals: list[dict[str, Any]] = []
-        self.counts = {"generated": 0, "trained": 0, "dropped": 0}
+        self.generated = 0
+        # by rollout id, as the stream's ledger counts: with reuse (max_uses > 1) or success
+        # replay a sample can be handed out, trained or dropped more than once
+        self.trained_ids: set[str] = set()
+        self.dropped_ids: set[str] = set()
+        self.reuses = 0  # groups handed out again after their first training
         self.stale: list[int] = []  # versions behind at training, per trained sample
         self.phase = {"generate": 0.0, "train": 0.0}  # seconds in the two big phases
         self.interrupted = False  # Ctrl-C: stop after the step in progress
@@ -190,7 +195,7 @@ class SyncRun:
             for task, req, samples in zip(tasks, reqs, outs, strict=True)
             for ro in rollouts_of(task, req, samples, version, now)
         ]
-        self.counts["generated"] += len(rollouts)
+        self.generated += len(rollouts)
         return rollouts
 
     def score_and_filter(self, rollouts: list[Rollout]) -> None:
@@ -201,22 +206,19 @@ class SyncRun:
             _, outcome = self.core.add(sc.of(ro, 0.0, now), now)
             if outcome is None:
                 continue
-            self.counts["dropped"] += sum(len(d.rollout_ids) for d in outcome.drops)
+            for d in outcome.drops:
+                self.dropped_ids.update(d.rollout_ids)
             if outcome.group is not None:
                 added = self.buffer.add(outcome.group)
-                self.counts["dropped"] += sum(
-                    len(r.group.samples) for r in added.removed if r.uses == 0
-                )  # evicted for room or too stale: never trained
+                self._dropped(r.group for r in added.removed if r.uses == 0)  # evicted, stale
 
     def train_ready(self) -> None:
         """Train every full batch replay can build; publish by copying the weights over."""
         t, buffer = self.trainer, self.buffer
-        buffer.set_learner_version(t.version)
+        self._advance(t.version)
         while len(buffer) >= self.rep.batch_groups and not self.done():
             draft = buffer.build_batch()
-            self.counts["dropped"] += sum(  # expired before any use (a used one was trained)
-                len(r.group.samples) for r in draft.expired if r.uses == 0
-            )
+            self._dropped(r.group for r in draft.expired if r.uses == 0)  # expired before use
             if not draft.items:
                 break
             self.seq += 1
@@ -230,18 +232,19 @@ class SyncRun:
             )
             result = t.train(batch)
             rejected = {gid for gid, _ in t.rejected}  # untrainable (a bad token id): dropped
-            self.counts["dropped"] += sum(
-                len(it.group.samples) for it in draft.items if it.group.group_id in rejected
-            )
+            self._dropped(it.group for it in draft.items if it.group.group_id in rejected)
             if result is None:
                 continue
             self.phase["train"] += result.compute_s
-            self.counts["trained"] += result.rollouts
+            for it in draft.items:
+                if it.group.group_id not in rejected:
+                    self.trained_ids.update(s.rollout.rollout_id for s in it.group.samples)
+                    self.reuses += it.uses > 1
             self.stale.extend(result.staleness)
             if t.step % self.lcfg.publish_every == 0:
                 t.version += 1
                 self.backend.model.load_state_dict(t.model.state_dict())  # type: ignore[attr-defined]
-                buffer.set_learner_version(t.version)
+                self._advance(t.version)
 
     def run(self) -> int:
         with self._stop_on_ctrl_c():
@@ -326,6 +329,29 @@ class SyncRun:
             f"(step {self.trainer.step}) written: {self.saved['uri']}"
         )
 
+    def _advance(self, version: int) -> None:
+        """Replay's learner version; what that makes too stale never trained is dropped."""
+        self._dropped(r.group for r in self.buffer.set_learner_version(version) if r.uses == 0)
+
+    def _dropped(self, groups: Iterable[Group]) -> None:
+        for g in groups:
+            self.dropped_ids.update(s.rollout.rollout_id for s in g.samples)
+
+    def ledger(self) -> dict[str, int]:
+        """Each rollout generated so far in one place, by id as the stream's ledger counts:
+        trained (at least once), else dropped (by the filter, evicted, expired unused,
+        untrainable), else pending (in replay's buffer, not handed out yet). Each generate
+        call's groups finish within it: none wait in the filter."""
+        dropped = self.dropped_ids - self.trained_ids
+        pending = self.buffer.untrained_ids() - self.trained_ids - dropped
+        return {
+            "generated": self.generated,
+            "trained": len(self.trained_ids),
+            "dropped": len(dropped),
+            "pending": len(pending),
+            "reuses": self.reuses,
+        }
+
     def write_summary(self, finished: bool = True) -> None:
         """`sync_summary.json`: the run's figures and the policy written last; `finished`
         false while the run goes (a periodic save), true at its end."""
@@ -337,10 +363,7 @@ class SyncRun:
             "steps": self.trainer.step,
             "version": self.trainer.version,
             "evals": evals,
-            **self.counts,
-            # in replay's buffer when the summary was written: generated = trained + dropped
-            # + pending (each generate call's groups finish within it: none wait in the filter)
-            "pending": self.buffer.untrained_samples(),
+            **self.ledger(),
             "staleness_mean": sum(stale) / len(stale) if stale else None,
             "staleness_max": max(stale, default=None),
             "generate_s": self.phase["generate"],

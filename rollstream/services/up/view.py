@@ -41,9 +41,7 @@ class StageRows:
         if not wide:
             for name, s in self.stages.items():
                 if not name.startswith("_") and s["notes"]:
-                    line = Text(f"  {name}: ", style="bold")
-                    line.append(s["notes"])
-                    yield line
+                    yield Text.assemble("  ", (f"{name}:", "bold"), " ", s["notes"])
 
 
 def stage_rows(stages: dict[str, dict[str, Any]], notes: bool = True) -> Table:

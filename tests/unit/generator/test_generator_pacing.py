@@ -216,3 +216,22 @@ def test_a_batch_sized_to_fill_a_learner_batch_follows_the_keep_rate_within_its_
     assert p.batch_prompts(64, 80) == 64  # at least the lower one
     fixed = Pacer(batch_groups=16, ahead_batches=2, oversample=False, prior_keep=0.25)
     assert fixed.batch_prompts(8, 48) == 16  # without oversampling every group counts as kept
+
+
+def test_pacing_reads_replay_and_learner_knobs_as_those_stages_do() -> None:
+    """A `control` revision not from the CLI: the generator paces by what replay would take
+    (4.0 and "4" are 4) and ignores what it would refuse, so the two never disagree."""
+    from rollstream.services.generator.service import _pacing_knobs
+    from rollstream.services.runtime.config import RunConfig
+
+    cfg = RunConfig()
+    assert _pacing_knobs(cfg, "replay", {"batch_groups": 4.0}) == {"batch_groups": 4}
+    assert _pacing_knobs(cfg, "replay", {"batch_groups": "4", "seed": 1}) == {
+        "batch_groups": 4,
+        "seed": 1,
+    }
+    assert _pacing_knobs(cfg, "learner", {"publish_every": 2}) == {"publish_every": 2}
+    for bad in ({"batch_groups": "four"}, {"batch_groups": 0}, {"batch_groups": 2.5}):
+        assert "not a whole number" in str(_pacing_knobs(cfg, "replay", bad))
+    refused = _pacing_knobs(cfg, "replay", {"batch_groups": 2, "min_batch_groups": 3})
+    assert refused == "batch_groups=2 is below min_batch_groups=3"
