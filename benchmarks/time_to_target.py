@@ -253,7 +253,9 @@ def collect(run: Run, runs: Path) -> None:
         run.counts["steps"] = last.get("learner", {}).get("rollstream_learner_step")
         run.counts.update(idle_shares(last))
         run.counts.update(pipeline_latency(last))
-        run.counts.update(trained_staleness(last.get("learner", {})))
+        # buckets are in one record every few seconds (up's BUCKETS_EVERY_S)
+        with_buckets = _last_json_line(metrics, "rollstream_learner_staleness_versions_bucket")
+        run.counts.update(trained_staleness(with_buckets.get("learner", {})))
     budget = cpu_budget(run.cpu_samples, run.evals)
     run.counts["cpu_ms_per_step"] = budget["cpu_ms_per_step"] if budget else None
     run.counts["cores_busy"] = budget["cores_busy"] if budget else None
@@ -338,9 +340,12 @@ def trained_staleness(learner: dict[str, float]) -> dict[str, float | None]:
     return {"staleness_mean": learner[f"{name}_sum"] / n, "staleness_max": top}
 
 
-def _last_json_line(path: Path) -> dict[str, Any]:
+def _last_json_line(path: Path, having: str = "") -> dict[str, Any]:
+    """The last record that parses (and holds the text `having`, if given)."""
     lines = path.read_text().splitlines()
     for line in reversed(lines):
+        if having not in line:
+            continue
         try:
             return json.loads(line)
         except json.JSONDecodeError:

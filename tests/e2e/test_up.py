@@ -90,6 +90,11 @@ def test_short_up_run_learns_and_the_ledger_balances(rollstream_home: Path, tmp_
     # one version a step: the ledger's step and version agree with it (the version was the one
     # before, from the last step's Feedback, sent before that step's version is published)
     assert ledger["learner_step"] == ledger["learner_version"] == published, ledger
+    # metrics.jsonl: a record a second, histogram buckets (most of a record's bytes) in one
+    # every 10 s, so a 10-minute run's history is a few MB, not ~20
+    history = (run / "metrics.jsonl").read_text().splitlines()
+    with_buckets = sum("_bucket{" in line for line in history)
+    assert 3 * 60 / 10 - 3 <= with_buckets <= 3 * 60 / 10 + 3 < len(history) / 5, with_buckets
 
 
 def test_up_survives_a_stage_killed_with_sigkill(rollstream_home: Path, tmp_path: Path):

@@ -19,6 +19,7 @@ from rollstream.services.up.tbevents import EventWriter, WandbSink
 from rollstream.services.up.view import render, summarize_stage
 
 log = logging.getLogger(__name__)
+BUCKETS_EVERY_S = 10.0  # metrics.jsonl: histogram buckets in one record every this many seconds
 ORDER = ("feed", "generator", "scorer", "filter", "replay", "learner", "evaluator")
 
 
@@ -39,6 +40,7 @@ class Loop:
                 self.sup.add(stage, i, spec.env if spec else None)
         self.stopping = False
         self.started = time.time()
+        self.buckets_at = -float("inf")  # when metrics.jsonl last got histogram buckets
         self.accuracy: list[tuple[float, float]] = []
         self.reward: list[float] = []
         self.prev: dict[str, tuple[float, dict[str, float]]] = {}
@@ -83,6 +85,10 @@ class Loop:
         now = time.time()
         stages: dict[str, dict[str, Any]] = {}
         record: dict[str, Any] = {"t": now - self.started}
+        # histogram buckets are 70 % of a record: in one record every BUCKETS_EVERY_S
+        buckets = now - self.buckets_at >= BUCKETS_EVERY_S
+        if buckets:
+            self.buckets_at = now
         learner_step = 0.0
         for stage in ORDER:
             procs = [p for p in self.sup.procs if p.stage == stage]
@@ -105,7 +111,11 @@ class Loop:
             s = summarize_stage(stage, snap, rates)
             s["procs"] = f"{sum(p.alive() for p in procs)}/{len(procs)}"
             stages[stage] = s
-            record[stage] = {k: v for k, v in snap.items() if k.startswith("rollstream_")}
+            record[stage] = {
+                k: v
+                for k, v in snap.items()
+                if k.startswith("rollstream_") and (buckets or "_bucket{" not in k)
+            }
             if stage == "learner":
                 learner_step = total(snap, "rollstream_learner_step")
             if stage == "scorer" and "rollstream_scorer_reward_mean{reward=total}" in snap:
