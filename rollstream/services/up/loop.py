@@ -57,6 +57,11 @@ class Loop:
         self.wandb: WandbSink | None = None
 
     def _on_signal(self, signum: int, frame: object) -> None:
+        """The first Ctrl-C (or SIGTERM) stops the run cleanly; another while it stops kills
+        the stages that have not exited yet, as a crash would (a run on a Kafka that keeps its
+        data resumes from their last checkpoints)."""
+        if self.stopping:
+            self.sup.hurry = True
         self.stopping = True
 
     def progress(self, step: float) -> tuple[float, str, bool]:
@@ -333,7 +338,11 @@ class Loop:
         finally:
             if live is not None:
                 live.stop()
-            print("stopping: SIGTERM to every stage (they commit and checkpoint)...", flush=True)
+            print(
+                "stopping: SIGTERM to every stage (they commit and checkpoint; Ctrl-C again to "
+                "kill them now)...",
+                flush=True,
+            )
             # the evaluator last: once the learner has exited it evaluates the final version
             codes = self.sup.stop_all(grace_s=60.0, order=ORDER, after=("evaluator",))
             self.last_evals(evals)

@@ -53,6 +53,7 @@ class Supervisor:
         self.bootstrap = bootstrap
         self.namespace = namespace
         self.procs: list[Proc] = []
+        self.hurry = False  # set (a second Ctrl-C) while stopping: SIGKILL what is left, now
         (run_dir / "logs").mkdir(parents=True, exist_ok=True)
 
     def _port(self, proc: Proc | None = None) -> int:
@@ -161,7 +162,8 @@ class Supervisor:
         self, grace_s: float = 30.0, order: tuple[str, ...] = (), after: tuple[str, ...] = ()
     ) -> dict[str, int]:
         """SIGTERM in `order` (stages named first stop first), wait, then SIGKILL; the stages
-        in `after` are stopped once the others have exited (each wave has `grace_s`)."""
+        in `after` are stopped once the others have exited (each wave has `grace_s`). Once
+        `hurry` is set, what has not exited is SIGKILLed at once."""
         first = [p for p in self.procs if p.stage not in after]
         self._stop(first, grace_s, order)
         self._stop([p for p in self.procs if p.stage in after], grace_s, order)
@@ -175,11 +177,15 @@ class Supervisor:
         for p in ranked:
             if p.popen is None:
                 continue
-            try:
-                p.popen.wait(max(0.1, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                self.kill(p, signal.SIGKILL)
-                p.popen.wait()
+            while p.popen.poll() is None:
+                if self.hurry or time.time() >= deadline:
+                    self.kill(p, signal.SIGKILL)
+                    p.popen.wait()
+                    break
+                try:
+                    p.popen.wait(min(0.2, max(0.01, deadline - time.time())))
+                except subprocess.TimeoutExpired:
+                    pass
 
 
 def error_tail(log: Path, lines: int = 8, scan_bytes: int = 64_000) -> list[str]:
