@@ -19,7 +19,6 @@ import asyncio
 import inspect
 import math
 import time
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -274,12 +273,3 @@ class ScorerKnobs(BaseModel):
 
 
 KNOBS = tuple(ScorerKnobs.model_fields)
-
-
-def validate_control(params: dict[str, Any], keys: Iterable[str] | None = None) -> None:
-    """Shape and ranges of scorer knobs (`rollstream control scorer ...`); with `keys` (the
-    run's reward keys) also that each names a reward the run has. Without them any key
-    passes here and the stage refuses one it does not have."""
-    if keys is None:
-        keys = {k for v in params.values() if isinstance(v, dict) for k in v}
-    Combiner([Component(key=k, reward=None) for k in keys]).update(params)  # type: ignore[arg-type]

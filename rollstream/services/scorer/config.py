@@ -90,7 +90,11 @@ def reward_keys(config: ScorerConfig) -> list[str] | None:
 def validate_control(params: dict[str, Any], base: ScorerConfig | None = None) -> None:
     """Check scorer knobs (`rollstream control scorer weights='{format: 0.2}'`): their shape
     and ranges, and with the run's config `base`, that each key names one of its rewards.
-    Raises ValueError naming the bad entry."""
-    from rollstream.services.scorer.combine import validate_control as check
+    Raises ValueError naming the bad entry; without `base` any key passes here and the stage
+    refuses one it does not have."""
+    from rollstream.services.scorer.combine import Combiner, Component
 
-    check(params, None if base is None else reward_keys(base))
+    keys = None if base is None else reward_keys(base)
+    if keys is None:
+        keys = list({k for v in params.values() if isinstance(v, dict) for k in v})
+    Combiner([Component(key=k, reward=None) for k in keys]).update(params)  # type: ignore[arg-type]

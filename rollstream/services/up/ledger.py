@@ -158,14 +158,9 @@ def compute(kafka: KafkaSettings) -> Ledger:
     led.groups_trained = len(seen_groups)
     # a step's Feedback goes out before the version it makes (the last step's says N-1): the
     # newest version published, bounded by the learner's (a forged far-future one is not)
-    led.learner_version = max(
-        [led.learner_version]
-        + [
-            w.version
-            for w in weights
-            if isinstance(w, WeightUpdate) and w.version <= led.learner_version + 1 and feedback
-        ]
-    )
+    bound = led.learner_version + 1 if feedback else 0
+    published = [w.version for w in weights if isinstance(w, WeightUpdate) and w.version <= bound]
+    led.learner_version = max([led.learner_version, *published])
     led.pending = led.generated - sum(1 for rid in final if rid in raw_ids)
     led.skipped_records = dict(skipped)
     return led
