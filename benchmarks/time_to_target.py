@@ -61,6 +61,17 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "a4s2": ("async", ["generator.ahead_batches=4", "staleness.max_versions=2"]),
     "a5s4": ("async", ["generator.ahead_batches=5", "staleness.max_versions=4"]),
     "parts8": ("async", ["kafka.partitions=8"]),
+    # two generators and hops as short as the broker allows: fetches wait 10 ms, producers
+    # send at once (more broker CPU; for hosts with cores to spare)
+    "2gen-fw10": (
+        "async",
+        [
+            "stages.generator.replicas=2",
+            "kafka.fetch_wait_max_ms=10",
+            "kafka.linger_ms=0",
+            "generator.weights_wait_ms=10",
+        ],
+    ),
     # smaller generation batches: groups reach replay in smaller, more frequent bursts and the
     # generator takes new weights sooner (less latency, fresher samples; more CPU a rollout)
     "gb8": ("async", ["generator.batch_prompts=8"]),
