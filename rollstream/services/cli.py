@@ -239,11 +239,19 @@ def _up_parser(sub: Any) -> None:
         help="stream: the stages as processes over Kafka (default); sync: one process, "
         "generate then train in lockstep, no Kafka (the baseline to compare with)",
     )
-    p.add_argument("--stage", action="append", default=[], help="stage whose replicas to set")
+    p.add_argument(
+        "--stage",
+        action="append",
+        default=[],
+        help="stage whose replicas to set (feed, generator, scorer, filter, replay, learner, "
+        "evaluator)",
+    )
     p.add_argument("--replicas", action="append", type=int, default=[], help="replicas for --stage")
     p.add_argument("--name", default=None, help="run name (folder runs/NAME)")
     p.add_argument(
-        "--no-view", action="store_true", help="plain log lines instead of the live view"
+        "--no-view",
+        action="store_true",
+        help="a progress line every up.progress_every_s instead of the live view",
     )
     p.add_argument(
         "--resume",
@@ -258,7 +266,12 @@ def _up_parser(sub: Any) -> None:
         metavar="DIR",
         help="folder of user tasks/rewards/filters, put on every stage's import path",
     )
-    _kafka_args(p, "use the Kafka at HOST:PORT instead of starting the embedded broker")
+    _kafka_args(
+        p,
+        "use the Kafka at HOST:PORT instead of starting the embedded broker (checked before "
+        "the run starts; a new run there gets a namespace of its own unless --namespace or "
+        "ROLLSTREAM_NAMESPACE names one)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka]
 
@@ -339,14 +341,14 @@ def test_resume_continues_a_stopped_run_with_a_continuous_ledger(
 ):
     """`up --resume runs/NAME` picks up where the run stopped: the learner from its
     checkpoint, every stage from its committed offsets on the same topics, the metrics and
-    evals appended, and the ledger over the whole run still balanced."""
+    evals appended, and the ledger over the whole run still balanced. A run on a Kafka that
+    `up` did not start, with no namespace named, gets one of its own (the session's broker
+    holds other tests' topics), and the resumed run keeps it."""
     first = up(
         rollstream_home,
         tmp_path,
         "--bootstrap",
         bootstrap,
-        "--namespace",
-        f"resume{os.getpid()}",
         "--set",
         "target.steps=20",
         "--set",
@@ -358,6 +360,9 @@ def test_resume_continues_a_stopped_run_with_a_continuous_ledger(
     )
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     run = only_run(tmp_path)
+    namespace = yaml.safe_load((run / "config.yaml").read_text())["kafka"]["namespace"]
+    assert namespace and namespace.startswith("res-"), namespace
+    assert f"namespace {namespace} " in first.stdout
     led1 = json.loads((run / "ledger.json").read_text())["ledger"]
     evals1 = (run / "eval.jsonl").read_text().splitlines()
     t1 = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["t"]
@@ -375,6 +380,7 @@ def test_resume_continues_a_stopped_run_with_a_continuous_ledger(
     )
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert f"resuming {run}" in again.stdout
+    assert f"namespace {namespace} " in again.stdout
     assert only_run(tmp_path) == run, "no new run folder"
     led2 = json.loads((run / "ledger.json").read_text())["ledger"]
     assert led2["balanced"], led2
@@ -391,6 +397,25 @@ def test_resume_continues_a_stopped_run_with_a_continuous_ledger(
     assert evals[-1]["step"] > json.loads(evals1[-1])["step"]
     times = [json.loads(x)["t"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert times == sorted(times) and times[-1] > t1, "the run's clock goes on"
+
+
+def test_a_bootstrap_that_does_not_answer_fails_at_once_and_makes_no_run_folder(tmp_path: Path, up):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # free once closed: nothing listens there
+    res = up(tmp_path / "home", tmp_path, "--bootstrap", f"127.0.0.1:{port}", timeout=120)
+    assert res.returncode == 1
+    assert f"no Kafka answers at 127.0.0.1:{port} (--bootstrap)" in res.stderr, res.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_resume_refuses_a_sync_run_saying_why(tmp_path: Path, up):
+    run = tmp_path / "runs" / "lockstep"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("name: lockstep\n")  # and no run.json: sync's folder
+    res = up(tmp_path / "home", tmp_path, "--resume", str(run), timeout=120)
+    assert res.returncode != 0
+    assert "is a --mode sync run, which keeps no state" in res.stderr, res.stderr
 
 
 def test_resume_refuses_a_run_of_the_embedded_broker_saying_why(tmp_path: Path, up):

@@ -195,7 +195,9 @@ class Combiner:
                 raise RewardConfigError(f"{knob}: expected {{reward key: number}}")
             for key, value in values.items():
                 if key not in by_key:
-                    raise RewardConfigError(f"{knob}.{key}: no reward with that key")
+                    raise RewardConfigError(
+                        f"{knob}.{key}: no reward with that key; the run's: {sorted(by_key)}"
+                    )
                 if isinstance(value, bool) or not isinstance(value, int | float):
                     raise RewardConfigError(f"{knob}.{key}: {value!r} is not a number")
                 if (

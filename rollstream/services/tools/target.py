@@ -2,10 +2,11 @@
 
 `--bootstrap`, else the environment (ROLLSTREAM_BOOTSTRAP, ROLLSTREAM_KAFKA__BOOTSTRAP, the run
 file named by ROLLSTREAM_CONFIG); with neither, the broker of the newest run under `./runs`
-while it answers: `rollstream up` starts its embedded broker on a free port and a namespace
-of its own, both saved in the run's config.yaml, so the default 127.0.0.1:9092 reaches
-nothing of it. Said on stderr when a run's broker is used; a default that does not answer
-fails at once with what to do, instead of the client's connection errors."""
+while it answers: `rollstream up` starts its embedded broker on a free port (and gives a run
+on a Kafka named with --bootstrap a namespace of its own), both saved in the run's
+config.yaml, so the default 127.0.0.1:9092 reaches nothing of it. Said on stderr when a
+run's broker is used; a default that does not answer fails at once with what to do, instead
+of the client's connection errors."""
 
 from __future__ import annotations
 

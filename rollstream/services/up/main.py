@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rollstream.services.runtime.config import RunConfig, dump, load_layers, section_models
+from rollstream.services.runtime.settings import KafkaSettings
 
 ORDER = ("feed", "generator", "scorer", "filter", "replay", "learner", "evaluator")
 
@@ -128,6 +129,41 @@ class ResumeError(ValueError):
     """A run folder that cannot be continued; the message says why."""
 
 
+class KafkaUnreachable(ValueError):
+    """`--bootstrap` names a Kafka that does not answer; the message says what was tried."""
+
+
+def check_kafka(kafka: KafkaSettings, timeout_s: float = 10.0) -> None:
+    """Fail before a run folder is made when the Kafka named by `--bootstrap` does not answer
+    a metadata request (with the run's own client settings: a secured cluster is asked as
+    the stages will ask it), instead of after creating the folder and waiting out the topic
+    creation's 30 s with the client's raw error."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    conf = {**kafka.client_config("up"), "socket.connection.setup.timeout.ms": 3000}
+    try:
+        AdminClient({**conf, "log_level": 0}).list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise KafkaUnreachable(
+            f"no Kafka answers at {kafka.bootstrap} (--bootstrap) within {timeout_s:.0f} s "
+            f"({exc.args[0].str() if exc.args else exc}): check the address, and the "
+            "`kafka` section's security settings for a secured cluster; without --bootstrap "
+            "`up` starts a broker of its own"
+        ) from None
+
+
+def own_namespace(run_dir: Path) -> str:
+    """A namespace for a new run on a Kafka that `up` did not start, when none was named: the
+    run folder's name and a random suffix. Without one, two runs on the same Kafka would
+    share every topic and consumer group (the second would read the first's weights, prompts
+    and committed offsets, and its ledger would count both)."""
+    import re
+    import secrets
+
+    return f"{re.sub(r'[^A-Za-z0-9_-]', '_', run_dir.name)}-{secrets.token_hex(3)}"
+
+
 def resume_config(args: argparse.Namespace) -> tuple[RunConfig, Path]:
     """The stopped run's own resolved config, with this call's `--config`/`--set` layered on
     top (a new target, say). Only a run whose Kafka kept its topics and offsets can go on."""
@@ -135,6 +171,13 @@ def resume_config(args: argparse.Namespace) -> tuple[RunConfig, Path]:
     saved = run_dir / "config.yaml"
     if not saved.exists():
         raise ResumeError(f"{run_dir} is not a run folder (no config.yaml)")
+    from rollstream.services.tools.target import is_sync_run
+
+    if is_sync_run(run_dir):
+        raise ResumeError(
+            f"{run_dir} is a --mode sync run, which keeps no state to go on from (no "
+            "checkpoint, no topics); start a new run"
+        )
     info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
     if info.get("embedded_broker") and not args.bootstrap:
         raise ResumeError(
@@ -159,8 +202,12 @@ def main(args: argparse.Namespace) -> int:
 
         return run_sync(cfg)
     if not resume:
+        if args.bootstrap:
+            check_kafka(cfg.kafka)
         run_dir = new_run_dir(cfg.name)
         embedded = not args.bootstrap
+        if not embedded and not cfg.kafka.namespace:
+            cfg.kafka.namespace = own_namespace(run_dir)
         (run_dir / "run.json").write_text(json.dumps({"embedded_broker": embedded}))
     else:
         print(f"resuming {run_dir} on {cfg.kafka.bootstrap}", flush=True)

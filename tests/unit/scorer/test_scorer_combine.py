@@ -225,7 +225,9 @@ def test_control_knobs_are_checked_against_the_runs_reward_keys() -> None:
 
     run = ScorerConfig(rewards=[RewardSpec(name="task"), RewardSpec(name="format", label="fmt")])
     validate_control({"weights": {"fmt": 0.5}, "timeouts": {"task": 2}}, run)
-    with pytest.raises(ValueError, match="weights.format: no reward with that key"):
+    with pytest.raises(
+        ValueError, match=r"weights.format: no reward with that key; the run's: \['fmt', 'task'\]"
+    ):
         validate_control({"weights": {"format": 0.5}}, run)  # labelled "fmt" in this run
     validate_control({"weights": {"format": 0.5}})  # run unknown: the stage decides
     with pytest.raises(ValueError, match="out of range"):
