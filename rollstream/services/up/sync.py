@@ -114,6 +114,7 @@ class SyncRun:
         self.interrupted = False  # Ctrl-C: stop after the step in progress
         self.saved: dict[str, Any] | None = None  # the trained policy written at the end
         self.epoch, self.cursor, self.order, self.seq = 0, 0, self._order(0), 0
+        self.calls = 0  # generate calls so far
 
     def _order(self, epoch: int) -> list[int]:
         from rollstream.services.feed.items import epoch_order
@@ -175,10 +176,14 @@ class SyncRun:
             self.cursor += 1
         now, f, e = time.time(), self.feed, self.epoch
         tasks = [it.prompt_task(f.n, e, now, self.overrides, f.template) for it in picked]
+        # the call's own number in the group id: a call's picks can wrap into the next epoch,
+        # and two calls can share a learner step (self.seq), so neither tells calls apart;
+        # a repeated id made replay drop the second group unseen and the ledger unbalanced
+        self.calls += 1
         reqs = [
             request_of(
                 t,
-                f"{t.task_id}@{e}.{self.seq}.{i}",
+                f"{t.task_id}@{e}.{self.calls}.{i}",
                 self.gen.sampling,
                 self.tok,
                 self.template,
