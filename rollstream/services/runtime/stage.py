@@ -196,8 +196,8 @@ class Follower(threading.Thread):
         """Wait until everything on the topic when this was called has been read; False after
         `timeout_s`. "The end" is the one the last fetch reported, so it counts only once a
         fetch sent after the call can have answered (a fetch waits at most its fetch wait)."""
-        self._synced.clear()
-        self._sync_asked_at = time.monotonic()
+        self._sync_asked_at = time.monotonic()  # first: an earlier request answered now
+        self._synced.clear()  # finds itself replaced and does not set the event
         return self._synced.wait(timeout_s)
 
     def run(self) -> None:

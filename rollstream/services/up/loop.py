@@ -39,7 +39,9 @@ class Loop:
             for i in range(cfg.replicas(stage)):
                 self.sup.add(stage, i, spec.env if spec else None)
         self.stopping = False
+        self.signals = 0  # Ctrl-C / SIGTERM received
         self.started = time.time()
+        self.opened = self.started  # this session's start (`started` moves back on a resume)
         self.buckets_at = -float("inf")  # when metrics.jsonl last got histogram buckets
         self.accuracy: list[tuple[float, float]] = []
         self.reward: list[float] = []
@@ -60,7 +62,8 @@ class Loop:
         """The first Ctrl-C (or SIGTERM) stops the run cleanly; another while it stops kills
         the stages that have not exited yet, as a crash would (a run on a Kafka that keeps its
         data resumes from their last checkpoints)."""
-        if self.stopping:
+        self.signals += 1
+        if self.signals > 1:  # not the first: a stop a failing stage began is still clean
             self.sup.hurry = True
         self.stopping = True
 
@@ -158,7 +161,10 @@ class Loop:
         time it was produced (read later at a stop: the evaluator's final one)."""
         for r in recs:
             e = r.value
-            at = min(e.produced_at, now)  # not after it was read (another host's clock)
+            # not after it was read (another host's clock), nor before this session began (a
+            # result of the run's earlier session that it never wrote: at the resume, not
+            # back before the resumed clock's start)
+            at = min(max(e.produced_at, self.opened), now)
             if (e.policy_version, e.step) in self.seen_evals:
                 continue  # written before a resume
             self.seen_evals.add((e.policy_version, e.step))

@@ -45,3 +45,20 @@ def test_the_after_stages_stop_once_the_others_have_exited(tmp_path: Path) -> No
     assert seen == [True], "the evaluator was stopped before the learner had exited"
     assert codes == {"learner-0": -9, "evaluator-0": -15}
     assert not first.alive() and not last.alive()
+
+
+def test_the_first_ctrl_c_never_hurries_a_stop_even_one_a_failing_stage_began() -> None:
+    """A stage that failed too often stops the run (`stopping`); the user's first Ctrl-C
+    then must not SIGKILL a learner that is writing its last checkpoint: only a second one
+    hurries the stop."""
+    from types import SimpleNamespace
+
+    from rollstream.services.up.loop import Loop
+
+    loop = Loop.__new__(Loop)  # the signal handler's state alone
+    loop.signals, loop.stopping = 0, True
+    loop.sup = SimpleNamespace(hurry=False)  # type: ignore[assignment]
+    loop._on_signal(2, None)
+    assert loop.stopping and not loop.sup.hurry
+    loop._on_signal(2, None)
+    assert loop.sup.hurry
