@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from rollstream.services.runtime.settings import kafka_from
@@ -15,6 +16,10 @@ def main(args: argparse.Namespace) -> int:
     from rollstream.services.up.ledger import compute, render
 
     run = Path(args.run) if args.run else latest_run()
+    if args.run and not (run / "config.yaml").exists():  # a typo: not some other ledger
+        what = "no such folder" if not run.exists() else "not a run folder (no config.yaml)"
+        print(f"error: {run}: {what}", file=sys.stderr)
+        return 2
     if run is not None and not args.bootstrap and is_sync_run(run):
         return _sync_status(run)
     saved = {} if args.bootstrap else saved_kafka(run)  # the run's own broker and namespace

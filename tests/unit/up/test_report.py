@@ -58,3 +58,22 @@ def test_report_says_why_the_generator_was_idle() -> None:
         "generator_starved": 0.15,
     }
     assert set(idle_shares({}).values()) == {None}  # a run with no metrics yet
+
+
+def test_status_and_report_of_a_folder_that_is_no_run_say_so(tmp_path: Path, capsys) -> None:
+    """A typo in the run folder is an error naming it, not some other broker's live ledger
+    or "no Kafka answers" (status looked for a broker first)."""
+    import argparse
+
+    from rollstream.services.up import report, status
+
+    (tmp_path / "empty").mkdir()
+    for folder, what in (
+        (tmp_path / "typo", "no such folder"),
+        (tmp_path / "empty", "not a run folder"),
+    ):
+        args = argparse.Namespace(run=str(folder), bootstrap=None, namespace=None)
+        assert status.main(args) == 2
+        assert report.main(args) == 2
+        err = capsys.readouterr().err
+        assert err.count(f"error: {folder}: {what}") == 2, err
