@@ -144,3 +144,15 @@ def test_tools_find_the_broker_of_the_run_in_this_folder(bootstrap: str, tmp_pat
     )
     assert "FAIL" not in tapped.stderr  # no stream of the client's connection errors
     assert time.monotonic() - t0 < 30
+
+
+def test_tap_of_a_misspelt_topic_names_the_close_ones(kafka: KafkaSettings) -> None:
+    rollstream(kafka, "topics", "create")
+    res = rollstream(kafka, "tap", "rollouts.scord", "-n", "1")
+    assert res.returncode == 2
+    assert "'rollouts.scord' is not one of rollstream's topics; did you mean rollouts.scored" in (
+        res.stderr
+    ), res.stderr
+    other = rollstream(kafka, "tap", "zzz", "-n", "1")
+    assert other.returncode == 2
+    assert "'zzz' is not one of rollstream's topics: `rollstream topics list`" in other.stderr

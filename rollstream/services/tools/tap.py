@@ -57,6 +57,19 @@ SUMMARY: dict[str, list[str]] = {
 }
 
 
+def _unknown_hint(topic: str) -> str:
+    """For a name that is not in the registry: the registry names close to it, else all."""
+    import difflib
+
+    from rollstream.schemas.topics import all_topics
+
+    names = [t.name for t in all_topics()]
+    close = difflib.get_close_matches(topic, names, n=3)
+    if close:
+        return f" ({topic!r} is not one of rollstream's topics; did you mean {', '.join(close)}?)"
+    return f" ({topic!r} is not one of rollstream's topics: `rollstream topics list`)"
+
+
 def registry_type(topic: str) -> type[Message] | None:
     try:
         return lookup(topic).message
@@ -280,7 +293,7 @@ def main(args: argparse.Namespace) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except BusError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc}{_unknown_hint(topic) if typ is None else ''}", file=sys.stderr)
         return 2
     tap.finish(topic, from_beginning=args.from_beginning, follow=args.follow, as_json=args.json)
     return 0
