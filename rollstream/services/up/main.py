@@ -66,6 +66,33 @@ def validate_sections(cfg: RunConfig) -> None:
             errors.append(str(exc))
     if errors:
         raise ConfigError("; ".join(errors))
+    check_names(cfg)
+
+
+def check_names(cfg: RunConfig) -> None:
+    """What the stages would only find missing once started (each crashing `up.fail_restarts`
+    times before the run stops): the feed's tasks, resolved as the feed resolves them (with
+    the run's plugin folders on the path), and the model directory. ConfigError names the
+    field."""
+    from rollstream.services.feed.config import FeedConfig
+    from rollstream.services.runtime.config import ConfigError, section
+    from rollstream.services.tasks import get_task
+    from rollstream.services.tasks.base import TaskError
+
+    errors = []
+    for i, entry in enumerate(section(cfg, "feed", FeedConfig).tasks or []):
+        try:
+            get_task(entry.task)
+        except TaskError as exc:
+            errors.append(f"feed.tasks.{i}.task: {exc}")
+    path = cfg.model.path
+    if path is not None and not (Path(path) / "config.json").is_file():
+        what = "no such directory" if not Path(path).exists() else "no config.json in it"
+        errors.append(
+            f"model.path: {path}: {what} (a Hugging Face model directory; nothing is downloaded)"
+        )
+    if errors:
+        raise ConfigError("; ".join(errors))
 
 
 def resolved_with_sources(args: argparse.Namespace) -> list[tuple[str, Any, str]]:

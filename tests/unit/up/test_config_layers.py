@@ -148,3 +148,22 @@ def test_a_misspelt_key_names_the_field_it_is_closest_to() -> None:
     with pytest.raises(ConfigError) as err:
         load_layers([default_config_path()], ["kafka.zzzzzz=1"], env={})
     assert "did you mean" not in str(err.value)
+
+
+def test_an_unknown_task_or_a_missing_model_directory_fails_before_the_run_starts(
+    tmp_path: Path,
+) -> None:
+    """Found only by the stages, each would crash `up.fail_restarts` times first."""
+    from rollstream.services.up.main import check_names
+
+    sets = ["feed.tasks=[{task: sort}, {task: sortt}]", f"model.path={tmp_path / 'nope'}"]
+    cfg, _ = load_layers([default_config_path()], sets)
+    with pytest.raises(ConfigError) as err:
+        check_names(cfg)
+    assert "feed.tasks.1.task: unknown task 'sortt'; known: add, sort" in str(err.value)
+    assert f"model.path: {tmp_path / 'nope'}: no such directory" in str(err.value)
+    (tmp_path / "nope").mkdir()
+    cfg, _ = load_layers([default_config_path()], ["feed.tasks=[{task: sort}]", sets[1]])
+    with pytest.raises(ConfigError, match="no config.json in it"):
+        check_names(cfg)
+    check_names(load_layers([default_config_path()], [])[0])  # the default run passes
