@@ -31,6 +31,17 @@ def bootstrap_client(bootstrap: str) -> AdminClient:
     )
 
 
+def unreachable(kafka: KafkaSettings, timeout_s: float = 10.0) -> str | None:
+    """None when `kafka` answers a metadata request within `timeout_s`, asked with its own
+    client settings (a secured cluster as the stages will ask it); else the client's reason."""
+    conf = {**kafka.client_config("admin"), "socket.connection.setup.timeout.ms": 3000}
+    try:
+        AdminClient({**conf, "log_level": 0}).list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        return exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
+    return None
+
+
 def partitions(
     kafka: KafkaSettings, topic: str, timeout_s: float = 10.0, admin: AdminClient | None = None
 ) -> list[int]:

@@ -165,19 +165,15 @@ def check_kafka(kafka: KafkaSettings, timeout_s: float = 10.0) -> None:
     a metadata request (with the run's own client settings: a secured cluster is asked as
     the stages will ask it), instead of after creating the folder and waiting out the topic
     creation's 30 s with the client's raw error."""
-    from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient
+    from rollstream.services.runtime.admin import unreachable
 
-    conf = {**kafka.client_config("up"), "socket.connection.setup.timeout.ms": 3000}
-    try:
-        AdminClient({**conf, "log_level": 0}).list_topics(timeout=timeout_s)
-    except KafkaException as exc:
+    why = unreachable(kafka, timeout_s)
+    if why is not None:
         raise KafkaUnreachable(
             f"no Kafka answers at {kafka.bootstrap} (--bootstrap) within {timeout_s:.0f} s "
-            f"({exc.args[0].str() if exc.args else exc}): check the address, and the "
-            "`kafka` section's security settings for a secured cluster; without --bootstrap "
-            "`up` starts a broker of its own"
-        ) from None
+            f"({why}): check the address, and the `kafka` section's security settings for a "
+            "secured cluster; without --bootstrap `up` starts a broker of its own"
+        )
 
 
 def own_namespace(run_dir: Path) -> str:
