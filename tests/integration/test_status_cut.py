@@ -60,3 +60,36 @@ def test_a_topic_still_being_written_is_read_to_the_cut_not_chased(kafka: KafkaS
     assert len(ids) < at_end, (at_start, len(ids), at_end)
     # nothing downstream yet: all of it is pending, and a live ledger balances
     assert led.generated >= at_start and led.pending == led.generated and led.balanced
+
+
+def test_the_ledgers_version_is_the_runs_policy_not_anothers_on_the_topic(kafka: KafkaSettings):
+    """Another policy's versions on the same `weights` topic (two policies, one namespace)
+    are not the run's: with its policy named, the ledger reports the run's newest."""
+    from rollstream.schemas import Feedback, WeightUpdate
+
+    prod = Producer(kafka, "test")
+    now = time.time()
+    prod.send("learner.feedback", Feedback(learner_id="l", credits_total=1, learner_version=4,
+                                           step=5, produced_at=now), "l")  # fmt: skip
+    for policy, version in (("policy", 5), ("other", 5), ("other", 6)):
+        update = WeightUpdate(
+            policy=policy,
+            version=version,
+            uri=f"/w/{policy}/{version}",
+            sha256="0" * 64,
+            size_bytes=1,
+            step=version,
+            produced_at=now,
+        )
+        prod.send("weights", update, policy)
+    prod.flush()
+    prod.close()
+    assert compute(kafka, "policy").learner_version == 5
+    assert compute(kafka).learner_version == 5  # any policy: bounded by the learner's + 1
+    prod = Producer(kafka, "test")
+    prod.send("learner.feedback", Feedback(learner_id="l", credits_total=2, learner_version=5,
+                                           step=6, produced_at=now), "l")  # fmt: skip
+    prod.flush()
+    prod.close()
+    assert compute(kafka, "policy").learner_version == 5  # "other" v6 is not the run's
+    assert compute(kafka).learner_version == 6

@@ -97,12 +97,12 @@ def read_all(
     return out
 
 
-def compute(kafka: KafkaSettings) -> Ledger:
+def compute(kafka: KafkaSettings, policy: str | None = None) -> Ledger:
     """The ledger over one consistent cut: the topics are read downstream first (feedback,
     kept, dropped, then rollouts.raw), each to its end when its reading starts, so every
     rollout a later stage names was already on the earlier topic within the cut; what was
     produced after shows up as generated and pending, never as unknown. `weights` is read
-    first, for the newest version published only."""
+    first, for the newest version of `policy` published only (None: any policy's)."""
     led = Ledger()
     skipped: Counter[str] = Counter()
     weights = read_all(kafka, "weights", skipped=skipped)
@@ -159,7 +159,13 @@ def compute(kafka: KafkaSettings) -> Ledger:
     # a step's Feedback goes out before the version it makes (the last step's says N-1): the
     # newest version published, bounded by the learner's (a forged far-future one is not)
     bound = led.learner_version + 1 if feedback else 0
-    published = [w.version for w in weights if isinstance(w, WeightUpdate) and w.version <= bound]
+    published = [
+        w.version
+        for w in weights
+        if isinstance(w, WeightUpdate)
+        and w.version <= bound
+        and (policy is None or w.policy == policy)
+    ]
     led.learner_version = max([led.learner_version, *published])
     led.pending = led.generated - sum(1 for rid in final if rid in raw_ids)
     led.skipped_records = dict(skipped)

@@ -267,7 +267,7 @@ def main(args: argparse.Namespace) -> int:
         code = loop.run()
         from rollstream.services.up.ledger import compute, render
 
-        led = compute(cfg.kafka)
+        led = compute(cfg.kafka, cfg.model.policy)
         text = render(led)
         (run_dir / "ledger.json").write_text(json.dumps({"ledger": led.as_dict(), "text": text}))
         print(text)
