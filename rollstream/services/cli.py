@@ -172,7 +172,7 @@ def _topic_tools(sub: Any) -> None:
 
     p = sub.add_parser(
         "record",
-        help="save a range of a topic to a file",
+        help="save a topic's messages (from its oldest; -n N for the first N) to a file",
         description="Save a topic's messages, from its oldest, to FILE (MessagePack, each "
         "message's bytes as sent), for `rollstream playback`. Stops at the end of the topic "
         "unless --follow.",
@@ -299,7 +299,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "init-model":
         from rollstream.services.models.build import init_model_cli
 
+        if args.gate is not None and not (args.tasks or args.dataset):
+            print("error: --gate applies to --tasks or --dataset warm-ups only", file=sys.stderr)
+            return 2
         if args.plugins:
+            if not os.path.isdir(args.plugins):
+                print(f"error: --plugins {args.plugins}: no such folder", file=sys.stderr)
+                return 2
             sys.path.insert(0, os.path.abspath(args.plugins))
 
         return init_model_cli(

@@ -47,3 +47,14 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--version"])
     assert exc.value.code == 0
     assert capsys.readouterr().out.strip() == f"rollstream {version('rollstream')}"
+
+
+def test_init_model_refuses_flags_that_would_do_nothing(capsys, tmp_path) -> None:
+    """--gate without a warm-up of tasks or a dataset, and a --plugins folder that is not
+    there, are errors (both were silently ignored), before any model is built."""
+    assert main(["init-model", "--gate", "0.3", "--out", str(tmp_path / "m")]) == 2
+    assert "--gate applies to --tasks or --dataset" in capsys.readouterr().err
+    missing = tmp_path / "nope"
+    assert main(["init-model", "--plugins", str(missing), "--tasks", "sort", "--out", "x"]) == 2
+    assert f"--plugins {missing}: no such folder" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
