@@ -130,7 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     _up_parser(sub)
     p = sub.add_parser(
-        "config", help="print the resolved run config and where each value came from"
+        "config",
+        help="print the resolved run config and where each value came from",
+        description="The config `up` starts from, each value with the layer that set it. "
+        "What `up` sets at start (the embedded broker's address, partitions, weights.uri, a "
+        "namespace on a Kafka of yours) is in runs/NAME/config.yaml, the config that ran.",
     )
     p.add_argument("action", choices=["show"], help="show: print it, each value's source beside it")
     _config_args(p)
