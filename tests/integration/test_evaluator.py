@@ -209,17 +209,30 @@ def test_a_forged_far_future_version_is_refused_dead_lettered_and_blocks_nothing
         assert refused == 1
 
 
-@pytest.mark.parametrize("final", [True, False])
+@pytest.mark.parametrize(
+    "final, max_s", [(True, 20.0), (False, 20.0), (True, 0.0)], ids=["on", "off", "no-time"]
+)
 def test_the_version_a_run_ends_with_is_evaluated_when_the_evaluator_stops(
-    kafka: KafkaSettings, results: Consumer, tiny_model_dir: str, tmp_path: Path, final: bool
+    kafka: KafkaSettings,
+    results: Consumer,
+    tiny_model_dir: str,
+    tmp_path: Path,
+    final: bool,
+    max_s: float,
 ) -> None:
     """`min_interval_s` skips versions, so the policy a run ended with often had no accuracy
     of its own. Stopping, the evaluator evaluates the newest version if it was not
-    (`evaluate_final`, on by default)."""
+    (`evaluate_final`, on by default), unless loading it plus an evaluation would take longer
+    than `evaluate_final_max_s` (0 here: any time at all)."""
     good = always_x_weights(tiny_model_dir, tmp_path / "v5")
     with (
         running_evaluator(
-            kafka, tiny_model_dir, XS.heldout(size=4), min_interval_s=3600, evaluate_final=final
+            kafka,
+            tiny_model_dir,
+            XS.heldout(size=4),
+            min_interval_s=3600,
+            evaluate_final=final,
+            evaluate_final_max_s=max_s,
         ),
         closing(Producer(kafka, "learner")) as producer,
     ):
@@ -228,7 +241,7 @@ def test_the_version_a_run_ends_with_is_evaluated_when_the_evaluator_stops(
         producer.flush()
         assert results.poll(10, 3.0) == []  # not due: an hour between evaluations
     got = [r.value for r in results.poll(10, 5.0)]
-    if final:
+    if final and max_s > 0:
         assert [(e.policy_version, e.step, e.accuracy) for e in got] == [(5, 9, 1.0)]
     else:
         assert got == []

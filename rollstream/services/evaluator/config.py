@@ -42,8 +42,10 @@ class EvaluatorConfig(BaseModel):
     versions; without this the policy a run ends with would have no accuracy). `rollstream up`
     stops the evaluator after the learner has exited, so this is the run's last version."""
     evaluate_final_max_s: float = Field(20.0, ge=0)
-    """Skip that last evaluation when the one before took longer than this: a stop may have to
-    finish the evaluation in progress too, within `up`'s 60 s and the pod's grace period."""
+    """Skip that last evaluation when it would end more than this after the stop began to be
+    handled: the time spent reading and loading the last weights, plus as long as the
+    evaluation before took. A stop may have to finish the evaluation in progress too, within
+    `up`'s 60 s and the pod's grace period."""
     device: str = "auto"
     """torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:1 ..."""
     threads: int | None = Field(None, ge=1)

@@ -276,6 +276,7 @@ class Evaluator:
     def final(self, sync_s: float = 5.0) -> EvalResult | None:
         """Evaluate the newest version that verifies if it has not been (its result, else
         None): what the run ends with, which `min_interval_s` may have skipped."""
+        began = time.monotonic()
         if not self.weights.sync(sync_s):
             log.warning(
                 "evaluator: weights not read to the end in %.0fs: may miss the last", sync_s
@@ -283,11 +284,13 @@ class Evaluator:
         self.follow()
         if self.verified <= self.schedule.last_version:
             return None
-        if self.last_eval_s > self.cfg.evaluate_final_max_s:
+        spent = time.monotonic() - began  # reading and loading the last weights
+        if spent + self.last_eval_s > self.cfg.evaluate_final_max_s:
             log.warning(
-                "evaluator: stopping; v%d not evaluated: the last evaluation took %.0fs "
-                "(evaluate_final_max_s %.0fs)",
+                "evaluator: stopping; v%d not evaluated: loading it took %.0fs and the last "
+                "evaluation %.0fs (evaluate_final_max_s %.0fs)",
                 self.verified,
+                spent,
                 self.last_eval_s,
                 self.cfg.evaluate_final_max_s,
             )
