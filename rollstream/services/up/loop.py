@@ -345,7 +345,8 @@ class Loop:
             if live is not None:
                 live.stop()
             print(
-                "stopping: SIGTERM to every stage (they commit and checkpoint; Ctrl-C again to "
+                "stopping: SIGTERM to every stage, the evaluator once the others have exited "
+                "(they commit and checkpoint; it evaluates the last version; Ctrl-C again to "
                 "kill them now)...",
                 flush=True,
             )

@@ -1,9 +1,11 @@
 """Runs each stage replica as its own OS process (`rollstream run STAGE ...`), the same entry
 point a cluster uses, with its own metrics port and log file, and stops them all cleanly.
 
-Stop order: SIGTERM to every process (each finishes its batch, commits offsets; the learner
-writes a final checkpoint), wait up to `grace_s`, then SIGKILL stragglers. Nothing is left
-running: every child is in its own process group, killed by group.
+Stop order (`stop_all`): SIGTERM to every process but the `after` ones (each finishes its
+batch, commits offsets; the learner writes a final checkpoint), wait up to `grace_s`, SIGKILL
+stragglers; then the same for the `after` ones (`up`: the evaluator, which evaluates the last
+version once the learner is gone). `hurry` (a second Ctrl-C) SIGKILLs what is left at once.
+Nothing is left running: every child is in its own process group, killed by group.
 """
 
 from __future__ import annotations
