@@ -61,6 +61,18 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "a4s2": ("async", ["generator.ahead_batches=4", "staleness.max_versions=2"]),
     "a5s4": ("async", ["generator.ahead_batches=5", "staleness.max_versions=4"]),
     "parts8": ("async", ["kafka.partitions=8"]),
+    # latency on a host with cores to spare: two of every per-rollout stage (a generate
+    # call's burst is worked through by two scorers and two filters) and half-size generate
+    # calls (bursts of 64 rollouts, new weights taken twice as often)
+    "2gen-lat": (
+        "async",
+        [
+            "stages.generator.replicas=2",
+            "stages.scorer.replicas=2",
+            "stages.filter.replicas=2",
+            "generator.batch_prompts=8",
+        ],
+    ),
     # two generators and hops as short as the broker allows: fetches wait 10 ms, producers
     # send at once (more broker CPU; for hosts with cores to spare)
     "2gen-fw10": (
