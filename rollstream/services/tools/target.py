@@ -44,14 +44,23 @@ def stream_runs(root: Path = Path("runs")) -> list[Path]:
     return sorted(runs, key=lambda p: (p / "config.yaml").stat().st_mtime, reverse=True)
 
 
-def saved_kafka(run: Path | None) -> dict[str, Any]:
-    """The `kafka` section of the run's config.yaml (bootstrap, namespace), or {}."""
+def saved_config(run: Path | None) -> dict[str, Any]:
+    """The run's config.yaml (the config it resolved and ran with), or {}."""
     if run is None or not (run / "config.yaml").exists():
         return {}
     import yaml
 
-    cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
-    return dict(cfg.get("kafka") or {})
+    return dict(yaml.safe_load((run / "config.yaml").read_text()) or {})
+
+
+def saved_kafka(run: Path | None) -> dict[str, Any]:
+    """The `kafka` section of the run's config.yaml (bootstrap, namespace), or {}."""
+    return dict(saved_config(run).get("kafka") or {})
+
+
+def named_kafka(args: argparse.Namespace) -> bool:
+    """Whether `--bootstrap` or the environment names a Kafka (it wins over a run's own)."""
+    return bool(getattr(args, "bootstrap", None) or any(os.environ.get(k) for k in ENV_KEYS))
 
 
 def answers(bootstrap: str, timeout_s: float = 2.0) -> bool:
@@ -74,7 +83,7 @@ def tool_kafka(args: argparse.Namespace) -> KafkaSettings:
 def tool_target(args: argparse.Namespace) -> tuple[KafkaSettings, Path | None]:
     """`tool_kafka`, and the run folder whose broker it is (None when named otherwise)."""
     namespace = getattr(args, "namespace", None)
-    if getattr(args, "bootstrap", None) or any(os.environ.get(k) for k in ENV_KEYS):
+    if named_kafka(args):
         return kafka_from(getattr(args, "bootstrap", None), namespace), None
     named = any(os.environ.get(k) for k in NAMESPACE_KEYS)
     stopped = None

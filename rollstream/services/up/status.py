@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from rollstream.services.runtime.settings import kafka_from
 from rollstream.services.tools.target import (
-    ENV_KEYS,
     answers,
     is_sync_run,
     latest_run,
-    saved_kafka,
+    named_kafka,
+    saved_config,
 )
 
 
@@ -29,16 +28,16 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if run is not None and not args.bootstrap and is_sync_run(run):
         return _sync_status(run)
+    conf = saved_config(run)
     # a broker named by flag or environment wins over the run's own, as for the other tools
-    named = args.bootstrap or any(os.environ.get(k) for k in ENV_KEYS)
-    saved = {} if named else saved_kafka(run)  # the run's own broker and namespace
+    saved = {} if named_kafka(args) else dict(conf.get("kafka") or {})
     kafka = kafka_from(
         args.bootstrap or saved.get("bootstrap"), args.namespace or saved.get("namespace")
     )
     if answers(kafka.bootstrap, timeout_s=3.0):
         from rollstream.services.runtime.admin import describe
 
-        led = compute(kafka, _policy(run))
+        led = compute(kafka, (conf.get("model") or {}).get("policy"))
         print(f"live ledger ({kafka.bootstrap}; one cut of the topics, taken now)")
         print(render(led))
         if led.pending:
@@ -58,16 +57,6 @@ def main(args: argparse.Namespace) -> int:
     print(f"saved ledger of {run} (written when the run stopped)")
     print(data["text"])
     return 0 if data["ledger"]["balanced"] else 1
-
-
-def _policy(run: Path | None) -> str | None:
-    """The policy name the run's config.yaml gives (its `weights` versions are the run's)."""
-    if run is None or not (run / "config.yaml").exists():
-        return None
-    import yaml
-
-    model = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("model") or {}
-    return model.get("policy")
 
 
 def _sync_status(run: Path) -> int:
