@@ -204,9 +204,24 @@ def _topic_tools(sub: Any) -> None:
 
 
 def _init_model_parser(sub: Any) -> None:
+    from rollstream.services.models.build import SIZES
+
     p = sub.add_parser("init-model", help="build the built-in tiny base model")
     p.add_argument("--out", default=None, help="output dir (default: the built-in model's home)")
     p.add_argument("--seed", type=int, default=0, help="seed of its random init and warm-up")
+    p.add_argument(
+        "--size",
+        choices=sorted(SIZES),
+        default="tiny",
+        help="shape: tiny (the built-in model, 0.55M parameters) or small (8.4M, 8 layers; "
+        "needs --out unless tiny)",
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device of the warm-up: cpu (default), cuda, cuda:1 (small builds in "
+        "minutes on a GPU, much longer on a CPU)",
+    )
     p.add_argument("--force", action="store_true", help="rebuild even if it exists")
     p.add_argument(
         "--tasks",
@@ -321,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
             prompt_field=args.prompt_field,
             answer_field=args.answer_field,
             gate=args.gate,
+            size=args.size,
+            device=args.device,
         )
     commands = {
         "topics": "rollstream.services.tools.commands:topics",

@@ -46,6 +46,16 @@ class BaseModelSpec:
     max_position_embeddings: int = 512
 
 
+# `init-model --size`: `tiny` is the built-in model. `small` has 4x its layers and 2x its width
+# (8.4M parameters): on a GPU its generate calls and learner steps take several times the
+# tiny model's, so the pipeline's fixed hop latency is a smaller share of a step; on a CPU it
+# is slow to build (build it where a GPU is: --device cuda).
+SIZES: dict[str, BaseModelSpec] = {
+    "tiny": BaseModelSpec(),
+    "small": BaseModelSpec(hidden_size=256, num_layers=8, num_heads=8, intermediate_size=1024),
+}
+
+
 def build_config(spec: BaseModelSpec) -> Any:
     """The LlamaConfig for `spec`, sized to the char tokenizer (untied embeddings, so every
     weight has one name: hot-swapping a state dict needs no tie bookkeeping)."""
@@ -67,13 +77,17 @@ def build_config(spec: BaseModelSpec) -> Any:
 
 
 @contextlib.contextmanager
-def _deterministic(threads: int) -> Iterator[None]:
-    """One fixed thread count and deterministic kernels for the block; restored afterwards."""
+def _deterministic(threads: int, device: str = "cpu") -> Iterator[None]:
+    """One fixed thread count and deterministic kernels for the block; restored afterwards.
+    On CUDA, cuBLAS is deterministic only with a fixed workspace (set here unless the
+    environment sets one), and ops without a deterministic kernel warn instead of failing."""
     import torch
 
     old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True)
+    if device != "cpu":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=device != "cpu")
     try:
         yield
     finally:
@@ -88,11 +102,14 @@ def init_model(
     spec: BaseModelSpec | None = None,
     warmup: WarmupSettings | None = None,
     threads: int = 1,
+    device: str = "cpu",
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Build, warm up, evaluate and save the base model into `out_dir` (replaced if present).
-    Returns the summary (also saved as rollstream_base.json): parameters, seconds, warm-up
-    steps, held-out accuracy overall and per task."""
+    """Build, warm up, evaluate and save the base model into `out_dir` (replaced if present),
+    warming up on `device` (a torch device: cpu, cuda, cuda:1). Returns the summary (also
+    saved as rollstream_base.json): parameters, seconds, warm-up steps, held-out accuracy
+    overall and per task. A seed gives the same model on one device; CPU and GPU kernels
+    differ, so not the same model on both."""
     import torch
     from transformers import GenerationConfig, LlamaForCausalLM
     from transformers.utils import logging as hf_logging
@@ -107,10 +124,10 @@ def init_model(
     warmup = warmup or WarmupSettings()
     out = Path(out_dir)
     start = time.perf_counter()
-    with _deterministic(threads):
+    with _deterministic(threads, device):
         torch.manual_seed(seed)
         config = build_config(spec)
-        model = LlamaForCausalLM(config)
+        model = LlamaForCausalLM(config).to(device)
         params = sum(p.numel() for p in model.parameters())
         tokenizer = build_tokenizer()
         log(
@@ -128,6 +145,7 @@ def init_model(
         )
     summary: dict[str, Any] = {
         "seed": seed,
+        "device": device,
         "params": params,
         "spec": asdict(spec),
         "mixture": [list(e) for e in warmup.mixture],
@@ -145,7 +163,7 @@ def init_model(
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(str(tmp))
+    model.to("cpu").save_pretrained(str(tmp))
     save_tokenizer(tmp)
     (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     if out.exists():
@@ -188,14 +206,26 @@ def init_model_cli(
     prompt_field: str = "prompt",
     answer_field: str = "answer",
     gate: float | None = None,
+    size: str = "tiny",
+    device: str = "cpu",
 ) -> int:
-    """`rollstream init-model [--out DIR] [--seed N] [--force] [--tasks T,...] [--dataset F]`;
-    returns the exit code. With --tasks / --dataset the built-in model is warmed up on those
-    instead of the default mixture and written to --out (required: the default run's model
-    stays as it is)."""
+    """`rollstream init-model [--out DIR] [--seed N] [--force] [--tasks T,...] [--dataset F]
+    [--size S] [--device D]`; returns the exit code. With --tasks / --dataset, or a size
+    other than tiny, the model is written to --out (required: the default run's model stays as
+    it is); --tasks / --dataset warm it up on those instead of the default mixture."""
     from rollstream.services.models.load import default_model_dir
     from rollstream.services.tasks import TaskError
 
+    if size not in SIZES:
+        print(f"error: --size {size}: one of {', '.join(sorted(SIZES))}", file=sys.stderr)
+        return 2
+    if size != "tiny" and not out:
+        print(f"error: --size {size} needs --out DIR", file=sys.stderr)
+        return 2
+    problem = device_problem(device)
+    if problem:
+        print(f"error: --device {device}: {problem}", file=sys.stderr)
+        return 2
     warmup = None
     if tasks or dataset:
         if not out:
@@ -228,12 +258,30 @@ def init_model_cli(
             print(format_summary(json.loads(summary_path.read_text())))
         return 0
     target.parent.mkdir(parents=True, exist_ok=True)
-    summary = init_model(target, seed=seed, warmup=warmup)
+    summary = init_model(target, seed=seed, spec=SIZES[size], warmup=warmup, device=device)
     print(f"base model written to {target}")
     print(format_summary(summary))
-    if tasks or dataset:
+    if tasks or dataset or size != "tiny":
         print(f"train on it: rollstream up --set model.path={target} (and feed.tasks to match)")
     return 0
+
+
+def device_problem(device: str) -> str | None:
+    """Why torch cannot warm up on `device` here (None: it can)."""
+    import torch
+
+    try:
+        where = torch.device(device)
+    except RuntimeError as exc:
+        return str(exc)
+    if where.type == "cuda":
+        if not torch.cuda.is_available():
+            return "torch sees no CUDA device here"
+        if where.index is not None and where.index >= torch.cuda.device_count():
+            return f"torch sees {torch.cuda.device_count()} CUDA device(s)"
+    elif where.type != "cpu":
+        return "cpu or cuda[:N]"
+    return None
 
 
 def heldout_of(mixture: list[tuple[str, int, float]]) -> list[Any]:

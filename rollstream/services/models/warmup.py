@@ -116,11 +116,13 @@ def warm_up(
     seed: int,
     log: Callable[[str], None] = print,
 ) -> tuple[Any, WarmupReport]:
-    """Train `model` on the mixture until every task is held (or `max_steps`); returns the
-    moving-average model (the one to save) and a report. Deterministic for a seed."""
+    """Train `model` on the mixture until every task is held (or `max_steps`), on the device
+    its weights are on; returns the moving-average model (the one to save) and a report.
+    Deterministic for a seed."""
     import torch
 
     start = time.perf_counter()
+    device = next(model.parameters()).device
     entries = [(str(n), int(d)) for n, d, *_ in settings.mixture]
     names = [n if [e[0] for e in entries].count(n) == 1 else f"{n}:{d}" for n, d in entries]
     streams = [_spread_stream(n, d, settings.spread, seed) for n, d in entries]
@@ -140,7 +142,10 @@ def warm_up(
     while step < settings.max_steps and len(held_at) < len(entries):
         step += 1
         picks = rng.choices(range(len(entries)), weights=weights, k=settings.batch_size)
-        ids, mask, labels = _batch(tokenizer, [next(streams[i]) for i in picks], eos_id, pad_id)
+        ids, mask, labels = (
+            t.to(device)
+            for t in _batch(tokenizer, [next(streams[i]) for i in picks], eos_id, pad_id)
+        )
         for group in opt.param_groups:
             group["lr"] = settings.lr * min(1.0, step / max(1, settings.warmup_steps))
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss

@@ -77,3 +77,31 @@ def test_the_default_base_model_is_partly_competent(tmp_path):
     assert 0.10 <= summary["heldout"]["accuracy"] <= 0.50, summary["heldout"]
     for name, acc in summary["heldout"]["per_task"].items():
         assert 0.02 <= acc <= 0.80, (name, acc)
+
+
+def test_the_small_size_is_the_shape_its_help_names():
+    """`init-model --size small`'s help says 8.4M parameters in 8 layers."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from rollstream.services.models.build import SIZES, build_config
+
+    with torch.device("meta"):
+        model = LlamaForCausalLM(build_config(SIZES["small"]))
+    assert sum(p.numel() for p in model.parameters()) == 8_444_160
+    assert model.config.num_hidden_layers == 8
+    assert model.config.hidden_size // model.config.num_attention_heads == 32  # vLLM's kernels
+
+
+def test_the_cli_refuses_a_size_or_device_it_cannot_build(tmp_path, capsys):
+    """A size other than tiny would replace the default run's model, and a device torch cannot
+    use would fail after the build began: both are refused before anything is written."""
+    assert init_model_cli(None, 0, False, size="small") == 2
+    assert "--size small needs --out DIR" in capsys.readouterr().err
+    assert init_model_cli(str(tmp_path / "m"), 0, False, device="cuda:99") == 2
+    assert "--device cuda:99: torch sees" in capsys.readouterr().err
+    assert init_model_cli(str(tmp_path / "m"), 0, False, device="tpu") == 2
+    assert "--device tpu:" in capsys.readouterr().err
+    assert init_model_cli(str(tmp_path / "m"), 0, False, size="huge") == 2
+    assert "one of small, tiny" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
