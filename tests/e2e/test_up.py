@@ -316,36 +316,59 @@ def test_bad_config_fails_at_start_naming_the_field(tmp_path: Path, up):
     )
     assert res.returncode != 0
     assert "learner.lr" in res.stderr and "generator.sampling.temperature" in res.stderr
+    # a typo in a user's reward module: found at start, not by the scorer at each restart
+    (tmp_path / "myreward.py").write_text("def reward(rollout):\n    return scoer(  # typo\n")
+    res = up(
+        tmp_path / "home",
+        tmp_path,
+        "--set",
+        "scorer.rewards=[{name: 'myreward:reward'}]",
+        timeout=120,
+    )
+    assert res.returncode != 0
+    assert "scorer.rewards.0.name: cannot import reward module 'myreward': SyntaxError" in (
+        res.stderr
+    )
     assert not (tmp_path / "runs").exists(), "nothing may start on a bad config"
 
 
 def test_a_stage_that_keeps_failing_stops_up_with_its_error(
     rollstream_home: Path, tmp_path: Path, up
 ):
-    """A typo in a user's reward module: the scorer dies at start, every time. `up` must not
-    loop on it silently: it stops after `up.fail_restarts` failures, shows the error, exits 1
-    and its summary names the stage."""
-    (tmp_path / "myreward.py").write_text(
-        "def reward(completion, task):\n    return scoer(completion)  # typo\n\nscoer_typo +\n"
+    """A user's reward that the scorer cannot build: it reads a rubric file that is not
+    there, so the scorer dies at start, every time. `up`'s start-up check resolves the reward
+    (its module imports) but builds none (building runs the user's code: files, servers,
+    models), so only the stage can find this. `up` must not loop on it silently: it stops
+    after `up.fail_restarts` failures, shows the error, exits 1 and its summary names the
+    stage."""
+    (tmp_path / "judge.py").write_text(
+        "from pathlib import Path\n\n\n"
+        "class Judge:\n"
+        "    name = 'judge'\n\n"
+        "    def __init__(self, rubric):\n"
+        "        self.rubric = Path(rubric).read_text()\n\n"
+        "    def score(self, rollout):\n"
+        "        return float(self.rubric in rollout.completion)\n"
     )
+    rubric = tmp_path / "rubric.txt"  # never written
     res = up(
         rollstream_home,
         tmp_path,
         "--set",
-        "scorer.rewards=[{name: 'myreward:reward'}]",
+        f"scorer.rewards=[{{name: 'judge:Judge', params: {{rubric: '{rubric}'}}}}]",
         "--set",
         "target.minutes=4",
         "--set",
         "up.fail_restarts=2",
         "--name",
-        "typo",
+        "norubric",
         timeout=300,
     )
     out = res.stdout + res.stderr
     assert res.returncode == 1, out[-4000:]
     assert "FAILED: scorer-0 exited with 1 2 times" in res.stdout, out[-4000:]
     summary = res.stdout[res.stdout.index("FAILED: scorer-0") :]
-    assert "SyntaxError" in summary and "myreward.py" in summary, summary
+    assert "FileNotFoundError" in summary and "rubric.txt" in summary, summary
     # it stopped early, not at the 4-minute target
     progress = [x for x in res.stdout.splitlines() if x.startswith("[")]
     assert progress and float(progress[-1][1:].split("s]")[0]) < 200, progress[-3:]

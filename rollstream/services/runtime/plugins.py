@@ -95,7 +95,8 @@ def find(
 
 def _import_path(spec: str, noun: str, what: str, error: type[Exception]) -> Any:
     """The object at "package.module:attr" (attr may be dotted, "Class.attr"); `error` when
-    the module does not import or lacks the attr."""
+    the module does not import (missing, or raising while it runs: a SyntaxError in the
+    user's file) or lacks the attr."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise error(f"{noun} path {spec!r} must look like 'package.module:{what}'")
@@ -103,6 +104,10 @@ def _import_path(spec: str, noun: str, what: str, error: type[Exception]) -> Any
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise error(f"cannot import {noun} module {module_name!r}: {exc}") from exc
+    except Exception as exc:  # the user's module itself is broken: say how, and where
+        raise error(
+            f"cannot import {noun} module {module_name!r}: {type(exc).__name__}: {exc}"
+        ) from exc
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):

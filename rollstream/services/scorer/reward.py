@@ -122,9 +122,7 @@ class FunctionReward:
 def load_reward(spec: str, params: dict[str, Any] | None = None) -> Reward:
     """Build the reward named `spec` (a built-in name or "pkg.module:object") with `params`."""
     params = dict(params or {})
-    from rollstream.services.runtime import plugins
-
-    obj = plugins.find("rewards", spec, BUILTIN_REWARDS, RewardConfigError, "object")
+    obj = reward_object(spec)
     if inspect.isclass(obj):
         try:
             reward = obj(**params)
@@ -143,3 +141,12 @@ def load_reward(spec: str, params: dict[str, Any] | None = None) -> Reward:
     ):
         raise RewardConfigError(f"{spec!r} has no `name` string and `score` method")
     return reward
+
+
+def reward_object(spec: str) -> Any:
+    """What `spec` names, not yet built: a built-in's class, the object at
+    "package.module:object" (its module imported) or a `rollstream.rewards` entry point;
+    RewardConfigError if there is none or its module does not import."""
+    from rollstream.services.runtime import plugins
+
+    return plugins.find("rewards", spec, BUILTIN_REWARDS, RewardConfigError, "object")

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -71,20 +73,35 @@ def validate_sections(cfg: RunConfig) -> None:
 
 def check_names(cfg: RunConfig) -> None:
     """What the stages would only find missing once started (each crashing `up.fail_restarts`
-    times before the run stops): the feed's tasks, resolved as the feed resolves them (with
-    the run's plugin folders on the path), and the model directory. ConfigError names the
-    field."""
+    times before the run stops): the feed's tasks, the scorer's rewards and the filter chain's
+    filters, resolved as those stages resolve them and with their import path (user modules
+    imported, nothing built), and the model directory. ConfigError names the field."""
     from rollstream.services.feed.config import FeedConfig
+    from rollstream.services.filter.chain import FilterConfigError, filter_class
+    from rollstream.services.filter.config import FilterConfig
     from rollstream.services.runtime.config import ConfigError, section
+    from rollstream.services.scorer.config import ScorerConfig
+    from rollstream.services.scorer.reward import RewardConfigError, reward_object
     from rollstream.services.tasks import get_task
     from rollstream.services.tasks.base import TaskError
 
     errors = []
-    for i, entry in enumerate(section(cfg, "feed", FeedConfig).tasks or []):
-        try:
-            get_task(entry.task)
-        except TaskError as exc:
-            errors.append(f"feed.tasks.{i}.task: {exc}")
+    with stage_import_path():
+        for i, entry in enumerate(section(cfg, "feed", FeedConfig).tasks or []):
+            try:
+                get_task(entry.task)
+            except TaskError as exc:
+                errors.append(f"feed.tasks.{i}.task: {exc}")
+        for i, reward in enumerate(section(cfg, "scorer", ScorerConfig).rewards):
+            try:
+                reward_object(reward.name)
+            except RewardConfigError as exc:
+                errors.append(f"scorer.rewards.{i}.name: {exc}")
+        for i, spec in enumerate(section(cfg, "filter", FilterConfig).chain):
+            try:
+                filter_class(spec.name)
+            except FilterConfigError as exc:
+                errors.append(f"filter.chain.{i}.name: {exc}")
     path = cfg.model.path
     if path is not None and not (Path(path) / "config.json").is_file():
         what = "no such directory" if not Path(path).exists() else "no config.json in it"
@@ -93,6 +110,23 @@ def check_names(cfg: RunConfig) -> None:
         )
     if errors:
         raise ConfigError("; ".join(errors))
+
+
+@contextmanager
+def stage_import_path() -> Iterator[None]:
+    """`sys.path` as a stage process has it, for the block: the supervisor starts each stage
+    with `python -m` from this directory, which puts the directory on the stage's path, while
+    `up` run as the `rollstream` script lacks it. Without it a user's module here would fail
+    the check although every stage finds it."""
+    cwd = os.getcwd()
+    if cwd in sys.path:
+        yield
+        return
+    sys.path.append(cwd)
+    try:
+        yield
+    finally:
+        sys.path.remove(cwd)
 
 
 def resolved_with_sources(args: argparse.Namespace) -> list[tuple[str, Any, str]]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,75 @@ def test_an_unknown_task_or_a_missing_model_directory_fails_before_the_run_start
     with pytest.raises(ConfigError, match="no config.json in it"):
         check_names(cfg)
     check_names(load_layers([default_config_path()], [])[0])  # the default run passes
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        (
+            "scorer.rewards=[{name: task}, {name: formt}]",
+            "scorer.rewards.1.name: unknown reward 'formt'; built-ins: code_exec, exact_match, "
+            "format,",
+        ),
+        (
+            "filter.chain=[{name: truncated}, {name: zero_varience}]",
+            "filter.chain.1.name: unknown filter 'zero_varience'; built-ins: duplicate, format,",
+        ),
+    ],
+)
+def test_an_unknown_reward_or_filter_fails_before_the_run_starts(change: str, error: str) -> None:
+    """Found only by the scorer or the filter, each would crash `up.fail_restarts` times."""
+    from rollstream.services.up.main import check_names
+
+    cfg, _ = load_layers([default_config_path()], [change])
+    with pytest.raises(ConfigError) as err:
+        check_names(cfg)
+    assert error in str(err.value)
+
+
+def test_a_plugin_module_that_does_not_import_fails_before_the_run_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A typo in a user's reward module, a filter module whose dependency is missing: `up`
+    names the field and the error instead of the stage crashing at every restart."""
+    from rollstream.services.cli import build_parser
+    from rollstream.services.up.main import resolve
+
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "typo_reward.py").write_text("def reward(rollout):\n    return 1.0 +\n")
+    (plugins / "needy_filter.py").write_text("import rs_missing_dependency\n")
+    monkeypatch.setattr(sys, "path", [*sys.path])  # `--plugins` puts the folder on it
+    sets = [
+        "scorer.rewards=[{name: 'typo_reward:reward'}]",
+        "filter.chain=[{name: 'needy_filter:F'}]",
+    ]
+    args = build_parser().parse_args(
+        ["up", "--plugins", str(plugins), *(a for s in sets for a in ("--set", s))]
+    )
+    with pytest.raises(ConfigError) as err:
+        resolve(args)
+    message = str(err.value)
+    assert (
+        "scorer.rewards.0.name: cannot import reward module 'typo_reward': SyntaxError" in message
+    )
+    assert "(typo_reward.py, line 2)" in message
+    assert (
+        "filter.chain.0.name: cannot import filter module 'needy_filter': "
+        "No module named 'rs_missing_dependency'"
+    ) in message
+
+
+def test_a_user_module_in_the_working_directory_passes_as_the_stages_find_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each stage runs `python -m` from up's directory, which puts that directory on its
+    import path; `up` run as the `rollstream` script lacks it and must not refuse the module."""
+    from rollstream.services.up.main import check_names
+
+    (tmp_path / "here_reward.py").write_text("def reward(rollout):\n    return 1.0\n")
+    monkeypatch.chdir(tmp_path)
+    path = [*sys.path]
+    cfg, _ = load_layers([default_config_path()], ["scorer.rewards=[{name: 'here_reward:reward'}]"])
+    check_names(cfg)
+    assert sys.path == path
