@@ -36,13 +36,24 @@ class ControlUpdate(Message, tag="ControlUpdate", kw_only=True):  # type: ignore
     """CLI/operator -> every stage. The full set of live knobs for one stage. Key: stage.
 
     Compacted topic: the latest update per stage survives, so `params` always holds every knob
-    set so far for that stage (the CLI merges before it publishes). `revision` increases."""
+    set so far for that stage (the CLI merges before it publishes). `revision` increases.
+
+    With `applied`, a stage's answer instead (replay, learner -> generator): the value of every
+    live knob it runs, after it applied `revision` (0: the run's config); a revision it refused
+    gets no answer. Key: `<stage>.applied` (`applied_key`), so that compaction keeps the newest
+    request and the newest answer apart. Readers of requests skip answers."""
 
     stage: str
     params: dict[str, Any]
     revision: Annotated[int, msgspec.Meta(ge=0)] = 0
     issued_by: str = ""
+    applied: bool = False
     produced_at: float
+
+
+def applied_key(stage: str) -> str:
+    """The `control` key of `stage`'s answers (ControlUpdate.applied)."""
+    return f"{stage}.applied"
 
 
 class EvalResult(Message, tag="EvalResult", kw_only=True):  # type: ignore[call-arg]

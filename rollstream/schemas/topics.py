@@ -137,7 +137,7 @@ TOPICS: tuple[Topic, ...] = (
         1,
         cleanup_policy="compact",
         retention_ms=-1,
-        notes="compacted; applied live, without restart",
+        notes="compacted; applied live, without restart; answers keyed <stage>.applied",
     ),
     Topic(
         "eval.results",

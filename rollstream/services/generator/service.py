@@ -1,9 +1,9 @@
 """Generator loop: prompts in, one Rollout per sample out.
 
 Reads `prompts` (consumer group `generator`; several generator processes split its partitions),
-`control` (live sampling knobs for stage `generator`; with pacing also replay's batch_groups and
-the learner's publish_every, which set the kept groups a version) and `weights` (new policy
-versions).
+`control` (live sampling knobs for stage `generator`; with pacing also replay's and the
+learner's answers, the knobs they applied: batch_groups and publish_every set the kept groups a
+version, and a revision they refuse never paces it) and `weights` (new policy versions).
 Writes `rollouts.raw`, keyed by group_id, so every sample of a prompt lands on one partition.
 
 Delivery: a batch of prompts is committed only after all its rollouts are acknowledged. A crash
@@ -27,11 +27,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Annotated, Any
 
-from pydantic import Field, TypeAdapter, ValidationError
-
-from rollstream.schemas import DropRecord, PromptTask, WeightUpdate, encode
+from rollstream.schemas import ControlUpdate, DropRecord, PromptTask, WeightUpdate, encode
 from rollstream.services.generator.backend import Backend, GenRequest, GenSample, RequestError
 from rollstream.services.generator.config import KNOB_FIELDS, GeneratorConfig, validate_control
 from rollstream.services.generator.metrics import GeneratorMetrics
@@ -45,8 +42,8 @@ from rollstream.services.runtime.metrics import Busy
 from rollstream.services.runtime.stage import (
     Follower,
     StageContext,
+    follow_applied_knobs,
     follow_control,
-    follow_knobs_of,
     follow_weights,
 )
 
@@ -110,8 +107,8 @@ class Generator:
         self.pacer: Pacer | None = None
         self.unused_groups = 0  # DropRecords replay wrote (groups it dropped untrained)
         self._unused: Follower | None = None
-        self._paced_by: Follower | None = None  # replay's and the learner's live knobs
-        self._paced_params: dict[str, dict[str, object]] = {}  # newest params, by stage
+        self._paced_by: Follower | None = None  # replay's and the learner's answers
+        self._paced_params: dict[str, dict[str, int]] = {}  # knobs they applied, by stage
         if cfg.ahead_batches > 0:
             per_version = _groups_per_version(ctx.cfg)
             self.pacer = Pacer(per_version, cfg.ahead_batches, cfg.oversample)
@@ -119,7 +116,7 @@ class Generator:
                 ctx.kafka, "generator", "groups.dropped", self._count_unused, lambda a, b: False
             )
             self._unused.start()  # now, as the other followers: the first probe waits for it
-            self._paced_by = follow_knobs_of(ctx.kafka, "generator", ("replay", "learner"))
+            self._paced_by = follow_applied_knobs(ctx.kafka, "generator", tuple(PACED_BY))
         self.paced_since: float | None = None
         self._probe_deadline = time.monotonic() + cfg.version_wait_s  # see pause_reason
         self._unpaced_warned = False
@@ -227,23 +224,20 @@ class Generator:
             probe.close()
 
     def _follow_paced_knobs(self) -> None:
-        """Groups a version as replay's batch_groups and the learner's publish_every now are
-        (their live knobs over the run's config): the pacer resizes from the newest version."""
+        """Groups a version as replay's batch_groups and the learner's publish_every are where
+        they run (what each answered it applied; the run's config until then): the pacer
+        resizes from the newest version."""
         if self._paced_by is None or self.pacer is None:
             return
         recs = self._paced_by.take()
         if not recs:
             return
-        for r in recs:
-            newest = self._paced_params.get(r.value.stage)
-            if newest is not None and r.value.revision < newest["revision"]:
+        for r in recs:  # oldest first: the last answer of a stage is what it runs now
+            knobs = _pacing_knobs(r.value)
+            if isinstance(knobs, str):  # not what replay or the learner writes
+                log.warning("pacing: %s's answer ignored: %s", r.value.stage, knobs)
                 continue
-            knobs = _pacing_knobs(self.ctx.cfg, r.value.stage, r.value.params)
-            if isinstance(knobs, str):  # the stage refuses it and keeps its knobs: so does pacing
-                stage, revision = r.value.stage, r.value.revision
-                log.warning("pacing: %s control revision %d ignored: %s", stage, revision, knobs)
-                continue
-            self._paced_params[r.value.stage] = {"revision": r.value.revision, **knobs}
+            self._paced_params[r.value.stage] = knobs
         per_version = _groups_per_version(self.ctx.cfg, self._paced_params)
         if per_version != self.pacer.batch_groups:
             log.info(
@@ -466,35 +460,29 @@ class Generator:
             self.backend.close()
 
 
-_WHOLE = TypeAdapter(Annotated[int, Field(ge=1)])  # as replay's and the learner's models read them
+PACED_BY = {"replay": "batch_groups", "learner": "publish_every"}
+"""The knobs of other stages that set the kept groups a version, by the stage that owns them."""
 
 
-def _pacing_knobs(cfg: RunConfig, stage: str, params: dict[str, Any]) -> dict[str, Any] | str:
-    """The pacing knobs of a `control` revision of replay or the learner, read as those stages
-    read them (4.0 and "4" are 4), or why they would refuse the revision (one not from
-    `rollstream control`, which checks it first). The generator does not import their config
-    models; it checks what it paces by: whole numbers >= 1, and replay's batch_groups not
-    below its min_batch_groups."""
-    out = dict(params)
-    for knob in ("batch_groups", "publish_every", "min_batch_groups"):
-        if knob not in params or (knob == "min_batch_groups" and params[knob] is None):
-            continue
-        try:
-            out[knob] = _WHOLE.validate_python(params[knob])
-        except ValidationError:
-            return f"{knob}={params[knob]!r} is not a whole number >= 1"
-    if stage == "replay" and "batch_groups" in out:
-        floor = out.get("min_batch_groups", cfg.replay.get("min_batch_groups"))
-        if isinstance(floor, int) and out["batch_groups"] < floor:
-            return f"batch_groups={out['batch_groups']} is below min_batch_groups={floor}"
-    return out
+def _pacing_knobs(answer: ControlUpdate) -> dict[str, int] | str:
+    """The pacing knob of an answer of replay or the learner on `control` (ControlUpdate with
+    `applied`: the knobs that stage checked and runs), or why it cannot pace by it (a record
+    some other writer put there). The generator cannot check a revision as those stages do (it
+    does not import their config models), so it never paces by a revision, only by answers."""
+    knob = PACED_BY[answer.stage]
+    if knob not in answer.params:
+        return {}
+    value = answer.params[knob]
+    if type(value) is not int or value < 1:
+        return f"{knob}={value!r} is not a whole number >= 1"
+    return {knob: value}
 
 
-def _groups_per_version(cfg: RunConfig, live: dict[str, dict[str, object]] | None = None) -> int:
+def _groups_per_version(cfg: RunConfig, live: dict[str, dict[str, int]] | None = None) -> int:
     """Kept groups the learner trains per published version: replay's batch_groups times the
     learner's publish_every (from the run config's raw sections: a stage does not import
-    another stage's config model), each as `live[stage]` sets it if it does (the newest
-    `control` revision of that stage: every knob set so far, see ControlUpdate)."""
+    another stage's config model), each as `live[stage]` sets it if it does (what that stage
+    last answered it runs)."""
     live = live or {}
     batch = live.get("replay", {}).get("batch_groups", cfg.replay.get("batch_groups", 8))
     every = live.get("learner", {}).get("publish_every", cfg.learner.get("publish_every", 1))

@@ -6,7 +6,8 @@ Writes: `learner.feedback` keyed by learner_id when a new batch arrives (before 
 after every step and every `feedback_every_s` while idle (credits_total = newest batch seq
 received + prefetch, the version, the ids just trained, new priorities); `weights` keyed by
 the policy name (one WeightUpdate per version, the tensors go to the weight store through
-the publisher); checkpoints on disk.
+the publisher); `control` keyed `learner.applied`, the live knobs in force after each revision
+it applied (runtime/knobs.py); checkpoints on disk.
 
 Live knobs (`rollstream control learner ...`: lr, max_grad_norm, token_budget, prefetch,
 publish_every, feedback_every_s) are read from `control` in the background and applied between
@@ -85,6 +86,7 @@ class Learner:
             LIVE_KNOBS,
             control,
             self.m.control,
+            self.producer,  # answers what it applied (the generators pace by publish_every)
         )
 
     def _set_knobs(self, cfg: LearnerConfig, changed: frozenset[str]) -> None:

@@ -4,7 +4,9 @@ Reads: `groups.kept` (every partition, no consumer group: replay positions itsel
 resume.py), `learner.feedback` (credits, learner version, priorities; only this learner's),
 `control` (live knobs, background). Writes: `batches.train` keyed by learner_id, each batch
 with the `replay-resume` header; `groups.dropped` for groups that leave untrained (reason
-"expired": past the staleness bound; "evicted": pushed out at capacity), keyed by group_id.
+"expired": past the staleness bound; "evicted": pushed out at capacity), keyed by group_id;
+`control`, keyed `replay.applied`: the live knobs in force after each revision it applied
+(runtime/knobs.py).
 
 Back-pressure: a batch goes out only while the learner has granted more batches in total
 than replay has sent (Credits); otherwise groups wait in the buffer. At capacity a FIFO
@@ -253,6 +255,7 @@ class Replay:
             LIVE_KNOBS,
             follower=control,
             counter=self.m.control,
+            producer=self.producer,  # answers what it applied (the generators pace by it)
         )
         last_gauges = 0.0
         while not stopping():

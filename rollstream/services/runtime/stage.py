@@ -257,22 +257,23 @@ def follow_control(kafka: KafkaSettings, stage: str) -> Follower:
         kafka,
         stage,
         "control",
-        lambda m: isinstance(m, ControlUpdate) and m.stage == stage,
+        lambda m: isinstance(m, ControlUpdate) and m.stage == stage and not m.applied,
         lambda a, b: a.revision >= b.revision,
     )
     f.start()
     return f
 
 
-def follow_knobs_of(kafka: KafkaSettings, stage: str, others: tuple[str, ...]) -> Follower:
-    """Every revision of other stages' live knobs, for `take()`: for a stage whose work
-    depends on them (the generator paces by replay's batch_groups and the learner's
-    publish_every)."""
+def follow_applied_knobs(kafka: KafkaSettings, stage: str, others: tuple[str, ...]) -> Follower:
+    """Every answer of other stages on `control` (the live knobs they run, after a revision
+    they applied: runtime/knobs.py), oldest first, for `take()`: for a stage whose work depends
+    on them (the generator paces by replay's batch_groups and the learner's publish_every). A
+    revision they refuse has no answer, so it never reaches the stage that follows them."""
     f = Follower(
         kafka,
         stage,
         "control",
-        lambda m: isinstance(m, ControlUpdate) and m.stage in others,
+        lambda m: isinstance(m, ControlUpdate) and m.stage in others and m.applied,
         lambda a, b: True,
         keep=64,
     )

@@ -123,7 +123,8 @@ def latest_control(kafka, stage: str, timeout_s: float = 2.0) -> tuple[dict, int
         while time.monotonic() < deadline:
             recs = c.poll(500, 0.3)
             for r in recs:
-                if r.value.stage == stage and r.value.revision >= revision:
+                ask = r.value.stage == stage and not r.value.applied  # not a stage's answer
+                if ask and r.value.revision >= revision:
                     params, revision = dict(r.value.params), r.value.revision
             if not recs and c.lag().get("control", 0) == 0:
                 break

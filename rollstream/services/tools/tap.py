@@ -50,7 +50,7 @@ SUMMARY: dict[str, list[str]] = {
         "TrainBatch": "seq items learner_version",
         "Feedback": "credits_total step learner_version trained_batches",
         "WeightUpdate": "policy version uri size_bytes",
-        "ControlUpdate": "stage revision params",
+        "ControlUpdate": "stage revision applied params",
         "EvalResult": "policy_version accuracy n per_task",
         "DeadLetter": "topic partition offset error",
     }.items()

@@ -3,6 +3,7 @@ samples before it waits for a new version, given what the filter keeps."""
 
 from __future__ import annotations
 
+from rollstream.schemas import ControlUpdate
 from rollstream.services.generator.pacing import Pacer
 
 N = 8  # samples per group
@@ -218,20 +219,89 @@ def test_a_batch_sized_to_fill_a_learner_batch_follows_the_keep_rate_within_its_
     assert fixed.batch_prompts(8, 48) == 16  # without oversampling every group counts as kept
 
 
-def test_pacing_reads_replay_and_learner_knobs_as_those_stages_do() -> None:
-    """A `control` revision not from the CLI: the generator paces by what replay would take
-    (4.0 and "4" are 4) and ignores what it would refuse, so the two never disagree."""
-    from rollstream.services.generator.service import _pacing_knobs
-    from rollstream.services.runtime.config import RunConfig
+class Follower:
+    """The newest ControlUpdate of a stage, as runtime.stage.Follower keeps it."""
 
-    cfg = RunConfig()
-    assert _pacing_knobs(cfg, "replay", {"batch_groups": 4.0}) == {"batch_groups": 4}
-    assert _pacing_knobs(cfg, "replay", {"batch_groups": "4", "seed": 1}) == {
-        "batch_groups": 4,
-        "seed": 1,
-    }
-    assert _pacing_knobs(cfg, "learner", {"publish_every": 2}) == {"publish_every": 2}
-    for bad in ({"batch_groups": "four"}, {"batch_groups": 0}, {"batch_groups": 2.5}):
-        assert "not a whole number" in str(_pacing_knobs(cfg, "replay", bad))
-    refused = _pacing_knobs(cfg, "replay", {"batch_groups": 2, "min_batch_groups": 3})
-    assert refused == "batch_groups=2 is below min_batch_groups=3"
+    def __init__(self) -> None:
+        self.latest: object = None
+        self.seq = 0
+
+    def publish(self, params: dict, revision: int) -> None:
+        self.latest = ControlUpdate(
+            stage="learner", params=params, revision=revision, produced_at=0
+        )
+        self.seq += 1
+
+
+class Producer:
+    """What a stage sends, as (topic, message, key)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, ControlUpdate, str]] = []
+
+    def send(self, topic: str, msg: ControlUpdate, key: str) -> None:
+        self.sent.append((topic, msg, key))
+
+
+def test_pacing_follows_what_the_learner_applied_not_a_revision_it_refused() -> None:
+    """A revision not from `rollstream control` (which checks it first) that the learner
+    refuses whole for its bad lr: the generator keeps pacing by the publish_every the learner
+    runs, then follows the next revision the learner applies."""
+    from rollstream.services.generator.service import _groups_per_version, _pacing_knobs
+    from rollstream.services.learner.config import LIVE_KNOBS, LearnerConfig, validate_control
+    from rollstream.services.runtime.config import RunConfig
+    from rollstream.services.runtime.knobs import LiveKnobs
+
+    cfg = RunConfig(replay={"batch_groups": 2}, learner={"publish_every": 1})
+    control, producer = Follower(), Producer()
+    knobs = LiveKnobs(
+        "learner",
+        LearnerConfig(publish_every=1),
+        validate_control,
+        lambda cfg, changed: None,
+        LIVE_KNOBS,
+        follower=control,
+        producer=producer,
+    )
+
+    def paced() -> int:  # the generator's kept groups a version, from the answers so far
+        applied: dict[str, dict[str, int]] = {}
+        for topic, answer, key in producer.sent:
+            assert (topic, key, answer.stage, answer.applied) == (
+                "control", "learner.applied", "learner", True
+            )  # fmt: skip
+            knobs = _pacing_knobs(answer)
+            assert not isinstance(knobs, str), knobs
+            applied["learner"] = knobs
+        return _groups_per_version(cfg, applied)
+
+    knobs.poll()  # the run's config
+    assert [m.revision for _, m, _ in producer.sent] == [0]
+    assert paced() == 2
+
+    control.publish({"publish_every": 4, "lr": -1.0}, revision=1)
+    knobs.poll()
+    assert knobs.current.publish_every == 1  # refused whole
+    assert [m.revision for _, m, _ in producer.sent] == [0]  # nothing answered
+    assert paced() == 2
+
+    control.publish({"publish_every": 4, "lr": 0.01}, revision=2)
+    knobs.poll()
+    assert [m.revision for _, m, _ in producer.sent] == [0, 2]
+    assert producer.sent[-1][1].params["lr"] == 0.01  # every live knob in force
+    assert paced() == 2 * 4
+
+
+def test_pacing_ignores_an_answer_no_stage_would_write() -> None:
+    """Pacing reads replay's batch_groups and the learner's publish_every from their answers;
+    one some other writer forged with a value they would refuse is ignored, not a crash."""
+    from rollstream.services.generator.service import _pacing_knobs
+
+    def answer(stage: str, params: dict) -> ControlUpdate:
+        return ControlUpdate(stage=stage, params=params, applied=True, produced_at=0)
+
+    assert _pacing_knobs(answer("replay", {"batch_groups": 4, "beta": 0.5})) == {"batch_groups": 4}
+    assert _pacing_knobs(answer("learner", {"publish_every": 2})) == {"publish_every": 2}
+    assert _pacing_knobs(answer("learner", {"lr": 0.1})) == {}
+    for bad in ("four", 0, 2.5, True, None):
+        assert "not a whole number" in str(_pacing_knobs(answer("replay", {"batch_groups": bad})))
