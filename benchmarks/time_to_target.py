@@ -685,6 +685,16 @@ def write_json(
     )
 
 
+def model_of_size(size: str, runs_dir: Path) -> Path:
+    """RUNS_DIR/model-SIZE: the base model of `init-model --size SIZE`, built unless it is
+    there (the same seed every time, so every row and seed trains the same model)."""
+    out = runs_dir / f"model-{size}"
+    if not (out / "model.safetensors").exists():
+        cmd = [sys.executable, "-m", "rollstream.services.cli", "init-model", "--size", size]
+        subprocess.run([*cmd, "--device", "auto", "--out", str(out)], check=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--rows", nargs="+", default=DEFAULT_ROWS, choices=sorted(ROWS))
@@ -696,10 +706,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tag", default="", help="suffix of the output files and run names")
     ap.add_argument("--runs-dir", type=Path, default=ROOT / "runs", help="a folder named runs")
     ap.add_argument("--out-dir", type=Path, default=RESULTS, help="where the JSON and PNG go")
+    ap.add_argument(
+        "--model-size",
+        default="tiny",
+        help="base model of every run: tiny (the built-in one) or an `init-model --size`, "
+        "built once into RUNS_DIR/model-SIZE (on the GPU if torch sees one)",
+    )
     args = ap.parse_args(argv)
     args.runs_dir = args.runs_dir.resolve()
     if args.runs_dir.name != "runs":
         ap.error("--runs-dir must be a folder named runs (rollstream up writes ./runs/<name>)")
+    if args.model_size != "tiny":
+        args.set.append(f"model.path={model_of_size(args.model_size, args.runs_dir)}")
 
     tag = f"-{args.tag}" if args.tag else ""
     stamp = time.strftime("%m%d-%H%M%S")

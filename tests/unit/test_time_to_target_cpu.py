@@ -58,3 +58,23 @@ def test_a_row_with_its_broker_elsewhere_points_up_at_it() -> None:
     assert "kafka.partitions=2" in two  # a partition for each generator, as up's own broker
     three = ttt.command(ttt.Run("async-xb", 0, "w", broker=Broker()), 60, ["x.replicas=3"])
     assert "kafka.partitions=3" in three  # a --set given to every run counts as well
+
+
+def test_a_model_size_is_built_once_and_then_reused(tmp_path, monkeypatch) -> None:
+    """`--model-size small`: the first call builds runs/model-small with init-model (on the
+    GPU if there is one); later calls, and every row and seed, train that same directory."""
+    calls: list[list[str]] = []
+
+    def fake_run(cmd, check):  # type: ignore[no-untyped-def]
+        calls.append(cmd)
+        out = Path(cmd[cmd.index("--out") + 1])
+        out.mkdir(parents=True)
+        (out / "model.safetensors").write_bytes(b"x")
+
+    monkeypatch.setattr(ttt.subprocess, "run", fake_run)
+    first = ttt.model_of_size("small", tmp_path)
+    again = ttt.model_of_size("small", tmp_path)
+    assert first == again == tmp_path / "model-small"
+    assert len(calls) == 1
+    assert calls[0][calls[0].index("--size") + 1] == "small"
+    assert calls[0][calls[0].index("--device") + 1] == "auto"

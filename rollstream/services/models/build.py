@@ -222,6 +222,10 @@ def init_model_cli(
     if size != "tiny" and not out:
         print(f"error: --size {size} needs --out DIR", file=sys.stderr)
         return 2
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     problem = device_problem(device)
     if problem:
         print(f"error: --device {device}: {problem}", file=sys.stderr)
