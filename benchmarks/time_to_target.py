@@ -333,9 +333,17 @@ def cpu_budget(
             seen.update(procs)
         return seen
 
+    # a process's name from any sample that read one: one that has exited by the last sample
+    # (the learner stops before the final evaluation) has no command line left to read
+    names: dict[int, str] = {}
+    for _, procs in samples:
+        for pid, (name, _) in procs.items():
+            if name != "?" or pid not in names:
+                names[pid] = name
     before, after = at(t0), at(t1)
     by_stage: dict[str, float] = {}
-    for pid, (name, cpu) in after.items():
+    for pid, (_, cpu) in after.items():
+        name = names[pid]
         by_stage[name] = by_stage.get(name, 0.0) + cpu - before.get(pid, (name, 0.0))[1]
     total = sum(v for k, v in by_stage.items() if k != ELSEWHERE_LABEL)
     return {

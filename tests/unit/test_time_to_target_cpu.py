@@ -78,3 +78,16 @@ def test_a_model_size_is_built_once_and_then_reused(tmp_path, monkeypatch) -> No
     assert len(calls) == 1
     assert calls[0][calls[0].index("--size") + 1] == "small"
     assert calls[0][calls[0].index("--device") + 1] == "auto"
+
+
+def test_a_stage_that_exited_before_the_last_sample_keeps_its_name() -> None:
+    """The learner stops before the run's final evaluation: by the last sample its command
+    line reads empty ('?'), and its CPU must still count as the learner's."""
+    evals = [{"step": 0, "wall": 0.0}, {"step": 10, "wall": 10.0}, {"step": 30, "wall": 20.0}]
+    samples = [
+        (9.0, {1: ("learner", 5.0), 2: ("generator", 5.0)}),
+        (19.5, {1: ("?", 9.0), 2: ("generator", 11.0)}),
+    ]
+    budget = ttt.cpu_budget(samples, evals)
+    assert budget is not None
+    assert budget["cpu_s"] == {"learner": 4.0, "generator": 6.0}
