@@ -204,14 +204,11 @@ def _topic_tools(sub: Any) -> None:
 
 
 def _init_model_parser(sub: Any) -> None:
-    from rollstream.services.models.build import SIZES
-
-    p = sub.add_parser("init-model", help="build the built-in tiny base model")
+    p = sub.add_parser("init-model", help="build the built-in base model (or a larger one)")
     p.add_argument("--out", default=None, help="output dir (default: the built-in model's home)")
     p.add_argument("--seed", type=int, default=0, help="seed of its random init and warm-up")
     p.add_argument(
         "--size",
-        choices=sorted(SIZES),
         default="tiny",
         help="shape: tiny (the built-in model, 0.55M parameters) or small (8.4M, 8 layers; "
         "needs --out unless tiny)",
