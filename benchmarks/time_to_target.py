@@ -695,7 +695,8 @@ def write_json(
 
 def model_of_size(size: str, runs_dir: Path) -> Path:
     """RUNS_DIR/model-SIZE: the base model of `init-model --size SIZE`, built unless it is
-    there (the same seed every time, so every row and seed trains the same model)."""
+    there (built once, so every row and seed trains the same model; a GPU build is not
+    bit-for-bit repeatable, so compare rows built on one host)."""
     out = runs_dir / f"model-{size}"
     if not (out / "model.safetensors").exists():
         cmd = [sys.executable, "-m", "rollstream.services.cli", "init-model", "--size", size]

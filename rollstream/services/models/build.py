@@ -78,9 +78,10 @@ def build_config(spec: BaseModelSpec) -> Any:
 
 @contextlib.contextmanager
 def _deterministic(threads: int, device: str = "cpu") -> Iterator[None]:
-    """One fixed thread count and deterministic kernels for the block; restored afterwards.
-    On CUDA, cuBLAS is deterministic only with a fixed workspace (set here unless the
-    environment sets one), and ops without a deterministic kernel warn instead of failing."""
+    """One fixed thread count and deterministic kernels for the block; both restored
+    afterwards. On CUDA, cuBLAS is deterministic only with a fixed workspace (set here unless
+    the environment sets one; it stays set), and ops without a deterministic kernel (the
+    attention backward) warn instead of failing: a GPU build is not bit-for-bit repeatable."""
     import torch
 
     old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
@@ -108,8 +109,8 @@ def init_model(
     """Build, warm up, evaluate and save the base model into `out_dir` (replaced if present),
     warming up on `device` (a torch device: cpu, cuda, cuda:1). Returns the summary (also
     saved as rollstream_base.json): parameters, seconds, warm-up steps, held-out accuracy
-    overall and per task. A seed gives the same model on one device; CPU and GPU kernels
-    differ, so not the same model on both."""
+    overall and per task. On a CPU a seed gives the same model every time; on a GPU two
+    builds of a seed may differ slightly (see _deterministic), and CPU and GPU differ."""
     import torch
     from transformers import GenerationConfig, LlamaForCausalLM
     from transformers.utils import logging as hf_logging

@@ -3,9 +3,10 @@ the stage runs, checked against the stage's config schema.
 
 Reads: `control` (a Follower thread, no consumer group, keyed by stage). Writes, given a
 producer: `control`, keyed `<stage>.applied`, an answer (ControlUpdate with `applied`) with
-every live knob in force, at the first poll and after each revision applied; the producer's
-owner flushes it. A stage whose work depends on another's knobs (the generator paces by
-replay's batch_groups and the learner's publish_every) reads these answers, not the requests.
+every live knob in force, once the follower has read `control` to its end and after each
+revision applied; the producer's owner flushes it. A stage whose work depends on another's
+knobs (the generator paces by replay's batch_groups and the learner's publish_every) reads
+these answers, not the requests.
 A bad record on `control` is the Follower's dead letter. Each new revision for the stage is
 checked by `validate(params, base)`, the same function the CLI calls before it publishes, and
 applied onto `base` (the run's config), never onto the current state: a key removed with
@@ -76,8 +77,7 @@ class LiveKnobs(Generic[M]):
 
     def poll(self) -> bool:
         """Apply the newest revision if it is new; True when some knob changed."""
-        first = self.seen < 0
-        if first:
+        if self.seen < 0:
             self.seen = 0
             self.apply(self.current, self.live)
         f = self.follower
@@ -85,9 +85,16 @@ class LiveKnobs(Generic[M]):
         if f is not None and f.seq != self.seen and f.latest is not None:
             self.seen = f.seq
             changed = self.update(dict(f.latest.params), f.latest.revision)
-        if first and not self.answered:  # none applied above: answer the run's config
+        if not self.answered and self._caught_up():  # none applied: answer the run's config
             self._answer()
         return changed
+
+    def _caught_up(self) -> bool:
+        """Whether the follower has read `control` to its end once: before that, a revision
+        of an earlier session (a resumed run) may still be on its way, and answering the
+        run's config first would resize the generators' pacing back and forth."""
+        event = getattr(self.follower, "caught_up", None)
+        return event is None or event.is_set()
 
     def update(self, params: dict[str, Any], revision: int = 0) -> bool:
         """Check `params` onto the run's config and apply what changed; False if refused."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import traceback
 from collections.abc import Mapping
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -105,8 +106,12 @@ def _import_path(spec: str, noun: str, what: str, error: type[Exception]) -> Any
     except ImportError as exc:
         raise error(f"cannot import {noun} module {module_name!r}: {exc}") from exc
     except Exception as exc:  # the user's module itself is broken: say how, and where
+        where = ""
+        if not isinstance(exc, SyntaxError) and exc.__traceback__ is not None:
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            where = f" ({Path(frame.filename).name}, line {frame.lineno})"
         raise error(
-            f"cannot import {noun} module {module_name!r}: {type(exc).__name__}: {exc}"
+            f"cannot import {noun} module {module_name!r}: {type(exc).__name__}: {exc}{where}"
         ) from exc
     obj = module
     for part in attr.split("."):

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -74,34 +72,21 @@ def validate_sections(cfg: RunConfig) -> None:
 def check_names(cfg: RunConfig) -> None:
     """What the stages would only find missing once started (each crashing `up.fail_restarts`
     times before the run stops): the feed's tasks, the scorer's rewards and the filter chain's
-    filters, resolved as those stages resolve them and with their import path (user modules
-    imported, nothing built), and the model directory. ConfigError names the field."""
+    filters, resolved as those stages resolve them, in a process started as a stage is
+    (up/names.py: user modules imported there, nothing built), and the model directory.
+    ConfigError names the field."""
     from rollstream.services.feed.config import FeedConfig
-    from rollstream.services.filter.chain import FilterConfigError, filter_class
     from rollstream.services.filter.config import FilterConfig
     from rollstream.services.runtime.config import ConfigError, section
     from rollstream.services.scorer.config import ScorerConfig
-    from rollstream.services.scorer.reward import RewardConfigError, reward_object
-    from rollstream.services.tasks import get_task
-    from rollstream.services.tasks.base import TaskError
 
-    errors = []
-    with stage_import_path():
-        for i, entry in enumerate(section(cfg, "feed", FeedConfig).tasks or []):
-            try:
-                get_task(entry.task)
-            except TaskError as exc:
-                errors.append(f"feed.tasks.{i}.task: {exc}")
-        for i, reward in enumerate(section(cfg, "scorer", ScorerConfig).rewards):
-            try:
-                reward_object(reward.name)
-            except RewardConfigError as exc:
-                errors.append(f"scorer.rewards.{i}.name: {exc}")
-        for i, spec in enumerate(section(cfg, "filter", FilterConfig).chain):
-            try:
-                filter_class(spec.name)
-            except FilterConfigError as exc:
-                errors.append(f"filter.chain.{i}.name: {exc}")
+    names = {
+        "plugins": cfg.plugins,
+        "tasks": [e.task for e in section(cfg, "feed", FeedConfig).tasks or []],
+        "rewards": [r.name for r in section(cfg, "scorer", ScorerConfig).rewards],
+        "filters": [f.name for f in section(cfg, "filter", FilterConfig).chain],
+    }
+    errors = unresolved_names(names)
     path = cfg.model.path
     if path is not None and not (Path(path) / "config.json").is_file():
         what = "no such directory" if not Path(path).exists() else "no config.json in it"
@@ -112,21 +97,27 @@ def check_names(cfg: RunConfig) -> None:
         raise ConfigError("; ".join(errors))
 
 
-@contextmanager
-def stage_import_path() -> Iterator[None]:
-    """`sys.path` as a stage process has it, for the block: the supervisor starts each stage
-    with `python -m` from this directory, which puts the directory on the stage's path, while
-    `up` run as the `rollstream` script lacks it. Without it a user's module here would fail
-    the check although every stage finds it."""
-    cwd = os.getcwd()
-    if cwd in sys.path:
-        yield
-        return
-    sys.path.append(cwd)
+def unresolved_names(names: dict[str, Any], timeout_s: float = 120.0) -> list[str]:
+    """up/names.py's errors for `names`, from a child process run as the supervisor runs a
+    stage (`python -m` from this directory, up's environment)."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "rollstream.services.up.names"]
     try:
-        yield
-    finally:
-        sys.path.remove(cwd)
+        proc = subprocess.run(
+            cmd, input=json.dumps(names), capture_output=True, text=True, timeout=timeout_s
+        )
+    except subprocess.TimeoutExpired:
+        return [f"checking the task, reward and filter names took over {timeout_s:g} s"]
+    lines = proc.stdout.strip().splitlines()
+    try:
+        errors = json.loads(lines[-1]) if proc.returncode == 0 and lines else None
+    except json.JSONDecodeError:
+        errors = None
+    if not isinstance(errors, list):
+        detail = (proc.stderr.strip() or proc.stdout.strip())[-2000:]
+        return [f"checking the task, reward and filter names failed: {detail}"]
+    return [str(e) for e in errors]
 
 
 def resolved_with_sources(args: argparse.Namespace) -> list[tuple[str, Any, str]]:

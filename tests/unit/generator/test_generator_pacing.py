@@ -305,3 +305,57 @@ def test_pacing_ignores_an_answer_no_stage_would_write() -> None:
     assert _pacing_knobs(answer("learner", {"lr": 0.1})) == {}
     for bad in ("four", 0, 2.5, True, None):
         assert "not a whole number" in str(_pacing_knobs(answer("replay", {"batch_groups": bad})))
+
+
+def test_a_stage_answers_the_run_config_only_once_it_has_read_control_to_its_end() -> None:
+    """A resumed run: the learner's revision of the earlier session is still on its way when
+    the learner first polls. Answering the run's config then, and the revision a moment later,
+    would resize every generator's pacing back and forth; it answers once, with the revision."""
+    import threading
+
+    from rollstream.services.learner.config import LIVE_KNOBS, LearnerConfig, validate_control
+    from rollstream.services.runtime.knobs import LiveKnobs
+
+    control, producer = Follower(), Producer()
+    control.caught_up = threading.Event()  # type: ignore[attr-defined]
+    knobs = LiveKnobs(
+        "learner",
+        LearnerConfig(publish_every=1),
+        validate_control,
+        lambda cfg, changed: None,
+        LIVE_KNOBS,
+        follower=control,
+        producer=producer,
+    )
+    knobs.poll()
+    assert producer.sent == []  # control not read to its end yet
+    control.publish({"publish_every": 4}, revision=3)
+    control.caught_up.set()  # type: ignore[attr-defined]
+    knobs.poll()
+    knobs.poll()
+    assert [(m.revision, m.params["publish_every"]) for _, m, _ in producer.sent] == [(3, 4)]
+
+
+def test_a_stage_with_nothing_on_control_answers_its_run_config() -> None:
+    """A new run: control is empty; once read to its end the stage answers revision 0."""
+    import threading
+
+    from rollstream.services.learner.config import LIVE_KNOBS, LearnerConfig, validate_control
+    from rollstream.services.runtime.knobs import LiveKnobs
+
+    control, producer = Follower(), Producer()
+    control.caught_up = threading.Event()  # type: ignore[attr-defined]
+    knobs = LiveKnobs(
+        "learner",
+        LearnerConfig(publish_every=2),
+        validate_control,
+        lambda cfg, changed: None,
+        LIVE_KNOBS,
+        follower=control,
+        producer=producer,
+    )
+    knobs.poll()
+    control.caught_up.set()  # type: ignore[attr-defined]
+    knobs.poll()
+    knobs.poll()
+    assert [(m.revision, m.params["publish_every"]) for _, m, _ in producer.sent] == [(0, 2)]

@@ -206,9 +206,10 @@ def test_a_plugin_module_that_does_not_import_fails_before_the_run_starts(
     plugins.mkdir()
     (plugins / "typo_reward.py").write_text("def reward(rollout):\n    return 1.0 +\n")
     (plugins / "needy_filter.py").write_text("import rs_missing_dependency\n")
+    (plugins / "raising_reward.py").write_text("x = 1\nLIMITS = {}['max']\n")
     monkeypatch.setattr(sys, "path", [*sys.path])  # `--plugins` puts the folder on it
     sets = [
-        "scorer.rewards=[{name: 'typo_reward:reward'}]",
+        "scorer.rewards=[{name: 'typo_reward:reward'}, {name: 'raising_reward:R'}]",
         "filter.chain=[{name: 'needy_filter:F'}]",
     ]
     args = build_parser().parse_args(
@@ -221,6 +222,10 @@ def test_a_plugin_module_that_does_not_import_fails_before_the_run_starts(
         "scorer.rewards.0.name: cannot import reward module 'typo_reward': SyntaxError" in message
     )
     assert "(typo_reward.py, line 2)" in message
+    assert (
+        "scorer.rewards.1.name: cannot import reward module 'raising_reward': KeyError: 'max' "
+        "(raising_reward.py, line 2)"
+    ) in message
     assert (
         "filter.chain.0.name: cannot import filter module 'needy_filter': "
         "No module named 'rs_missing_dependency'"
@@ -240,3 +245,24 @@ def test_a_user_module_in_the_working_directory_passes_as_the_stages_find_it(
     cfg, _ = load_layers([default_config_path()], ["scorer.rewards=[{name: 'here_reward:reward'}]"])
     check_names(cfg)
     assert sys.path == path
+
+
+def test_a_user_module_is_imported_for_the_check_in_a_process_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reward module may load a model or start a thread at import: the check imports it
+    in a child process, so nothing of it stays in `up` for the run, and a thread it leaves
+    running does not hang the check."""
+    from rollstream.services.up.main import check_names
+
+    (tmp_path / "heavy_reward.py").write_text(
+        "import threading, time\n"
+        "threading.Thread(target=time.sleep, args=(3600,)).start()  # not a daemon\n"
+        "def reward(rollout):\n    return 1.0\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    cfg, _ = load_layers(
+        [default_config_path()], ["scorer.rewards=[{name: 'heavy_reward:reward'}]"]
+    )
+    check_names(cfg)
+    assert "heavy_reward" not in sys.modules
