@@ -3,6 +3,8 @@ samples before it waits for a new version, given what the filter keeps."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from rollstream.schemas import ControlUpdate
 from rollstream.services.generator.pacing import Pacer
 
@@ -307,10 +309,8 @@ def test_pacing_ignores_an_answer_no_stage_would_write() -> None:
         assert "not a whole number" in str(_pacing_knobs(answer("replay", {"batch_groups": bad})))
 
 
-def test_a_stage_answers_the_run_config_only_once_it_has_read_control_to_its_end() -> None:
-    """A resumed run: the learner's revision of the earlier session is still on its way when
-    the learner first polls. Answering the run's config then, and the revision a moment later,
-    would resize every generator's pacing back and forth; it answers once, with the revision."""
+def answering_learner(publish_every: int) -> tuple[Follower, Producer, Any]:
+    """The learner's LiveKnobs with a follower that has not yet read `control` to its end."""
     import threading
 
     from rollstream.services.learner.config import LIVE_KNOBS, LearnerConfig, validate_control
@@ -320,13 +320,21 @@ def test_a_stage_answers_the_run_config_only_once_it_has_read_control_to_its_end
     control.caught_up = threading.Event()  # type: ignore[attr-defined]
     knobs = LiveKnobs(
         "learner",
-        LearnerConfig(publish_every=1),
+        LearnerConfig(publish_every=publish_every),
         validate_control,
         lambda cfg, changed: None,
         LIVE_KNOBS,
         follower=control,
         producer=producer,
     )
+    return control, producer, knobs
+
+
+def test_a_stage_answers_the_run_config_only_once_it_has_read_control_to_its_end() -> None:
+    """A resumed run: the learner's revision of the earlier session is still on its way when
+    the learner first polls. Answering the run's config then, and the revision a moment later,
+    would resize every generator's pacing back and forth; it answers once, with the revision."""
+    control, producer, knobs = answering_learner(publish_every=1)
     knobs.poll()
     assert producer.sent == []  # control not read to its end yet
     control.publish({"publish_every": 4}, revision=3)
@@ -338,22 +346,7 @@ def test_a_stage_answers_the_run_config_only_once_it_has_read_control_to_its_end
 
 def test_a_stage_with_nothing_on_control_answers_its_run_config() -> None:
     """A new run: control is empty; once read to its end the stage answers revision 0."""
-    import threading
-
-    from rollstream.services.learner.config import LIVE_KNOBS, LearnerConfig, validate_control
-    from rollstream.services.runtime.knobs import LiveKnobs
-
-    control, producer = Follower(), Producer()
-    control.caught_up = threading.Event()  # type: ignore[attr-defined]
-    knobs = LiveKnobs(
-        "learner",
-        LearnerConfig(publish_every=2),
-        validate_control,
-        lambda cfg, changed: None,
-        LIVE_KNOBS,
-        follower=control,
-        producer=producer,
-    )
+    control, producer, knobs = answering_learner(publish_every=2)
     knobs.poll()
     control.caught_up.set()  # type: ignore[attr-defined]
     knobs.poll()
