@@ -27,7 +27,6 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from rollstream.schemas import DeadLetter, EvalResult, WeightUpdate, encode
 from rollstream.services.evaluator.config import EvaluatorConfig
@@ -110,17 +109,20 @@ class Evaluator:
         self.store = store  # the weight store updates must point into (None: unchecked)
         if not items:
             raise ValueError("no held-out items to evaluate (set evaluator.tasks)")
+        import torch
+
         from rollstream.services.models.load import (
             describe,
             load_model,
             load_tokenizer,
+            resolve_device,
             resolve_template,
         )
 
         self.cfg, self.run_name, self.items = cfg, run, list(items)
         stage_metrics = metrics or StageMetrics("evaluator")
         self.m = EvaluatorMetrics(stage_metrics)
-        self.device = _device(cfg.device)
+        self.device = torch.device(resolve_device(cfg.device))
         self.tokenizer = load_tokenizer(model_dir)
         self.model = load_model(model_dir, device=str(self.device))
         self.model.eval()
@@ -302,11 +304,3 @@ class Evaluator:
     def close(self) -> None:
         self.weights.stop()
         self.producer.close()
-
-
-def _device(name: str) -> Any:
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)

@@ -39,13 +39,12 @@ class HFBackend:
             describe,
             load_model,
             load_tokenizer,
+            resolve_device,
             stop_token_ids,
         )
 
         self.torch = torch
-        self.device = (
-            ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-        )
+        self.device = resolve_device(device)
         self.tokenizer = load_tokenizer(model_dir)
         self.model = load_model(
             model_dir, device=self.device, dtype=None if dtype == "auto" else dtype

@@ -27,14 +27,6 @@ from rollstream.services.runtime.stage import (
 log = logging.getLogger("rollstream")
 
 
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def make_publisher(ctx: StageContext, model_dir: str, bf16: bool = False) -> Any:
     """publisher(model, version, step) -> WeightUpdate, writing into the run's weight store
     (in bf16 when the learner computes in bf16 and weights.wire_dtype is auto)."""
@@ -95,6 +87,7 @@ def build_trainer(ctx: StageContext, cfg: Any, par: Any) -> tuple[Any, str]:
         ensure_base_model,
         load_model,
         load_tokenizer,
+        resolve_device,
     )
 
     if cfg.threads:
@@ -104,7 +97,7 @@ def build_trainer(ctx: StageContext, cfg: Any, par: Any) -> tuple[Any, str]:
         torch.set_num_threads(1)
     torch.manual_seed(ctx.cfg.seed)
     model_dir = ctx.args.model or ctx.cfg.model.path or str(ensure_base_model())
-    device = par.device if par is not None else _device(cfg.device)
+    device = par.device if par is not None else resolve_device(cfg.device)
     # fp32 master weights; FSDP shards from CPU, one block at a time onto the GPU
     load_on = "cpu" if par is not None and par.fsdp else device
     model = load_model(model_dir, device=load_on, dtype="float32")

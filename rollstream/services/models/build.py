@@ -214,7 +214,7 @@ def init_model_cli(
     [--size S] [--device D]`; returns the exit code. With --tasks / --dataset, or a size
     other than tiny, the model is written to --out (required: the default run's model stays as
     it is); --tasks / --dataset warm it up on those instead of the default mixture."""
-    from rollstream.services.models.load import default_model_dir
+    from rollstream.services.models.load import default_model_dir, resolve_device
     from rollstream.services.tasks import TaskError
 
     if size not in SIZES:
@@ -223,10 +223,7 @@ def init_model_cli(
     if size != "tiny" and not out:
         print(f"error: --size {size} needs --out DIR", file=sys.stderr)
         return 2
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     problem = device_problem(device)
     if problem:
         print(f"error: --device {device}: {problem}", file=sys.stderr)

@@ -64,6 +64,16 @@ def load_tokenizer(model_dir: str | Path) -> Any:
     return tok
 
 
+def resolve_device(name: str) -> str:
+    """A torch device name for a config's `device`: "auto" is cuda when torch sees a GPU, else
+    cpu; any other name as given."""
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def load_model(model_dir: str | Path, device: str = "cpu", dtype: str | None = None) -> Any:
     """AutoModelForCausalLM from a local directory, on `device`, in `dtype` (None/"auto":
     bfloat16 on CUDA, float32 elsewhere)."""
