@@ -118,7 +118,7 @@ def warm_up(
 ) -> tuple[Any, WarmupReport]:
     """Train `model` on the mixture until every task is held (or `max_steps`), on the device
     its weights are on; returns the moving-average model (the one to save) and a report.
-    Deterministic for a seed."""
+    Deterministic for a seed under build._deterministic on a CPU (on a GPU nearly so)."""
     import torch
 
     start = time.perf_counter()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 
@@ -34,22 +35,18 @@ def unresolved(names: dict[str, Any]) -> list[str]:
         add_plugin_dirs(names.get("plugins", []))
     except PluginError as exc:
         return [f"plugins: {exc}"]
+    lookups: list[tuple[str, str, Callable[[str], Any], type[Exception]]] = [
+        ("tasks", "feed.tasks.{}.task", get_task, TaskError),
+        ("rewards", "scorer.rewards.{}.name", reward_object, RewardConfigError),
+        ("filters", "filter.chain.{}.name", filter_class, FilterConfigError),
+    ]
     errors = []
-    for i, task in enumerate(names.get("tasks", [])):
-        try:
-            get_task(task)
-        except TaskError as exc:
-            errors.append(f"feed.tasks.{i}.task: {exc}")
-    for i, reward in enumerate(names.get("rewards", [])):
-        try:
-            reward_object(reward)
-        except RewardConfigError as exc:
-            errors.append(f"scorer.rewards.{i}.name: {exc}")
-    for i, name in enumerate(names.get("filters", [])):
-        try:
-            filter_class(name)
-        except FilterConfigError as exc:
-            errors.append(f"filter.chain.{i}.name: {exc}")
+    for kind, field, look_up, error in lookups:
+        for i, name in enumerate(names.get(kind, [])):
+            try:
+                look_up(name)
+            except error as exc:
+                errors.append(f"{field.format(i)}: {exc}")
     return errors
 
 
