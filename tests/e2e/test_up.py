@@ -241,6 +241,31 @@ def check_policy(summary: dict, tmp_path: Path, home: Path) -> None:
     assert moved, "the written policy is the base model"
 
 
+def test_sync_mode_run_as_the_rollstream_script_finds_a_reward_in_the_working_directory(
+    rollstream_home: Path, tmp_path: Path
+):
+    """A stage runs `python -m`, which puts the working directory on its import path; the
+    `rollstream` script does not. `--mode sync`, every stage in the script's own process, must
+    find `my_reward.py` beside the user as the streaming stages do (and as `up`'s start check
+    said it would)."""
+    (tmp_path / "my_reward.py").write_text(
+        "import pathlib\n"
+        "def reward(rollout):\n"
+        "    with pathlib.Path('scored.txt').open('a') as f:\n"
+        "        f.write(rollout.rollout_id + '\\n')\n"
+        "    return float(len(rollout.completion) % 2)\n"
+    )
+    env = {**os.environ, "ROLLSTREAM_HOME": str(rollstream_home), "PYTHONUNBUFFERED": "1"}
+    cmd = [str(Path(sys.executable).parent / "rollstream"), "up", "--no-view", "--mode", "sync"]
+    cmd += ["--name", "cwd", "--set", "scorer.rewards=[{name: 'my_reward:reward'}]"]
+    cmd += ["--set", "target.steps=1", "--set", "evaluator.items_per_task=5"]
+    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    summary = json.loads((only_run(tmp_path) / "sync_summary.json").read_text())
+    assert summary["steps"] == 1
+    assert len((tmp_path / "scored.txt").read_text().split()) == summary["generated"]
+
+
 def test_sync_mode_stops_on_ctrl_c_after_the_step_and_keeps_what_it_trained(
     rollstream_home: Path, tmp_path: Path
 ):

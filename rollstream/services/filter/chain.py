@@ -163,6 +163,18 @@ def load_filter(spec: str, params: Mapping[str, Any] | None = None) -> Filter:
     return filter_class(spec)(**dict(params or {}))
 
 
+def check_filter_params(spec: str, params: Mapping[str, Any] | None = None) -> None:
+    """Refuse the `params` that `load_filter(spec, params)` would refuse, without building
+    the filter: checked against its `Params`. FilterConfigError names the field."""
+    cls = filter_class(spec)
+    model = getattr(cls, "Params", None)
+    if inspect.isclass(model) and issubclass(model, BaseModel):
+        try:
+            model.model_validate(dict(params or {}))
+        except ValidationError as exc:
+            raise FilterConfigError(f"filter {spec!r}: {_problems(exc)}") from None
+
+
 def label_of(spec: Any) -> str:
     """The label a FilterSpec's filter gets in the chain: its `label`, else its class's name."""
     return getattr(spec, "label", None) or filter_class(spec.name).name

@@ -101,8 +101,19 @@ def _import_path(spec: str, noun: str, what: str, error: type[Exception]) -> Any
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise error(f"{noun} path {spec!r} must look like 'package.module:{what}'")
+    obj = import_module(module_name, noun, error)
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise error(f"module {module_name!r} has no {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def import_module(module_name: str, noun: str, error: type[Exception]) -> Any:
+    """Import a user's module; `error` when it does not import: missing, or raising while it
+    runs (a SyntaxError in the user's file, a KeyError at import), saying how and where."""
     try:
-        module = importlib.import_module(module_name)
+        return importlib.import_module(module_name)
     except ImportError as exc:
         raise error(f"cannot import {noun} module {module_name!r}: {exc}") from exc
     except Exception as exc:  # the user's module itself is broken: say how, and where
@@ -113,9 +124,3 @@ def _import_path(spec: str, noun: str, what: str, error: type[Exception]) -> Any
         raise error(
             f"cannot import {noun} module {module_name!r}: {type(exc).__name__}: {exc}{where}"
         ) from exc
-    obj = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise error(f"module {module_name!r} has no {attr!r}")
-        obj = getattr(obj, part)
-    return obj

@@ -143,6 +143,37 @@ def load_reward(spec: str, params: dict[str, Any] | None = None) -> Reward:
     return reward
 
 
+def check_reward_params(spec: str, params: dict[str, Any] | None = None) -> None:
+    """Refuse the `params` that `load_reward(spec, params)` would refuse, without building
+    the reward (which may load a model or open a connection): checked against its `Params`
+    (a RewardParams model, as the built-ins have), else against its signature.
+    RewardConfigError names the field."""
+    params = dict(params or {})
+    obj = reward_object(spec)
+    model = getattr(obj, "Params", None)
+    if inspect.isclass(obj) and inspect.isclass(model) and issubclass(model, RewardParams):
+        parse_params(model, params, spec)
+    elif inspect.isclass(obj) or (callable(obj) and not hasattr(obj, "score")):
+        _check_call(obj, params, spec)
+    elif params:
+        raise RewardConfigError(f"reward {spec!r} is an object; it takes no params")
+
+
+def _check_call(obj: Any, params: dict[str, Any], spec: str) -> None:
+    """Whether `obj` could be called with `params` (after the rollout, for a function)."""
+    try:
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError):  # no signature to read (a C function): leave it to the call
+        return
+    try:
+        if inspect.isclass(obj):
+            signature.bind(**params)
+        else:
+            signature.bind(None, **params)
+    except TypeError as exc:
+        raise RewardConfigError(f"reward {spec!r}: params: {exc}") from None
+
+
 def reward_object(spec: str) -> Any:
     """What `spec` names, not yet built: a built-in's class, the object at
     "package.module:object" (its module imported) or a `rollstream.rewards` entry point;

@@ -10,7 +10,6 @@ the Python import path.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import replace
 
 from rollstream.services.tasks.base import Task, TaskError
@@ -40,10 +39,9 @@ def load_task(spec: str) -> Task:
     """Import a task from "pkg.module:obj" or "pkg.module" (which must define `TASK`)."""
     module_name, _, attr = spec.partition(":")
     attr = attr or "TASK"
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise TaskError(f"cannot import task module {module_name!r}: {exc}") from exc
+    from rollstream.services.runtime.plugins import import_module
+
+    module = import_module(module_name, "task", TaskError)
     obj = getattr(module, attr, None)
     if obj is None:
         raise TaskError(f"module {module_name!r} defines no {attr!r}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from contextlib import ExitStack
 from importlib import resources
@@ -45,7 +46,7 @@ def layered(args: argparse.Namespace, base: Path, sets: list[str]) -> RunConfig:
 
     # absolute paths in the run's config.yaml: every stage (any cwd) finds the same folders
     cfg.plugins = add_plugin_dirs([*cfg.plugins, *getattr(args, "plugins", [])])
-    validate_sections(cfg)
+    validate_sections(cfg, stage_env=getattr(args, "mode", "stream") != "sync")
     if args.bootstrap:
         cfg.kafka.bootstrap = args.bootstrap
     if args.namespace:
@@ -53,9 +54,10 @@ def layered(args: argparse.Namespace, base: Path, sets: list[str]) -> RunConfig:
     return cfg
 
 
-def validate_sections(cfg: RunConfig) -> None:
-    """Validate every stage's section with that stage's own model, before anything starts, so
-    a bad value fails `up` at once with the field's name (ConfigError)."""
+def validate_sections(cfg: RunConfig, stage_env: bool = True) -> None:
+    """Validate every stage's section with that stage's own model, and check the names it
+    will look up (`check_names`), before anything starts, so a bad value fails `up` at once
+    with the field's name (ConfigError)."""
     from rollstream.services.runtime.config import ConfigError, section
 
     errors = []
@@ -66,27 +68,42 @@ def validate_sections(cfg: RunConfig) -> None:
             errors.append(str(exc))
     if errors:
         raise ConfigError("; ".join(errors))
-    check_names(cfg)
+    check_names(cfg, stage_env)
 
 
-def check_names(cfg: RunConfig) -> None:
+def check_names(cfg: RunConfig, stage_env: bool = True) -> None:
     """What the stages would only find missing once started (each crashing `up.fail_restarts`
     times before the run stops): the feed's tasks, the scorer's rewards and the filter chain's
-    filters, resolved as those stages resolve them, in a process started as a stage is
-    (up/names.py: user modules imported there, nothing built), and the model directory.
-    ConfigError names the field."""
+    filters with their params, resolved and checked as those stages do, in a process started
+    as a stage is (up/names.py: user modules imported there, nothing built), with that stage's
+    `stages.<stage>.env` unless not `stage_env` (`--mode sync`: one process, up's own
+    environment); and the model directory. ConfigError names the field."""
     from rollstream.services.feed.config import FeedConfig
     from rollstream.services.filter.config import FilterConfig
     from rollstream.services.runtime.config import ConfigError, section
     from rollstream.services.scorer.config import ScorerConfig
 
-    names = {
-        "plugins": cfg.plugins,
-        "tasks": [e.task for e in section(cfg, "feed", FeedConfig).tasks or []],
-        "rewards": [r.name for r in section(cfg, "scorer", ScorerConfig).rewards],
-        "filters": [f.name for f in section(cfg, "filter", FilterConfig).chain],
+    by_stage = {
+        "feed": {"tasks": [{"name": e.task} for e in section(cfg, "feed", FeedConfig).tasks or []]},
+        "scorer": {
+            "rewards": [
+                r.model_dump(mode="json", include={"name", "params"})
+                for r in section(cfg, "scorer", ScorerConfig).rewards
+            ]
+        },
+        "filter": {
+            "filters": [
+                f.model_dump(mode="json", include={"name", "params"})
+                for f in section(cfg, "filter", FilterConfig).chain
+            ]
+        },
     }
-    errors = unresolved_names(names)
+    checks: dict[tuple[tuple[str, str], ...], dict[str, Any]] = {}  # one process an environment
+    for stage, names in by_stage.items():
+        spec = cfg.stages.get(stage)
+        env = tuple(sorted(spec.env.items())) if spec is not None and stage_env else ()
+        checks.setdefault(env, {"plugins": cfg.plugins}).update(names)
+    errors = [e for env, names in checks.items() for e in unresolved_names(names, dict(env))]
     path = cfg.model.path
     if path is not None and not (Path(path) / "config.json").is_file():
         what = "no such directory" if not Path(path).exists() else "no config.json in it"
@@ -97,15 +114,22 @@ def check_names(cfg: RunConfig) -> None:
         raise ConfigError("; ".join(errors))
 
 
-def unresolved_names(names: dict[str, Any], timeout_s: float = 120.0) -> list[str]:
+def unresolved_names(
+    names: dict[str, Any], env: dict[str, str] | None = None, timeout_s: float = 120.0
+) -> list[str]:
     """up/names.py's errors for `names`, from a child process run as the supervisor runs a
-    stage (`python -m` from this directory, up's environment)."""
+    stage (`python -m` from this directory, up's environment with `env` on top)."""
     import subprocess
 
     cmd = [sys.executable, "-m", "rollstream.services.up.names"]
     try:
         proc = subprocess.run(
-            cmd, input=json.dumps(names), capture_output=True, text=True, timeout=timeout_s
+            cmd,
+            input=json.dumps(names),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            env={**os.environ, **(env or {})},
         )
     except subprocess.TimeoutExpired:
         return [f"checking the task, reward and filter names took over {timeout_s:g} s"]

@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -29,6 +30,11 @@ from rollstream.services.runtime.config import RunConfig, dump, section
 
 
 def run_sync(cfg: RunConfig, run_dir: Path | None = None, log: Any = print) -> int:
+    # A stage runs `python -m` from up's directory, which puts that directory on its import
+    # path after the plugin folders: so does this one process, for a user's module there
+    # (`up` run as the `rollstream` script lacks it).
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(len(cfg.plugins), os.getcwd())
     return SyncRun(cfg, run_dir, log).run()
 
 

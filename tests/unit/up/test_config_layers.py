@@ -266,3 +266,96 @@ def test_a_user_module_is_imported_for_the_check_in_a_process_of_its_own(
     )
     check_names(cfg)
     assert "heavy_reward" not in sys.modules
+
+
+def test_bad_reward_and_filter_params_fail_before_the_run_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A misspelt parameter of a built-in, a keyword a user's reward does not take, a user
+    class's required argument left out: found only when the scorer or the filter builds them,
+    each would crash `up.fail_restarts` times. Checked without building anything."""
+    from rollstream.services.up.main import check_names
+
+    (tmp_path / "my_rewards.py").write_text(
+        "BUILT = []\n"
+        "def brevity(rollout, scale=1.0):\n    return 1.0\n"
+        "class Judge:\n"
+        "    name = 'judge'\n"
+        "    def __init__(self, url, retries=3):\n        BUILT.append(url)\n"
+        "    def score(self, rollout):\n        return 1.0\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    sets = [
+        "scorer.rewards=[{name: format, params: {patern: x}}, "
+        "{name: 'my_rewards:brevity', params: {scael: 2}}, {name: 'my_rewards:Judge'}]",
+        "filter.chain=[{name: zero_variance}, {name: pass_rate_band, params: {lo: high}}]",
+    ]
+    cfg, _ = load_layers([default_config_path()], sets)
+    with pytest.raises(ConfigError) as err:
+        check_names(cfg)
+    message = str(err.value)
+    assert "scorer.rewards.0: reward 'format': params.patern: Extra inputs are not permitted" in (
+        message
+    )
+    assert (
+        "scorer.rewards.1: reward 'my_rewards:brevity': params: got an unexpected keyword "
+        "argument 'scael'"
+    ) in message
+    assert (
+        "scorer.rewards.2: reward 'my_rewards:Judge': params: missing a required argument: 'url'"
+    ) in message
+    assert "filter.chain.1: filter 'pass_rate_band': params.lo: Input should be a valid number" in (
+        message
+    )
+    assert "filter.chain.0" not in message
+    # the same rewards with the params they take pass
+    sets = [
+        "scorer.rewards=[{name: format, params: {pattern: x}}, "
+        "{name: 'my_rewards:brevity', params: {scale: 2}}, "
+        "{name: 'my_rewards:Judge', params: {url: 'http://judge'}}]",
+    ]
+    check_names(load_layers([default_config_path()], sets)[0])
+
+
+def test_a_task_module_that_does_not_import_names_the_field_and_the_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SyntaxError in a user's task module is a config error naming the entry, as for a
+    reward or filter module, not a traceback."""
+    from rollstream.services.up.main import check_names
+
+    (tmp_path / "typo_task.py").write_text("TASK = (\n")
+    monkeypatch.chdir(tmp_path)
+    cfg, _ = load_layers(
+        [default_config_path()], ["feed.tasks=[{task: sort}, {task: 'typo_task:TASK'}]"]
+    )
+    with pytest.raises(ConfigError) as err:
+        check_names(cfg)
+    assert "feed.tasks.1.task: cannot import task module 'typo_task': SyntaxError" in str(err.value)
+
+
+def test_a_module_found_through_a_stages_own_environment_passes_only_for_that_stage(
+    tmp_path: Path,
+) -> None:
+    """`stages.scorer.env: {PYTHONPATH: DIR}` gives the scorer's processes a reward module
+    that `up` itself cannot import: the start check looks with the scorer's environment.
+    `--mode sync` runs every stage in one process with up's environment, so there the same
+    module is refused."""
+    from rollstream.services.up.main import check_names
+
+    (tmp_path / "judges").mkdir()
+    (tmp_path / "judges" / "env_reward.py").write_text("def reward(rollout):\n    return 1.0\n")
+    sets = [
+        "scorer.rewards=[{name: 'env_reward:reward'}]",
+        f"stages.scorer.env={{PYTHONPATH: '{tmp_path / 'judges'}'}}",
+    ]
+    cfg, _ = load_layers([default_config_path()], sets)
+    check_names(cfg)
+    with pytest.raises(ConfigError, match="scorer.rewards.0.name: cannot import reward module"):
+        check_names(cfg, stage_env=False)
+    # the filter, without that environment, does not find it either
+    cfg, _ = load_layers([default_config_path()], [*sets, "filter.chain=[{name: 'env_reward:F'}]"])
+    with pytest.raises(ConfigError) as err:
+        check_names(cfg)
+    assert "filter.chain.0.name: cannot import filter module 'env_reward'" in str(err.value)
+    assert "scorer.rewards" not in str(err.value)
