@@ -696,15 +696,30 @@ def write_json(
 def model_of_size(size: str, runs_dir: Path) -> Path:
     """RUNS_DIR/model-SIZE: the base model of `init-model --size SIZE`, built unless it is
     there (built once, so every row and seed trains the same model; a GPU build is not
-    bit-for-bit repeatable, so compare rows built on one host)."""
+    bit-for-bit repeatable, so compare rows built on one host). One that is there must have
+    been built at that size's shape (its build summary says), or SystemExit."""
+    from dataclasses import asdict
+
+    from rollstream.services.models.build import SIZES, SUMMARY_FILE
+
     out = runs_dir / f"model-{size}"
-    if not (out / "model.safetensors").exists():
-        cmd = [sys.executable, "-m", "rollstream.services.cli", "init-model", "--size", size]
-        subprocess.run([*cmd, "--device", "auto", "--out", str(out)], check=True)
+    if (out / "model.safetensors").exists():
+        summary = out / SUMMARY_FILE
+        built = json.loads(summary.read_text()).get("spec") if summary.exists() else None
+        if built != asdict(SIZES[size]):
+            raise SystemExit(
+                f"error: {out} is not an `init-model --size {size}` build ({summary.name}: "
+                f"spec {built}, not {asdict(SIZES[size])}); remove it to build it again"
+            )
+        return out
+    cmd = [sys.executable, "-m", "rollstream.services.cli", "init-model", "--size", size]
+    subprocess.run([*cmd, "--device", "auto", "--out", str(out)], check=True)
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
+    from rollstream.services.models.build import SIZES
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--rows", nargs="+", default=DEFAULT_ROWS, choices=sorted(ROWS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
@@ -718,6 +733,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--model-size",
         default="tiny",
+        choices=sorted(SIZES),
         help="base model of every run: tiny (the built-in one) or an `init-model --size`, "
         "built once into RUNS_DIR/model-SIZE (on the GPU if torch sees one)",
     )
@@ -725,8 +741,6 @@ def main(argv: list[str] | None = None) -> int:
     args.runs_dir = args.runs_dir.resolve()
     if args.runs_dir.name != "runs":
         ap.error("--runs-dir must be a folder named runs (rollstream up writes ./runs/<name>)")
-    if args.model_size != "tiny":
-        args.set.append(f"model.path={model_of_size(args.model_size, args.runs_dir)}")
 
     tag = f"-{args.tag}" if args.tag else ""
     stamp = time.strftime("%m%d-%H%M%S")
@@ -741,6 +755,8 @@ def main(argv: list[str] | None = None) -> int:
             f"rows {sorted(ELSEWHERE & set(args.rows))} need cores outside every run's: "
             "lower --parallel or --cores-per-run"
         )
+    if args.model_size != "tiny":  # after every argument check: a build takes minutes
+        args.set.append(f"model.path={model_of_size(args.model_size, args.runs_dir)}")
     logs = args.runs_dir / f"ttt{tag}-{stamp}-logs"
     logs.mkdir(parents=True, exist_ok=True)
     print(f"{len(runs)} runs, {slots} at a time, {args.budget_s:.0f} s budget each", flush=True)

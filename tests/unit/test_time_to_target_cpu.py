@@ -3,6 +3,7 @@ runs the whole script)."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -63,6 +64,45 @@ def test_a_row_with_its_broker_elsewhere_points_up_at_it() -> None:
 def test_a_model_size_is_built_once_and_then_reused(tmp_path, monkeypatch) -> None:
     """`--model-size small`: the first call builds runs/model-small with init-model (on the
     GPU if there is one); later calls, and every row and seed, train that same directory."""
+    calls = fake_init_model(monkeypatch)
+    first = ttt.model_of_size("small", tmp_path)
+    again = ttt.model_of_size("small", tmp_path)
+    assert first == again == tmp_path / "model-small"
+    assert len(calls) == 1
+    assert calls[0][calls[0].index("--size") + 1] == "small"
+    assert calls[0][calls[0].index("--device") + 1] == "auto"
+
+
+def test_a_model_folder_of_another_shape_is_refused_not_trained(tmp_path, monkeypatch) -> None:
+    """RUNS_DIR/model-small that holds something else (the tiny model copied there, an older
+    recipe) would make every row train the wrong model: the run stops and says so."""
+    from rollstream.services.models.build import SUMMARY_FILE
+
+    fake_init_model(monkeypatch)
+    ttt.model_of_size("small", tmp_path)
+    summary = tmp_path / "model-small" / SUMMARY_FILE
+    summary.write_text(json.dumps({"spec": {"hidden_size": 128, "num_layers": 2}}))
+    with pytest.raises(SystemExit, match="is not an `init-model --size small` build"):
+        ttt.model_of_size("small", tmp_path)
+
+
+def test_a_bad_argument_stops_the_script_before_it_builds_a_model(tmp_path, monkeypatch) -> None:
+    """A build takes minutes (on a CPU, several): an argument error must come first."""
+    calls = fake_init_model(monkeypatch)
+    monkeypatch.setattr(ttt, "plan_cores", lambda n, per_run, parallel: (1, [[]], []))
+    argv = ["--model-size", "small", "--rows", "async-xb", "--runs-dir", str(tmp_path / "runs")]
+    with pytest.raises(SystemExit):
+        ttt.main(argv)
+    assert calls == []
+
+
+def fake_init_model(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """`init-model` as the script calls it, writing what it would (the weights and the build
+    summary with the size's shape) but training nothing; returns the commands called."""
+    from dataclasses import asdict
+
+    from rollstream.services.models.build import SIZES, SUMMARY_FILE
+
     calls: list[list[str]] = []
 
     def fake_run(cmd, check):  # type: ignore[no-untyped-def]
@@ -70,14 +110,11 @@ def test_a_model_size_is_built_once_and_then_reused(tmp_path, monkeypatch) -> No
         out = Path(cmd[cmd.index("--out") + 1])
         out.mkdir(parents=True)
         (out / "model.safetensors").write_bytes(b"x")
+        spec = asdict(SIZES[cmd[cmd.index("--size") + 1]])
+        (out / SUMMARY_FILE).write_text(json.dumps({"spec": spec}))
 
     monkeypatch.setattr(ttt.subprocess, "run", fake_run)
-    first = ttt.model_of_size("small", tmp_path)
-    again = ttt.model_of_size("small", tmp_path)
-    assert first == again == tmp_path / "model-small"
-    assert len(calls) == 1
-    assert calls[0][calls[0].index("--size") + 1] == "small"
-    assert calls[0][calls[0].index("--device") + 1] == "auto"
+    return calls
 
 
 def test_a_stage_that_exited_before_the_last_sample_keeps_its_name() -> None:
