@@ -45,45 +45,27 @@ def unresolved(names: dict[str, Any]) -> list[str]:
         add_plugin_dirs(names.get("plugins", []))
     except PluginError as exc:
         return [f"plugins: {exc}"]
-    # kind, the entries' field, the name's key, look the name up, check the params, error
-    lookups: list[
-        tuple[str, str, str, Callable[[str], Any], Callable[..., Any], type[Exception]]
-    ] = [
-        ("tasks", "feed.tasks.{}", "task", get_task, _takes_none, TaskError),
-        (
-            "rewards",
-            "scorer.rewards.{}",
-            "name",
-            reward_object,
-            check_reward_params,
-            RewardConfigError,
-        ),
-        (
-            "filters",
-            "filter.chain.{}",
-            "name",
-            filter_class,
-            check_filter_params,
-            FilterConfigError,
-        ),
+    # kind, the entry's field, look its name up, error; then the params of rewards and filters
+    lookups: list[tuple[str, str, Callable[[str], Any], type[Exception]]] = [
+        ("tasks", "feed.tasks.{}", get_task, TaskError),
+        ("rewards", "scorer.rewards.{}", reward_object, RewardConfigError),
+        ("filters", "filter.chain.{}", filter_class, FilterConfigError),
     ]
+    check_params = {"rewards": check_reward_params, "filters": check_filter_params}
     errors = []
-    for kind, field, key, look_up, check, error in lookups:
+    for kind, field, look_up, error in lookups:
         for i, entry in enumerate(names.get(kind, [])):
             try:
                 look_up(entry["name"])
             except error as exc:
-                errors.append(f"{field.format(i)}.{key}: {exc}")
+                errors.append(f"{field.format(i)}.{'task' if kind == 'tasks' else 'name'}: {exc}")
                 continue
             try:  # the message names the parameter: "params.pattern: ..."
-                check(entry["name"], entry.get("params"))
+                if kind in check_params:
+                    check_params[kind](entry["name"], entry.get("params"))
             except error as exc:
                 errors.append(f"{field.format(i)}: {exc}")
     return errors
-
-
-def _takes_none(name: str, params: Any) -> None:
-    """A task entry has no params to check."""
 
 
 def main() -> None:
