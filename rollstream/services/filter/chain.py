@@ -114,13 +114,6 @@ class FilterParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _problems(exc: ValidationError) -> str:
-    return "; ".join(
-        f"params.{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}"
-        for err in exc.errors()
-    )
-
-
 class Filter:
     """Base class for filters: subclasses set `name`, `Params` and write `apply`."""
 
@@ -138,7 +131,9 @@ class Filter:
         try:
             return self.Params.model_validate(dict(params))
         except ValidationError as exc:
-            raise FilterConfigError(f"filter {self.label!r}: {_problems(exc)}") from None
+            from rollstream.services.runtime.plugins import validation_problems
+
+            raise FilterConfigError(f"filter {self.label!r}: {validation_problems(exc)}") from None
 
     def check(self, params: Mapping[str, Any]) -> Any:
         """The params that `update(params)` would set; raises FilterConfigError if invalid."""
@@ -165,14 +160,13 @@ def load_filter(spec: str, params: Mapping[str, Any] | None = None) -> Filter:
 
 def check_filter_params(spec: str, params: Mapping[str, Any] | None = None) -> None:
     """Refuse the `params` that `load_filter(spec, params)` would refuse, without building
-    the filter: checked against its `Params`. FilterConfigError names the field."""
-    cls = filter_class(spec)
-    model = getattr(cls, "Params", None)
-    if inspect.isclass(model) and issubclass(model, BaseModel):
-        try:
-            model.model_validate(dict(params or {}))
-        except ValidationError as exc:
-            raise FilterConfigError(f"filter {spec!r}: {_problems(exc)}") from None
+    the filter: by its class's signature and Params model (`plugins.params_problem`).
+    FilterConfigError names the field."""
+    from rollstream.services.runtime.plugins import params_problem
+
+    problem = params_problem(filter_class(spec), dict(params or {}), FilterParams)
+    if problem:
+        raise FilterConfigError(f"filter {spec!r}: {problem}")
 
 
 def label_of(spec: Any) -> str:

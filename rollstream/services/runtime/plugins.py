@@ -19,12 +19,15 @@ Built-in names win over entry points of the same name.
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 import traceback
 from collections.abc import Mapping
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ValidationError
 
 GROUPS = {
     "tasks": "rollstream.tasks",
@@ -124,3 +127,39 @@ def import_module(module_name: str, noun: str, error: type[Exception]) -> Any:
         raise error(
             f"cannot import {noun} module {module_name!r}: {type(exc).__name__}: {exc}{where}"
         ) from exc
+
+
+def params_problem(obj: Any, params: Mapping[str, Any], base: type[BaseModel]) -> str | None:
+    """Why building a user's reward or filter with `params` would fail, found without building
+    it; None when nothing is known to be wrong (a call it cannot read is given the benefit of
+    the doubt). `obj` is a class, called `obj(**params)`, or a function, called
+    `obj(rollout, **params)`. The class or function's own signature decides first; what falls
+    into a class's `**params` is then checked against its `Params` model when that model
+    derives from `base` (RewardParams, FilterParams: the built-ins' convention)."""
+    if inspect.isclass(obj) and issubclass(obj, BaseModel):
+        return None  # a pydantic model checks its fields itself, maybe ignoring extra ones
+    try:
+        signature = inspect.signature(obj, follow_wrapped=False)
+    except (TypeError, ValueError):  # no signature to read (a C function)
+        return None
+    try:
+        bound = signature.bind(**params) if inspect.isclass(obj) else signature.bind(None, **params)
+    except TypeError as exc:
+        return f"params: {exc}"
+    model = getattr(obj, "Params", None)
+    rest = [p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD]
+    if not (inspect.isclass(obj) and rest and inspect.isclass(model) and issubclass(model, base)):
+        return None
+    try:
+        model.model_validate(dict(bound.arguments.get(rest[0], {})))
+    except ValidationError as exc:
+        return validation_problems(exc)
+    return None
+
+
+def validation_problems(exc: ValidationError) -> str:
+    """A Params model's validation errors, each naming its field: "params.lo: ...; ..."."""
+    return "; ".join(
+        f"params.{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}"
+        for err in exc.errors()
+    )

@@ -85,14 +85,12 @@ class RewardParams(BaseModel):
 
 def parse_params(model: type[P], params: dict[str, Any], owner: str) -> P:
     """Validate `params` into `model`; the error names `owner` and the offending field."""
+    from rollstream.services.runtime.plugins import validation_problems
+
     try:
         return model.model_validate(params)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"params.{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise RewardConfigError(f"reward {owner!r}: {problems}") from None
+        raise RewardConfigError(f"reward {owner!r}: {validation_problems(exc)}") from None
 
 
 def require_answer(rollout: Rollout, reward: str) -> str:
@@ -145,33 +143,20 @@ def load_reward(spec: str, params: dict[str, Any] | None = None) -> Reward:
 
 def check_reward_params(spec: str, params: dict[str, Any] | None = None) -> None:
     """Refuse the `params` that `load_reward(spec, params)` would refuse, without building
-    the reward (which may load a model or open a connection): checked against its `Params`
-    (a RewardParams model, as the built-ins have), else against its signature.
+    the reward (which may load a model or open a connection): by the signature of its class
+    or function, and a built-in's by its Params model (`plugins.params_problem`).
     RewardConfigError names the field."""
+    from rollstream.services.runtime.plugins import params_problem
+
     params = dict(params or {})
     obj = reward_object(spec)
-    model = getattr(obj, "Params", None)
-    if inspect.isclass(obj) and inspect.isclass(model) and issubclass(model, RewardParams):
-        parse_params(model, params, spec)
-    elif inspect.isclass(obj) or (callable(obj) and not hasattr(obj, "score")):
-        _check_call(obj, params, spec)
-    elif params:
-        raise RewardConfigError(f"reward {spec!r} is an object; it takes no params")
-
-
-def _check_call(obj: Any, params: dict[str, Any], spec: str) -> None:
-    """Whether `obj` could be called with `params` (after the rollout, for a function)."""
-    try:
-        signature = inspect.signature(obj)
-    except (TypeError, ValueError):  # no signature to read (a C function): leave it to the call
+    if not inspect.isclass(obj) and hasattr(obj, "score"):
+        if params:
+            raise RewardConfigError(f"reward {spec!r} is an object; it takes no params")
         return
-    try:
-        if inspect.isclass(obj):
-            signature.bind(**params)
-        else:
-            signature.bind(None, **params)
-    except TypeError as exc:
-        raise RewardConfigError(f"reward {spec!r}: params: {exc}") from None
+    problem = params_problem(obj, params, RewardParams) if callable(obj) else None
+    if problem:
+        raise RewardConfigError(f"reward {spec!r}: {problem}")
 
 
 def reward_object(spec: str) -> Any:

@@ -87,13 +87,13 @@ def check_names(cfg: RunConfig, stage_env: bool = True) -> None:
         "feed": {"tasks": [{"name": e.task} for e in section(cfg, "feed", FeedConfig).tasks or []]},
         "scorer": {
             "rewards": [
-                r.model_dump(mode="json", include={"name", "params"})
+                r.model_dump(include={"name", "params"})
                 for r in section(cfg, "scorer", ScorerConfig).rewards
             ]
         },
         "filter": {
             "filters": [
-                f.model_dump(mode="json", include={"name", "params"})
+                f.model_dump(include={"name", "params"})
                 for f in section(cfg, "filter", FilterConfig).chain
             ]
         },

@@ -359,3 +359,60 @@ def test_a_module_found_through_a_stages_own_environment_passes_only_for_that_st
         check_names(cfg)
     assert "filter.chain.0.name: cannot import filter module 'env_reward'" in str(err.value)
     assert "scorer.rewards" not in str(err.value)
+
+
+def test_params_a_user_reward_or_filter_takes_by_its_own_signature_pass_the_start_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check errs towards what the stage would build: an argument a user's `__init__`
+    takes beside its Params model, a filter with an `__init__` of its own, a decorator that
+    adds a keyword, a pydantic-model reward, an infinite tolerance in `--mode sync`."""
+    from rollstream.services.up.main import check_names
+
+    (tmp_path / "shapes.py").write_text(
+        "import functools\n"
+        "from pydantic import BaseModel\n"
+        "from rollstream.services.filter.chain import KEEP, Filter, FilterParams\n"
+        "from rollstream.services.scorer.reward import RewardParams, parse_params\n"
+        "class Windowed(Filter):\n"
+        "    name = 'windowed'\n"
+        "    def __init__(self, window=10):\n"
+        "        super().__init__()\n"
+        "    def apply(self, group):\n        return KEEP\n"
+        "class WithModel(Filter):\n"
+        "    name = 'with_model'\n"
+        "    class Params(FilterParams):\n        threshold: float = 0.5\n"
+        "    def __init__(self, model=None, **params):\n"
+        "        super().__init__(**params)\n"
+        "    def apply(self, group):\n        return KEEP\n"
+        "class Judge:\n"
+        "    name = 'judge'\n"
+        "    class Params(RewardParams):\n        temperature: float = 0.0\n"
+        "    def __init__(self, url='http://x', **params):\n"
+        "        self.params = parse_params(self.Params, params, self.name)\n"
+        "    def score(self, rollout):\n        return 1.0\n"
+        "def cached(fn):\n"
+        "    @functools.wraps(fn)\n"
+        "    def wrapper(rollout, cache_size=128, **kw):\n        return fn(rollout, **kw)\n"
+        "    return wrapper\n"
+        "@cached\n"
+        "def brevity(rollout, scale=1.0):\n    return 1.0\n"
+        "class Model(BaseModel):\n"
+        "    name: str = 'model'\n"
+        "    def score(self, rollout):\n        return 1.0\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    sets = [
+        "scorer.rewards=[{name: 'shapes:Judge', params: {url: u, temperature: 1}}, "
+        "{name: 'shapes:brevity', params: {cache_size: 4}}, "
+        "{name: 'shapes:Model', params: {legacy: 1}}, "
+        "{name: numeric_match, params: {abs_tol: .inf}}]",
+        "filter.chain=[{name: 'shapes:Windowed', params: {window: 5}}, "
+        "{name: 'shapes:WithModel', params: {model: m, threshold: 0.9}}]",
+    ]
+    cfg, _ = load_layers([default_config_path()], sets)
+    check_names(cfg, stage_env=False)
+    # what falls into a Params model is still checked against it
+    sets[1] = "filter.chain=[{name: 'shapes:WithModel', params: {model: m, treshold: 0.9}}]"
+    with pytest.raises(ConfigError, match="filter.chain.0: filter 'shapes:WithModel': params.tre"):
+        check_names(load_layers([default_config_path()], sets)[0])
