@@ -232,12 +232,7 @@ class Generator:
         recs = self._paced_by.take()
         if not recs:
             return
-        for r in recs:  # oldest first: the last answer of a stage is what it runs now
-            knobs = _pacing_knobs(r.value)
-            if isinstance(knobs, str):  # not what replay or the learner writes
-                log.warning("pacing: %s's answer ignored: %s", r.value.stage, knobs)
-                continue
-            self._paced_params[r.value.stage] = knobs
+        take_answers(self._paced_params, [r.value for r in recs])
         per_version = _groups_per_version(self.ctx.cfg, self._paced_params)
         if per_version != self.pacer.batch_groups:
             log.info(
@@ -462,6 +457,18 @@ class Generator:
 
 PACED_BY = {"replay": "batch_groups", "learner": "publish_every"}
 """The knobs of other stages that set the kept groups a version, by the stage that owns them."""
+
+
+def take_answers(paced: dict[str, dict[str, int]], answers: list[ControlUpdate]) -> None:
+    """Put into `paced` (by stage) the pacing knobs of replay's and the learner's `answers`,
+    oldest first: the last answer of a stage is what it runs now. An answer neither would
+    write is logged and ignored."""
+    for answer in answers:
+        knobs = _pacing_knobs(answer)
+        if isinstance(knobs, str):
+            log.warning("pacing: %s's answer ignored: %s", answer.stage, knobs)
+            continue
+        paced[answer.stage] = knobs
 
 
 def _pacing_knobs(answer: ControlUpdate) -> dict[str, int] | str:

@@ -249,7 +249,7 @@ def test_pacing_follows_what_the_learner_applied_not_a_revision_it_refused() -> 
     """A revision not from `rollstream control` (which checks it first) that the learner
     refuses whole for its bad lr: the generator keeps pacing by the publish_every the learner
     runs, then follows the next revision the learner applies."""
-    from rollstream.services.generator.service import _groups_per_version, _pacing_knobs
+    from rollstream.services.generator.service import _groups_per_version, take_answers
     from rollstream.services.learner.config import LIVE_KNOBS, LearnerConfig, validate_control
     from rollstream.services.runtime.config import RunConfig
     from rollstream.services.runtime.knobs import LiveKnobs
@@ -267,14 +267,12 @@ def test_pacing_follows_what_the_learner_applied_not_a_revision_it_refused() -> 
     )
 
     def paced() -> int:  # the generator's kept groups a version, from the answers so far
-        applied: dict[str, dict[str, int]] = {}
         for topic, answer, key in producer.sent:
             assert (topic, key, answer.stage, answer.applied) == (
                 "control", "learner.applied", "learner", True
             )  # fmt: skip
-            knobs = _pacing_knobs(answer)
-            assert not isinstance(knobs, str), knobs
-            applied["learner"] = knobs
+        applied: dict[str, dict[str, int]] = {}
+        take_answers(applied, [answer for _, answer, _ in producer.sent])
         return _groups_per_version(cfg, applied)
 
     knobs.poll()  # the run's config
