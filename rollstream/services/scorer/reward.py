@@ -154,7 +154,9 @@ def check_reward_params(spec: str, params: dict[str, Any] | None = None) -> None
         if params:
             raise RewardConfigError(f"reward {spec!r} is an object; it takes no params")
         return
-    problem = params_problem(obj, params, RewardParams) if callable(obj) else None
+    if not callable(obj):
+        raise RewardConfigError(f"{spec!r} is a {type(obj).__name__}, not a reward")
+    problem = params_problem(obj, params, RewardParams)
     if problem:
         raise RewardConfigError(f"reward {spec!r}: {problem}")
 

@@ -279,6 +279,7 @@ def test_bad_reward_and_filter_params_fail_before_the_run_starts(
     (tmp_path / "my_rewards.py").write_text(
         "BUILT = []\n"
         "def brevity(rollout, scale=1.0):\n    return 1.0\n"
+        "LIMIT = 3\n"
         "class Judge:\n"
         "    name = 'judge'\n"
         "    def __init__(self, url, retries=3):\n        BUILT.append(url)\n"
@@ -287,7 +288,8 @@ def test_bad_reward_and_filter_params_fail_before_the_run_starts(
     monkeypatch.chdir(tmp_path)
     sets = [
         "scorer.rewards=[{name: format, params: {patern: x}}, "
-        "{name: 'my_rewards:brevity', params: {scael: 2}}, {name: 'my_rewards:Judge'}]",
+        "{name: 'my_rewards:brevity', params: {scael: 2}}, {name: 'my_rewards:Judge'}, "
+        "{name: 'my_rewards:LIMIT'}]",
         "filter.chain=[{name: zero_variance}, {name: pass_rate_band, params: {lo: high}}]",
     ]
     cfg, _ = load_layers([default_config_path()], sets)
@@ -307,6 +309,7 @@ def test_bad_reward_and_filter_params_fail_before_the_run_starts(
     assert "filter.chain.1: filter 'pass_rate_band': params.lo: Input should be a valid number" in (
         message
     )
+    assert "scorer.rewards.3: 'my_rewards:LIMIT' is a int, not a reward" in message
     assert "filter.chain.0" not in message
     # the same rewards with the params they take pass
     sets = [
