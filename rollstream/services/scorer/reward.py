@@ -121,19 +121,16 @@ def load_reward(spec: str, params: dict[str, Any] | None = None) -> Reward:
     """Build the reward named `spec` (a built-in name or "pkg.module:object") with `params`."""
     params = dict(params or {})
     obj = reward_object(spec)
-    if inspect.isclass(obj):
+    kind = _reward_kind(spec, obj, params)
+    if kind == "class":
         try:
             reward = obj(**params)
         except TypeError as exc:
             raise RewardConfigError(f"reward {spec!r}: {exc}") from exc
-    elif hasattr(obj, "score"):
-        if params:
-            raise RewardConfigError(f"reward {spec!r} is an object; it takes no params")
+    elif kind == "object":
         reward = obj
-    elif callable(obj):
-        reward = FunctionReward(obj, spec.rpartition(":")[2].rpartition(".")[2], params)
     else:
-        raise RewardConfigError(f"{spec!r} is a {type(obj).__name__}, not a reward")
+        reward = FunctionReward(obj, spec.rpartition(":")[2].rpartition(".")[2], params)
     if not isinstance(getattr(reward, "name", None), str) or not callable(
         getattr(reward, "score", None)
     ):
@@ -150,15 +147,26 @@ def check_reward_params(spec: str, params: dict[str, Any] | None = None) -> None
 
     params = dict(params or {})
     obj = reward_object(spec)
-    if not inspect.isclass(obj) and hasattr(obj, "score"):
-        if params:
-            raise RewardConfigError(f"reward {spec!r} is an object; it takes no params")
+    if _reward_kind(spec, obj, params) == "object":
         return
-    if not callable(obj):
-        raise RewardConfigError(f"{spec!r} is a {type(obj).__name__}, not a reward")
     problem = params_problem(obj, params, RewardParams)
     if problem:
         raise RewardConfigError(f"reward {spec!r}: {problem}")
+
+
+def _reward_kind(spec: str, obj: Any, params: dict[str, Any]) -> str:
+    """How `load_reward` makes a reward of `obj`: "class" (called with the params), "object"
+    (one with `score`, used as is: it takes no params) or "function" (wrapped);
+    RewardConfigError for what is none of these."""
+    if inspect.isclass(obj):
+        return "class"
+    if hasattr(obj, "score"):
+        if params:
+            raise RewardConfigError(f"reward {spec!r} is an object; it takes no params")
+        return "object"
+    if callable(obj):
+        return "function"
+    raise RewardConfigError(f"{spec!r} is a {type(obj).__name__}, not a reward")
 
 
 def reward_object(spec: str) -> Any:
