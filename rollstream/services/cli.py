@@ -211,7 +211,7 @@ def _init_model_parser(sub: Any) -> None:
         "--size",
         default="tiny",
         help="shape: tiny (the built-in model, 0.55M parameters) or small (8.4M, 8 layers; "
-        "needs --out unless tiny)",
+        "without --out, the one `--set model.size=small` trains)",
     )
     p.add_argument(
         "--device",

@@ -29,12 +29,10 @@ def main(argv: list[str]) -> int:
         import torch
 
         torch.set_num_threads(cfg.threads)
-    model_dir = ctx.args.model or ctx.cfg.model.path
-    user_model = model_dir is not None
-    if model_dir is None:
-        from rollstream.services.models.load import ensure_base_model
+    from rollstream.services.models.load import model_dir_of
 
-        model_dir = str(ensure_base_model())
+    user_model = (ctx.args.model or ctx.cfg.model.path) is not None
+    model_dir = model_dir_of(ctx.cfg.model, ctx.args.model)
     from rollstream.services.models.weights import default_store
 
     ev = Evaluator(

@@ -28,9 +28,9 @@ def main(argv: list[str]) -> int:
         import torch
 
         torch.set_num_threads(cfg.threads)
-    from rollstream.services.models.load import ensure_base_model, load_tokenizer
+    from rollstream.services.models.load import load_tokenizer, model_dir_of
 
-    model_dir = ctx.args.model or ctx.cfg.model.path or str(ensure_base_model())
+    model_dir = model_dir_of(ctx.cfg.model, ctx.args.model)
     backend = make_backend(
         cfg.backend,
         model_dir,

@@ -84,9 +84,9 @@ def build_trainer(ctx: StageContext, cfg: Any, par: Any) -> tuple[Any, str]:
     from rollstream.services.learner.trainer import Trainer
     from rollstream.services.models.load import (
         describe,
-        ensure_base_model,
         load_model,
         load_tokenizer,
+        model_dir_of,
         resolve_device,
     )
 
@@ -96,7 +96,7 @@ def build_trainer(ctx: StageContext, cfg: Any, par: Any) -> tuple[Any, str]:
         torch.use_deterministic_algorithms(True)
         torch.set_num_threads(1)
     torch.manual_seed(ctx.cfg.seed)
-    model_dir = ctx.args.model or ctx.cfg.model.path or str(ensure_base_model())
+    model_dir = model_dir_of(ctx.cfg.model, ctx.args.model)
     device = par.device if par is not None else resolve_device(cfg.device)
     # fp32 master weights; FSDP shards from CPU, one block at a time onto the GPU
     load_on = "cpu" if par is not None and par.fsdp else device

@@ -211,17 +211,15 @@ def init_model_cli(
     device: str = "cpu",
 ) -> int:
     """`rollstream init-model [--out DIR] [--seed N] [--force] [--tasks T,...] [--dataset F]
-    [--size S] [--device D]`; returns the exit code. With --tasks / --dataset, or a size
-    other than tiny, the model is written to --out (required: the default run's model stays as
-    it is); --tasks / --dataset warm it up on those instead of the default mixture."""
+    [--size S] [--device D]`; returns the exit code. Without --out the built-in model of that
+    size is built where `model.size` finds it; with --tasks / --dataset --out is required (the
+    built-in models stay as they are), and they warm it up on those instead of the default
+    mixture."""
     from rollstream.services.models.load import default_model_dir, resolve_device
     from rollstream.services.tasks import TaskError
 
     if size not in SIZES:
         print(f"error: --size {size}: one of {', '.join(sorted(SIZES))}", file=sys.stderr)
-        return 2
-    if size != "tiny" and not out:
-        print(f"error: --size {size} needs --out DIR", file=sys.stderr)
         return 2
     device = resolve_device(device)
     problem = device_problem(device)
@@ -252,7 +250,7 @@ def init_model_cli(
                 print("error: --gate must be between 0 and 1", file=sys.stderr)
                 return 2
             warmup = replace(warmup, gate=gate)
-    target = Path(out) if out else default_model_dir()
+    target = Path(out) if out else default_model_dir(size)
     summary_path = target / SUMMARY_FILE
     if (target / "model.safetensors").exists() and not force:
         print(f"base model already at {target} (--force rebuilds it)")
@@ -263,8 +261,10 @@ def init_model_cli(
     summary = init_model(target, seed=seed, spec=SIZES[size], warmup=warmup, device=device)
     print(f"base model written to {target}")
     print(format_summary(summary))
-    if tasks or dataset or size != "tiny":
+    if out:
         print(f"train on it: rollstream up --set model.path={target} (and feed.tasks to match)")
+    elif size != "tiny":
+        print(f"train on it: rollstream up --set model.size={size}")
     return 0
 
 

@@ -30,27 +30,37 @@ def rollstream_home() -> Path:
 BASE_RECIPE = "v2"
 
 
-def default_model_dir() -> Path:
-    """Where the built-in base model lives (one directory per recipe version)."""
-    return rollstream_home() / "models" / f"base-{BASE_RECIPE}"
+def default_model_dir(size: str = "tiny") -> Path:
+    """Where the built-in base model of `size` lives (one directory per recipe version and
+    size; `tiny` keeps the name it always had)."""
+    suffix = "" if size == "tiny" else f"-{size}"
+    return rollstream_home() / "models" / f"base-{BASE_RECIPE}{suffix}"
 
 
-def ensure_base_model(seed: int = 0) -> Path:
+def ensure_base_model(seed: int = 0, size: str = "tiny", device: str = "cpu") -> Path:
     """The built-in base model's directory, built on first use (a lock keeps concurrent
-    processes from building it twice)."""
+    processes from building it twice), warming up on `device`. A CPU build of a seed gives the
+    same bits on every machine, so stages that each build their own agree; `rollstream up`
+    builds once for all its stages and may use the GPU."""
     import fcntl
 
-    out = default_model_dir()
+    out = default_model_dir(size)
     if (out / "model.safetensors").exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.parent / ".base.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (out / "model.safetensors").exists():
-            from rollstream.services.models.build import init_model
+            from rollstream.services.models.build import SIZES, init_model
 
-            init_model(out, seed=seed)
+            init_model(out, seed=seed, spec=SIZES[size], device=device)
     return out
+
+
+def model_dir_of(model: Any, given: str | None = None, device: str = "cpu") -> str:
+    """The directory a stage loads: `given` (its --model flag), else the run's `model.path`,
+    else the built-in model of `model.size` (built here on `device` if missing)."""
+    return given or model.path or str(ensure_base_model(size=model.size, device=device))
 
 
 def load_tokenizer(model_dir: str | Path) -> Any:

@@ -20,7 +20,7 @@ import importlib
 import logging
 import os
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -51,7 +51,15 @@ class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: str | None = None
-    """Hugging Face model directory. None = the built-in tiny model (built on first use)."""
+    """Hugging Face model directory. None = the built-in model of `size` (built on first use)."""
+    size: Literal["tiny", "small"] = "tiny"
+    """The built-in model's size when `path` is None (`rollstream init-model --size`): `tiny`
+    (550k parameters, built on a CPU in ~20 s) or `small` (8.4M: 8 layers, hidden 256). On a
+    GPU host choose `small`: its steps are long enough next to the pipeline's hops for the
+    stream to be first (benchmarks/RESULTS.md: 1.5x sync on one H200), while with `tiny`
+    sync is first there. `rollstream up` builds it once before any stage starts, on the GPU
+    when torch sees one (~15 s; on 2 CPU cores ~5 min); a stage that finds none builds its
+    own on the CPU (the same bits on every CPU pod), so on a cluster put it on `modelStore`."""
     policy: str = Field("policy", pattern=r"^[A-Za-z0-9_\-.]+$")
     """Policy name: the key of its WeightUpdates and its folder in the weight store."""
     dtype: str = Field("auto", pattern=r"^(auto|float32|bfloat16|float16)$")
@@ -63,6 +71,15 @@ class ModelSpec(BaseModel):
     PromptTask's own `template` and `generator.template` override it."""
     system_prompt: str | None = None
     """System turn put before every prompt under the chat template (None: none)."""
+
+    @model_validator(mode="after")
+    def _size_without_path(self) -> ModelSpec:
+        if self.path is not None and self.size != "tiny":
+            raise ValueError(
+                f"size {self.size!r} names a built-in model, but path is set ({self.path}): "
+                "drop one of them"
+            )
+        return self
 
 
 class WeightStoreSpec(BaseModel):

@@ -305,10 +305,10 @@ def main(args: argparse.Namespace) -> int:
         from rollstream.services.runtime.admin import create_topics
 
         create_topics(cfg.kafka)
-        if cfg.model.path is None:
-            from rollstream.services.models.load import ensure_base_model
+        if cfg.model.path is None:  # built once here, before the stages look for it
+            from rollstream.services.models.load import model_dir_of, resolve_device
 
-            print("base model:", ensure_base_model())
+            print("base model:", model_dir_of(cfg.model, device=resolve_device("auto")), flush=True)
         from rollstream.services.up.loop import Loop
 
         view = not args.no_view and sys.stdout.isatty()  # piped: progress lines instead

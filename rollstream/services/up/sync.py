@@ -56,9 +56,10 @@ class SyncRun:
         from rollstream.services.learner.config import LearnerConfig
         from rollstream.services.learner.trainer import Trainer
         from rollstream.services.models.load import (
-            ensure_base_model,
             load_model,
             load_tokenizer,
+            model_dir_of,
+            resolve_device,
             resolve_template,
         )
         from rollstream.services.replay.buffer import ReplayBuffer
@@ -85,7 +86,7 @@ class SyncRun:
         else:
             self.threads = cfg.up.sync_threads or _cores()
         torch.set_num_threads(self.threads)
-        self.model_dir = model_dir = cfg.model.path or str(ensure_base_model())
+        self.model_dir = model_dir = model_dir_of(cfg.model, device=resolve_device("auto"))
         self.backend = make_backend(
             "transformers" if gen.backend == "auto" else gen.backend,
             model_dir,

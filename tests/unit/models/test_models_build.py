@@ -94,10 +94,8 @@ def test_the_small_size_is_the_shape_its_help_names():
 
 
 def test_the_cli_refuses_a_size_or_device_it_cannot_build(tmp_path, capsys):
-    """A size other than tiny would replace the default run's model, and a device torch cannot
-    use would fail after the build began: both are refused before anything is written."""
-    assert init_model_cli(None, 0, False, size="small") == 2
-    assert "--size small needs --out DIR" in capsys.readouterr().err
+    """A size it does not know, and a device torch cannot use (which would fail after the build
+    began), are refused before anything is written."""
     assert init_model_cli(str(tmp_path / "m"), 0, False, device="cuda:99") == 2
     assert "--device cuda:99: torch sees" in capsys.readouterr().err
     assert init_model_cli(str(tmp_path / "m"), 0, False, device="tpu") == 2
@@ -105,3 +103,37 @@ def test_the_cli_refuses_a_size_or_device_it_cannot_build(tmp_path, capsys):
     assert init_model_cli(str(tmp_path / "m"), 0, False, size="huge") == 2
     assert "one of small, tiny" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def test_each_built_in_size_has_a_home_of_its_own_that_model_size_finds(tmp_path, monkeypatch):
+    """`init-model --size small` without --out builds where `model.size: small` looks, beside
+    (not over) the tiny model; a stage given neither a path nor a flag builds the size its
+    config names, on the device it is told, once."""
+    from types import SimpleNamespace
+
+    from rollstream.services.models import build
+    from rollstream.services.models.load import default_model_dir, model_dir_of
+
+    monkeypatch.setenv("ROLLSTREAM_HOME", str(tmp_path))
+    built: list[tuple[str, object, str]] = []
+
+    def fake_init_model(out, seed=0, *, spec=None, device="cpu", **_):
+        built.append((str(out), spec, device))
+        out.mkdir(parents=True)
+        (out / "model.safetensors").write_bytes(b"")
+        return {}
+
+    monkeypatch.setattr(build, "init_model", fake_init_model)
+    monkeypatch.setattr(build, "format_summary", lambda summary: "")
+    assert default_model_dir("tiny") != default_model_dir("small")
+    assert init_model_cli(None, 0, False, size="small") == 0
+    assert built == [(str(default_model_dir("small")), build.SIZES["small"], "cpu")]
+    spec = SimpleNamespace(path=None, size="small")
+    assert model_dir_of(spec, device="cuda") == str(default_model_dir("small"))
+    assert len(built) == 1  # found, not rebuilt
+    assert model_dir_of(SimpleNamespace(path=None, size="tiny"), device="cuda") == str(
+        default_model_dir("tiny")
+    )
+    assert built[1] == (str(default_model_dir("tiny")), build.SIZES["tiny"], "cuda")
+    assert model_dir_of(spec, "given/dir") == "given/dir"
+    assert model_dir_of(SimpleNamespace(path="user/dir", size="tiny")) == "user/dir"

@@ -49,6 +49,17 @@ def test_a_bad_value_in_a_layer_still_names_the_field(tmp_path: Path) -> None:
         load_layers([default_config_path()], ["target.steps=0"], env={})
 
 
+def test_a_built_in_model_size_is_checked_and_refused_beside_a_model_path(tmp_path: Path) -> None:
+    """`model.size` picks the built-in model; with `model.path` set it would be ignored, so
+    the pair is refused at start, naming both."""
+    cfg, _ = load_layers([default_config_path()], ["model.size=small"], env={})
+    assert cfg.model.size == "small" and cfg.model.path is None
+    with pytest.raises(ConfigError, match="model.size"):
+        load_layers([default_config_path()], ["model.size=huge"], env={})
+    with pytest.raises(ConfigError, match=r"model: .*size 'small'.* path is set"):
+        load_layers([default_config_path()], ["model.size=small", f"model.path={tmp_path}"], env={})
+
+
 def test_config_show_prints_each_value_and_its_source(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
