@@ -308,7 +308,14 @@ def main(args: argparse.Namespace) -> int:
         if cfg.model.path is None:  # built once here, before the stages look for it
             from rollstream.services.models.load import model_dir_of, resolve_device
 
-            print("base model:", model_dir_of(cfg.model, device=resolve_device("auto")), flush=True)
+            device = resolve_device("auto")
+            print("base model:", model_dir_of(cfg.model, device=device), flush=True)
+            if device != "cpu" and cfg.model.size == "tiny":
+                print(
+                    "note: with the tiny built-in model a GPU host trains faster in --mode sync; "
+                    "the stream is first there with --set model.size=small (benchmarks/RESULTS.md)",
+                    flush=True,
+                )
         from rollstream.services.up.loop import Loop
 
         view = not args.no_view and sys.stdout.isatty()  # piped: progress lines instead
