@@ -137,3 +137,12 @@ def test_each_built_in_size_has_a_home_of_its_own_that_model_size_finds(tmp_path
     assert built[1] == (str(default_model_dir("tiny")), build.SIZES["tiny"], "cuda")
     assert model_dir_of(spec, "given/dir") == "given/dir"
     assert model_dir_of(SimpleNamespace(path="user/dir", size="tiny")) == "user/dir"
+
+
+def test_model_size_offers_every_size_init_model_builds():
+    from typing import get_args
+
+    from rollstream.services.models.build import SIZES
+    from rollstream.services.runtime.config import ModelSpec
+
+    assert set(get_args(ModelSpec.model_fields["size"].annotation)) == set(SIZES)
