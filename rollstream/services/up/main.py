@@ -191,6 +191,22 @@ def embedded_partitions(cfg: RunConfig) -> int:
     return max([1, *(cfg.replicas(stage) for stage in cfg.stages)])
 
 
+def speed_note(size: str, device: str, cores: int) -> str | None:
+    """What `up` says at start where the built-in model of `size` is measured to train sooner
+    in `--mode sync` than as a stream (benchmarks/RESULTS.md), on `device` with `cores`."""
+    if device != "cpu" and size == "tiny":
+        return (
+            "note: with the tiny built-in model a GPU host trains faster in --mode sync; "
+            "the stream is first there with --set model.size=small (benchmarks/RESULTS.md)"
+        )
+    if device == "cpu" and cores <= 2:  # both sizes (the small one: two seeds)
+        return (
+            f"note: on {cores} CPU core(s) --mode sync trains the built-in model faster: the "
+            "stream's processes share the cores that one process would have (benchmarks/RESULTS.md)"
+        )
+    return None
+
+
 def new_run_dir(name: str, root: Path = Path("runs")) -> Path:
     d = root / name
     i = 1
@@ -310,12 +326,11 @@ def main(args: argparse.Namespace) -> int:
 
             device = resolve_device("auto")
             print("base model:", model_dir_of(cfg.model, device=device), flush=True)
-            if device != "cpu" and cfg.model.size == "tiny":
-                print(
-                    "note: with the tiny built-in model a GPU host trains faster in --mode sync; "
-                    "the stream is first there with --set model.size=small (benchmarks/RESULTS.md)",
-                    flush=True,
-                )
+            from rollstream.services.up.sync import usable_cores
+
+            note = speed_note(cfg.model.size, device, usable_cores())
+            if note:
+                print(note, flush=True)
         from rollstream.services.up.loop import Loop
 
         view = not args.no_view and sys.stdout.isatty()  # piped: progress lines instead

@@ -84,7 +84,7 @@ class SyncRun:
             torch.use_deterministic_algorithms(True)
             self.threads = 1
         else:
-            self.threads = cfg.up.sync_threads or _cores()
+            self.threads = cfg.up.sync_threads or min(usable_cores(), SYNC_THREADS_MAX)
         torch.set_num_threads(self.threads)
         self.model_dir = model_dir = model_dir_of(cfg.model, device=resolve_device("auto"))
         self.backend = make_backend(
@@ -409,11 +409,9 @@ SYNC_THREADS_MAX = 4
 (benchmarks/RESULTS.md, twelfth session). `up.sync_threads` sets any number."""
 
 
-def _cores() -> int:
-    """One thread per core this process may use (its affinity: taskset, a CPU-limited pod's
-    cpuset), up to SYNC_THREADS_MAX."""
+def usable_cores() -> int:
+    """The cores this process may use (its affinity: taskset, a CPU-limited pod's cpuset)."""
     try:
-        cores = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # no affinity on this platform
-        cores = os.cpu_count() or 1
-    return min(cores, SYNC_THREADS_MAX)
+        return os.cpu_count() or 1

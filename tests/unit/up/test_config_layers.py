@@ -430,3 +430,18 @@ def test_params_a_user_reward_or_filter_takes_by_its_own_signature_pass_the_star
     sets[1] = "filter.chain=[{name: 'shapes:WithModel', params: {model: m, treshold: 0.9}}]"
     with pytest.raises(ConfigError, match="filter.chain.0: filter 'shapes:WithModel': params.tre"):
         check_names(load_layers([default_config_path()], sets)[0])
+
+
+def test_up_says_where_sync_is_measured_faster_with_the_built_in_model() -> None:
+    """The built-in models train sooner in --mode sync on 2 CPU cores, and the tiny one on a
+    GPU host too; `up` says so at start there (and how the stream wins on a GPU), and nowhere
+    else."""
+    from rollstream.services.up.main import speed_note
+
+    gpu = speed_note("tiny", "cuda", 16)
+    assert gpu is not None and "--mode sync" in gpu and "model.size=small" in gpu
+    two = speed_note("tiny", "cpu", 2)
+    assert two is not None and "2 CPU core(s)" in two and "--mode sync" in two
+    assert speed_note("tiny", "cpu", 8) is None
+    assert speed_note("small", "cuda", 16) is None
+    assert speed_note("small", "cpu", 2) == two
