@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -144,6 +145,39 @@ def test_tools_find_the_broker_of_the_run_in_this_folder(bootstrap: str, tmp_pat
     )
     assert "FAIL" not in tapped.stderr  # no stream of the client's connection errors
     assert time.monotonic() - t0 < 30
+
+
+def test_a_named_kafka_that_does_not_answer_is_refused_not_retried(tmp_path: Path) -> None:
+    """`--bootstrap` naming a dead address: `control` used to retry it for ever and `tap` to
+    print a screen of client errors, and `status` showed the saved ledger of the newest local
+    run instead; each now says that Kafka does not answer and exits 2."""
+    run = tmp_path / "runs" / "r1"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"kafka": {"bootstrap": "127.0.0.1:1"}}))
+    (run / "run.json").write_text('{"embedded_broker": true}')
+    saved_ledger = {"text": "ledger BALANCED (saved)", "ledger": {"balanced": True}}
+    (run / "ledger.json").write_text(json.dumps(saved_ledger))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROLLSTREAM_")}
+    dead = f"127.0.0.1:{free_port()}"
+    for args in (
+        ["control", "replay", "batch_groups=32"],
+        ["tap", "prompts", "-n", "1"],
+        ["topics", "list"],
+        ["status"],
+    ):
+        t0 = time.monotonic()
+        res = subprocess.run(
+            [ROLLSTREAM, *args, "--bootstrap", dead],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert res.returncode == 2, (args, res.stdout, res.stderr)
+        assert f"no Kafka answers at {dead} (named by --bootstrap" in res.stderr, args
+        assert "FAIL" not in res.stderr and "saved ledger" not in res.stdout, args
+        assert time.monotonic() - t0 < 30, args
 
 
 def test_tap_of_a_misspelt_topic_names_the_close_ones(kafka: KafkaSettings) -> None:

@@ -5,8 +5,8 @@ file named by ROLLSTREAM_CONFIG); with neither, the broker of the newest run und
 while it answers: `rollstream up` starts its embedded broker on a free port (and gives a run
 on a Kafka named with --bootstrap a namespace of its own), both saved in the run's
 config.yaml, so the default 127.0.0.1:9092 reaches nothing of it. Said on stderr when a
-run's broker is used; a default that does not answer fails at once with what to do, instead
-of the client's connection errors."""
+run's broker is used; a Kafka that does not answer (named, a run's, or the default) fails
+with what to do, instead of the client's connection errors."""
 
 from __future__ import annotations
 
@@ -74,9 +74,29 @@ def answers(bootstrap: str, timeout_s: float = 2.0) -> bool:
     return True
 
 
+NAMED_TIMEOUT_S = 10.0
+"""How long a Kafka named by flag or environment has to answer a metadata request."""
+
+
+def exit_unless_named_answers(kafka: KafkaSettings) -> None:
+    """Exit 2, saying so, when the Kafka named by `--bootstrap` or the environment does not
+    answer (asked with its own client settings, as the tool will ask it), instead of the
+    client retrying a dead address with a stream of connection errors."""
+    from rollstream.services.runtime.admin import unreachable
+
+    why = unreachable(kafka, timeout_s=NAMED_TIMEOUT_S)
+    if why is not None:
+        print(
+            f"error: no Kafka answers at {kafka.bootstrap} (named by --bootstrap or the "
+            f"environment) within {NAMED_TIMEOUT_S:g} s: {why}",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+
+
 def tool_kafka(args: argparse.Namespace) -> KafkaSettings:
-    """See the module docstring. Exits 2, saying what to do, when nothing was named and
-    nothing answers."""
+    """See the module docstring. Exits 2, saying what to do, when nothing answers: the Kafka
+    named, or (nothing named) a run's or the default."""
     return tool_target(args)[0]
 
 
@@ -84,7 +104,9 @@ def tool_target(args: argparse.Namespace) -> tuple[KafkaSettings, Path | None]:
     """`tool_kafka`, and the run folder whose broker it is (None when named otherwise)."""
     namespace = getattr(args, "namespace", None)
     if named_kafka(args):
-        return kafka_from(getattr(args, "bootstrap", None), namespace), None
+        kafka = kafka_from(getattr(args, "bootstrap", None), namespace)
+        exit_unless_named_answers(kafka)
+        return kafka, None
     named = any(os.environ.get(k) for k in NAMESPACE_KEYS)
     stopped = None
     for run in stream_runs()[:3]:  # the newest runs whose broker still answers

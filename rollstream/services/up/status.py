@@ -11,6 +11,7 @@ from pathlib import Path
 from rollstream.services.runtime.settings import kafka_from
 from rollstream.services.tools.target import (
     answers,
+    exit_unless_named_answers,
     is_sync_run,
     latest_run,
     named_kafka,
@@ -30,10 +31,13 @@ def main(args: argparse.Namespace) -> int:
         return _sync_status(run)
     conf = saved_config(run)
     # a broker named by flag or environment wins over the run's own, as for the other tools
-    saved = {} if named_kafka(args) else dict(conf.get("kafka") or {})
+    named = named_kafka(args)
+    saved = {} if named else dict(conf.get("kafka") or {})
     kafka = kafka_from(
         args.bootstrap or saved.get("bootstrap"), args.namespace or saved.get("namespace")
     )
+    if named:  # not some run's saved ledger in place of the Kafka asked for
+        exit_unless_named_answers(kafka)
     if answers(kafka.bootstrap, timeout_s=3.0):
         from rollstream.services.runtime.admin import describe
 
