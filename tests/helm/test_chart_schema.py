@@ -10,7 +10,8 @@ import helm_python as helm
 import pytest
 from helmchart import CHART
 
-from rollstream.services.runtime.config import RunConfig, WeightStoreSpec
+from rollstream.services.models.build import SIZES
+from rollstream.services.runtime.config import ModelSpec, RunConfig, WeightStoreSpec
 from rollstream.services.runtime.settings import KafkaSettings
 
 BAD_VALUES = [
@@ -32,6 +33,9 @@ BAD_VALUES = [
     ({"runConfig": {"kafka": {"bootstrap": "x:1"}}}, "'bootstrap' not allowed"),
     ({"runConfig": {"weights": {"uri": "s3://b/p"}}}, "'uri' not allowed"),
     ({"generator": {"env": {"1BAD NAME": "x"}}}, "invalid propertyName '1BAD NAME'"),
+    ({"runConfig": {"model": {"size": "huge"}}}, "/runConfig/model/size"),
+    ({"runConfig": {"model": {"sise": "small"}}}, "'sise' not allowed"),
+    ({"runConfig": {"model": {"dtype": "bogus"}}}, "/runConfig/model/dtype"),
 ]
 
 
@@ -62,6 +66,10 @@ def test_a_good_override_is_accepted(chart: helm.Chart) -> None:
             {"keda": {"enabled": True}, "evaluator": {"autoscaling": {"enabled": True}}},
             "evaluator has no consumer group",
         ),
+        (
+            {"runConfig": {"model": {"size": "small", "path": "/models/m"}}},
+            "runConfig.model.size: small names a built-in model, but runConfig.model.path is set",
+        ),
     ],
 )
 def test_template_checks_fail_with_the_field(
@@ -87,3 +95,5 @@ def test_run_config_schema_follows_the_run_file_model() -> None:
         "partitions",
     }
     assert set(rc["weights"]["properties"]) == set(WeightStoreSpec.model_fields) - {"uri"}
+    assert set(rc["model"]["properties"]) == set(ModelSpec.model_fields)
+    assert set(rc["model"]["properties"]["size"]["enum"]) == set(SIZES)

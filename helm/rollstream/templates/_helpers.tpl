@@ -129,6 +129,10 @@ evaluator: {kind: Deployment, group: "", topic: "", weights: true}
 {{/* The effective run file: values.runConfig with the chart's Kafka and weight store. */}}
 {{- define "rollstream.runConfig" -}}
 {{- $cfg := deepCopy .Values.runConfig }}
+{{- $model := default dict $cfg.model }}
+{{- if and $model.path $model.size (ne $model.size "tiny") }}
+{{- fail (printf "runConfig.model.size: %s names a built-in model, but runConfig.model.path is set (%s): drop one of them" $model.size $model.path) }}
+{{- end }}
 {{- $kafka := dict "bootstrap" .Values.kafka.bootstrap }}
 {{- if .Values.kafka.namespace }}
 {{- $_ := set $kafka "namespace" .Values.kafka.namespace }}
