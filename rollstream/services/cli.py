@@ -217,7 +217,7 @@ def _init_model_parser(sub: Any) -> None:
         "--device",
         default="cpu",
         help="torch device of the warm-up: cpu (default), cuda, cuda:1, auto (cuda if torch "
-        "sees one); small builds in under a minute on a GPU, ~5 minutes on 2 CPU cores",
+        "sees one); small builds in ~15 s on an H100, 3-5 minutes on 2 CPU cores",
     )
     p.add_argument("--force", action="store_true", help="rebuild even if it exists")
     p.add_argument(

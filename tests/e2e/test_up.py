@@ -164,6 +164,8 @@ def test_sync_mode_learns_on_the_same_config(rollstream_home: Path, tmp_path: Pa
     evals = summary["evals"]
     assert summary["finished"] and summary["steps"] > 0
     assert evals[-1]["accuracy"] > evals[0]["accuracy"], evals
+    # it ends as a stream run does: held-out accuracy from the base model, in percent
+    assert f"held-out accuracy {evals[0]['accuracy']:.1%} (v0) -> " in res.stdout, res.stdout
     # its one process trains on the cores it may use, up to 4 (up.sync_threads unset)
     assert summary["threads"] == min(len(os.sched_getaffinity(0)), 4), summary["threads"]
     # the trained policy is where the stream's learner puts its versions, and loads

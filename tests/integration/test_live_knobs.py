@@ -81,7 +81,7 @@ def test_the_feed_follows_its_live_knobs_and_an_unset_knob_reverts(kafka: KafkaS
 
 
 def test_the_learner_follows_its_live_knobs_on_every_step(
-    kafka: KafkaSettings, tmp_path: Path
+    kafka: KafkaSettings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from tiny_llama import random_llama
 
@@ -118,7 +118,11 @@ def test_the_learner_follows_its_live_knobs_on_every_step(
         svc.start()
         assert lr() == 1e-3 and svc.trainer.lr == 1e-3
         assert control(kafka, "learner", "lr=0.02", "prefetch=5", "publish_every=3") == 0
+        capsys.readouterr()
         assert control(kafka, "learner", "lr=-1") == 2
+        refused = capsys.readouterr().err  # one line naming the field, not pydantic's dump
+        assert "learner: refused, nothing published: lr: Input should be greater than" in refused
+        assert "errors.pydantic.dev" not in refused and len(refused.splitlines()) == 1
         assert control(kafka, "learner", "objective=ppo") == 2  # not live
         wait_until(lambda: svc.poll_once(0.1) >= 0 and lr() == 0.02, 20, "lr 0.02")
         assert svc.trainer.optimizer.param_groups[0]["lr"] == 0.02

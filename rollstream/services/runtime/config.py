@@ -58,7 +58,7 @@ class ModelSpec(BaseModel):
     GPU host choose `small`: its steps are long enough next to the pipeline's hops for the
     stream to be first (benchmarks/RESULTS.md: 1.5x sync on one H200), while with `tiny`
     sync is first there. `rollstream up` builds it once before any stage starts, on the GPU
-    when torch sees one (~15 s; on 2 CPU cores ~5 min); a stage that finds none builds its
+    when torch sees one (~15 s; on 2 CPU cores 3-5 min); a stage that finds none builds its
     own on the CPU (the same bits on every CPU pod), so on a cluster put it on `modelStore`."""
     policy: str = Field("policy", pattern=r"^[A-Za-z0-9_\-.]+$")
     """Policy name: the key of its WeightUpdates and its folder in the weight store."""
@@ -77,7 +77,7 @@ class ModelSpec(BaseModel):
         if self.path is not None and self.size != "tiny":
             raise ValueError(
                 f"size {self.size!r} names a built-in model, but path is set ({self.path}): "
-                "drop one of them"
+                "drop one of them (on the command line: --set model.size=tiny keeps the path)"
             )
         return self
 
@@ -279,7 +279,11 @@ class RunConfig(BaseModel):
         return spec.replicas if spec else 1
 
 
-def _format(exc: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> str:
+def format_errors(
+    exc: ValidationError, prefix: str = "", model: type[BaseModel] | None = None
+) -> str:
+    """Every error of `exc` on one line, each naming its field (under `prefix`), an unknown
+    key with the closest field of `model`: "learner.lr: ...; feed.nn: ... (did you mean n?)"."""
     lines = []
     for err in exc.errors():
         path = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
@@ -398,7 +402,7 @@ def load_layers(
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format(exc, model=RunConfig)) from None
+        raise ConfigError(format_errors(exc, model=RunConfig)) from None
     unknown = set(cfg.stages) - set(STAGE_NAMES)
     if unknown:
         raise ConfigError(f"stages: unknown stage(s) {sorted(unknown)}; known: {STAGE_NAMES}")
@@ -426,7 +430,7 @@ def section(cfg: RunConfig, name: str, model: type[T]) -> T:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format(exc, name, model)) from None
+        raise ConfigError(format_errors(exc, name, model)) from None
 
 
 # Each stage section -> its pydantic model, in rollstream.services.<stage>.config

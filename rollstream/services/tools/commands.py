@@ -67,9 +67,11 @@ def control(args: argparse.Namespace) -> int:
     import sys
 
     import yaml
+    from pydantic import ValidationError
 
     from rollstream.schemas import ControlUpdate
     from rollstream.services.runtime.bus import Producer
+    from rollstream.services.runtime.config import format_errors
 
     if args.stage not in CONTROL_STAGES:
         print(
@@ -92,9 +94,10 @@ def control(args: argparse.Namespace) -> int:
     validator = importlib.import_module(f"rollstream.services.{args.stage}.config").validate_control
     try:  # against the run's values, which the stage checks a revision against
         validator(merged, run_section(args.stage, run))
-    except ValueError as exc:
+    except ValueError as exc:  # a pydantic ValidationError too: one line a field
+        why = format_errors(exc) if isinstance(exc, ValidationError) else str(exc)
         print(
-            f"rollstream control: {args.stage}: refused, nothing published: {exc}", file=sys.stderr
+            f"rollstream control: {args.stage}: refused, nothing published: {why}", file=sys.stderr
         )
         return 2
     producer = Producer(kafka, "control")

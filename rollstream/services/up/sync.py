@@ -155,9 +155,10 @@ class SyncRun:
         self.evals.append(rec)
         with open(self.run_dir / "eval.jsonl", "a") as f:  # as it happens, for live readers
             f.write(json.dumps(rec) + "\n")
-        self.log(
-            f"[sync {rec['t']:6.0f}s] step {t.step} v{t.version} "
-            f"accuracy {acc.accuracy:.3f} {acc.per_task}"
+        tasks = " ".join(f"{k} {v:.1%}" for k, v in sorted(acc.per_task.items()))
+        self.log(  # as the stream's progress line
+            f"[sync {rec['t']:6.0f}s] step {t.step} version {t.version} "
+            f"accuracy {acc.accuracy:.1%} ({tasks})"
         )
 
     def done(self) -> bool:
@@ -389,12 +390,14 @@ class SyncRun:
         tmp.replace(self.run_dir / "sync_summary.json")
         if not finished:
             return
+        from rollstream.services.up.main import accuracy_lines
+
         self.log(
             f"sync run: {self.trainer.step} steps in {summary['wall_s']:.0f}s on "
-            f"{self.threads} thread(s); accuracy "
-            f"{evals[0]['accuracy'] if evals else float('nan'):.3f} -> "
-            f"{evals[-1]['accuracy'] if evals else float('nan'):.3f}; run folder {self.run_dir}"
+            f"{self.threads} thread(s); run folder {self.run_dir}"
         )
+        for line in accuracy_lines(self.run_dir):  # as a stream run ends
+            self.log(line)
         if self.saved:
             self.log(f"trained policy v{self.saved['version']}: {self.saved['uri']}")
 
