@@ -268,7 +268,9 @@ class Loop:
         acc = f"{self.accuracy[-1][1]:.1%}" if self.accuracy else "-"
         tasks = " ".join(f"{k} {v:.1%}" for k, v in sorted(self.per_task.items()))
         lag = sum(s.get("lag", 0.0) for k, s in stages.items() if not k.startswith("_"))
-        drops = sum(s.get("drops", 0.0) for k, s in stages.items() if not k.startswith("_"))
+        live = [s for k, s in stages.items() if not k.startswith("_")]
+        drops = sum(s.get("drops", 0.0) for s in live)
+        expired = sum(s.get("expired", 0.0) for s in live)
         stale = replay.get("staleness")
         return (
             f"[{time.time() - self.started:5.0f}s] step {learner.get('step', 0):.0f} "
@@ -277,7 +279,8 @@ class Loop:
             + (f" reward {self.reward[-1]:.3f}" if self.reward else " reward -")
             + f" rollouts/s {gen.get('out_rate', 0.0):.1f}"
             + (f" staleness {stale:.2f}" if stale is not None else " staleness -")
-            + f" lag {lag:.0f} drops {drops:.0f} restarts {self.restarts} · {label}"
+            + f" lag {lag:.0f} dropped {drops:.0f} expired {expired:.0f}"
+            + f" restarts {self.restarts} · {label}"
         )
 
     def summary(self) -> list[str]:

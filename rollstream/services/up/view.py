@@ -103,7 +103,8 @@ def summarize_stage(stage: str, snap: dict[str, float], rates: dict[str, float])
     version = total(snap, p + "policy_version")
     return {
         **out,
-        "drops": sum(drops.values()),
+        "drops": sum(v for k, v in drops.items() if k != "expired"),
+        "expired": drops.get("expired", 0.0),  # as the ledger: expired apart from dropped
         "in_rate": rates.get("in", 0.0),
         "out_rate": rates.get("out", 0.0),
         "lag": total(snap, p + "consumer_lag_messages"),

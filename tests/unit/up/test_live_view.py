@@ -45,3 +45,18 @@ def test_notes_are_a_column_when_wide() -> None:
     assert "notes" in lines[1]
     for stage, text in notes.items():
         assert any(line.strip("│ ").startswith(stage) and text in line for line in lines)
+
+
+def test_expired_rollouts_are_counted_apart_from_dropped_ones_as_in_the_ledger() -> None:
+    """The ledger says `dropped N + expired M`; the live figures keep the two apart too (one
+    "drops" sum of both looked like a count that went down when the ledger printed)."""
+    snap = {
+        "rollstream_filter_samples_dropped_total{reason=all_correct}": 40.0,
+        "rollstream_filter_samples_dropped_total{reason=all_wrong}": 24.0,
+        "rollstream_replay_dropped_rollouts_total{reason=expired}": 16.0,
+        "rollstream_replay_dropped_rollouts_total{reason=evicted}": 8.0,
+    }
+    filt, replay = summarize_stage("filter", snap, {}), summarize_stage("replay", snap, {})
+    assert (filt["drops"], filt["expired"]) == (64.0, 0.0)
+    assert (replay["drops"], replay["expired"]) == (8.0, 16.0)
+    assert "drops all_correct=40 all_wrong=24" in filt["notes"]
