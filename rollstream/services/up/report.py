@@ -43,6 +43,14 @@ def rate(ts: list[float], vs: list[float]) -> tuple[list[float], list[float]]:
     return out_t, out_v
 
 
+def _ledger_step(run: Path) -> int:
+    """The learner step of the ledger `up` saved when the run stopped (0 if none)."""
+    path = run / "ledger.json"
+    return (
+        int(json.loads(path.read_text())["ledger"].get("learner_step", 0)) if path.exists() else 0
+    )
+
+
 def write_report(run: Path) -> dict[str, Any]:
     import matplotlib
 
@@ -64,12 +72,15 @@ def write_report(run: Path) -> dict[str, Any]:
         "final_accuracy": evals[-1]["accuracy"] if evals else None,
         "best_accuracy": max(e["accuracy"] for e in evals) if evals else None,
         "eval_points": len(evals),
-        # the learner's own step gauge at the end of the run; evals only see the steps of the
-        # versions they evaluated (the last one is usually a few steps behind)
+        # the learner's own step gauge (scraped now and then: its last sample may be a step or
+        # two short), the step of the last version evaluated, and the ledger's (from the
+        # learner's feedback, read when the run stopped): the most of them, as `up` printed
         "learner_steps": int(
             max(
-                (total(r.get("learner", {}), "rollstream_learner_step") for r in hist),
-                default=0.0,
+                *(total(r.get("learner", {}), "rollstream_learner_step") for r in hist),
+                *(e.get("step") or 0 for e in evals[-1:]),
+                _ledger_step(run),
+                0,
             )
         ),
         "learner_step_at_last_eval": evals[-1]["step"] if evals else None,
