@@ -221,6 +221,10 @@ class ResumeError(ValueError):
     """A run folder that cannot be continued; the message says why."""
 
 
+class ModeError(ValueError):
+    """A flag that does not apply to the chosen --mode."""
+
+
 class KafkaUnreachable(ValueError):
     """`--bootstrap` names a Kafka that does not answer; the message says what was tried."""
 
@@ -286,6 +290,20 @@ def main(args: argparse.Namespace) -> int:
     if args.mode == "sync":
         if resume:
             raise ResumeError("--resume continues a streaming run; --mode sync has no state")
+        stream_only = [
+            flag
+            for flag, given in (
+                ("--bootstrap", getattr(args, "bootstrap", None)),
+                ("--namespace", getattr(args, "namespace", None)),
+                ("--stage/--replicas", getattr(args, "stage", None)),
+            )
+            if given
+        ]
+        if stream_only:  # said, not silently ignored
+            raise ModeError(
+                f"{', '.join(stream_only)}: for the stream's processes; --mode sync is one "
+                "process with no Kafka"
+            )
         from rollstream.services.up.sync import run_sync
 
         return run_sync(cfg)

@@ -445,3 +445,16 @@ def test_up_says_where_sync_is_measured_faster_with_the_built_in_model() -> None
     assert speed_note("tiny", "cpu", 8) is None
     assert speed_note("small", "cuda", 16) is None
     assert speed_note("small", "cpu", 2) == two
+
+
+def test_stream_only_flags_with_mode_sync_are_refused_not_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rollstream.services.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["up", "--mode", "sync", "--bootstrap", "127.0.0.1:1", "--stage", "generator"]
+    assert main([*argv, "--replicas", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "--bootstrap, --stage/--replicas: for the stream's processes" in err
+    assert not (tmp_path / "runs").exists()  # refused before a run folder or a model
