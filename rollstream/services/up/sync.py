@@ -87,6 +87,8 @@ class SyncRun:
             self.threads = cfg.up.sync_threads or min(usable_cores(), SYNC_THREADS_MAX)
         torch.set_num_threads(self.threads)
         self.model_dir = model_dir = model_dir_of(cfg.model, device=resolve_device("auto"))
+        if cfg.model.path is None:
+            log(f"base model: {model_dir}")  # as a stream run says
         self.backend = make_backend(
             "transformers" if gen.backend == "auto" else gen.backend,
             model_dir,
