@@ -204,20 +204,23 @@ def _topic_tools(sub: Any) -> None:
 
 
 def _init_model_parser(sub: Any) -> None:
-    p = sub.add_parser("init-model", help="build the built-in base model (or a larger one)")
+    p = sub.add_parser(
+        "init-model",
+        help="build a built-in base model (model.size: tiny, small), or one for --tasks",
+    )
     p.add_argument("--out", default=None, help="output dir (default: the built-in model's home)")
     p.add_argument("--seed", type=int, default=0, help="seed of its random init and warm-up")
     p.add_argument(
         "--size",
         default="tiny",
-        help="shape: tiny (the built-in model, 0.55M parameters) or small (8.4M, 8 layers; "
+        help="shape: tiny (the default run's model, 0.55M parameters) or small (8.4M, 8 layers; "
         "without --out, the one `--set model.size=small` trains)",
     )
     p.add_argument(
         "--device",
         default="cpu",
         help="torch device of the warm-up: cpu (default), cuda, cuda:1, auto (cuda if torch "
-        "sees one); small builds in ~15 s on an H100, 3-5 minutes on 2 CPU cores",
+        "sees one); small builds in ~15 s on an H100, 3-5 minutes on a CPU (one thread)",
     )
     p.add_argument("--force", action="store_true", help="rebuild even if it exists")
     p.add_argument(

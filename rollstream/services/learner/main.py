@@ -95,8 +95,8 @@ def build_trainer(ctx: StageContext, cfg: Any, par: Any) -> tuple[Any, str]:
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
         torch.set_num_threads(1)
+    model_dir = model_dir_of(ctx.cfg.model, ctx.args.model)  # a build here seeds torch: first
     torch.manual_seed(ctx.cfg.seed)
-    model_dir = model_dir_of(ctx.cfg.model, ctx.args.model)
     device = par.device if par is not None else resolve_device(cfg.device)
     # fp32 master weights; FSDP shards from CPU, one block at a time onto the GPU
     load_on = "cpu" if par is not None and par.fsdp else device

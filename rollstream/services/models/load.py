@@ -39,9 +39,9 @@ def default_model_dir(size: str = "tiny") -> Path:
 
 def ensure_base_model(seed: int = 0, size: str = "tiny", device: str = "cpu") -> Path:
     """The built-in base model's directory, built on first use (a lock keeps concurrent
-    processes from building it twice), warming up on `device`. A CPU build of a seed gives the
-    same bits on every machine, so stages that each build their own agree; `rollstream up`
-    builds once for all its stages and may use the GPU."""
+    processes from building it twice), warming up on `device`. A CPU build of a seed repeats
+    on the same kind of CPU, so stages that each build their own on like machines agree;
+    `rollstream up` builds once for all its stages (`build_in_child`)."""
     import fcntl
 
     out = default_model_dir(size)
@@ -57,10 +57,36 @@ def ensure_base_model(seed: int = 0, size: str = "tiny", device: str = "cpu") ->
     return out
 
 
-def model_dir_of(model: Any, given: str | None = None, device: str = "cpu") -> str:
+def model_dir_of(model: Any, given: str | None = None, *, in_child: bool = False) -> str:
     """The directory a stage loads: `given` (its --model flag), else the run's `model.path`,
-    else the built-in model of `model.size` (built here on `device` if missing)."""
-    return given or model.path or str(ensure_base_model(size=model.size, device=device))
+    else the built-in model of `model.size`, built if missing: here on the CPU (a stage), or
+    with `in_child` (`up`, `--mode sync`) in a child process (`build_in_child`)."""
+    if given or model.path:
+        return str(given or model.path)
+    if in_child:
+        return str(build_in_child(model.size))
+    return str(ensure_base_model(size=model.size))
+
+
+def build_in_child(size: str) -> Path:
+    """The built-in model of `size`, built if missing in a child process: `tiny` on the CPU
+    (a build that repeats, as every stage would make it), a larger one on the GPU when torch
+    sees one. A long-lived caller (`up`) then holds no CUDA context from the warm-up, its
+    environment stays as it was (a GPU build sets CUBLAS_WORKSPACE_CONFIG), and its random
+    state is untouched (the build seeds torch)."""
+    import subprocess
+    import sys
+
+    out = default_model_dir(size)
+    if (out / "model.safetensors").exists():
+        return out
+    device = "cpu" if size == "tiny" else "auto"
+    code = (
+        "from rollstream.services.models.load import ensure_base_model, resolve_device; "
+        f"ensure_base_model(size={size!r}, device=resolve_device({device!r}))"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    return out
 
 
 def load_tokenizer(model_dir: str | Path) -> Any:

@@ -57,9 +57,10 @@ class ModelSpec(BaseModel):
     (550k parameters, built on a CPU in ~20 s) or `small` (8.4M: 8 layers, hidden 256). On a
     GPU host choose `small`: its steps are long enough next to the pipeline's hops for the
     stream to be first (benchmarks/RESULTS.md: 1.5x sync on one H200), while with `tiny`
-    sync is first there. `rollstream up` builds it once before any stage starts, on the GPU
-    when torch sees one (~15 s; on 2 CPU cores 3-5 min); a stage that finds none builds its
-    own on the CPU (the same bits on every CPU pod), so on a cluster put it on `modelStore`."""
+    sync is first there. `rollstream up` builds it once before any stage starts, in a child
+    process (`small` on the GPU when torch sees one, ~15 s, else 3-5 min; `tiny` on the CPU,
+    ~20 s). A stage that finds none builds its own on the CPU (the same bits on like CPUs,
+    not across CPU kinds), so on a cluster put it on `modelStore`."""
     policy: str = Field("policy", pattern=r"^[A-Za-z0-9_\-.]+$")
     """Policy name: the key of its WeightUpdates and its folder in the weight store."""
     dtype: str = Field("auto", pattern=r"^(auto|float32|bfloat16|float16)$")

@@ -8,13 +8,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rollstream.services.tools.target import tool_kafka, tool_target
+from rollstream.services.tools.target import NAMED_TIMEOUT_S, tool_kafka, tool_target
 
 
 def topics(args: argparse.Namespace) -> int:
     from rollstream.services.runtime.admin import create_topics, describe
 
-    kafka = tool_kafka(args)
+    # a Job that creates the topics may start while its Kafka is still coming up
+    kafka = tool_kafka(args, wait_s=30.0 if args.action == "create" else NAMED_TIMEOUT_S)
     if args.action == "create":
         res = create_topics(kafka, replication=args.replication)
         created = sum(1 for v in res.values() if v == "created")

@@ -78,34 +78,38 @@ NAMED_TIMEOUT_S = 10.0
 """How long a Kafka named by flag or environment has to answer a metadata request."""
 
 
-def exit_unless_named_answers(kafka: KafkaSettings) -> None:
+def exit_unless_named_answers(kafka: KafkaSettings, timeout_s: float = NAMED_TIMEOUT_S) -> None:
     """Exit 2, saying so, when the Kafka named by `--bootstrap` or the environment does not
     answer (asked with its own client settings, as the tool will ask it), instead of the
     client retrying a dead address with a stream of connection errors."""
     from rollstream.services.runtime.admin import unreachable
 
-    why = unreachable(kafka, timeout_s=NAMED_TIMEOUT_S)
+    why = unreachable(kafka, timeout_s=timeout_s)
     if why is not None:
         print(
-            f"error: no Kafka answers at {kafka.bootstrap} (named by --bootstrap or the "
-            f"environment) within {NAMED_TIMEOUT_S:g} s: {why}",
+            f"error: no Kafka answers at {kafka.bootstrap} (named by --bootstrap, "
+            f"ROLLSTREAM_BOOTSTRAP or the run file in ROLLSTREAM_CONFIG) within {timeout_s:g} s: "
+            f"{why}",
             file=sys.stderr,
         )
         raise SystemExit(2)
 
 
-def tool_kafka(args: argparse.Namespace) -> KafkaSettings:
+def tool_kafka(args: argparse.Namespace, wait_s: float = NAMED_TIMEOUT_S) -> KafkaSettings:
     """See the module docstring. Exits 2, saying what to do, when nothing answers: the Kafka
     named, or (nothing named) a run's or the default."""
-    return tool_target(args)[0]
+    return tool_target(args, wait_s)[0]
 
 
-def tool_target(args: argparse.Namespace) -> tuple[KafkaSettings, Path | None]:
-    """`tool_kafka`, and the run folder whose broker it is (None when named otherwise)."""
+def tool_target(
+    args: argparse.Namespace, wait_s: float = NAMED_TIMEOUT_S
+) -> tuple[KafkaSettings, Path | None]:
+    """`tool_kafka`, and the run folder whose broker it is (None when named otherwise); a
+    named Kafka has `wait_s` to answer."""
     namespace = getattr(args, "namespace", None)
     if named_kafka(args):
         kafka = kafka_from(getattr(args, "bootstrap", None), namespace)
-        exit_unless_named_answers(kafka)
+        exit_unless_named_answers(kafka, wait_s)
         return kafka, None
     named = any(os.environ.get(k) for k in NAMESPACE_KEYS)
     stopped = None

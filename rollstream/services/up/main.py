@@ -278,15 +278,21 @@ def resume_config(args: argparse.Namespace) -> tuple[RunConfig, Path]:
             "cannot continue where it stopped. Runs against a Kafka that keeps its data "
             "(`rollstream up --bootstrap HOST:PORT`) can be resumed."
         )
-    return layered(args, saved, []), run_dir
+    cfg = layered(args, saved, [])
+    before = load_layers([saved], [], env={})[0].model
+    for field in ("path", "size"):  # its checkpoint and versions are of that model's shape
+        was, now = getattr(before, field), getattr(cfg.model, field)
+        if was != now:
+            raise ResumeError(
+                f"model.{field}: {run_dir} trained {was!r}; this call asks for {now!r}, whose "
+                "weights would not fit its checkpoint: resume with the run's model or start a "
+                "new run"
+            )
+    return cfg, run_dir
 
 
 def main(args: argparse.Namespace) -> int:
     resume = getattr(args, "resume", None)
-    if resume:
-        cfg, run_dir = resume_config(args)
-    else:
-        cfg = resolve(args)
     if args.mode == "sync":
         if resume:
             raise ResumeError("--resume continues a streaming run; --mode sync has no state")
@@ -299,11 +305,16 @@ def main(args: argparse.Namespace) -> int:
             )
             if given
         ]
-        if stream_only:  # said, not silently ignored
+        if stream_only:  # said, not silently ignored, before anything is checked or built
             raise ModeError(
                 f"{', '.join(stream_only)}: for the stream's processes; --mode sync is one "
                 "process with no Kafka"
             )
+    if resume:
+        cfg, run_dir = resume_config(args)
+    else:
+        cfg = resolve(args)
+    if args.mode == "sync":
         from rollstream.services.up.sync import run_sync
 
         return run_sync(cfg)
@@ -342,11 +353,10 @@ def main(args: argparse.Namespace) -> int:
         if cfg.model.path is None:  # built once here, before the stages look for it
             from rollstream.services.models.load import model_dir_of, resolve_device
 
-            device = resolve_device("auto")
-            print("base model:", model_dir_of(cfg.model, device=device), flush=True)
+            print("base model:", model_dir_of(cfg.model, in_child=True), flush=True)
             from rollstream.services.up.sync import usable_cores
 
-            note = speed_note(cfg.model.size, device, usable_cores())
+            note = speed_note(cfg.model.size, resolve_device("auto"), usable_cores())
             if note:
                 print(note, flush=True)
         from rollstream.services.up.loop import Loop

@@ -38,7 +38,7 @@ def main(args: argparse.Namespace) -> int:
     )
     if named:  # not some run's saved ledger in place of the Kafka asked for
         exit_unless_named_answers(kafka)
-    if answers(kafka.bootstrap, timeout_s=3.0):
+    if named or answers(kafka.bootstrap, timeout_s=3.0):  # named: it answered, as the run asks
         from rollstream.services.runtime.admin import describe
 
         led = compute(kafka, (conf.get("model") or {}).get("policy"))

@@ -59,7 +59,6 @@ class SyncRun:
             load_model,
             load_tokenizer,
             model_dir_of,
-            resolve_device,
             resolve_template,
         )
         from rollstream.services.replay.buffer import ReplayBuffer
@@ -86,7 +85,7 @@ class SyncRun:
         else:
             self.threads = cfg.up.sync_threads or min(usable_cores(), SYNC_THREADS_MAX)
         torch.set_num_threads(self.threads)
-        self.model_dir = model_dir = model_dir_of(cfg.model, device=resolve_device("auto"))
+        self.model_dir = model_dir = model_dir_of(cfg.model, in_child=True)
         if cfg.model.path is None:
             log(f"base model: {model_dir}")  # as a stream run says
         self.backend = make_backend(

@@ -108,7 +108,9 @@ def test_the_cli_refuses_a_size_or_device_it_cannot_build(tmp_path, capsys):
 def test_each_built_in_size_has_a_home_of_its_own_that_model_size_finds(tmp_path, monkeypatch):
     """`init-model --size small` without --out builds where `model.size: small` looks, beside
     (not over) the tiny model; a stage given neither a path nor a flag builds the size its
-    config names, on the device it is told, once."""
+    config names, on its CPU, once; `up` builds in a child process, tiny on the CPU (a build
+    that repeats) and small on the GPU when there is one."""
+    import subprocess
     from types import SimpleNamespace
 
     from rollstream.services.models import build
@@ -128,15 +130,23 @@ def test_each_built_in_size_has_a_home_of_its_own_that_model_size_finds(tmp_path
     assert default_model_dir("tiny") != default_model_dir("small")
     assert init_model_cli(None, 0, False, size="small") == 0
     assert built == [(str(default_model_dir("small")), build.SIZES["small"], "cpu")]
-    spec = SimpleNamespace(path=None, size="small")
-    assert model_dir_of(spec, device="cuda") == str(default_model_dir("small"))
+    small = SimpleNamespace(path=None, size="small")
+    assert model_dir_of(small) == str(default_model_dir("small"))
+    assert model_dir_of(small, in_child=True) == str(default_model_dir("small"))
     assert len(built) == 1  # found, not rebuilt
-    assert model_dir_of(SimpleNamespace(path=None, size="tiny"), device="cuda") == str(
-        default_model_dir("tiny")
-    )
-    assert built[1] == (str(default_model_dir("tiny")), build.SIZES["tiny"], "cuda")
-    assert model_dir_of(spec, "given/dir") == "given/dir"
+    tiny = SimpleNamespace(path=None, size="tiny")
+    assert model_dir_of(tiny) == str(default_model_dir("tiny"))
+    assert built[1] == (str(default_model_dir("tiny")), build.SIZES["tiny"], "cpu")
+    assert model_dir_of(small, "given/dir") == "given/dir"
     assert model_dir_of(SimpleNamespace(path="user/dir", size="tiny")) == "user/dir"
+
+    children: list[str] = []  # what `up` would run, for sizes not built yet
+    monkeypatch.setattr(subprocess, "run", lambda cmd, check: children.append(cmd[-1]))
+    monkeypatch.setenv("ROLLSTREAM_HOME", str(tmp_path / "empty"))
+    model_dir_of(tiny, in_child=True)
+    model_dir_of(small, in_child=True)
+    assert "size='tiny', device=resolve_device('cpu')" in children[0]
+    assert "size='small', device=resolve_device('auto')" in children[1]
 
 
 def test_model_size_offers_every_size_init_model_builds():

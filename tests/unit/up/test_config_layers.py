@@ -458,3 +458,21 @@ def test_stream_only_flags_with_mode_sync_are_refused_not_ignored(
     err = capsys.readouterr().err
     assert "--bootstrap, --stage/--replicas: for the stream's processes" in err
     assert not (tmp_path / "runs").exists()  # refused before a run folder or a model
+
+
+def test_a_resume_that_changes_the_model_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run's checkpoint and weight versions have its model's shape: `--resume` with another
+    `model.size` (or path) would crash every stage that loads them, restart after restart."""
+    from rollstream.services.runtime.config import dump
+
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(dump(load_layers([default_config_path()], env={})[0]))
+    (run / "run.json").write_text('{"embedded_broker": false}')
+    args = ["up", "--resume", str(run), "--bootstrap", "127.0.0.1:1"]
+    assert cli([*args, "--set", "model.size=small"]) == 1
+    err = capsys.readouterr().err
+    assert "model.size: " in err and "trained 'tiny'; this call asks for 'small'" in err

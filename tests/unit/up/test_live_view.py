@@ -60,3 +60,20 @@ def test_expired_rollouts_are_counted_apart_from_dropped_ones_as_in_the_ledger()
     assert (filt["drops"], filt["expired"]) == (64.0, 0.0)
     assert (replay["drops"], replay["expired"]) == (8.0, 16.0)
     assert "drops all_correct=40 all_wrong=24" in filt["notes"]
+
+
+def test_the_progress_line_says_dropped_and_expired_apart() -> None:
+    import time
+
+    from rollstream.services.up.loop import Loop
+
+    loop = Loop.__new__(Loop)  # only what the line reads
+    loop.started, loop.accuracy, loop.per_task, loop.reward, loop.restarts = (
+        time.time(), [(1.0, 0.5)], {}, [0.3], 0
+    )  # fmt: skip
+    snap = {
+        "rollstream_filter_samples_dropped_total{reason=all_wrong}": 64.0,
+        "rollstream_replay_dropped_rollouts_total{reason=expired}": 16.0,
+    }
+    stages = {s: summarize_stage(s, snap, {}) for s in ("filter", "replay")}
+    assert " dropped 64 expired 16 " in loop.progress_line(stages, "target")
