@@ -191,6 +191,16 @@ def embedded_partitions(cfg: RunConfig) -> int:
     return max([1, *(cfg.replicas(stage) for stage in cfg.stages)])
 
 
+def nvidia_gpu_visible() -> bool:
+    """Whether this host has an NVIDIA driver whose GPUs CUDA_VISIBLE_DEVICES does not hide:
+    the GPU the stages' torch would see, asked without importing torch into `up` (1-2 s of
+    its start and ~200 MB for the whole run in a process that never uses it)."""
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if hidden is not None and hidden.strip() in ("", "-1"):
+        return False
+    return Path("/proc/driver/nvidia/version").exists()
+
+
 def speed_note(size: str, device: str, cores: int) -> str | None:
     """What `up` says at start where the built-in model of `size` is measured to train sooner
     in `--mode sync` than as a stream (benchmarks/RESULTS.md), on `device` with `cores`."""
@@ -351,12 +361,13 @@ def main(args: argparse.Namespace) -> int:
 
         create_topics(cfg.kafka)
         if cfg.model.path is None:  # built once here, before the stages look for it
-            from rollstream.services.models.load import model_dir_of, resolve_device
+            from rollstream.services.models.load import model_dir_of
 
             print("base model:", model_dir_of(cfg.model, in_child=True), flush=True)
             from rollstream.services.up.sync import usable_cores
 
-            note = speed_note(cfg.model.size, resolve_device("auto"), usable_cores())
+            device = "cuda" if nvidia_gpu_visible() else "cpu"
+            note = speed_note(cfg.model.size, device, usable_cores())
             if note:
                 print(note, flush=True)
         from rollstream.services.up.loop import Loop

@@ -476,3 +476,15 @@ def test_a_resume_that_changes_the_model_is_refused(
     assert cli([*args, "--set", "model.size=small"]) == 1
     err = capsys.readouterr().err
     assert "model.size: " in err and "trained 'tiny'; this call asks for 'small'" in err
+
+
+def test_up_does_not_count_gpus_that_cuda_visible_devices_hides(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rollstream.services.up.main import nvidia_gpu_visible
+
+    for hidden in ("", "-1"):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", hidden)
+        assert not nvidia_gpu_visible()
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert nvidia_gpu_visible() == Path("/proc/driver/nvidia/version").exists()
