@@ -16,7 +16,7 @@ from rollstream.services.runtime.config import RunConfig
 from rollstream.services.up.scrape import drops_by_reason, scrape, total
 from rollstream.services.up.supervisor import Supervisor
 from rollstream.services.up.tbevents import EventWriter, WandbSink
-from rollstream.services.up.view import render, summarize_stage
+from rollstream.services.up.view import per_task_text, render, summarize_stage
 
 log = logging.getLogger(__name__)
 BUCKETS_EVERY_S = 10.0  # metrics.jsonl: histogram buckets in one record every this many seconds
@@ -266,7 +266,7 @@ class Loop:
         gen = stages.get("generator", {})
         replay = stages.get("replay", {})
         acc = f"{self.accuracy[-1][1]:.1%}" if self.accuracy else "-"
-        tasks = " ".join(f"{k} {v:.1%}" for k, v in sorted(self.per_task.items()))
+        tasks = per_task_text(self.per_task)
         lag = sum(s.get("lag", 0.0) for k, s in stages.items() if not k.startswith("_"))
         live = [s for k, s in stages.items() if not k.startswith("_")]
         drops = sum(s.get("drops", 0.0) for s in live)

@@ -156,10 +156,11 @@ class SyncRun:
         self.evals.append(rec)
         with open(self.run_dir / "eval.jsonl", "a") as f:  # as it happens, for live readers
             f.write(json.dumps(rec) + "\n")
-        tasks = " ".join(f"{k} {v:.1%}" for k, v in sorted(acc.per_task.items()))
+        from rollstream.services.up.view import per_task_text
+
         self.log(  # as the stream's progress line
             f"[sync {rec['t']:6.0f}s] step {t.step} version {t.version} "
-            f"accuracy {acc.accuracy:.1%} ({tasks})"
+            f"accuracy {acc.accuracy:.1%} ({per_task_text(acc.per_task)})"
         )
 
     def done(self) -> bool:
