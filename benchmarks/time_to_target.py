@@ -120,6 +120,8 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     ),
     "sync-4threads": ("sync", ["up.sync_threads=4"]),
     # every row runs its own prompt, in generation and training (before prompt sharing)
+    "sync-eager": ("sync", ["generator.cuda_graphs=false"]),  # generate, as before the 20th session
+    "eager": ("async", ["generator.cuda_graphs=false"]),
     "sync-noshare": ("sync", ["generator.share_prompts=false", "learner.share_prompts=false"]),
     "noshare": ("async", ["generator.share_prompts=false", "learner.share_prompts=false"]),
     "ahead2-s1": ("async", ["generator.ahead_batches=2", "staleness.max_versions=1"]),

@@ -98,6 +98,7 @@ def make_backend(
     dtype: str = "auto",
     device: str = "auto",
     share_prompts: bool = True,
+    cuda_graphs: bool = True,
     **vllm_args: object,
 ) -> Backend:
     """`kind`: "vllm", "transformers" or "auto" (vLLM when it imports, else transformers)."""
@@ -113,6 +114,11 @@ def make_backend(
         from rollstream.services.generator.backend_hf import HFBackend
 
         return HFBackend(
-            model_dir, seed=seed, dtype=dtype, device=device, share_prompts=share_prompts
+            model_dir,
+            seed=seed,
+            dtype=dtype,
+            device=device,
+            share_prompts=share_prompts,
+            cuda_graphs=cuda_graphs,
         )
     raise ValueError(f"generator.backend: unknown backend {kind!r} (vllm, transformers, auto)")

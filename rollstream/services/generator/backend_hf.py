@@ -17,6 +17,7 @@ from collections.abc import Callable
 from itertools import groupby
 
 from rollstream.services.generator.backend import GenRequest, GenSample, RequestError
+from rollstream.services.generator.static_decode import StaticDecoder, supports_static
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ class HFBackend:
         dtype: str = "auto",
         device: str = "auto",
         share_prompts: bool = True,
+        cuda_graphs: bool = True,
     ) -> None:
         import torch
 
@@ -77,12 +79,24 @@ class HFBackend:
         """Called between two decoding steps (after a step's forward pass, before the next):
         the generator's in-flight weight swap. Weights loaded there take effect from the next
         token on; the KV cache of the tokens so far is kept."""
+        self.static = self._static_decoder(cuda_graphs)
+        """Sampling without constraints goes through it when set (`static_decode`)."""
         log.info(
-            "generator: transformers backend, %s (%s), stop ids %s",
+            "generator: transformers backend, %s (%s), stop ids %s, %s",
             describe(self.model),
             model_dir,
             self.stop_ids,
+            "static cache and CUDA graphs" if self.static else "generate",
         )
+
+    def _static_decoder(self, cuda_graphs: bool) -> StaticDecoder | None:
+        """`generator.cuda_graphs`, on a CUDA device and a model that takes a static cache."""
+        if not (cuda_graphs and str(self.device).startswith("cuda")):
+            return None
+        if not supports_static(self.model):
+            log.info("generator: %s takes no static cache: generate", type(self.model).__name__)
+            return None
+        return StaticDecoder(self.model, graphs=True, pad_id=self.pad_id)
 
     # ---- generation -------------------------------------------------------------------------
     def generate(self, requests: list[GenRequest]) -> list[list[GenSample]]:
@@ -97,7 +111,6 @@ class HFBackend:
     def _generate_same(self, reqs: list[GenRequest]) -> list[list[GenSample]]:
         torch = self.torch
         from transformers import (
-            LogitsProcessorList,
             TemperatureLogitsWarper,
             TopKLogitsWarper,
             TopPLogitsWarper,
@@ -106,28 +119,52 @@ class HFBackend:
         p = reqs[0]
         rows = [r.prompt_ids for r in reqs for _ in range(r.n)]
         width = max(len(x) for x in rows)
-        input_ids, attn = self._left_pad(rows, width)
         greedy = p.temperature == 0
+        pattern = p.regex or (("|".join(_re.escape(c) for c in p.choice)) if p.choice else None)
+        if p.json_schema:
+            raise RequestError("json_schema constraints need the vLLM backend")
+        warpers: list = []
+        if not greedy:
+            if p.temperature != 1.0:
+                warpers.append(TemperatureLogitsWarper(p.temperature))
+            if p.top_k and p.top_k > 0:
+                warpers.append(TopKLogitsWarper(p.top_k))
+            if p.top_p < 1.0:
+                warpers.append(TopPLogitsWarper(p.top_p))
+        if p.seed is not None:
+            torch.manual_seed(p.seed)
+        if self.static is not None and not pattern:
+            new, lp = self.static.sample(
+                [r.prompt_ids for r in reqs],
+                [r.n for r in reqs],
+                p.max_tokens,
+                warpers,
+                greedy=greedy,
+                stop_ids=self.stop_ids,
+                share_prompts=self.share_prompts,
+                between_steps=self.between_steps,
+            )
+        else:
+            new, lp = self._generate_with(reqs, rows, width, pattern, greedy, warpers)
+        samples = [self._sample(new[i].tolist(), lp[i].tolist(), p.stop) for i in range(len(rows))]
+        it = iter(samples)
+        return [[next(it) for _ in range(r.n)] for r in reqs]
+
+    def _generate_with(self, reqs, rows, width, pattern, greedy, warpers):  # -> tokens, logprobs
+        """`model.generate` over the left-padded rows: (rows, steps) tokens and logprobs."""
+        torch = self.torch
+        from transformers import LogitsProcessorList
+
+        p = reqs[0]
+        input_ids, attn = self._left_pad(rows, width)
         # Every processor is ours, in sampling order, so that the recorder at the end sees the
         # distribution actually sampled from; generate's own warpers stay off (they would run
         # after any processor passed in).
         procs: list = [BetweenSteps(self.between_steps)] if self.between_steps else []
-        pattern = p.regex or (("|".join(_re.escape(c) for c in p.choice)) if p.choice else None)
-        if p.json_schema:
-            raise RequestError("json_schema constraints need the vLLM backend")
         if pattern:
             procs.append(RegexLogitsProcessor(pattern, self._vocab(), self.eos_id, width))
-        if not greedy:
-            if p.temperature != 1.0:
-                procs.append(TemperatureLogitsWarper(p.temperature))
-            if p.top_k and p.top_k > 0:
-                procs.append(TopKLogitsWarper(p.top_k))
-            if p.top_p < 1.0:
-                procs.append(TopPLogitsWarper(p.top_p))
         recorder = ChosenLogprobs()
-        procs.append(recorder)
-        if p.seed is not None:
-            torch.manual_seed(p.seed)
+        procs += [*warpers, recorder]
         with torch.inference_mode():
             cache = self._shared_prompts(reqs, width) if len(rows) > len(reqs) else None
             seqs = self.model.generate(
@@ -143,10 +180,7 @@ class HFBackend:
             )
             new = seqs[:, width:]
             lp = recorder.finish(new).cpu()  # (rows, steps)
-        new = new.cpu()
-        samples = [self._sample(new[i].tolist(), lp[i].tolist(), p.stop) for i in range(len(rows))]
-        it = iter(samples)
-        return [[next(it) for _ in range(r.n)] for r in reqs]
+        return new.cpu(), lp
 
     def _left_pad(self, rows: list[list[int]], width: int):  # -> (input_ids, attention_mask)
         torch = self.torch

@@ -53,6 +53,15 @@ class GeneratorConfig(BaseModel):
     """transformers backend: run a group's prompt once for its n samples (the same tokens and
     logprobs; a generate call of the built-in tasks takes a third less time). vLLM shares
     prompts by its own prefix caching."""
+    cuda_graphs: bool = True
+    """transformers backend on a CUDA device: sample with a fixed-size KV cache and each
+    decoding step recorded once as a CUDA graph and replayed (as vLLM does), instead of
+    `generate`. The same tokens and logprobs for the same seed, several times faster for small
+    models (the built-in small model on an H100: a call of 128 samples ~100 ms -> ~20 ms).
+    Each new batch shape is recorded once (rows rounded up to a power of two, prompt widths
+    and new tokens to multiples of 16; a call reuses a larger shape it fits in). Regex and
+    choice constraints still go through `generate`; a model whose forward pass cannot be
+    recorded falls back with a warning. No effect on the CPU."""
     poll_timeout_s: float = Field(0.2, gt=0, le=10)
     """How long to wait to fill a batch before generating a partial one."""
     sampling: SamplingDefaults = SamplingDefaults()

@@ -39,6 +39,7 @@ def main(argv: list[str]) -> int:
         device=cfg.device,
         max_model_len=cfg.max_model_len,
         share_prompts=cfg.share_prompts,
+        cuda_graphs=cfg.cuda_graphs,
         **cfg.vllm,
     )
     gen = Generator(ctx.start(), cfg, backend, load_tokenizer(model_dir), model_dir, bus)

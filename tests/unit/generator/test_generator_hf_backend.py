@@ -2,6 +2,8 @@
 of the distribution it sampled from (a plain transformers forward pass, tempered and top-k
 truncated, agrees), constrained samples all match their regex / choice list, stop strings and
 EOS end samples with finish reason "stop", and load_weights changes what greedy decoding gives.
+Each test runs on both decoding paths: `generate`, and the static-cache loop that a GPU runs
+as CUDA graphs (`generator.cuda_graphs`), here without a graph.
 """
 
 from __future__ import annotations
@@ -29,11 +31,15 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return two_versions(tmp_path_factory.mktemp("hf-models"), SMALL_SIZES, head_scale=8.0)
 
 
-@pytest.fixture(scope="module")
-def backend(models: dict[str, Path]) -> Any:
+@pytest.fixture(scope="module", params=["generate", "static"])
+def backend(models: dict[str, Path], request: pytest.FixtureRequest) -> Any:
     from rollstream.services.generator.backend_hf import HFBackend
+    from rollstream.services.generator.static_decode import StaticDecoder
 
     be = HFBackend(str(models["v0"]), seed=0, device="cpu")
+    assert be.static is None  # cuda_graphs: only on a CUDA device
+    if request.param == "static":
+        be.static = StaticDecoder(be.model, graphs=False, pad_id=be.pad_id)
     yield be
     be.close()
 
@@ -239,9 +245,59 @@ def test_a_groups_prompt_is_run_once_and_its_samples_are_those_of_unshared_gener
     finally:
         hook.remove()
         backend.share_prompts = True
-    assert (first_shared, batches[0]) == (3, 8)
+    # unshared, every row runs its prompt: 8 rows, or the static path's padded rows
+    rows = 8 if backend.static is None else backend.static._slots[-1].rows
+    assert (first_shared, batches[0]) == (3, rows)
     for got, want in zip(shared, unshared, strict=True):
         assert [s.completion_ids for s in got] == [s.completion_ids for s in want]
         for s, w in zip(got, want, strict=True):
             assert s.logprobs == pytest.approx(w.logprobs, abs=1e-5)
     assert len({tuple(s.completion_ids) for s in shared[0]}) > 1  # samples, not copies
+
+
+def test_the_static_cache_path_samples_what_generate_samples(models: dict[str, Path]) -> None:
+    """With the same seed the static-cache loop draws what generate draws, token for token,
+    logprob for logprob - also when its rows are padded to a bucket (3 x 6 = 18 rows run as
+    32) and its prompts to a multiple of 16 - and the padding rows cost no output."""
+    from rollstream.services.generator.backend_hf import HFBackend
+    from rollstream.services.generator.static_decode import StaticDecoder
+
+    be = HFBackend(str(models["v0"]), seed=0, device="cpu")
+    reqs = [
+        GenRequest(f"s{i}", encode(be, p), 6, temperature=0.9, top_p=0.95, max_tokens=20, seed=11)
+        for i, p in enumerate(PROMPTS)
+    ]
+    want = be.generate(reqs)
+    be.static = StaticDecoder(be.model, graphs=False, pad_id=be.pad_id)
+    got = be.generate(reqs)
+    assert [len(g) for g in got] == [6, 6, 6]
+    for g, w in zip(got, want, strict=True):
+        assert [s.completion_ids for s in g] == [s.completion_ids for s in w]
+        assert [s.finish_reason for s in g] == [s.finish_reason for s in w]
+        for s, t in zip(g, w, strict=True):
+            assert s.logprobs == pytest.approx(t.logprobs, abs=1e-5)
+    assert len({tuple(s.completion_ids) for g in got for s in g}) > 3  # samples, not copies
+    assert [(s.rows, s.length) for s in be.static._slots] == [(32, 16 + 32)]
+
+
+def test_the_static_path_reuses_a_shape_it_fits_in_and_keeps_few(models: dict[str, Path]) -> None:
+    """Each new batch shape costs a cache (and on a GPU a recorded graph): a call that fits a
+    kept shape reuses it, a larger one adds a bucketed shape, and at most SLOTS_KEPT stay."""
+    from rollstream.services.generator.backend_hf import HFBackend
+    from rollstream.services.generator.static_decode import SLOTS_KEPT, StaticDecoder
+
+    be = HFBackend(str(models["v0"]), seed=0, device="cpu")
+    be.static = StaticDecoder(be.model, graphs=False, pad_id=be.pad_id)
+
+    def shapes_after(n: int, max_tokens: int = 8) -> list[tuple[int, int]]:
+        req = GenRequest("x", encode(be, PROMPTS[0]), n, max_tokens=max_tokens, seed=1)
+        [samples] = be.generate([req])
+        assert len(samples) == n
+        return [(s.rows, s.length) for s in be.static._slots]
+
+    assert shapes_after(20) == [(32, 32)]  # 20 rows -> 32; width 16 + 8 new tokens -> 32
+    assert shapes_after(5) == [(32, 32)]  # fits: reused
+    assert shapes_after(40) == [(32, 32), (64, 32)]
+    assert shapes_after(3, max_tokens=30) == [(32, 32), (64, 32), (8, 48)]
+    assert shapes_after(100)[-1] == (128, 32)
+    assert len(be.static._slots) == SLOTS_KEPT == 3

@@ -1,0 +1,263 @@
+"""The transformers backend's fast path on a GPU: sampling with a fixed-size key/value cache
+(transformers' `StaticCache`) and the decoding step captured as a CUDA graph.
+
+On a GPU, `model.generate` with its growing cache spends a small model's time launching
+kernels one by one from Python: on an H100, 128 rows x 16 tokens of the 8.4M-parameter
+built-in model took ~100 ms a call. With the cache at a fixed size, a decoding step's
+kernels are recorded once per batch shape (`torch.cuda.CUDAGraph`, as vLLM does) and each
+step is one replay (benchmarks/RESULTS.md, twentieth session). Shapes are bucketed (rows to
+a power of two, the prompt width and the new tokens to multiples of 16), and a call reuses
+any recorded shape it fits in, so a run records a handful of graphs.
+
+The tokens and logprobs are those of `generate` with the same processors and seed: every row
+is sampled from the processed scores (temperature, top-k, top-p) as generate samples, and its
+logprob is read from the log-softmax of those scores (tested against `generate` on the CPU,
+where the same loop runs without a graph). Rows that stopped keep being sampled until every
+row has stopped; the caller cuts each row at its first stop token, as it does generate's
+padding. Weights loaded in place (`load_in_place`) are what the next replay reads.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+WIDTH_STEP = 16
+"""Prompt widths are left-padded to a multiple of this, and the cache holds a multiple of
+this many new tokens: fewer distinct shapes, so fewer graphs to record."""
+MIN_ROWS = 8
+SLOTS_KEPT = 3
+"""Batch shapes kept (a cache and its graph each; a cache is full length, so few)."""
+
+
+def supports_static(model: Any) -> bool:
+    """Whether transformers can run `model` with a static cache (and so under a graph)."""
+    return bool(getattr(model, "_can_compile_fullgraph", False))
+
+
+def bucket_rows(rows: int) -> int:
+    """`rows` rounded up to a power of two, at least MIN_ROWS."""
+    b = MIN_ROWS
+    while b < rows:
+        b *= 2
+    return b
+
+
+def round_up(x: int, step: int = WIDTH_STEP) -> int:
+    return -(-x // step) * step
+
+
+@dataclass
+class _Slot:
+    """One batch shape: its static cache, and its decoding step's graph once recorded."""
+
+    rows: int
+    length: int
+    cache: Any
+    graph: Any = None
+    inputs: dict[str, Any] = field(default_factory=dict)
+    logits: Any = None
+
+
+class StaticDecoder:
+    """Samples completions for left-padded prompts with a static cache; each decoding step is
+    a CUDA graph replay when `graphs` (a CUDA model), else a plain forward pass."""
+
+    def __init__(self, model: Any, *, graphs: bool, pad_id: int) -> None:
+        self.model = model
+        self.graphs = graphs
+        self.pad_id = pad_id
+        self._slots: list[_Slot] = []  # most recently used last
+        self._pool: Any = None
+
+    def _slot(self, rows: int, length: int) -> _Slot:
+        """The smallest kept shape that holds `rows` x `length`, else a new bucketed one."""
+        from transformers import StaticCache
+
+        fits = [s for s in self._slots if s.rows >= rows and s.length >= length]
+        if fits:
+            slot = min(fits, key=lambda s: s.rows * s.length)
+            self._slots.remove(slot)
+            slot.cache.reset()
+        else:
+            rows, length = bucket_rows(rows), round_up(length)
+            slot = _Slot(rows, length, StaticCache(config=self.model.config, max_cache_len=length))
+            log.info("generator: static cache for %d rows x %d tokens", rows, length)
+        self._slots.append(slot)
+        if len(self._slots) > SLOTS_KEPT:
+            self._slots.pop(0)
+        return slot
+
+    def sample(
+        self,
+        prompts: Sequence[Sequence[int]],
+        counts: Sequence[int],
+        max_new: int,
+        processors: Sequence[Callable[[Any, Any], Any]],
+        *,
+        greedy: bool,
+        stop_ids: Sequence[int],
+        share_prompts: bool = True,
+        between_steps: Callable[[], None] | None = None,
+    ) -> tuple[Any, Any]:
+        """`counts[i]` completions of `prompts[i]`, rows in prompt order: (tokens, logprobs),
+        CPU tensors of shape (rows, steps). `processors` turn each step's float scores into
+        the distribution sampled from (called as processor(input_ids, scores));
+        `between_steps` runs after every step's forward pass (a weight swap in flight)."""
+        import torch
+
+        with torch.inference_mode():
+            return self._sample(
+                prompts, counts, max_new, processors, greedy, stop_ids, share_prompts, between_steps
+            )
+
+    def _sample(
+        self,
+        prompts: Sequence[Sequence[int]],
+        counts: Sequence[int],
+        max_new: int,
+        processors: Sequence[Callable[[Any, Any], Any]],
+        greedy: bool,
+        stop_ids: Sequence[int],
+        share_prompts: bool,
+        between_steps: Callable[[], None] | None,
+    ) -> tuple[Any, Any]:
+        import torch
+
+        from rollstream.services.models.prompt_cache import left_pad_positions
+
+        device = self.model.device
+        rows = sum(counts)
+        width = round_up(max(len(p) for p in prompts))
+        slot = self._slot(rows, width + max_new)
+        padded = slot.rows
+        counts = [*counts[:-1], counts[-1] + padded - rows]  # extra rows repeat the last prompt
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        prompt_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+            prompt_mask[i, width - len(p) :] = 1
+        which = torch.repeat_interleave(torch.arange(len(prompts)), torch.tensor(counts))
+        ids, prompt_mask, which = ids.to(device), prompt_mask.to(device), which.to(device)
+        mask = torch.zeros((padded, slot.length), dtype=torch.long, device=device)
+        mask[:, :width] = prompt_mask.index_select(0, which)
+        # the last prompt token is the first decoding step's input; the rest is the prefill
+        self._prefill(ids, prompt_mask, which, slot.cache, share_prompts)
+        position = left_pad_positions(mask[:, :width])[:, -1:]
+        token = ids.index_select(0, which)[:, -1:]
+        stop = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
+        done = torch.zeros(rows, dtype=torch.bool, device=device)
+        tokens, logprobs = [], []
+        for k in range(max_new):
+            at = width - 1 + k
+            mask[:, at] = 1
+            logits = self._step(slot, token, mask, position + k, at)[:rows]
+            scores = logits.to(dtype=torch.float32, copy=True)  # a graph's output is reused
+            if between_steps is not None:
+                between_steps()
+            for proc in processors:
+                scores = proc(token[:rows], scores)
+            if greedy:
+                chosen = scores.argmax(dim=-1, keepdim=True)
+            else:  # as generate samples: the same draws, so a seed gives generate's tokens
+                chosen = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1)
+            tokens.append(chosen)
+            logprobs.append(torch.log_softmax(scores, dim=-1).gather(1, chosen))
+            if padded > rows:  # the extra rows follow the last real one
+                chosen = torch.cat([chosen, chosen[-1:].expand(padded - rows, 1)])
+            token = chosen
+            if len(stop):
+                done |= torch.isin(tokens[-1].squeeze(1), stop)
+                if k + 1 < max_new and bool(done.all()):
+                    break
+        return torch.cat(tokens, dim=1).cpu(), torch.cat(logprobs, dim=1).cpu()
+
+    def _step(self, slot: _Slot, token: Any, mask: Any, position: Any, at: int) -> Any:
+        """The last position's logits (rows, V) for `token` at cache position `at`: a replay
+        of the slot's graph (recorded on first use), or a forward pass. Either way the mask
+        goes in as (rows, 1, 1, length) booleans, which the model takes as is."""
+        import torch
+
+        inputs = {
+            "input_ids": token,
+            "attention_mask": mask[:, None, None, :].bool(),
+            "position_ids": position,
+            "cache_position": torch.tensor([at], device=token.device),
+        }
+        if self.graphs and slot.graph is None:
+            self._record(slot, inputs)
+        if not slot.graph:
+            out = self.model(**inputs, past_key_values=slot.cache, use_cache=True)
+            return out.logits[:, -1, :]
+        for name, value in inputs.items():
+            slot.inputs[name].copy_(value)
+        slot.graph.replay()
+        return slot.logits
+
+    def _record(self, slot: _Slot, inputs: dict[str, Any]) -> None:
+        """Record the slot's decoding step as a CUDA graph (a model whose forward pass cannot
+        be recorded runs without one, said once in the log). The cache's contents and write
+        position are kept across the warm-up runs and the recording."""
+        import torch
+
+        cache = slot.cache
+        kept = [(x.keys.clone(), x.values.clone()) for x in cache.layers if x.is_initialized]
+        at = [x.cumulative_length.clone() for x in cache.layers]
+        slot.inputs = {name: value.clone() for name, value in inputs.items()}
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):  # warm-up: lazy allocations happen outside the graph
+                    self.model(**slot.inputs, past_key_values=cache, use_cache=True)
+            torch.cuda.current_stream().wait_stream(side)
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+                out = self.model(**slot.inputs, past_key_values=cache, use_cache=True)
+            slot.graph, slot.logits = graph, out.logits[:, -1, :]
+            log.info("generator: decoding step recorded for %d x %d", slot.rows, slot.length)
+        except Exception as exc:  # noqa: BLE001 - any failure: run without graphs
+            log.warning("generator: decoding without CUDA graphs (%s: %s)", type(exc).__name__, exc)
+            self.graphs, slot.graph = False, False
+        for layer, (k, v) in zip([x for x in cache.layers if x.is_initialized], kept, strict=False):
+            layer.keys.copy_(k)
+            layer.values.copy_(v)
+        for layer, n in zip(cache.layers, at, strict=True):
+            layer.cumulative_length.copy_(n)
+
+    def _prefill(self, ids: Any, mask: Any, which: Any, cache: Any, share: bool) -> None:
+        """Every prompt token but the last into `cache`: once per prompt and then repeated
+        for its rows (`share`, a plain static cache), else once per row."""
+        import torch
+
+        from rollstream.services.models.prompt_cache import left_pad_positions
+
+        if ids.shape[1] < 2:
+            return
+        ids, mask = ids[:, :-1], mask[:, :-1]
+        plain = all(type(x).__name__ == "StaticLayer" for x in cache.layers)
+        if not (share and plain):
+            ids, mask = ids.index_select(0, which), mask.index_select(0, which)
+            self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=left_pad_positions(mask),
+                past_key_values=cache,
+                cache_position=torch.arange(ids.shape[1], device=ids.device),
+                use_cache=True,
+            )
+            return
+        once = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=left_pad_positions(mask),
+            use_cache=True,
+        ).past_key_values
+        for layer, src in zip(cache.layers, once.layers, strict=True):
+            layer.update(src.keys.index_select(0, which), src.values.index_select(0, which))
