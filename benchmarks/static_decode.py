@@ -7,7 +7,7 @@ give the tokens and logprobs of the path without a graph (the same kernels), als
 weight load, and the tokens of `generate`.
 
 Prints a table and writes benchmarks/results/static_decode.json (a GPU run keeps its own
-entry beside a CPU run's). On a CPU there is no graph: the graph column is left out.
+entry beside a CPU run's, one a model). On a CPU there is no graph: the graph column is left out.
 Run: python benchmarks/static_decode.py [--size small] [--prompts 16 12 32 5 64] [--repeats 9]
 """
 
@@ -125,7 +125,8 @@ def main() -> int:
     for p, r in rows.items():
         cells = [f"{r[n]['median_ms']:.1f} ms (first {r[n]['first_ms']:.0f})" for n in paths]
         print(f"| {int(p) * 8} | {' | '.join(cells)} |")
-    key = torch.cuda.get_device_name() if cuda else f"cpu ({platform.machine()})"
+    where = torch.cuda.get_device_name() if cuda else f"cpu ({platform.machine()})"
+    key = f"{where}, {Path(model).name}"
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results[key] = {
         "model": model,

@@ -42,6 +42,7 @@ def test_only_commands_that_need_a_hub_a_model_dir_or_a_gpu_are_left_out() -> No
         "weight_swap",
         "gpu_all",  # the GPU measurements, ~7 min on a GPU host
         "--size 0.5b",  # a 494M-parameter model directory (2 GB, for the GPU quickstart)
+        "--model models/qwen2-0.5b",  # that directory (benchmarks/static_decode.py)
         "--set",
         "--device cuda",  # init-model --size small, built on a GPU
         "--cores-per-run 8",  # two runs of 8 cores side by side: a 16-core host

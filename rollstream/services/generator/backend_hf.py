@@ -1,4 +1,5 @@
-"""transformers backend: batched sampling with a KV cache (`model.generate`), always available.
+"""transformers backend: batched sampling with a KV cache, always available: `model.generate`,
+or on a GPU a static cache with CUDA graphs (`static_decode`, `generator.cuda_graphs`).
 
 Behaviour logprobs are taken from generate's *processed* scores (after temperature, top-k,
 top-p and the constraint mask), so they are the log-probabilities of the distribution each
