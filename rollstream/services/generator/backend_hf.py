@@ -202,6 +202,7 @@ class HFBackend:
         linear-attention and other caches take generate's own path)."""
         from rollstream.services.models.prompt_cache import (
             is_plain,
+            last_logits_only,
             left_pad_positions,
             repeat_rows,
         )
@@ -216,6 +217,7 @@ class HFBackend:
             attention_mask=attn,
             position_ids=left_pad_positions(attn),
             use_cache=True,
+            **last_logits_only(self.model),
         ).past_key_values
         if self._plain_cache is None:
             self._plain_cache = is_plain(cache)

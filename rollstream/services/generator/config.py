@@ -55,13 +55,14 @@ class GeneratorConfig(BaseModel):
     prompts by its own prefix caching."""
     cuda_graphs: bool = True
     """transformers backend on a CUDA device: sample with a fixed-size KV cache and each
-    decoding step recorded once as a CUDA graph and replayed (as vLLM does), instead of
-    `generate`. The same tokens and logprobs for the same seed, several times faster for small
-    models (the built-in small model on an H100: a call of 128 samples 129 -> 30 ms).
-    Each new batch shape is recorded once (rows rounded up to a power of two, prompt widths
-    and new tokens to multiples of 16; a call reuses a larger shape it fits in). Regex and
-    choice constraints still go through `generate`; a model whose forward pass cannot be
-    recorded falls back with a warning. No effect on the CPU."""
+    decoding step recorded as a CUDA graph and replayed (as vLLM does), instead of `generate`:
+    the same sampling (for a seed, generate's tokens up to bf16 kernel rounding), several times
+    faster for small models (the built-in small model on an H100: a call of 128 samples 129 ->
+    30 ms). A batch shape is recorded on first use (rows rounded up to a power of two, prompt
+    widths and new tokens to multiples of 16; a call reuses a kept shape at most one bucket
+    larger; 3 are kept). Regex and choice constraints, models without SDPA attention or with
+    sliding-window caches, and a forward pass that cannot be recorded use `generate` (said in
+    the log). No effect on the CPU."""
     poll_timeout_s: float = Field(0.2, gt=0, le=10)
     """How long to wait to fill a batch before generating a partial one."""
     sampling: SamplingDefaults = SamplingDefaults()

@@ -3,18 +3,21 @@
 
 On a GPU, `model.generate` with its growing cache spends a small model's time launching
 kernels one by one from Python: on an H100, 128 rows x 16 tokens of the 8.4M-parameter
-built-in model took ~100 ms a call. With the cache at a fixed size, a decoding step's
+built-in model took ~130 ms a call. With the cache at a fixed size, a decoding step's
 kernels are recorded once per batch shape (`torch.cuda.CUDAGraph`, as vLLM does) and each
-step is one replay (benchmarks/RESULTS.md, twentieth session). Shapes are bucketed (rows to
-a power of two, the prompt width and the new tokens to multiples of 16), and a call reuses
-any recorded shape it fits in, so a run records a handful of graphs.
+step is one replay, ~30 ms a call (benchmarks/RESULTS.md, twentieth session). Shapes are
+bucketed (rows to a power of two, the prompt width and the new tokens to multiples of 16),
+and a call reuses a kept shape at most one bucket larger, so a run records a handful.
 
-The tokens and logprobs are those of `generate` with the same processors and seed: every row
-is sampled from the processed scores (temperature, top-k, top-p) as generate samples, and its
-logprob is read from the log-softmax of those scores (tested against `generate` on the CPU,
-where the same loop runs without a graph). Rows that stopped keep being sampled until every
-row has stopped; the caller cuts each row at its first stop token, as it does generate's
-padding. Weights loaded in place (`load_in_place`) are what the next replay reads.
+Sampling is `generate`'s with the same processors and seed: every row is drawn from the
+processed scores (temperature, top-k, top-p) as generate draws, and its logprob is read from
+the log-softmax of those scores. On the CPU, where the same loop runs without a graph, the
+tokens and logprobs are generate's exactly (tested); on a GPU in bf16, the graph gives the
+loop's own results exactly, and generate's up to kernel rounding (benchmarks/static_decode.py).
+Rows that stopped keep being sampled until every row has stopped; the caller cuts each row at
+its first stop token, as it does generate's padding. Weights loaded in place (`load_in_place`)
+are what the next replay reads. Only models with SDPA attention and plain static cache layers
+(`supports_static`) take this path.
 """
 
 from __future__ import annotations
@@ -31,12 +34,29 @@ WIDTH_STEP = 16
 this many new tokens: fewer distinct shapes, so fewer graphs to record."""
 MIN_ROWS = 8
 SLOTS_KEPT = 3
-"""Batch shapes kept (a cache and its graph each; a cache is full length, so few)."""
+"""Batch shapes kept (a cache and its graph each; a cache is full length, so few). A shape
+evicted and needed again is recorded again."""
+STOP_CHECK_STEPS = 4
+"""Every this many steps the loop asks whether every row has stopped (a wait for the GPU):
+in between, the CPU queues the next steps while the GPU runs this one."""
 
 
 def supports_static(model: Any) -> bool:
-    """Whether transformers can run `model` with a static cache (and so under a graph)."""
-    return bool(getattr(model, "_can_compile_fullgraph", False))
+    """Whether this loop can run `model`: transformers can give it a static cache of plain
+    layers (not sliding-window or other layers, whose length differs from the mask's), and
+    its attention is SDPA (the decoding step's mask goes in as 4D booleans, which SDPA takes
+    as keep/drop; eager attention would add them as numbers)."""
+    from transformers import StaticCache
+
+    if not getattr(model, "_can_compile_fullgraph", False):
+        return False
+    if getattr(model.config, "_attn_implementation", None) != "sdpa":
+        return False
+    try:
+        probe = StaticCache(config=model.config, max_cache_len=WIDTH_STEP)
+    except Exception:  # noqa: BLE001 - a config transformers cannot make one for
+        return False
+    return bool(probe.layers) and all(type(x).__name__ == "StaticLayer" for x in probe.layers)
 
 
 def bucket_rows(rows: int) -> int:
@@ -75,10 +95,17 @@ class StaticDecoder:
         self._pool: Any = None
 
     def _slot(self, rows: int, length: int) -> _Slot:
-        """The smallest kept shape that holds `rows` x `length`, else a new bucketed one."""
+        """The smallest kept shape that holds `rows` x `length` at most one bucket larger
+        (a much larger one would cost more a step than recording a new one), else a new
+        bucketed one."""
         from transformers import StaticCache
 
-        fits = [s for s in self._slots if s.rows >= rows and s.length >= length]
+        most_rows, most_length = 2 * bucket_rows(rows), 2 * round_up(length)
+        fits = [
+            s
+            for s in self._slots
+            if rows <= s.rows <= most_rows and length <= s.length <= most_length
+        ]
         if fits:
             slot = min(fits, key=lambda s: s.rows * s.length)
             self._slots.remove(slot)
@@ -172,8 +199,8 @@ class StaticDecoder:
             token = chosen
             if len(stop):
                 done |= torch.isin(tokens[-1].squeeze(1), stop)
-                if k + 1 < max_new and bool(done.all()):
-                    break
+                if (k + 1) % STOP_CHECK_STEPS == 0 and k + 1 < max_new and bool(done.all()):
+                    break  # (steps after a row's stop are cut by the caller)
         return torch.cat(tokens, dim=1).cpu(), torch.cat(logprobs, dim=1).cpu()
 
     def _step(self, slot: _Slot, token: Any, mask: Any, position: Any, at: int) -> Any:
@@ -186,7 +213,7 @@ class StaticDecoder:
             "input_ids": token,
             "attention_mask": mask[:, None, None, :].bool(),
             "position_ids": position,
-            "cache_position": torch.tensor([at], device=token.device),
+            "cache_position": torch.full((1,), at, dtype=torch.long, device=token.device),
         }
         if self.graphs and slot.graph is None:
             self._record(slot, inputs)
@@ -205,8 +232,14 @@ class StaticDecoder:
         import torch
 
         cache = slot.cache
-        kept = [(x.keys.clone(), x.values.clone()) for x in cache.layers if x.is_initialized]
+        # the two warm-up runs write the step's column and the next one: keep those
         at = [x.cumulative_length.clone() for x in cache.layers]
+        first = int(at[0])
+        span = slice(first, first + 2)
+        kept = [
+            (x.keys[:, :, span].clone(), x.values[:, :, span].clone()) if x.is_initialized else None
+            for x in cache.layers
+        ]
         slot.inputs = {name: value.clone() for name, value in inputs.items()}
         try:
             side = torch.cuda.Stream()
@@ -225,24 +258,23 @@ class StaticDecoder:
         except Exception as exc:  # noqa: BLE001 - any failure: run without graphs
             log.warning("generator: decoding without CUDA graphs (%s: %s)", type(exc).__name__, exc)
             self.graphs, slot.graph = False, False
-        for layer, (k, v) in zip([x for x in cache.layers if x.is_initialized], kept, strict=False):
-            layer.keys.copy_(k)
-            layer.values.copy_(v)
+        for layer, saved in zip(cache.layers, kept, strict=True):
+            if saved is not None:
+                layer.keys[:, :, span], layer.values[:, :, span] = saved
         for layer, n in zip(cache.layers, at, strict=True):
             layer.cumulative_length.copy_(n)
 
     def _prefill(self, ids: Any, mask: Any, which: Any, cache: Any, share: bool) -> None:
         """Every prompt token but the last into `cache`: once per prompt and then repeated
-        for its rows (`share`, a plain static cache), else once per row."""
+        for its rows (`share`), else once per row."""
         import torch
 
-        from rollstream.services.models.prompt_cache import left_pad_positions
+        from rollstream.services.models.prompt_cache import last_logits_only, left_pad_positions
 
         if ids.shape[1] < 2:
             return
         ids, mask = ids[:, :-1], mask[:, :-1]
-        plain = all(type(x).__name__ == "StaticLayer" for x in cache.layers)
-        if not (share and plain):
+        if not share:
             ids, mask = ids.index_select(0, which), mask.index_select(0, which)
             self.model(
                 input_ids=ids,
@@ -251,6 +283,7 @@ class StaticDecoder:
                 past_key_values=cache,
                 cache_position=torch.arange(ids.shape[1], device=ids.device),
                 use_cache=True,
+                **last_logits_only(self.model),  # only the cache is wanted
             )
             return
         once = self.model(
@@ -258,6 +291,7 @@ class StaticDecoder:
             attention_mask=mask,
             position_ids=left_pad_positions(mask),
             use_cache=True,
+            **last_logits_only(self.model),
         ).past_key_values
         for layer, src in zip(cache.layers, once.layers, strict=True):
             layer.update(src.keys.index_select(0, which), src.values.index_select(0, which))

@@ -3,6 +3,8 @@ generator's (`backend_hf`) and the learner's (`learner/logprobs`) prompt sharing
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any
 
 from torch import Tensor
@@ -12,6 +14,18 @@ def left_pad_positions(mask: Tensor) -> Tensor:
     """Position ids of left-padded rows, as transformers' generate makes them: 0, 1, ... from
     each row's first real token, 0 on the padding."""
     return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+
+
+def last_logits_only(model: Any) -> dict[str, int]:
+    """Forward arguments that make a pass whose cache is all that is wanted compute the last
+    position's logits only (rows x prompt x vocabulary would be gigabytes for a large
+    vocabulary), for a model that takes `logits_to_keep`."""
+    return {"logits_to_keep": 1} if _takes_logits_to_keep(type(model)) else {}
+
+
+@functools.cache
+def _takes_logits_to_keep(cls: type) -> bool:
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
 def is_plain(cache: Any) -> bool:

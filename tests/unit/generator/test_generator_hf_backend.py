@@ -3,7 +3,9 @@ of the distribution it sampled from (a plain transformers forward pass, tempered
 truncated, agrees), constrained samples all match their regex / choice list, stop strings and
 EOS end samples with finish reason "stop", and load_weights changes what greedy decoding gives.
 Each test runs on both decoding paths: `generate`, and the static-cache loop that a GPU runs
-as CUDA graphs (`generator.cuda_graphs`), here without a graph.
+as CUDA graphs (`generator.cuda_graphs`), here without a graph (regex and choice constraints
+take `generate` on both; the recording of graphs is checked on a GPU by
+benchmarks/static_decode.py).
 """
 
 from __future__ import annotations
@@ -225,8 +227,8 @@ def test_a_groups_prompt_is_run_once_and_its_samples_are_those_of_unshared_gener
 ) -> None:
     """A request's n rows share one pass over its prompt (the model's first forward sees one
     row per request, not per sample), and the samples are token for token, logprob for
-    logprob, what generate gives when every row runs the prompt itself (same seed): mixed n,
-    mixed prompt lengths, down to a one-token prompt."""
+    logprob, what the same path gives when every row runs the prompt itself (same seed):
+    mixed n, mixed prompt lengths, down to a one-token prompt."""
     reqs = [
         GenRequest("a", encode(backend, PROMPTS[0]), 4, max_tokens=12, seed=3),
         GenRequest("b", encode(backend, PROMPTS[1]), 1, max_tokens=12, seed=3),
@@ -281,8 +283,9 @@ def test_the_static_cache_path_samples_what_generate_samples(models: dict[str, P
 
 
 def test_the_static_path_reuses_a_shape_it_fits_in_and_keeps_few(models: dict[str, Path]) -> None:
-    """Each new batch shape costs a cache (and on a GPU a recorded graph): a call that fits a
-    kept shape reuses it, a larger one adds a bucketed shape, and at most SLOTS_KEPT stay."""
+    """Each new batch shape costs a cache (and on a GPU a recorded graph): a call reuses a kept
+    shape it fits in if that is at most one bucket larger, else adds a bucketed shape, and at
+    most SLOTS_KEPT stay (the least recently used goes)."""
     from rollstream.services.generator.backend_hf import HFBackend
     from rollstream.services.generator.static_decode import SLOTS_KEPT, StaticDecoder
 
@@ -296,8 +299,41 @@ def test_the_static_path_reuses_a_shape_it_fits_in_and_keeps_few(models: dict[st
         return [(s.rows, s.length) for s in be.static._slots]
 
     assert shapes_after(20) == [(32, 32)]  # 20 rows -> 32; width 16 + 8 new tokens -> 32
-    assert shapes_after(5) == [(32, 32)]  # fits: reused
-    assert shapes_after(40) == [(32, 32), (64, 32)]
-    assert shapes_after(3, max_tokens=30) == [(32, 32), (64, 32), (8, 48)]
-    assert shapes_after(100)[-1] == (128, 32)
+    assert shapes_after(12) == [(32, 32)]  # 16 rows' bucket: 32 is one bucket up, reused
+    assert shapes_after(5) == [(32, 32), (8, 32)]  # 32 rows would be 4x: a new shape
+    assert shapes_after(40) == [(32, 32), (8, 32), (64, 32)]
+    assert shapes_after(3, max_tokens=30) == [(8, 32), (64, 32), (8, 48)]
     assert len(be.static._slots) == SLOTS_KEPT == 3
+
+
+def test_the_static_path_takes_only_models_it_runs_right(models: dict[str, Path]) -> None:
+    """The loop needs a static cache of plain layers and SDPA attention (its decoding mask is
+    4D booleans): eager attention, whose mask is added as numbers, and a sliding-window
+    model, whose cache layers are shorter than the mask, go through generate instead."""
+    import transformers
+
+    from rollstream.services.generator.static_decode import supports_static
+
+    llama = hf_model(models["v0"])
+    assert llama.config._attn_implementation == "sdpa"
+    assert supports_static(llama)
+    llama.set_attn_implementation("eager")
+    assert not supports_static(llama)
+    qwen = transformers.Qwen2ForCausalLM(
+        transformers.Qwen2Config(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            use_sliding_window=True,
+            sliding_window=8,
+            max_window_layers=0,
+            attn_implementation="sdpa",
+        )
+    )
+    assert not supports_static(qwen)
+    qwen.config.use_sliding_window = False
+    qwen.config.layer_types = ["full_attention"] * 2
+    assert supports_static(qwen)
