@@ -137,71 +137,54 @@ class StaticDecoder:
         `between_steps` runs after every step's forward pass (a weight swap in flight)."""
         import torch
 
-        with torch.inference_mode():
-            return self._sample(
-                prompts, counts, max_new, processors, greedy, stop_ids, share_prompts, between_steps
-            )
-
-    def _sample(
-        self,
-        prompts: Sequence[Sequence[int]],
-        counts: Sequence[int],
-        max_new: int,
-        processors: Sequence[Callable[[Any, Any], Any]],
-        greedy: bool,
-        stop_ids: Sequence[int],
-        share_prompts: bool,
-        between_steps: Callable[[], None] | None,
-    ) -> tuple[Any, Any]:
-        import torch
-
         from rollstream.services.models.prompt_cache import left_pad_positions
 
-        device = self.model.device
-        rows = sum(counts)
-        width = round_up(max(len(p) for p in prompts))
-        slot = self._slot(rows, width + max_new)
-        padded = slot.rows
-        counts = [*counts[:-1], counts[-1] + padded - rows]  # extra rows repeat the last prompt
-        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        prompt_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
-            prompt_mask[i, width - len(p) :] = 1
-        which = torch.repeat_interleave(torch.arange(len(prompts)), torch.tensor(counts))
-        ids, prompt_mask, which = ids.to(device), prompt_mask.to(device), which.to(device)
-        mask = torch.zeros((padded, slot.length), dtype=torch.long, device=device)
-        mask[:, :width] = prompt_mask.index_select(0, which)
-        # the last prompt token is the first decoding step's input; the rest is the prefill
-        self._prefill(ids, prompt_mask, which, slot.cache, share_prompts)
-        position = left_pad_positions(mask[:, :width])[:, -1:]
-        token = ids.index_select(0, which)[:, -1:]
-        stop = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
-        done = torch.zeros(rows, dtype=torch.bool, device=device)
-        tokens, logprobs = [], []
-        for k in range(max_new):
-            at = width - 1 + k
-            mask[:, at] = 1
-            logits = self._step(slot, token, mask, position + k, at)[:rows]
-            scores = logits.to(dtype=torch.float32, copy=True)  # a graph's output is reused
-            if between_steps is not None:
-                between_steps()
-            for proc in processors:
-                scores = proc(token[:rows], scores)
-            if greedy:
-                chosen = scores.argmax(dim=-1, keepdim=True)
-            else:  # as generate samples: the same draws, so a seed gives generate's tokens
-                chosen = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1)
-            tokens.append(chosen)
-            logprobs.append(torch.log_softmax(scores, dim=-1).gather(1, chosen))
-            if padded > rows:  # the extra rows follow the last real one
-                chosen = torch.cat([chosen, chosen[-1:].expand(padded - rows, 1)])
-            token = chosen
-            if len(stop):
-                done |= torch.isin(tokens[-1].squeeze(1), stop)
-                if (k + 1) % STOP_CHECK_STEPS == 0 and k + 1 < max_new and bool(done.all()):
-                    break  # (steps after a row's stop are cut by the caller)
-        return torch.cat(tokens, dim=1).cpu(), torch.cat(logprobs, dim=1).cpu()
+        with torch.inference_mode():
+            device = self.model.device
+            rows = sum(counts)
+            width = round_up(max(len(p) for p in prompts))
+            slot = self._slot(rows, width + max_new)
+            padded = slot.rows
+            counts = [*counts[:-1], counts[-1] + padded - rows]  # extra rows repeat the last prompt
+            ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+            prompt_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+            for i, p in enumerate(prompts):
+                ids[i, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+                prompt_mask[i, width - len(p) :] = 1
+            which = torch.repeat_interleave(torch.arange(len(prompts)), torch.tensor(counts))
+            ids, prompt_mask, which = ids.to(device), prompt_mask.to(device), which.to(device)
+            mask = torch.zeros((padded, slot.length), dtype=torch.long, device=device)
+            mask[:, :width] = prompt_mask.index_select(0, which)
+            # the last prompt token is the first decoding step's input; the rest is the prefill
+            self._prefill(ids, prompt_mask, which, slot.cache, share_prompts)
+            position = left_pad_positions(mask[:, :width])[:, -1:]
+            token = ids.index_select(0, which)[:, -1:]
+            stop = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
+            done = torch.zeros(rows, dtype=torch.bool, device=device)
+            tokens, logprobs = [], []
+            for k in range(max_new):
+                at = width - 1 + k
+                mask[:, at] = 1
+                logits = self._step(slot, token, mask, position + k, at)[:rows]
+                scores = logits.to(dtype=torch.float32, copy=True)  # a graph's output is reused
+                if between_steps is not None:
+                    between_steps()
+                for proc in processors:
+                    scores = proc(token[:rows], scores)
+                if greedy:
+                    chosen = scores.argmax(dim=-1, keepdim=True)
+                else:  # as generate samples: the same draws, so a seed gives generate's tokens
+                    chosen = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1)
+                tokens.append(chosen)
+                logprobs.append(torch.log_softmax(scores, dim=-1).gather(1, chosen))
+                if padded > rows:  # the extra rows follow the last real one
+                    chosen = torch.cat([chosen, chosen[-1:].expand(padded - rows, 1)])
+                token = chosen
+                if len(stop):
+                    done |= torch.isin(tokens[-1].squeeze(1), stop)
+                    if (k + 1) % STOP_CHECK_STEPS == 0 and k + 1 < max_new and bool(done.all()):
+                        break  # (steps after a row's stop are cut by the caller)
+            return torch.cat(tokens, dim=1).cpu(), torch.cat(logprobs, dim=1).cpu()
 
     def _step(self, slot: _Slot, token: Any, mask: Any, position: Any, at: int) -> Any:
         """The last position's logits (rows, V) for `token` at cache position `at`: a replay

@@ -322,11 +322,7 @@ def test_the_static_path_takes_only_models_it_runs_right(models: dict[str, Path]
     qwen = transformers.Qwen2ForCausalLM(
         transformers.Qwen2Config(
             vocab_size=64,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=1,
+            **SMALL_SIZES,
             use_sliding_window=True,
             sliding_window=8,
             max_window_layers=0,
