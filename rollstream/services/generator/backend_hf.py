@@ -200,25 +200,14 @@ class HFBackend:
         pass, so the tokens and logprobs are the same (tested). None when there is nothing to
         share or the model's cache is not one plain key/value pair per layer (sliding-window,
         linear-attention and other caches take generate's own path)."""
-        from rollstream.services.models.prompt_cache import (
-            is_plain,
-            last_logits_only,
-            left_pad_positions,
-            repeat_rows,
-        )
+        from rollstream.services.models.prompt_cache import is_plain, prefix_cache, repeat_rows
 
         torch = self.torch
         if width < 2 or not self.share_prompts or self._plain_cache is False:
             return None
         ids, attn = self._left_pad([r.prompt_ids for r in reqs], width)
         ids, attn = ids[:, :-1].to(self.device), attn[:, :-1].to(self.device)
-        cache = self.model(
-            input_ids=ids,
-            attention_mask=attn,
-            position_ids=left_pad_positions(attn),
-            use_cache=True,
-            **last_logits_only(self.model),
-        ).past_key_values
+        cache = prefix_cache(self.model, ids, attn)
         if self._plain_cache is None:
             self._plain_cache = is_plain(cache)
             if not self._plain_cache:

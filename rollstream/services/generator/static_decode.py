@@ -250,31 +250,14 @@ class StaticDecoder:
     def _prefill(self, ids: Any, mask: Any, which: Any, cache: Any, share: bool) -> None:
         """Every prompt token but the last into `cache`: once per prompt and then repeated
         for its rows (`share`), else once per row."""
-        import torch
-
-        from rollstream.services.models.prompt_cache import last_logits_only, left_pad_positions
+        from rollstream.services.models.prompt_cache import prefix_cache
 
         if ids.shape[1] < 2:
             return
         ids, mask = ids[:, :-1], mask[:, :-1]
         if not share:
-            ids, mask = ids.index_select(0, which), mask.index_select(0, which)
-            self.model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=left_pad_positions(mask),
-                past_key_values=cache,
-                cache_position=torch.arange(ids.shape[1], device=ids.device),
-                use_cache=True,
-                **last_logits_only(self.model),  # only the cache is wanted
-            )
+            prefix_cache(self.model, ids.index_select(0, which), mask.index_select(0, which), cache)
             return
-        once = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=left_pad_positions(mask),
-            use_cache=True,
-            **last_logits_only(self.model),
-        ).past_key_values
+        once = prefix_cache(self.model, ids, mask)
         for layer, src in zip(cache.layers, once.layers, strict=True):
             layer.update(src.keys.index_select(0, which), src.values.index_select(0, which))

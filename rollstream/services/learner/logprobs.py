@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from rollstream.services.models.prompt_cache import is_plain, left_pad_positions, repeat_rows
+from rollstream.services.models.prompt_cache import is_plain, prefix_cache, repeat_rows
 
 # config attributes that mean "the logits are not just lm_head(hidden)"
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
@@ -163,12 +163,7 @@ def _shared_prompt_hidden(
         if key:
             prefix[u, width - len(key) :] = torch.tensor(key, dtype=input_ids.dtype)
             pmask[u, width - len(key) :] = 1
-    cache = decoder(
-        input_ids=prefix,
-        attention_mask=pmask,
-        position_ids=left_pad_positions(pmask),
-        use_cache=True,
-    ).past_key_values
+    cache = prefix_cache(decoder, prefix, pmask)
     if decoder not in _PLAIN_CACHE:
         _PLAIN_CACHE[decoder] = is_plain(cache)
     if not _PLAIN_CACHE[decoder]:

@@ -16,6 +16,20 @@ def left_pad_positions(mask: Tensor) -> Tensor:
     return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
 
 
+def prefix_cache(model: Any, ids: Tensor, mask: Tensor, cache: Any = None) -> Any:
+    """The key/value cache of left-padded `ids` under `mask`, with generate's positions
+    (`left_pad_positions`): written into `cache` (a static one) or a new one, returned. A model
+    with a head computes the last position's logits only (`last_logits_only`)."""
+    return model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=left_pad_positions(mask),
+        **({} if cache is None else {"past_key_values": cache}),
+        use_cache=True,
+        **last_logits_only(model),
+    ).past_key_values
+
+
 def last_logits_only(model: Any) -> dict[str, int]:
     """Forward arguments that make a pass whose cache is all that is wanted compute the last
     position's logits only (rows x prompt x vocabulary would be gigabytes for a large

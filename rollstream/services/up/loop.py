@@ -267,8 +267,8 @@ class Loop:
         replay = stages.get("replay", {})
         acc = f"{self.accuracy[-1][1]:.1%}" if self.accuracy else "-"
         tasks = per_task_text(self.per_task)
-        lag = sum(s.get("lag", 0.0) for k, s in stages.items() if not k.startswith("_"))
         live = [s for k, s in stages.items() if not k.startswith("_")]
+        lag = sum(s.get("lag", 0.0) for s in live)
         drops = sum(s.get("drops", 0.0) for s in live)
         expired = sum(s.get("expired", 0.0) for s in live)
         stale = replay.get("staleness")
