@@ -215,16 +215,15 @@ def test_learner_asks_for_the_next_batch_before_it_trains_this_one(
     assert max(f.credits_total for f in seen_at_step[0]) == 2
 
 
-def test_learner_killed_mid_run_trains_every_batch_once(kafka: KafkaSettings, tmp_path) -> None:
+def folder_publisher(root: Path):
+    """publisher(model, version, step): the weights as safetensors in root/weights/v<version>."""
     from safetensors.torch import save_model
 
-    from rollstream.services.learner.config import LearnerConfig
-    from rollstream.services.learner.service import Learner
-    from rollstream.services.learner.trainer import Trainer
-
     def publisher(model, version: int, step: int) -> WeightUpdate:
-        d = Path(tmp_path) / "weights" / f"v{version}"
-        d.mkdir(parents=True, exist_ok=True)
+        d = Path(root) / "weights" / f"v{version}"
+        if d.exists():
+            raise AssertionError(f"version {version} published twice")
+        d.mkdir(parents=True)
         save_model(model, str(d / "model.safetensors"))
         data = (d / "model.safetensors").read_bytes()
         return WeightUpdate(
@@ -237,13 +236,27 @@ def test_learner_killed_mid_run_trains_every_batch_once(kafka: KafkaSettings, tm
             produced_at=time.time(),
         )
 
+    return publisher
+
+
+def kept_groups_and_replay(kafka: KafkaSettings, groups: int) -> Replay:
     p = Producer(kafka, "test")
-    for i in range(24):
+    for i in range(groups):
         p.send("groups.kept", group(f"g{i:02d}", n=4), f"g{i:02d}")
     p.flush()
     replay = Replay(ReplayConfig(policy="fifo", batch_groups=2, max_staleness=100), kafka)
     replay.rebuild()
-    cfg = LearnerConfig(lr=1e-3, token_budget=64, publish_every=2)
+    return replay
+
+
+def test_learner_killed_mid_run_trains_every_batch_once(kafka: KafkaSettings, tmp_path) -> None:
+    from rollstream.services.learner.config import LearnerConfig
+    from rollstream.services.learner.service import Learner
+    from rollstream.services.learner.trainer import Trainer
+
+    publisher = folder_publisher(tmp_path)
+    replay = kept_groups_and_replay(kafka, 24)
+    cfg = LearnerConfig(lr=1e-3, token_budget=64, publish_every=2, checkpoint_every_s=0)
     ckpt = tmp_path / "ckpt"
     first = Learner(Trainer(cfg, tiny_model()), kafka, ckpt, publisher, "policy")
     first.start()
@@ -266,3 +279,67 @@ def test_learner_killed_mid_run_trains_every_batch_once(kafka: KafkaSettings, tm
     assert second.trainer.step == 12  # batch 5, rolled back, was trained once more: 12 in all
     versions = [w.version for w in read_all(kafka, "weights")]
     assert versions == list(range(1, 7))  # one version every 2 steps, none announced twice
+
+
+def test_a_learner_killed_between_checkpoints_numbers_versions_on_from_the_last_announced(
+    kafka: KafkaSettings, tmp_path
+) -> None:
+    """Checkpoints every `checkpoint_every_s`, not every version: a learner killed after
+    versions 3-5 were announced resumes at its checkpoint (step 2), trains steps 3-5 again and
+    announces 6, 7, ...: no version twice, every batch reported, the idle learner checkpoints
+    what it trained once one is due."""
+    from rollstream.services.learner.config import LearnerConfig
+    from rollstream.services.learner.service import Learner
+    from rollstream.services.learner.trainer import Trainer
+
+    publisher = folder_publisher(tmp_path)  # refuses a version folder written twice
+    replay = kept_groups_and_replay(kafka, 16)
+    cfg = LearnerConfig(lr=1e-3, token_budget=64, checkpoint_every_s=3600)
+    ckpt = tmp_path / "ckpt"
+    first = Learner(Trainer(cfg, tiny_model()), kafka, ckpt, publisher, "policy")
+    first.start()
+    train_until(first, replay, 2)
+    assert first.checkpointed_step == 0  # not due: an hour
+    first.checkpoint()
+    train_until(first, replay, 5)
+    assert (first.trainer.step, first.checkpointed_step) == (5, 2)
+    first.producer.flush()
+    first.consumer.close()  # killed: versions 1-5 announced, the checkpoint at step 2
+    announced = read_all(kafka, "weights")
+    assert [w.version for w in announced] == [1, 2, 3, 4, 5]
+    second = Learner(Trainer(cfg, tiny_model()), kafka, ckpt, publisher, "policy")
+    second.start(announced[-1])
+    assert (second.trainer.step, second.trainer.version) == (2, 5)
+    train_until(second, replay, 8)
+    assert second.checkpointed_step == 2
+    second.checkpointed_at -= 3600  # an hour later, with nothing left to train
+    second.poll_once(0.2)
+    assert second.checkpointed_step == 8
+    second.close()
+    replay.close()
+    sent = [b.batch_id for b in read_all(kafka, "batches.train")]
+    assert len(sent) == len(set(sent)) == 8
+    reported = [b for f in read_all(kafka, "learner.feedback") for b in f.trained_batches]
+    assert set(reported) == set(sent)
+    versions = [w.version for w in read_all(kafka, "weights")]
+    assert versions == list(range(1, 12))  # 5 before the kill, then steps 3-8 as 6-11
+
+
+def test_checkpoints_take_at_most_a_tenth_of_the_learner_time(kafka: KafkaSettings, tmp_path):
+    from rollstream.services.learner.config import LearnerConfig
+    from rollstream.services.learner.service import Learner
+    from rollstream.services.learner.trainer import Trainer
+
+    cfg = LearnerConfig(checkpoint_every_s=1.0)
+    learner = Learner(Trainer(cfg, tiny_model()), kafka, tmp_path / "ckpt", None, "policy")
+    now = time.monotonic()
+    learner.checkpointed_at, learner.checkpoint_s = now - 1.5, 0.1
+    assert learner.checkpoint_due()  # 1 s passed, more than 9 x 0.1 s
+    learner.checkpointed_at, learner.checkpoint_s = now - 1.5, 0.5
+    assert not learner.checkpoint_due()  # a 0.5 s checkpoint waits 4.5 s
+    learner.checkpointed_at = now - 4.6
+    assert learner.checkpoint_due()
+    learner.trainer.cfg = LearnerConfig(checkpoint_every_s=0)
+    learner.checkpointed_at = now
+    assert learner.checkpoint_due()  # 0: at every version
+    learner.consumer.close()

@@ -82,7 +82,13 @@ class LearnerConfig(BaseModel):
     prefetch: int = Field(default=2, ge=1)
     """Batches asked for ahead of the one being trained (credits outstanding)."""
     publish_every: int = Field(default=1, ge=1)
-    """Publish a weight version (and checkpoint) every this many steps."""
+    """Publish a weight version every this many steps (checkpoints: `checkpoint_every_s`)."""
+    checkpoint_every_s: float = Field(default=10.0, ge=0)
+    """Seconds between learner checkpoints (model, optimizer, consumed offsets), written with
+    the next published version once this long has passed since the last one, and no sooner
+    than nine times the last one took (at most a tenth of the learner's time); 0: at every
+    version. A crash trains again what came after the last checkpoint, and versions announced
+    since are not numbered again."""
     keep_checkpoints: int = Field(default=2, ge=1)
     """How many newest learner checkpoints to keep (older ones are deleted)."""
     feedback_every_s: float = Field(default=2.0, gt=0)

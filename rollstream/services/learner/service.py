@@ -13,13 +13,15 @@ Live knobs (`rollstream control learner ...`: lr, max_grad_norm, token_budget, p
 publish_every, feedback_every_s) are read from `control` in the background and applied between
 two steps, on every rank; a removed knob reverts to the run file's value (runtime/knobs.py).
 
-Order per step: train, send Feedback, and every `publish_every` steps: version + 1, write the
-checkpoint (model, optimizer, step, version, trained batch ids, offsets), commit the consumed
-offsets, publish the version. A crash rolls back to the last checkpoint and re-reads from its
-committed offsets: batches in the checkpoint are skipped by id, later ones are trained again
-(their Feedback repeats with the same batch ids, which the ledger counts once), and a version
-is never announced with two different weights (it is checkpointed before it is published; the
-checkpoint's version is re-published at start if the topic does not have it yet).
+Order per step: train, send Feedback, and every `publish_every` steps: version + 1, when one
+is due (`checkpoint_every_s`) write the checkpoint (model, optimizer, step, version, trained
+batch ids, offsets) and commit the consumed offsets, then publish the version. A crash rolls
+back to the last checkpoint and re-reads from its committed offsets: batches in the checkpoint
+are skipped by id, later ones are trained again (their Feedback repeats with the same batch
+ids, which the ledger counts once). A version is never announced with two different weights:
+versions announced after the checkpoint went with the steps that made them, so the resumed
+learner numbers on from the newest one announced; a checkpoint's version the topic does not
+have yet is re-published at start.
 
 Under torchrun this loop runs on rank 0 only; the trainer relays batches, checkpoints and
 publishes to the other ranks (trainer.py, distributed.py).
@@ -76,6 +78,8 @@ class Learner:
             kafka, "learner", ["batches.train"], trainer.cfg.consumer_group, bus
         )
         self.checkpointed_step = 0
+        self.checkpointed_at = time.monotonic()  # when the last checkpoint ended (or start)
+        self.checkpoint_s = 0.0  # how long it took
         self.last_feedback = 0.0
         self.busy = Busy()  # wait / compute / publish seconds, for the idle gauge
         self.knobs = LiveKnobs(
@@ -97,12 +101,21 @@ class Learner:
     def start(self, announced: WeightUpdate | None = None) -> None:
         """Resume from the newest checkpoint; re-announce its version if `announced` (the last
         WeightUpdate on the topic for this policy) is older."""
-        if self.trainer.resume(self.ckpt):
-            t = self.trainer
+        t = self.trainer
+        if t.resume(self.ckpt):
             log.info("learner: resumed at step %d, version %d, seq %d", t.step, t.version, t.seq)
             self.checkpointed_step = t.step
-            if t.version > 0 and (announced is None or announced.version < t.version):
-                self._announce()
+        if announced is not None and announced.version > t.version:
+            log.info(
+                "learner: versions %d-%d were announced after the checkpoint; the next is %d",
+                t.version + 1,
+                announced.version,
+                announced.version + 1,
+            )
+            t.version = announced.version
+        elif t.version > 0 and (announced is None or announced.version < t.version):
+            self._announce()
+        self.checkpointed_at = time.monotonic()
         self.knobs.poll()  # after the checkpoint: the knobs in force win over its schedule
         self.m.version.set(self.trainer.version)
         self.send_feedback()
@@ -152,26 +165,38 @@ class Learner:
                 self.publish()
         if not recs and time.monotonic() - self.last_feedback > self.trainer.cfg.feedback_every_s:
             self.send_feedback()
+        if not recs and self.trainer.step > self.checkpointed_step and self.checkpoint_due():
+            self.checkpoint()  # no data: what was trained is not left out of a checkpoint
         if not trained:
             self.trainer.idle()  # several ranks: the others wait on rank 0's next command
         return trained
 
     def publish(self) -> None:
-        """New version: checkpoint, commit what it covers, then announce it."""
+        """New version: checkpoint if one is due, commit what it covers, then announce it."""
         t0 = time.perf_counter()
         self.trainer.version += 1
-        self.checkpoint()
+        if self.checkpoint_due():
+            self.checkpoint()
         self._announce()
         took = time.perf_counter() - t0
         self.busy.add("publish", took)
         self.m.phase.labels("publish").observe(took)
+
+    def checkpoint_due(self) -> bool:
+        """`checkpoint_every_s` (0: always) since the last one ended, and at least nine times
+        as long as it took, so that checkpoints take at most a tenth of the learner's time."""
+        every = self.trainer.cfg.checkpoint_every_s
+        wait = max(every, 9 * self.checkpoint_s) if every > 0 else 0.0
+        return time.monotonic() - self.checkpointed_at >= wait
 
     def checkpoint(self) -> None:
         t0 = time.perf_counter()
         self.trainer.save(self.ckpt)
         self.consumer.commit()
         self.checkpointed_step = self.trainer.step
-        self.m.checkpoint.observe(time.perf_counter() - t0)
+        self.checkpoint_s = time.perf_counter() - t0
+        self.checkpointed_at = time.monotonic()
+        self.m.checkpoint.observe(self.checkpoint_s)
 
     def _announce(self) -> None:
         t0 = time.perf_counter()
