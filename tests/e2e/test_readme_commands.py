@@ -96,4 +96,4 @@ def test_every_readme_command_runs(rollstream_home: Path, tmp_path: Path) -> Non
     assert len(ran) >= 6, ran
     assert (tmp_path / "rendered.yaml").stat().st_size > 10_000
     runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
-    assert runs == ["tiny-cpu", "tiny-cpu-2"], runs
+    assert runs == ["tiny", "tiny-2"], runs

@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -244,8 +245,9 @@ class UpSpec(BaseModel):
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field("run", pattern=r"^[A-Za-z0-9_\-.]+$")
-    """Run name: folder `runs/<name>/` and the key of its eval results."""
+    name: str = Field("", pattern=r"^[A-Za-z0-9_\-.]*$")
+    """Run name: folder `runs/<name>/` and the key of its eval results ("": the model's name,
+    `tiny` or `small` for the built-in model, else the model folder's name)."""
     seed: int = 0
     """Seed for every stage (each derives its own)."""
     kafka: KafkaSettings = KafkaSettings()
@@ -274,6 +276,14 @@ class RunConfig(BaseModel):
     @classmethod
     def _renamed(cls, data: Any) -> Any:
         return renamed(data) if isinstance(data, dict) else data
+
+    @model_validator(mode="after")
+    def _named(self) -> RunConfig:
+        if not self.name:
+            path = self.model.path
+            base = Path(path.rstrip("/")).name if path else self.model.size
+            self.name = re.sub(r"[^A-Za-z0-9_\-.]", "-", base).strip(".-") or "run"
+        return self
 
     def replicas(self, stage: str) -> int:
         spec = self.stages.get(stage)

@@ -31,6 +31,18 @@ def test_a_two_line_run_file_keeps_the_defaults(tmp_path: Path) -> None:
     assert cfg.target.steps == 50 and cfg.target.minutes is None
 
 
+def test_a_run_is_named_after_its_model_unless_named(tmp_path: Path) -> None:
+    """`runs/<name>/`: the default run's folder says which model it trains, not `tiny-cpu`
+    whatever was set."""
+    base = [default_config_path()]
+    assert load_layers(base, env={})[0].name == "tiny"
+    assert load_layers(base, ["model.size=small"], env={})[0].name == "small"
+    model = tmp_path / "Qwen2.5 0.5B+chat"
+    cfg, _ = load_layers(base, [f"model.path={model}/"], env={})
+    assert cfg.name == "Qwen2.5-0.5B-chat"
+    assert load_layers(base, ["model.size=small", "name=mine"], env={})[0].name == "mine"
+
+
 def test_layers_apply_in_order_files_then_env_then_set(tmp_path: Path) -> None:
     a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
     a.write_text("learner: {lr: 1.0e-3, threads: 2}\nfeed: {n: 4}\n")
