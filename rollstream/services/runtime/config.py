@@ -417,7 +417,12 @@ def load_layers(
     unknown = set(cfg.stages) - set(STAGE_NAMES)
     if unknown:
         raise ConfigError(f"stages: unknown stage(s) {sorted(unknown)}; known: {STAGE_NAMES}")
-    cfg = cfg.model_copy(update={"kafka": cfg.kafka.with_env()})
+    try:
+        cfg = cfg.model_copy(update={"kafka": cfg.kafka.with_env()})
+    except ValidationError as exc:
+        raise ConfigError(
+            f"{format_errors(exc, 'kafka')} (ROLLSTREAM_BOOTSTRAP, ROLLSTREAM_NAMESPACE)"
+        ) from None
     return cfg, sources
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
@@ -68,6 +68,17 @@ class KafkaSettings(BaseModel):
     """Replication factor of the topics rollstream creates (registry topics and faust's
     changelogs). 1 suits the embedded broker; use 3 on a real cluster."""
 
+    @field_validator("bootstrap")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        """Every server is `host:port` (a `SCHEME://` prefix allowed), so a typo fails here
+        with the field's name instead of as an unreachable broker 10 s later."""
+        for server in value.split(","):
+            host, _, port = server.strip().split("://")[-1].rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{server.strip()!r} is not host:port (e.g. kafka-0:9092)")
+        return value
+
     def with_env(self) -> KafkaSettings:
         """A copy with ROLLSTREAM_BOOTSTRAP / ROLLSTREAM_NAMESPACE applied."""
         upd: dict[str, Any] = {}
@@ -75,7 +86,7 @@ class KafkaSettings(BaseModel):
             upd["bootstrap"] = os.environ["ROLLSTREAM_BOOTSTRAP"]
         if os.environ.get("ROLLSTREAM_NAMESPACE"):
             upd["namespace"] = os.environ["ROLLSTREAM_NAMESPACE"]
-        return self.model_copy(update=upd) if upd else self
+        return KafkaSettings.model_validate({**self.model_dump(), **upd}) if upd else self
 
     def client_config(self, stage: str) -> dict[str, Any]:
         """librdkafka settings common to producers, consumers and the admin client."""
@@ -91,7 +102,10 @@ def kafka_from(bootstrap: str | None = None, namespace: str | None = None) -> Ka
     """KafkaSettings from flags, falling back to the environment (including the run file named
     by ROLLSTREAM_CONFIG and ROLLSTREAM_KAFKA__* overrides, so security settings apply to
     `tap`, `topics` and `control` in a pod too), then defaults."""
-    from rollstream.services.runtime.config import load_config  # config imports settings
+    from pydantic import ValidationError
+
+    # config imports settings
+    from rollstream.services.runtime.config import ConfigError, format_errors, load_config
 
     base = load_config(os.environ.get("ROLLSTREAM_CONFIG")).kafka
     upd: dict[str, Any] = {}
@@ -99,4 +113,7 @@ def kafka_from(bootstrap: str | None = None, namespace: str | None = None) -> Ka
         upd["bootstrap"] = bootstrap
     if namespace:
         upd["namespace"] = namespace
-    return KafkaSettings.model_validate({**base.model_dump(), **upd})
+    try:
+        return KafkaSettings.model_validate({**base.model_dump(), **upd})
+    except ValidationError as exc:
+        raise ConfigError(format_errors(exc, "kafka")) from None

@@ -19,7 +19,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from rollstream.services.runtime.config import RunConfig, dump, load_layers, section_models
+from pydantic import ValidationError
+
+from rollstream.services.runtime.config import (
+    ConfigError,
+    RunConfig,
+    dump,
+    format_errors,
+    load_layers,
+    section_models,
+)
 from rollstream.services.runtime.settings import KafkaSettings
 
 ORDER = ("feed", "generator", "scorer", "filter", "replay", "learner", "evaluator")
@@ -47,10 +56,13 @@ def layered(args: argparse.Namespace, base: Path, sets: list[str]) -> RunConfig:
     # absolute paths in the run's config.yaml: every stage (any cwd) finds the same folders
     cfg.plugins = add_plugin_dirs([*cfg.plugins, *getattr(args, "plugins", [])])
     validate_sections(cfg, stage_env=getattr(args, "mode", "stream") != "sync")
-    if args.bootstrap:
-        cfg.kafka.bootstrap = args.bootstrap
-    if args.namespace:
-        cfg.kafka.namespace = args.namespace
+    flags = {k: v for k, v in (("bootstrap", args.bootstrap), ("namespace", args.namespace)) if v}
+    if flags:
+        try:
+            cfg.kafka = KafkaSettings.model_validate({**cfg.kafka.model_dump(), **flags})
+        except ValidationError as exc:
+            flag_names = ", ".join(f"--{k}" for k in flags)
+            raise ConfigError(f"{format_errors(exc, 'kafka')} ({flag_names})") from None
     return cfg
 
 

@@ -500,3 +500,36 @@ def test_up_does_not_count_gpus_that_cuda_visible_devices_hides(
         assert not nvidia_gpu_visible()
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert nvidia_gpu_visible() == Path("/proc/driver/nvidia/version").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, env, where",
+    [
+        (["up", "--bootstrap", "garbage"], {}, "(--bootstrap)"),
+        (["up", "--bootstrap", "kafka-0:9092,kafka-1"], {}, "(--bootstrap)"),
+        (
+            ["tap", "rollouts.raw"],
+            {"ROLLSTREAM_BOOTSTRAP": "kafka-0:99999"},
+            "ROLLSTREAM_BOOTSTRAP",
+        ),
+    ],
+)
+def test_a_bootstrap_that_is_not_host_port_fails_at_once_naming_the_field(
+    argv: list[str], env: dict[str, str], where: str, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Not "no Kafka answers at garbage" 10 s later: the field, the value and where it came
+    from, before any connection or run folder."""
+    monkeypatch.chdir(tmp_path)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert cli(argv) == 1
+    err = capsys.readouterr().err
+    assert "kafka.bootstrap:" in err and "is not host:port" in err and where in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bootstrap_lists_with_schemes_and_ipv6_hosts_pass() -> None:
+    from rollstream.services.runtime.settings import KafkaSettings
+
+    for ok in ("a:1", "a:9092,b:9093", "PLAINTEXT://kafka-0:9092", "[::1]:9092"):
+        assert KafkaSettings(bootstrap=ok).bootstrap == ok
