@@ -122,6 +122,9 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     # every row runs its own prompt, in generation and training (before prompt sharing)
     "sync-eager": ("sync", ["generator.cuda_graphs=false"]),  # generate, as before the 20th session
     "eager": ("async", ["generator.cuda_graphs=false"]),
+    # generate on any device (the CPU's path before the 21st session)
+    "sync-generate": ("sync", ["generator.static_cache=false"]),
+    "generate": ("async", ["generator.static_cache=false"]),
     "sync-noshare": ("sync", ["generator.share_prompts=false", "learner.share_prompts=false"]),
     "noshare": ("async", ["generator.share_prompts=false", "learner.share_prompts=false"]),
     "ahead2-s1": ("async", ["generator.ahead_batches=2", "staleness.max_versions=1"]),

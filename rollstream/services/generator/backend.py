@@ -98,6 +98,7 @@ def make_backend(
     dtype: str = "auto",
     device: str = "auto",
     share_prompts: bool = True,
+    static_cache: bool = True,
     cuda_graphs: bool = True,
     **vllm_args: object,
 ) -> Backend:
@@ -119,6 +120,7 @@ def make_backend(
             dtype=dtype,
             device=device,
             share_prompts=share_prompts,
+            static_cache=static_cache,
             cuda_graphs=cuda_graphs,
         )
     raise ValueError(f"generator.backend: unknown backend {kind!r} (vllm, transformers, auto)")

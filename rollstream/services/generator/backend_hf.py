@@ -1,5 +1,6 @@
-"""transformers backend: batched sampling with a KV cache, always available: `model.generate`,
-or on a GPU a static cache with CUDA graphs (`static_decode`, `generator.cuda_graphs`).
+"""transformers backend: batched sampling with a KV cache, always available: a static cache of
+our own (`static_decode`, `generator.static_cache`; on a GPU with CUDA graphs,
+`generator.cuda_graphs`), or `model.generate` (constraints, and models the loop cannot run).
 
 Behaviour logprobs are taken from generate's *processed* scores (after temperature, top-k,
 top-p and the constraint mask), so they are the log-probabilities of the distribution each
@@ -23,6 +24,12 @@ from rollstream.services.generator.static_decode import StaticDecoder, supports_
 log = logging.getLogger(__name__)
 
 
+def _path_name(static: StaticDecoder | None) -> str:
+    if static is None:
+        return "generate"
+    return "static cache and CUDA graphs" if static.graphs else "static cache"
+
+
 class HFBackend:
     name = "transformers"
 
@@ -34,6 +41,7 @@ class HFBackend:
         dtype: str = "auto",
         device: str = "auto",
         share_prompts: bool = True,
+        static_cache: bool = True,
         cuda_graphs: bool = True,
     ) -> None:
         import torch
@@ -80,24 +88,26 @@ class HFBackend:
         """Called between two decoding steps (after a step's forward pass, before the next):
         the generator's in-flight weight swap. Weights loaded there take effect from the next
         token on; the KV cache of the tokens so far is kept."""
-        self.static = self._static_decoder(cuda_graphs)
+        self.static = self._static_decoder(static_cache, cuda_graphs)
         """Sampling without constraints goes through it when set (`static_decode`)."""
         log.info(
             "generator: transformers backend, %s (%s), stop ids %s, %s",
             describe(self.model),
             model_dir,
             self.stop_ids,
-            "static cache and CUDA graphs" if self.static else "generate",
+            _path_name(self.static),
         )
 
-    def _static_decoder(self, cuda_graphs: bool) -> StaticDecoder | None:
-        """`generator.cuda_graphs`, on a CUDA device and a model that takes a static cache."""
-        if not (cuda_graphs and str(self.device).startswith("cuda")):
+    def _static_decoder(self, static_cache: bool, cuda_graphs: bool) -> StaticDecoder | None:
+        """`generator.static_cache` (on a CUDA device: with `generator.cuda_graphs`), for a
+        model that takes a static cache; None: `generate`."""
+        cuda = str(self.device).startswith("cuda")
+        if not static_cache or (cuda and not cuda_graphs):
             return None
         if not supports_static(self.model):
             log.info("generator: %s takes no static cache: generate", type(self.model).__name__)
             return None
-        return StaticDecoder(self.model, graphs=True, pad_id=self.pad_id)
+        return StaticDecoder(self.model, graphs=cuda, pad_id=self.pad_id)
 
     # ---- generation -------------------------------------------------------------------------
     def generate(self, requests: list[GenRequest]) -> list[list[GenSample]]:

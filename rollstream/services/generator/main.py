@@ -39,6 +39,7 @@ def main(argv: list[str]) -> int:
         device=cfg.device,
         max_model_len=cfg.max_model_len,
         share_prompts=cfg.share_prompts,
+        static_cache=cfg.static_cache,
         cuda_graphs=cfg.cuda_graphs,
         **cfg.vllm,
     )

@@ -94,6 +94,7 @@ class SyncRun:
             seed=cfg.seed,
             dtype=cfg.model.dtype,
             share_prompts=gen.share_prompts,
+            static_cache=gen.static_cache,
             cuda_graphs=gen.cuda_graphs,
         )
         self.tok = tok = load_tokenizer(model_dir)

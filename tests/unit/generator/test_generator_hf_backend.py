@@ -38,10 +38,11 @@ def backend(models: dict[str, Path], request: pytest.FixtureRequest) -> Any:
     from rollstream.services.generator.backend_hf import HFBackend
     from rollstream.services.generator.static_decode import StaticDecoder
 
-    be = HFBackend(str(models["v0"]), seed=0, device="cpu")
-    assert be.static is None  # cuda_graphs: only on a CUDA device
-    if request.param == "static":
-        be.static = StaticDecoder(be.model, graphs=False, pad_id=be.pad_id)
+    be = HFBackend(str(models["v0"]), seed=0, device="cpu", static_cache=request.param == "static")
+    if request.param == "static":  # on the CPU: the loop, without a graph
+        assert isinstance(be.static, StaticDecoder) and not be.static.graphs
+    else:
+        assert be.static is None
     yield be
     be.close()
 
@@ -259,8 +260,9 @@ def test_a_groups_prompt_is_run_once_and_its_samples_are_those_of_unshared_gener
 
 def test_the_static_cache_path_samples_what_generate_samples(models: dict[str, Path]) -> None:
     """With the same seed the static-cache loop draws what generate draws, token for token,
-    logprob for logprob - also when its rows are padded to a bucket (3 x 6 = 18 rows run as
-    32) and its prompts to a multiple of 16 - and the padding rows cost no output."""
+    logprob for logprob - at the call's exact shape (the CPU's way), and when its rows are
+    padded to a bucket (3 x 6 = 18 rows run as 32) and its prompts to a multiple of 16 (a
+    GPU's) - and the padding rows cost no output."""
     from rollstream.services.generator.backend_hf import HFBackend
     from rollstream.services.generator.static_decode import StaticDecoder
 
@@ -269,17 +271,20 @@ def test_the_static_cache_path_samples_what_generate_samples(models: dict[str, P
         GenRequest(f"s{i}", encode(be, p), 6, temperature=0.9, top_p=0.95, max_tokens=20, seed=11)
         for i, p in enumerate(PROMPTS)
     ]
+    be.static = None
     want = be.generate(reqs)
-    be.static = StaticDecoder(be.model, graphs=False, pad_id=be.pad_id)
-    got = be.generate(reqs)
-    assert [len(g) for g in got] == [6, 6, 6]
-    for g, w in zip(got, want, strict=True):
-        assert [s.completion_ids for s in g] == [s.completion_ids for s in w]
-        assert [s.finish_reason for s in g] == [s.finish_reason for s in w]
-        for s, t in zip(g, w, strict=True):
-            assert s.logprobs == pytest.approx(t.logprobs, abs=1e-5)
-    assert len({tuple(s.completion_ids) for g in got for s in g}) > 3  # samples, not copies
-    assert [(s.rows, s.length) for s in be.static._slots] == [(32, 16 + 32)]
+    width = max(len(r.prompt_ids) for r in reqs)
+    for bucketed, shape in ((True, (32, 16 + 32)), (False, (18, width + 20))):
+        be.static = StaticDecoder(be.model, graphs=False, pad_id=be.pad_id, bucketed=bucketed)
+        got = be.generate(reqs)
+        assert [len(g) for g in got] == [6, 6, 6]
+        for g, w in zip(got, want, strict=True):
+            assert [s.completion_ids for s in g] == [s.completion_ids for s in w]
+            assert [s.finish_reason for s in g] == [s.finish_reason for s in w]
+            for s, t in zip(g, w, strict=True):
+                assert s.logprobs == pytest.approx(t.logprobs, abs=1e-5)
+        assert len({tuple(s.completion_ids) for g in got for s in g}) > 3  # not copies
+        assert [(s.rows, s.length) for s in be.static._slots] == [shape]
 
 
 def test_the_static_path_reuses_a_shape_it_fits_in_and_keeps_few(models: dict[str, Path]) -> None:
@@ -290,7 +295,7 @@ def test_the_static_path_reuses_a_shape_it_fits_in_and_keeps_few(models: dict[st
     from rollstream.services.generator.static_decode import SLOTS_KEPT, StaticDecoder
 
     be = HFBackend(str(models["v0"]), seed=0, device="cpu")
-    be.static = StaticDecoder(be.model, graphs=False, pad_id=be.pad_id)
+    be.static = StaticDecoder(be.model, graphs=False, pad_id=be.pad_id, bucketed=True)  # a GPU's
 
     def shapes_after(n: int, max_tokens: int = 8) -> list[tuple[int, int]]:
         req = GenRequest("x", encode(be, PROMPTS[0]), n, max_tokens=max_tokens, seed=1)
