@@ -17,7 +17,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 import math
+import statistics
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -37,6 +39,9 @@ from rollstream.services.learner.offpolicy import OffPolicy
 from rollstream.services.learner.step import StepConfig, train_on_batch
 
 REMEMBER_BATCHES = 100_000
+
+
+log = logging.getLogger(__name__)
 
 
 def lr_lambda(cfg: LearnerConfig, total_steps: int | None):  # -> Callable[[int], float]
@@ -84,6 +89,42 @@ def _fused(params: list[torch.Tensor], parallel: Any) -> bool | None:
     return True if params and plain else None
 
 
+class PromptSharing:
+    """`learner.share_prompts: auto`: whether running a group's prompt once is faster here,
+    measured on the run's own batches. The two ways give the same log-probs and gradients up
+    to float rounding, so the choice changes only the time: steps alternate between them by
+    the step's parity (a resumed learner takes the way it would have taken), the first of each
+    untimed (first-use allocations), and after `STEPS` the one with the lower median seconds
+    a token is kept (and checkpointed)."""
+
+    STEPS = 8
+
+    def __init__(self) -> None:
+        self.chosen: bool | None = None
+        self.seconds: dict[bool, list[float]] = {True: [], False: []}
+        self.steps = 0
+
+    def next(self, step: int) -> bool:
+        return self.chosen if self.chosen is not None else step % 2 == 0
+
+    def took(self, share: bool, seconds: float, tokens: int) -> None:
+        if self.chosen is not None:
+            return
+        self.steps += 1
+        if self.steps > 2:
+            self.seconds[share].append(seconds / max(tokens, 1))
+        if self.steps < self.STEPS:
+            return
+        on, off = (statistics.median(self.seconds[k]) * 1e6 for k in (True, False))
+        self.chosen = on <= off
+        log.info(
+            "learner: prompts %s (a token: %.2f us shared, %.2f us not)",
+            "shared" if self.chosen else "not shared",
+            on,
+            off,
+        )
+
+
 class Trainer:
     """Trains a causal LM on TrainBatches; keeps step, version, credits and trained ids."""
 
@@ -127,13 +168,16 @@ class Trainer:
         steps = cfg.total_steps or total_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, steps))
         self.offpolicy = OffPolicy(**cfg.offpolicy.model_dump())
+        fsdp = parallel is not None and parallel.fsdp
+        auto = cfg.share_prompts == "auto" and parallel is None and not cfg.deterministic
+        self.sharing = PromptSharing() if auto else None
         self.step_cfg = StepConfig(
             token_budget=cfg.token_budget,
             mini_steps=cfg.mini_steps,
             max_grad_norm=cfg.max_grad_norm,
             # not under FSDP: every rank must run the same passes (each all-gathers the
             # weights), and whether two rows share a prompt differs between the ranks' rows
-            share_prompts=cfg.share_prompts and not (parallel is not None and parallel.fsdp),
+            share_prompts=cfg.share_prompts is not False and not fsdp,
             pad_id=pad_id,
         )
         self.step = 0  # batches trained
@@ -197,6 +241,8 @@ class Trainer:
 
     def apply(self, batch: TrainBatch) -> StepResult:
         """Train on `batch`, unchecked (every rank of a data-parallel learner runs this)."""
+        if self.sharing is not None:
+            self.step_cfg.share_prompts = self.sharing.next(self.step)
         t0 = time.perf_counter()
         ref = self.cfg.lr_batch_groups
         scale = 1.0 if ref is None else min(1.0, len(batch.items) / ref)
@@ -217,6 +263,9 @@ class Trainer:
         if scale != 1.0:
             metrics["lr_scale"] = scale
         rows = rows_of(batch)
+        if self.sharing is not None:
+            took = time.perf_counter() - t0
+            self.sharing.took(self.step_cfg.share_prompts, took, sum(len(r.tokens) for r in rows))
         self.step += 1
         self.trained[batch.batch_id] = None
         if len(self.trained) > REMEMBER_BATCHES:
@@ -258,6 +307,7 @@ class Trainer:
             "offsets": self.offsets,
             "trained": list(self.trained),
             "learner_id": self.cfg.learner_id,
+            "share_prompts": self.sharing.chosen if self.sharing else None,
         }
         states: dict[str, Any] = {}
         if self.par is not None and self.par.fsdp:
@@ -300,6 +350,8 @@ class Trainer:
         self.seq = int(info["seq"])
         self.offsets = {k: int(v) for k, v in info["offsets"].items()}
         self.trained = OrderedDict.fromkeys(info["trained"])
+        if self.sharing is not None and info.get("share_prompts") is not None:
+            self.sharing.chosen = bool(info["share_prompts"])
 
     # ---- live knobs ---------------------------------------------------------------------------
     def set_knobs(self, cfg: LearnerConfig, changed: frozenset[str]) -> None:

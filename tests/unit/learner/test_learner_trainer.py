@@ -115,3 +115,42 @@ def test_a_batch_smaller_than_lr_batch_groups_takes_a_proportionally_small_step(
         assert t.lr == pytest.approx(1e-2)
         assert res.metrics.get("lr_scale", 1.0) == (1.0 if ref is None else 0.25)
     assert moved[1] / moved[0] == pytest.approx(0.25, rel=0.02)
+
+
+def test_auto_prompt_sharing_keeps_the_way_that_was_faster_a_token() -> None:
+    """`learner.share_prompts: auto`: steps alternate by parity, the first of each way is not
+    timed, and after 8 steps the lower median per token is kept."""
+    from rollstream.services.learner.trainer import PromptSharing
+
+    s = PromptSharing()
+    ways = []
+    for step, (on_s, off_s) in enumerate([(9.0, 0.1)] + [(2.0, 3.0)] * 3 + [(5.0, 5.0)]):
+        share = s.next(step * 2)
+        ways.append(share)
+        s.took(share, on_s, 100)
+        s.took(s.next(step * 2 + 1), off_s, 100)
+        if s.chosen is not None:
+            break
+    assert ways[:2] == [True, True] and s.steps == 8
+    assert s.chosen is True  # 2 s against 3 s; the untimed first steps (9 s, 0.1 s) ignored
+    assert s.next(1) is True
+
+
+def test_auto_prompt_sharing_is_chosen_once_checkpointed_and_off_where_fixed(
+    make_batch, make_model, tmp_path
+) -> None:
+    data = batches(make_batch, 9)
+    t = Trainer(cfg(), make_model())
+    assert t.sharing is not None
+    for b in data[:8]:
+        t.train(b)
+    assert t.sharing.chosen is not None
+    t.save(tmp_path)
+    resumed = Trainer(cfg(), make_model())
+    assert resumed.resume(tmp_path) and resumed.sharing.chosen == t.sharing.chosen
+    resumed.train(data[8])
+    assert resumed.step_cfg.share_prompts == t.sharing.chosen
+    for fixed in (cfg(share_prompts=False), cfg(deterministic=True), cfg(share_prompts=True)):
+        trainer = Trainer(fixed, make_model())
+        assert trainer.sharing is None
+        assert trainer.step_cfg.share_prompts is (fixed.share_prompts is not False)
