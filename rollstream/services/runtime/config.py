@@ -33,7 +33,7 @@ from pydantic import (
     model_validator,
 )
 
-from rollstream.services.runtime.settings import KafkaSettings
+from rollstream.services.runtime.settings import ENV_FIELDS, KafkaSettings, env_kafka
 
 log = logging.getLogger(__name__)
 
@@ -417,13 +417,20 @@ def load_layers(
     unknown = set(cfg.stages) - set(STAGE_NAMES)
     if unknown:
         raise ConfigError(f"stages: unknown stage(s) {sorted(unknown)}; known: {STAGE_NAMES}")
+    changes = env_kafka()
+    kafka = kafka_with(cfg.kafka, changes, ", ".join(ENV_FIELDS[k] for k in changes))
+    return cfg.model_copy(update={"kafka": kafka}), sources
+
+
+def kafka_with(kafka: KafkaSettings, changes: dict[str, Any], source: str) -> KafkaSettings:
+    """`kafka` with `changes` (flags, environment) validated as a run file's are: a bad value
+    is a ConfigError naming the field and `source`."""
+    if not changes:
+        return kafka
     try:
-        cfg = cfg.model_copy(update={"kafka": cfg.kafka.with_env()})
+        return KafkaSettings.model_validate({**kafka.model_dump(), **changes})
     except ValidationError as exc:
-        raise ConfigError(
-            f"{format_errors(exc, 'kafka')} (ROLLSTREAM_BOOTSTRAP, ROLLSTREAM_NAMESPACE)"
-        ) from None
-    return cfg, sources
+        raise ConfigError(f"{format_errors(exc, 'kafka')} ({source})") from None
 
 
 def load_config(

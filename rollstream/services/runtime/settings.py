@@ -79,15 +79,6 @@ class KafkaSettings(BaseModel):
                 raise ValueError(f"{server.strip()!r} is not host:port (e.g. kafka-0:9092)")
         return value
 
-    def with_env(self) -> KafkaSettings:
-        """A copy with ROLLSTREAM_BOOTSTRAP / ROLLSTREAM_NAMESPACE applied."""
-        upd: dict[str, Any] = {}
-        if os.environ.get("ROLLSTREAM_BOOTSTRAP"):
-            upd["bootstrap"] = os.environ["ROLLSTREAM_BOOTSTRAP"]
-        if os.environ.get("ROLLSTREAM_NAMESPACE"):
-            upd["namespace"] = os.environ["ROLLSTREAM_NAMESPACE"]
-        return KafkaSettings.model_validate({**self.model_dump(), **upd}) if upd else self
-
     def client_config(self, stage: str) -> dict[str, Any]:
         """librdkafka settings common to producers, consumers and the admin client."""
         cfg: dict[str, Any] = {
@@ -98,14 +89,19 @@ class KafkaSettings(BaseModel):
         return cfg
 
 
+ENV_FIELDS = {"bootstrap": "ROLLSTREAM_BOOTSTRAP", "namespace": "ROLLSTREAM_NAMESPACE"}
+
+
+def env_kafka() -> dict[str, str]:
+    """The fields ROLLSTREAM_BOOTSTRAP / ROLLSTREAM_NAMESPACE set (those not empty)."""
+    return {field: os.environ[var] for field, var in ENV_FIELDS.items() if os.environ.get(var)}
+
+
 def kafka_from(bootstrap: str | None = None, namespace: str | None = None) -> KafkaSettings:
     """KafkaSettings from flags, falling back to the environment (including the run file named
     by ROLLSTREAM_CONFIG and ROLLSTREAM_KAFKA__* overrides, so security settings apply to
     `tap`, `topics` and `control` in a pod too), then defaults."""
-    from pydantic import ValidationError
-
-    # config imports settings
-    from rollstream.services.runtime.config import ConfigError, format_errors, load_config
+    from rollstream.services.runtime.config import kafka_with, load_config  # imports settings
 
     base = load_config(os.environ.get("ROLLSTREAM_CONFIG")).kafka
     upd: dict[str, Any] = {}
@@ -113,7 +109,4 @@ def kafka_from(bootstrap: str | None = None, namespace: str | None = None) -> Ka
         upd["bootstrap"] = bootstrap
     if namespace:
         upd["namespace"] = namespace
-    try:
-        return KafkaSettings.model_validate({**base.model_dump(), **upd})
-    except ValidationError as exc:
-        raise ConfigError(format_errors(exc, "kafka")) from None
+    return kafka_with(base, upd, "--bootstrap, --namespace")

@@ -19,13 +19,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from rollstream.services.runtime.config import (
-    ConfigError,
     RunConfig,
     dump,
-    format_errors,
+    kafka_with,
     load_layers,
     section_models,
 )
@@ -57,12 +54,7 @@ def layered(args: argparse.Namespace, base: Path, sets: list[str]) -> RunConfig:
     cfg.plugins = add_plugin_dirs([*cfg.plugins, *getattr(args, "plugins", [])])
     validate_sections(cfg, stage_env=getattr(args, "mode", "stream") != "sync")
     flags = {k: v for k, v in (("bootstrap", args.bootstrap), ("namespace", args.namespace)) if v}
-    if flags:
-        try:
-            cfg.kafka = KafkaSettings.model_validate({**cfg.kafka.model_dump(), **flags})
-        except ValidationError as exc:
-            flag_names = ", ".join(f"--{k}" for k in flags)
-            raise ConfigError(f"{format_errors(exc, 'kafka')} ({flag_names})") from None
+    cfg.kafka = kafka_with(cfg.kafka, flags, ", ".join(f"--{k}" for k in flags))
     return cfg
 
 
