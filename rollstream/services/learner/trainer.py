@@ -79,10 +79,8 @@ class StepResult:
 _ONE = TrainBatch(batch_id="", learner_id="", seq=1, items=[], learner_version=0, produced_at=0.0)
 
 
-def _fused(params: list[torch.Tensor], parallel: Any) -> bool | None:
+def _fused(params: list[torch.Tensor]) -> bool | None:
     """True on CUDA with plain float parameters; None (torch's own choice) otherwise."""
-    if parallel is not None and parallel.fsdp:
-        return None
     plain = all(
         p.is_cuda and p.is_floating_point() and type(p) is torch.nn.Parameter for p in params
     )
@@ -155,6 +153,7 @@ class Trainer:
         if parallel is not None and self.ref_model is not None:
             self.ref_model = parallel.wrap_frozen(self.ref_model)
         self._gathered: tuple[int, dict[str, torch.Tensor]] | None = None
+        fsdp = parallel is not None and parallel.fsdp
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             params,
@@ -163,12 +162,11 @@ class Trainer:
             eps=cfg.adam_eps,
             weight_decay=cfg.weight_decay,
             # one kernel for every parameter's update on a GPU (not under FSDP's DTensors)
-            fused=_fused(params, parallel),
+            fused=None if fsdp else _fused(params),
         )
         steps = cfg.total_steps or total_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, steps))
         self.offpolicy = OffPolicy(**cfg.offpolicy.model_dump())
-        fsdp = parallel is not None and parallel.fsdp
         auto = cfg.share_prompts == "auto" and parallel is None and not cfg.deterministic
         self.sharing = PromptSharing() if auto else None
         self.step_cfg = StepConfig(
