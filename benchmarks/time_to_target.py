@@ -92,6 +92,9 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     # a generate call sized to fill one learner batch of kept groups (16 / keep rate prompts)
     "fill32": ("async", ["generator.batch_prompts_max=32"]),
     "fill48": ("async", ["generator.batch_prompts_max=48"]),
+    "fill64": ("async", ["generator.batch_prompts_max=64"]),
+    "fill128": ("async", ["generator.batch_prompts_max=128"]),
+    "fill128-f256": ("async", ["generator.batch_prompts_max=128", "feed.max_ahead=256"]),
     # weights loaded between two decoding steps (PipelineRL's in-flight update)
     "inf": ("async", ["generator.swap_policy=inflight"]),
     "a4s2-inf": ("async", ["generator.ahead_batches=4", "generator.swap_policy=inflight"]),

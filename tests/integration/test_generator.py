@@ -35,9 +35,9 @@ from generator_harness import (  # the fixtures kafka, models and tap too
 from polling import wait_until
 from tiny_llama import hf_greedy, hf_logprobs, hf_model
 
-from rollstream.schemas import PromptTask, Sampling, WeightUpdate, decode
+from rollstream.schemas import PromptTask, Sampling, ScoredRollout, WeightUpdate, decode
 from rollstream.services.models.weights import sha256_file
-from rollstream.services.runtime.bus import Consumer
+from rollstream.services.runtime.bus import Consumer, Producer
 from rollstream.services.runtime.settings import KafkaSettings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -227,38 +227,48 @@ def test_new_weights_stamp_later_rollouts_and_greedy_matches_transformers(
     assert rec.value.completion_tokens().tolist() == want_v1[0]
 
 
-def drain_as_scorer(scorer: Consumer, tap: RolloutTap, read: list) -> None:
-    """Read every rollout the tap has seen and commit, as the scorer group would."""
+def score_as_scorer(scorer: Consumer, out: Producer, tap: RolloutTap, commit: bool) -> None:
+    """Read every rollout the tap has seen and write one `rollouts.scored` message for each, as
+    the scorer does; commit the offsets (as the scorer group would) when `commit`."""
     target = len(tap.read())
 
     def caught_up() -> bool:
-        read.extend(scorer.poll(500, 0.5))
-        return len(read) >= target
+        for rec in scorer.poll(500, 0.2):
+            ro = rec.value
+            scored = ScoredRollout(rollout=ro, reward=0.0, produced_at=time.time())
+            out.send("rollouts.scored", scored, key=ro.group_id)
+        return sum(scorer.positions().values()) >= target
 
     wait_until(caught_up, 60, "the stand-in scorer to catch up", every=0)
-    scorer.commit()
+    out.flush()
+    if commit:
+        scorer.commit()
+
+
+def set_knobs(generator: GeneratorProcess, kafka: KafkaSettings, *knobs: str) -> None:
+    """`rollstream control generator KNOBS`, once the generator says it applied them."""
+    env = {**os.environ, "ROLLSTREAM_BOOTSTRAP": kafka.bootstrap,
+           "ROLLSTREAM_NAMESPACE": str(kafka.namespace)}  # fmt: skip
+    applied = generator.metric("control_updates_total", result="applied")
+    subprocess.run(
+        [sys.executable, "-m", "rollstream.services.cli", "control", "generator", *knobs],
+        env=env, check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    wait_until(
+        lambda: generator.metric("control_updates_total", result="applied") > applied,
+        30,
+        "the control update to be applied",
+    )
 
 
 def test_sampling_pauses_while_rollouts_wait_unscored_and_resumes(
     generator: GeneratorProcess, tap: RolloutTap, kafka: KafkaSettings
 ) -> None:
     scorer = Consumer(kafka, "test-scorer", ["rollouts.raw"], group="rollstream-scorer")
-    read: list = []
+    out = Producer(kafka, "test-scorer")
     try:
-        drain_as_scorer(scorer, tap, read)  # nothing waits unscored
-        env = {**os.environ, "ROLLSTREAM_BOOTSTRAP": kafka.bootstrap,
-               "ROLLSTREAM_NAMESPACE": str(kafka.namespace)}  # fmt: skip
-        applied = generator.metric("control_updates_total", result="applied")
-        subprocess.run(
-            [sys.executable, "-m", "rollstream.services.cli", "control", "generator",
-             "max_raw_lag=8", "batch_prompts=1"],
-            env=env, check=True, capture_output=True, timeout=60,
-        )  # fmt: skip
-        wait_until(
-            lambda: generator.metric("control_updates_total", result="applied") > applied,
-            30,
-            "the control update to be applied",
-        )
+        score_as_scorer(scorer, out, tap, commit=True)  # nothing waits unscored
+        set_knobs(generator, kafka, "max_raw_lag=8", "batch_prompts=1")
         ids = send_prompts(kafka, [f"{i}+{i}=" for i in range(60)], n=4, tag="lag")
 
         def paused() -> int | None:
@@ -274,9 +284,37 @@ def test_sampling_pauses_while_rollouts_wait_unscored_and_resumes(
         # third batch (12), or after the second if a lag probe counted a batch twice
         assert held in (8, 12)
         assert generator.metric("rollouts_raw_lag_messages") > 8
-        drain_as_scorer(scorer, tap, read)  # the scorer catches up: sampling resumes by itself
+        score_as_scorer(scorer, out, tap, commit=True)  # the scorer catches up: sampling resumes
         wait_until(lambda: len(tap.of(ids)) > held, 30, "sampling to resume")
     finally:
+        out.close()
+        scorer.close()
+
+
+def test_rollouts_scored_but_not_yet_committed_do_not_pause_sampling(
+    generator: GeneratorProcess, tap: RolloutTap, kafka: KafkaSettings
+) -> None:
+    """A scorer commits its offsets only now and then (faust: every ~2.8 s), so its committed
+    lag reads high by what it scored since. Here the stand-in scorer scores every rollout (one
+    `rollouts.scored` message each, as the scorer writes) and never commits: the committed lag
+    grows past `max_raw_lag`, and sampling must go on, because nothing waits unscored (it may
+    stutter: between two probes of the topics a batch or two of 4 rollouts pass the bound of 8).
+    Before, it stopped at 8-12 rollouts until the scorer group committed."""
+    scorer = Consumer(kafka, "test-scorer", ["rollouts.raw"], group="rollstream-scorer")
+    out = Producer(kafka, "test-scorer")
+    try:
+        score_as_scorer(scorer, out, tap, commit=True)
+        set_knobs(generator, kafka, "max_raw_lag=8", "batch_prompts=1")
+        ids = send_prompts(kafka, [f"{i}+{i}=" for i in range(30)], n=4, tag="scored")
+
+        def sampled_all() -> bool:
+            score_as_scorer(scorer, out, tap, commit=False)  # scored, offsets never committed
+            return len(tap.of(ids)) >= 120
+
+        wait_until(sampled_all, 90, "all 30 prompts to be sampled past max_raw_lag", every=0)
+        # by the group's committed offsets (where the first call left them) all 120 wait
+    finally:
+        out.close()
         scorer.close()
 
 

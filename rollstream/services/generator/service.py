@@ -32,7 +32,7 @@ from rollstream.schemas import ControlUpdate, DropRecord, PromptTask, WeightUpda
 from rollstream.services.generator.backend import Backend, GenRequest, GenSample, RequestError
 from rollstream.services.generator.config import KNOB_FIELDS, GeneratorConfig, validate_control
 from rollstream.services.generator.metrics import GeneratorMetrics
-from rollstream.services.generator.pacing import PACED_TOPICS, UNUSED, Pacer
+from rollstream.services.generator.pacing import PACED_TOPICS, UNUSED, Pacer, unscored
 from rollstream.services.generator.rollouts import request_of, rollouts_of
 from rollstream.services.models.load import resolve_template
 from rollstream.services.runtime.bus import Consumer, Producer, Record, join_group
@@ -208,8 +208,10 @@ class Generator:
             try:
                 if probe is None:
                     topics = [*PACED_TOPICS, *(f"{t}.dlq" for t in PACED_TOPICS)]
+                    topics.append("rollouts.scored")
                     probe = FlowProbe(self.ctx.kafka, topics, "rollstream-scorer", "rollouts.raw")
-                totals, lag = probe.read()
+                totals, committed_lag = probe.read()
+                lag = unscored(totals, committed_lag)
             except Exception as exc:  # the probe is advisory
                 log.debug("flow probe: %s", exc)
             else:
@@ -250,8 +252,9 @@ class Generator:
         return False
 
     def lag_estimate(self) -> int:
-        """The last probed lag plus what this process published since (the probe runs once a
-        second; without this a fast engine would overshoot max_raw_lag by a second's output)."""
+        """The last probed lag plus what this process published since (the probe runs every
+        `pace_interval_s`; without this a fast engine would overshoot max_raw_lag by what it
+        sends between two probes)."""
         return self.raw_lag + self._sent - self._sent_at_probe
 
     def pause_reason(self) -> str | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from rollstream.schemas import ControlUpdate
-from rollstream.services.generator.pacing import Pacer
+from rollstream.services.generator.pacing import Pacer, unscored
 
 N = 8  # samples per group
 
@@ -350,3 +350,18 @@ def test_a_stage_with_nothing_on_control_answers_its_run_config() -> None:
     knobs.poll()
     knobs.poll()
     assert [(m.revision, m.params["publish_every"]) for _, m, _ in producer.sent] == [(0, 2)]
+
+
+def test_unscored_reads_the_lower_of_committed_lag_and_the_topics_totals() -> None:
+    # the scorers scored all but 100 of 5,000 rollouts, and committed 4,000 of them ago
+    totals = {"rollouts.raw": 5_000, "rollouts.scored": 4_900}
+    assert unscored(totals, committed_lag=4_000) == 100
+    # dead-lettered raw rollouts are never scored: not waiting
+    assert unscored({**totals, "rollouts.raw.dlq": 100}, committed_lag=4_000) == 0
+    # a scorer crash scored 300 again: the totals read low, the committed lag is lower still
+    assert unscored({"rollouts.raw": 5_000, "rollouts.scored": 5_200}, committed_lag=40) == 0
+    # where the totals read high (raw rollouts an earlier run's scorers committed past without
+    # scoring), the committed lag holds
+    assert unscored({"rollouts.raw": 5_000, "rollouts.scored": 4_000}, committed_lag=16) == 16
+    # no rollouts.scored topic to read: the committed lag
+    assert unscored({"rollouts.raw": 5_000}, committed_lag=700) == 700
