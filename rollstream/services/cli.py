@@ -145,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="rebuild a run's plots and print its summary")
     p.add_argument("run", nargs="?", default=None, help="run folder (default: latest under runs/)")
+    p.add_argument(
+        "--window",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds a row of the table of where the time went (default: ~8 rows; 0: none)",
+    )
     return ap
 
 

@@ -92,6 +92,8 @@ def test_every_readme_command_runs(rollstream_home: Path, tmp_path: Path) -> Non
             assert "# defaults (default.yaml)" in res.stdout and "# --set" in res.stdout
         if cmd.startswith("rollstream status"):
             assert "ledger BALANCED" in res.stdout, out
+        if cmd.startswith("rollstream report"):  # of the latest run, a stream run
+            assert "where the time went, every 10 s" in res.stdout, out
         ran.append(cmd)
     assert len(ran) >= 6, ran
     assert (tmp_path / "rendered.yaml").stat().st_size > 10_000

@@ -258,6 +258,74 @@ def idle_shares(last: dict[str, Any]) -> dict[str, float | None]:
     return out
 
 
+PHASE_COLUMNS = {
+    "steps_per_s": "steps\n/s",
+    "learner_waiting": "learner\nwaits",
+    "generating": "gen.\nsamples",
+    "paused": "gen.\npaused",
+    "no_prompts": "no\nprompts",
+    "publishing": "gen.\nsends",
+    "loading_weights": "gen.\nloads",
+    "keep_rate": "keep\nrate",
+    "feed_paused": "feed\npaused",
+}
+"""Columns of `phases` (after the window's end time), and their titles in the report."""
+
+
+def _phase_totals(snap: dict[str, Any]) -> dict[str, float]:
+    lrn, gen, filt = snap.get("learner", {}), snap.get("generator", {}), snap.get("filter", {})
+    phase = by_label(gen, "rollstream_generator_phase_seconds_total", "phase")
+    return {
+        "steps": total(lrn, "rollstream_learner_step"),
+        "learner_waiting": total(lrn, "rollstream_learner_step_phase_seconds_sum", phase="wait"),
+        "generating": phase.get("generate", 0.0),
+        "paused": phase.get("paused", 0.0),
+        "no_prompts": phase.get("wait_prompts", 0.0),
+        "publishing": phase.get("publish", 0.0),
+        "loading_weights": phase.get("swap", 0.0),
+        "kept": total(filt, "rollstream_filter_groups_kept_total"),
+        "dropped": total(filt, "rollstream_filter_groups_dropped_total"),
+        "feed_paused": total(snap.get("feed", {}), "rollstream_feed_paused_seconds_total"),
+    }
+
+
+def phases(hist: list[dict[str, Any]], window_s: float) -> list[dict[str, float]]:
+    """Where the run's time went, window by window (`window_s` seconds or the next snapshot
+    after): per window its end (`t`), the learner's steps a second, the share of the window
+    the learner waited for a batch, the generator's shares generating, paused (pacing,
+    `max_raw_lag`, staleness), waiting for prompts, publishing and loading weights, the share
+    of finished groups the filter kept, and the share the feed was paused at its run-ahead
+    bound. A whole-run share hides how a run changes as the model learns: on a GPU the keep
+    rate fell from 0.56 to 0.16 over 150 s and the learner's steps a second from 7 to 2
+    (benchmarks/RESULTS.md, twenty-second session). Empty for a sync run (one process)."""
+    live = [s for s in hist if s.get("learner") and s.get("generator")]
+    rows: list[dict[str, float]] = []
+    if not live:
+        return rows
+    prev, t_prev = _phase_totals(live[0]), live[0]["t"]
+    for snap in live[1:]:
+        if snap["t"] - t_prev < window_s:
+            continue
+        now, dt = _phase_totals(snap), snap["t"] - t_prev
+        d = {k: now[k] - prev[k] for k in now}
+        finished = d["kept"] + d["dropped"]
+        row = {"t": snap["t"], "steps_per_s": d["steps"] / dt}
+        for key in ("learner_waiting", "generating", "paused", "no_prompts", "publishing"):
+            row[key] = d[key] / dt
+        row["loading_weights"] = d["loading_weights"] / dt
+        row["keep_rate"] = d["kept"] / finished if finished > 0 else float("nan")
+        row["feed_paused"] = d["feed_paused"] / dt
+        rows.append(row)
+        prev, t_prev = now, snap["t"]
+    return rows
+
+
+def auto_window(hist: list[dict[str, Any]]) -> float:
+    """About 8 rows for the run's length, at least 10 s a row."""
+    span = hist[-1]["t"] - hist[0]["t"] if hist else 0.0
+    return max(10.0, round(span / 8 / 5) * 5)
+
+
 def _legend(ax: Any, **kw: Any) -> None:
     """A legend when something was plotted (a run with no data yet: an empty plot, no warning)."""
     if ax.get_legend_handles_labels()[0]:
@@ -286,6 +354,7 @@ def _mean(snap: dict[str, float], name: str, labels: str = "") -> float | None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
@@ -305,6 +374,21 @@ def main(args: argparse.Namespace) -> int:
     table = Table("field", "value", title=f"run {run}")
     for k, v in summary.items():
         table.add_row(k, f"{v:.3f}" if isinstance(v, float) else str(v))
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    hist = _jsonl(run / "metrics.jsonl")
+    window = auto_window(hist) if args.window is None else args.window
+    rows = phases(hist, window) if window > 0 else []
+    if rows:
+        title = f"where the time went, every {window:.0f} s (% of each window)"
+        by_window = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 0))
+        for header in ("t\n(s)", *PHASE_COLUMNS.values()):
+            by_window.add_column(header, justify="right", no_wrap=True)
+        for r in rows:
+            cells = [f"{r['steps_per_s']:.2f}"]
+            cells += [f"{100 * r[k]:.0f}" for k in list(PHASE_COLUMNS)[1:-2]]
+            cells += [f"{r['keep_rate']:.2f}", f"{100 * r['feed_paused']:.0f}"]
+            by_window.add_row(f"{r['t']:.0f}", *cells)
+        console.print(by_window)
     print(f"plots: {', '.join(p.name for p in sorted(run.glob('*.png')))}")
     return 0

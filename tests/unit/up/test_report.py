@@ -84,3 +84,53 @@ def test_status_and_report_of_a_folder_that_is_no_run_say_so(tmp_path: Path, cap
         assert report.main(args) == 2
         err = capsys.readouterr().err
         assert err.count(f"error: {folder}: {what}") == 2, err
+
+
+def snapshot(t: float, steps: float, waited: float, phases: dict[str, float], kept: float,
+             dropped: float, feed_paused: float) -> dict:  # fmt: skip
+    gen = "rollstream_generator_phase_seconds_total"
+    return {
+        "t": t,
+        "learner": {
+            "rollstream_learner_step": steps,
+            "rollstream_learner_step_phase_seconds_sum{phase=wait}": waited,
+            "rollstream_learner_step_phase_seconds_sum{phase=compute}": t - waited,
+        },
+        "generator": {f"{gen}{{phase={k}}}": v for k, v in phases.items()},
+        "filter": {
+            "rollstream_filter_groups_kept_total": kept,
+            "rollstream_filter_groups_dropped_total{filter=zero_variance,reason=all_correct}": (
+                dropped
+            ),
+        },
+        "feed": {"rollstream_feed_paused_seconds_total": feed_paused},
+    }
+
+
+def test_report_says_where_the_time_went_window_by_window() -> None:
+    """A run that slows as the filter keeps fewer groups: the whole-run shares average it
+    away; each window shows it."""
+    from rollstream.services.up.report import auto_window, phases
+
+    def gen(generate: float, paused: float, no_prompts: float) -> dict[str, float]:
+        return {"generate": generate, "paused": paused, "wait_prompts": no_prompts}
+
+    hist = [
+        {"t": 0.0, "feed": {}},  # before the stages report: skipped
+        snapshot(1.0, 0, 0.0, gen(0, 0, 0), 0, 0, 0.0),
+        snapshot(6.0, 20, 1.0, gen(3, 1, 0), 50, 50, 4.0),  # within the first window
+        snapshot(11.0, 60, 2.0, gen(6, 3, 0), 100, 100, 9.0),
+        snapshot(21.0, 80, 9.0, gen(10, 4, 4), 120, 180, 14.0),
+    ]
+    rows = phases(hist, 10.0)
+    assert [r["t"] for r in rows] == [11.0, 21.0]
+    first, late = rows
+    assert first["steps_per_s"] == 6.0 and late["steps_per_s"] == 2.0
+    assert first["learner_waiting"] == 0.2 and late["learner_waiting"] == 0.7
+    assert (first["generating"], first["paused"], first["no_prompts"]) == (0.6, 0.3, 0.0)
+    assert (late["generating"], late["paused"], late["no_prompts"]) == (0.4, 0.1, 0.4)
+    assert first["keep_rate"] == 0.5 and late["keep_rate"] == 0.2
+    assert first["feed_paused"] == 0.9 and late["feed_paused"] == 0.5
+    assert phases([{"t": 1.0, "up (sync)": {}}], 10.0) == []  # a sync run: no stages
+    assert auto_window(hist) == 10.0  # ~8 rows, at least 10 s each
+    assert auto_window([{"t": 0.0}, {"t": 600.0}]) == 75.0
