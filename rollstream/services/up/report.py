@@ -1,4 +1,5 @@
-"""`rollstream report RUN`: rebuild a run's plots from its metrics history and print a summary.
+"""`rollstream report RUN`: rebuild a run's plots from its metrics history and print a summary,
+and for a stream run where its time went, window by window (`phases`).
 
 Plots (PNG, in the run folder): accuracy.png (held-out accuracy and reward against wall time
 and against learner step), throughput.png (messages out per second per stage), staleness.png
@@ -51,11 +52,12 @@ def _ledger_step(run: Path) -> int:
     )
 
 
-def write_report(run: Path) -> dict[str, Any]:
+def write_report(run: Path, hist: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Plots and the summary of `run`; `hist`: its metrics history, if already read."""
     import matplotlib
 
     matplotlib.use("Agg")
-    hist = _jsonl(run / "metrics.jsonl")
+    hist = _jsonl(run / "metrics.jsonl") if hist is None else hist
     evals = _jsonl(run / "eval.jsonl")
     _plot_accuracy(run, hist, evals)
     if is_sync_run(run) and (run / "sync_summary.json").exists():
@@ -310,9 +312,8 @@ def phases(hist: list[dict[str, Any]], window_s: float) -> list[dict[str, float]
         d = {k: now[k] - prev[k] for k in now}
         finished = d["kept"] + d["dropped"]
         row = {"t": snap["t"], "steps_per_s": d["steps"] / dt}
-        for key in ("learner_waiting", "generating", "paused", "no_prompts", "publishing"):
+        for key in list(PHASE_COLUMNS)[1:-2]:  # shares of the window
             row[key] = d[key] / dt
-        row["loading_weights"] = d["loading_weights"] / dt
         row["keep_rate"] = d["kept"] / finished if finished > 0 else float("nan")
         row["feed_paused"] = d["feed_paused"] / dt
         rows.append(row)
@@ -370,13 +371,13 @@ def main(args: argparse.Namespace) -> int:
         what = "no such folder" if not run.exists() else "not a run folder (no config.yaml)"
         print(f"error: {run}: {what}", file=sys.stderr)
         return 2
-    summary = write_report(run)
+    hist = _jsonl(run / "metrics.jsonl")
+    summary = write_report(run, hist)
     table = Table("field", "value", title=f"run {run}")
     for k, v in summary.items():
         table.add_row(k, f"{v:.3f}" if isinstance(v, float) else str(v))
     console = Console()
     console.print(table)
-    hist = _jsonl(run / "metrics.jsonl")
     window = auto_window(hist) if args.window is None else args.window
     rows = phases(hist, window) if window > 0 else []
     if rows:
