@@ -1,7 +1,7 @@
 """Can the feed keep a fast generator in prompts? The real feed stage (`rollstream run feed`,
 its own process, the built-in tasks) against a stand-in generator in this process that does
 what the generator's loop does with prompts: poll a batch of `--batch` prompts (`fill`, up to
-0.2 s, as `generator.poll_timeout_s`), "generate" for `--gen-ms`, commit (the generator
+`--fill-s`, 0.2 s as `generator.poll_timeout_s`), "generate" for `--gen-ms`, commit (the generator
 commits after each batch's rollouts are acknowledged), again (`--paused`: not at all for that
 share of every `--period` seconds, as pacing holds a generator back); and, as the filter does once a
 group is finished, it writes one `prompt.stats` record a prompt, which the feed follows for its
@@ -105,6 +105,7 @@ def one(
     load: int,
     paused: float = 0.0,
     period: float = 2.0,
+    fill_s: float = 0.2,
 ) -> dict:
     kafka = KafkaSettings(bootstrap=bootstrap, namespace="f" + uuid.uuid4().hex[:8])
     kafka = kafka.model_copy(update={"session_timeout_ms": 6000})
@@ -130,7 +131,7 @@ def one(
                 time.sleep(paused * period - phase)
                 continue
             w = time.monotonic()
-            recs = gen.poll(batch, 0.2, fill=True)
+            recs = gen.poll(batch, fill_s, fill=True)
             waited += time.monotonic() - w
             consumed += len(recs)
             time.sleep(gen_ms / 1000)
@@ -170,6 +171,9 @@ def main() -> int:
         "--paused", type=float, default=0.0, help="share of each --period the stand-in waits"
     )
     ap.add_argument("--period", type=float, default=2.0)
+    ap.add_argument(
+        "--fill-s", type=float, default=0.2, help="longest wait to fill a batch (poll_timeout_s)"
+    )
     ap.add_argument("--no-stats", action="store_true", help="write no prompt.stats")
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
@@ -189,6 +193,7 @@ def main() -> int:
                 args.load,
                 args.paused,
                 args.period,
+                args.fill_s,
             )
             rows.append(r)
             print(

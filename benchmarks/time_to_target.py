@@ -46,6 +46,7 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "async-2gen-xb": ("async", ["stages.generator.replicas=2"]),
     "feed256": ("async", ["feed.max_ahead=256"]),  # more prompts queued for the generators
     "lead4": ("async", ["feed.lead_polls=4"]),  # the feed's bound grows to 2 s of the rate
+    "fill20ms": ("async", ["generator.poll_timeout_s=0.02"]),  # a partial batch after 20 ms
     "weights500": ("async", ["generator.weights_wait_ms=500"]),  # new versions seen late
     "sync-2threads": ("sync", ["up.sync_threads=2"]),  # sync's one process on two cores
     "sync-1thread": ("sync", ["up.sync_threads=1"]),  # sync's default before the twelfth session
