@@ -294,25 +294,30 @@ def test_sampling_pauses_while_rollouts_wait_unscored_and_resumes(
 def test_rollouts_scored_but_not_yet_committed_do_not_pause_sampling(
     generator: GeneratorProcess, tap: RolloutTap, kafka: KafkaSettings
 ) -> None:
-    """A scorer commits its offsets only now and then (faust: every ~2.8 s), so its committed
-    lag reads high by what it scored since. Here the stand-in scorer scores every rollout (one
-    `rollouts.scored` message each, as the scorer writes) and never commits: the committed lag
-    grows past `max_raw_lag`, and sampling must go on, because nothing waits unscored (it may
-    stutter: between two probes of the topics a batch or two of 4 rollouts pass the bound of 8).
-    Before, it stopped at 8-12 rollouts until the scorer group committed."""
+    """A scorer commits its offsets only now and then (faust: every ~2.8 s), so between two
+    commits its committed lag reads high by what it scored since. Here the stand-in scorer
+    scores every rollout at once (one `rollouts.scored` message each, as the scorer writes) and
+    commits every 3 s. Before, the generator read the committed lag alone: past
+    `max_raw_lag` (8) it stopped until the next commit, so at most ~12 rollouts came between
+    two commits; now it goes on, because nothing waits unscored."""
     scorer = Consumer(kafka, "test-scorer", ["rollouts.raw"], group="rollstream-scorer")
     out = Producer(kafka, "test-scorer")
     try:
         score_as_scorer(scorer, out, tap, commit=True)
         set_knobs(generator, kafka, "max_raw_lag=8", "batch_prompts=1")
         ids = send_prompts(kafka, [f"{i}+{i}=" for i in range(30)], n=4, tag="scored")
-
-        def sampled_all() -> bool:
-            score_as_scorer(scorer, out, tap, commit=False)  # scored, offsets never committed
-            return len(tap.of(ids)) >= 120
-
-        wait_until(sampled_all, 90, "all 30 prompts to be sampled past max_raw_lag", every=0)
-        # by the group's committed offsets (where the first call left them) all 120 wait
+        at_commits = [0]
+        deadline = time.monotonic() + 90
+        while at_commits[-1] < 120 and time.monotonic() < deadline:
+            committed_at = time.monotonic()
+            while time.monotonic() - committed_at < 3.0:
+                score_as_scorer(scorer, out, tap, commit=False)  # scored at once
+                time.sleep(0.1)
+            score_as_scorer(scorer, out, tap, commit=True)  # and committed every 3 s
+            at_commits.append(len(tap.of(ids)))
+        assert at_commits[-1] == 120, at_commits
+        between = [b - a for a, b in zip(at_commits, at_commits[1:], strict=False)]
+        assert max(between) > 40, between
     finally:
         out.close()
         scorer.close()

@@ -55,21 +55,33 @@ UNUSED = "replay.unused"
 """Key in `observe`'s totals: groups replay has dropped untrained (DropRecords it wrote)."""
 
 
-def unscored(totals: dict[str, int], committed_lag: int) -> int:
-    """Rollouts on `rollouts.raw` the scorers have not yet scored: the scorer group's lag by its
-    committed offsets, or fewer when the topics' totals say so (every decodable raw rollout
-    becomes one `rollouts.scored` message).
+@dataclass
+class Unscored:
+    """Rollouts on `rollouts.raw` the scorers have not yet scored, from each probe's topic
+    totals and the scorer group's committed lag.
 
-    The committed lag alone runs behind by what the scorers scored since their last commit
+    The committed lag alone reads high by what the scorers scored since their last commit
     (faust commits every ~2.8 s): a GPU generator sending 1,600 rollouts a second read ~4,000
     rollouts of lag while the scorer's own lag was ~0, and `max_raw_lag` (4,096) paused it 20 %
-    of its time. The totals alone can read low after a scorer crash (rollouts scored again
-    count twice on `rollouts.scored`), so the lower of the two is used: a bound that reads low
-    by what crashes scored twice, never high by a commit interval's output."""
-    if "rollouts.scored" not in totals:
-        return committed_lag
-    by_totals = good(totals, "rollouts.raw") - totals["rollouts.scored"]
-    return max(0, min(committed_lag, by_totals))
+    of its time. Every decodable raw rollout becomes one `rollouts.scored` message, so raw
+    (less its dead letters) minus scored is the true count, less the rollouts scored twice (a
+    scorer that crashed before its commit scores them again), a count that only grows. So the
+    estimate is that difference plus the twice-scored count, taken as the smallest gap between
+    the two readings over the last `window_s` (longer than a few commit intervals: right after
+    a commit the gap is that count alone), and never more than the committed lag."""
+
+    window_s: float = 10.0
+    _gaps: deque[tuple[float, int]] = field(default_factory=deque)
+
+    def read(self, totals: dict[str, int], committed_lag: int, now: float) -> int:
+        if "rollouts.scored" not in totals:
+            return committed_lag
+        by_totals = good(totals, "rollouts.raw") - totals["rollouts.scored"]
+        self._gaps.append((now, committed_lag - by_totals))
+        while self._gaps and self._gaps[0][0] < now - self.window_s:
+            self._gaps.popleft()
+        twice = max(0, min(gap for _, gap in self._gaps))
+        return max(0, min(committed_lag, by_totals + twice))
 
 
 def good(totals: dict[str, int], topic: str) -> int:

@@ -32,7 +32,7 @@ from rollstream.schemas import ControlUpdate, DropRecord, PromptTask, WeightUpda
 from rollstream.services.generator.backend import Backend, GenRequest, GenSample, RequestError
 from rollstream.services.generator.config import KNOB_FIELDS, GeneratorConfig, validate_control
 from rollstream.services.generator.metrics import GeneratorMetrics
-from rollstream.services.generator.pacing import PACED_TOPICS, UNUSED, Pacer, unscored
+from rollstream.services.generator.pacing import PACED_TOPICS, UNUSED, Pacer, Unscored
 from rollstream.services.generator.rollouts import request_of, rollouts_of
 from rollstream.services.models.load import resolve_template
 from rollstream.services.runtime.bus import Consumer, Producer, Record, join_group
@@ -199,7 +199,7 @@ class Generator:
     def _watch_lag(self) -> None:
         from rollstream.services.runtime.admin import FlowProbe
 
-        probe = None
+        probe, unscored = None, Unscored()
         n_default = float(self.ctx.cfg.feed.get("n", 8))  # samples a group, until one is sent
         if self._unused is not None:  # count replay's drops from before the pacer's start
             self._unused.caught_up.wait(10.0)
@@ -211,7 +211,7 @@ class Generator:
                     topics.append("rollouts.scored")
                     probe = FlowProbe(self.ctx.kafka, topics, "rollstream-scorer", "rollouts.raw")
                 totals, committed_lag = probe.read()
-                lag = unscored(totals, committed_lag)
+                lag = unscored.read(totals, committed_lag, time.monotonic())
             except Exception as exc:  # the probe is advisory
                 log.debug("flow probe: %s", exc)
             else:

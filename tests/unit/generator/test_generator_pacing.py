@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from rollstream.schemas import ControlUpdate
-from rollstream.services.generator.pacing import Pacer, unscored
+from rollstream.services.generator.pacing import Pacer, Unscored
 
 N = 8  # samples per group
 
@@ -352,16 +352,36 @@ def test_a_stage_with_nothing_on_control_answers_its_run_config() -> None:
     assert [(m.revision, m.params["publish_every"]) for _, m, _ in producer.sent] == [(0, 2)]
 
 
-def test_unscored_reads_the_lower_of_committed_lag_and_the_topics_totals() -> None:
-    # the scorers scored all but 100 of 5,000 rollouts, and committed 4,000 of them ago
+def test_unscored_rollouts_are_not_read_from_the_committed_lag_alone() -> None:
+    est = Unscored(window_s=10.0)
+    # just after a scorer commit the two readings agree: 100 wait
+    assert est.read({"rollouts.raw": 1_000, "rollouts.scored": 900}, 100, now=0.0) == 100
+    # 3 s on, the scorers scored 3,900 more and have not committed: 100 still wait
     totals = {"rollouts.raw": 5_000, "rollouts.scored": 4_900}
-    assert unscored(totals, committed_lag=4_000) == 100
+    assert est.read(totals, committed_lag=4_000, now=3.0) == 100
     # dead-lettered raw rollouts are never scored: not waiting
-    assert unscored({**totals, "rollouts.raw.dlq": 100}, committed_lag=4_000) == 0
-    # a scorer crash scored 300 again: the totals read low, the committed lag is lower still
-    assert unscored({"rollouts.raw": 5_000, "rollouts.scored": 5_200}, committed_lag=40) == 0
-    # where the totals read high (raw rollouts an earlier run's scorers committed past without
-    # scoring), the committed lag holds
-    assert unscored({"rollouts.raw": 5_000, "rollouts.scored": 4_000}, committed_lag=16) == 16
+    assert est.read({**totals, "rollouts.raw.dlq": 100}, committed_lag=4_000, now=3.5) == 0
+
+
+def test_unscored_rollouts_count_what_a_crashed_scorer_scored_twice() -> None:
+    """A scorer that crashed before its commit scores those rollouts again: rollouts.scored
+    holds 300 of them twice, and raw less scored reads 300 low for the rest of the run."""
+    est = Unscored(window_s=10.0)
+    scored_twice = 300
+    for t in range(0, 30, 3):  # a commit every 3 s, 50 rollouts waiting at each
+        totals = {"rollouts.raw": 10_000 + 1_000 * t, "rollouts.scored": 10_000 + 1_000 * t}
+        totals["rollouts.scored"] += scored_twice - 50
+        assert est.read(totals, committed_lag=50, now=float(t)) == 50
+        # between two commits the committed lag reads high, the estimate does not
+        assert est.read(totals, committed_lag=2_050, now=t + 1.5) == 50
+    # a first reading cannot tell scored-not-committed from scored twice: the committed lag
+    assert Unscored().read({"rollouts.raw": 5_000, "rollouts.scored": 4_900}, 4_000, 0.0) == 4_000
+
+
+def test_unscored_rollouts_never_read_more_than_the_committed_lag() -> None:
+    est = Unscored()
+    # raw rollouts a scorer group committed past without scoring (offsets reset): the totals
+    # read high, the committed lag holds
+    assert est.read({"rollouts.raw": 5_000, "rollouts.scored": 4_000}, 16, now=0.0) == 16
     # no rollouts.scored topic to read: the committed lag
-    assert unscored({"rollouts.raw": 5_000}, committed_lag=700) == 700
+    assert est.read({"rollouts.raw": 5_000}, 700, now=1.0) == 700
