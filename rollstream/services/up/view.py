@@ -83,8 +83,10 @@ def summarize_stage(stage: str, snap: dict[str, float], rates: dict[str, float])
     drops = by_label(snap, p + "dropped_rollouts_total", "reason")  # replay
     for k, v in by_label(snap, p + "samples_dropped_total", "reason").items():  # filter
         drops[k] = drops.get(k, 0.0) + v
-    if drops:
-        notes.append("drops " + " ".join(f"{k}={v:.0f}" for k, v in sorted(drops.items())))
+    if drops:  # in rollouts, as the progress line and the ledger count them
+        notes.append(
+            "dropped rollouts " + " ".join(f"{k}={v:.0f}" for k, v in sorted(drops.items()))
+        )
     if stage == "generator":
         paused = total(snap, p + "paused_seconds_total")
         notes.append(f"tok/s {rates.get('tokens', 0):.0f} paused {paused:.0f}s")
@@ -97,8 +99,8 @@ def summarize_stage(stage: str, snap: dict[str, float], rates: dict[str, float])
             notes.append(f"idle {total(snap, p + 'idle_ratio'):.0%}")
     if stage == "replay":
         notes.append(
-            f"buffer {total(snap, p + 'buffer_groups'):.0f} "
-            f"expired {total(snap, p + 'expired_groups_total'):.0f}"
+            f"buffer {total(snap, p + 'buffer_groups'):.0f} groups, "
+            f"{total(snap, p + 'expired_groups_total'):.0f} expired"
         )
         # the bound's own definition: learner version - group version at hand-out
         if total(snap, p + "staleness_versions_count"):

@@ -59,7 +59,19 @@ def test_expired_rollouts_are_counted_apart_from_dropped_ones_as_in_the_ledger()
     filt, replay = summarize_stage("filter", snap, {}), summarize_stage("replay", snap, {})
     assert (filt["drops"], filt["expired"]) == (64.0, 0.0)
     assert (replay["drops"], replay["expired"]) == (8.0, 16.0)
-    assert "drops all_correct=40 all_wrong=24" in filt["notes"]
+    assert "dropped rollouts all_correct=40 all_wrong=24" in filt["notes"]
+
+
+def test_replay_notes_say_which_counts_are_groups_and_which_rollouts() -> None:
+    """The progress line's `expired` counts rollouts; replay's note counted groups beside it
+    with the same word ("expired 4" under "expired 32")."""
+    snap = {
+        "rollstream_replay_buffer_groups": 3.0,
+        "rollstream_replay_expired_groups_total{trained=no}": 4.0,
+        "rollstream_replay_dropped_rollouts_total{reason=expired}": 32.0,
+    }
+    notes = summarize_stage("replay", snap, {})["notes"]
+    assert "dropped rollouts expired=32" in notes and "buffer 3 groups, 4 expired" in notes
 
 
 def test_the_progress_line_says_dropped_and_expired_apart() -> None:
