@@ -299,7 +299,8 @@ def test_rollouts_scored_but_not_yet_committed_do_not_pause_sampling(
     scores every rollout at once (one `rollouts.scored` message each, as the scorer writes) and
     commits every 3 s. Before, the generator read the committed lag alone: past
     `max_raw_lag` (8) it stopped until the next commit, so at most ~12 rollouts came between
-    two commits; now it goes on, because nothing waits unscored."""
+    two commits; now it goes on, because nothing waits unscored (still in steps: between two
+    probes of the topics a few batches of 4 pass the bound of 8)."""
     scorer = Consumer(kafka, "test-scorer", ["rollouts.raw"], group="rollstream-scorer")
     out = Producer(kafka, "test-scorer")
     try:
@@ -317,7 +318,7 @@ def test_rollouts_scored_but_not_yet_committed_do_not_pause_sampling(
             at_commits.append(len(tap.of(ids)))
         assert at_commits[-1] == 120, at_commits
         between = [b - a for a, b in zip(at_commits, at_commits[1:], strict=False)]
-        assert max(between) > 40, between
+        assert max(between) > 24, between  # before: at most ~12; now 36-44 here
     finally:
         out.close()
         scorer.close()

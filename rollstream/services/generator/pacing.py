@@ -63,14 +63,22 @@ class Unscored:
     The committed lag alone reads high by what the scorers scored since their last commit
     (faust commits every ~2.8 s): a GPU generator sending 1,600 rollouts a second read ~4,000
     rollouts of lag while the scorer's own lag was ~0, and `max_raw_lag` (4,096) paused it 20 %
-    of its time. Every decodable raw rollout becomes one `rollouts.scored` message, so raw
-    (less its dead letters) minus scored is the true count, less the rollouts scored twice (a
-    scorer that crashed before its commit scores them again), a count that only grows. So the
-    estimate is that difference plus the twice-scored count, taken as the smallest gap between
-    the two readings over the last `window_s` (longer than a few commit intervals: right after
-    a commit the gap is that count alone), and never more than the committed lag."""
+    of its time. Every raw rollout becomes one `rollouts.scored` message or one dead letter on
+    `rollouts.raw.dlq`, so raw less its dead letters less scored is the true count, less the
+    rollouts scored twice (a scorer that crashed before its commit scores them again), a count
+    that only grows. So the estimate is that difference plus the twice-scored count, taken as
+    the smallest gap between the two readings over the last `window_s` (right after a commit
+    the gap is that count alone), and never more than the committed lag.
 
-    window_s: float = 10.0
+    Where it reads off: with several scorer replicas, which commit at different moments, the
+    gap never falls to the twice-scored count alone and the estimate reads high by what the
+    others scored since their commits (still less than the committed lag); for `window_s`
+    after a scorer crash it reads low by what that scorer had scored and not committed, until
+    the gap from before the crash leaves the window; the first probe of a generator (nothing
+    to compare yet) reads the committed lag."""
+
+    window_s: float = 6.0
+    """Seconds of readings the smallest gap is taken over: two of faust's commit intervals."""
     _gaps: deque[tuple[float, int]] = field(default_factory=deque)
 
     def read(self, totals: dict[str, int], committed_lag: int, now: float) -> int:

@@ -253,8 +253,8 @@ class Generator:
 
     def lag_estimate(self) -> int:
         """The last probed lag plus what this process published since (the probe runs every
-        `pace_interval_s`; without this a fast engine would overshoot max_raw_lag by what it
-        sends between two probes)."""
+        `pace_interval_s` with pacing, else every second; without this a fast engine would
+        overshoot max_raw_lag by what it sends between two probes)."""
         return self.raw_lag + self._sent - self._sent_at_probe
 
     def pause_reason(self) -> str | None:

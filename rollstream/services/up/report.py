@@ -274,17 +274,25 @@ PHASE_COLUMNS = {
 """Columns of `phases` (after the window's end time), and their titles in the report."""
 
 
+LEARNER_PHASES = ("wait", "compute", "publish")
+GENERATOR_PHASES = {
+    "generating": "generate",
+    "paused": "paused",
+    "no_prompts": "wait_prompts",
+    "publishing": "publish",
+    "loading_weights": "swap",
+}
+
+
 def _phase_totals(snap: dict[str, Any]) -> dict[str, float]:
+    """The counters `phases` reads, summed over replicas (as the supervisor snapshots them)."""
     lrn, gen, filt = snap.get("learner", {}), snap.get("generator", {}), snap.get("filter", {})
-    phase = by_label(gen, "rollstream_generator_phase_seconds_total", "phase")
+    learner = by_label(lrn, "rollstream_learner_step_phase_seconds_sum", "phase")
+    generator = by_label(gen, "rollstream_generator_phase_seconds_total", "phase")
     return {
         "steps": total(lrn, "rollstream_learner_step"),
-        "learner_waiting": total(lrn, "rollstream_learner_step_phase_seconds_sum", phase="wait"),
-        "generating": phase.get("generate", 0.0),
-        "paused": phase.get("paused", 0.0),
-        "no_prompts": phase.get("wait_prompts", 0.0),
-        "publishing": phase.get("publish", 0.0),
-        "loading_weights": phase.get("swap", 0.0),
+        **{f"learner_{p}": learner.get(p, 0.0) for p in LEARNER_PHASES},
+        **{key: generator.get(p, 0.0) for key, p in GENERATOR_PHASES.items()},
         "kept": total(filt, "rollstream_filter_groups_kept_total"),
         "dropped": total(filt, "rollstream_filter_groups_dropped_total"),
         "feed_paused": total(snap.get("feed", {}), "rollstream_feed_paused_seconds_total"),
@@ -293,31 +301,43 @@ def _phase_totals(snap: dict[str, Any]) -> dict[str, float]:
 
 def phases(hist: list[dict[str, Any]], window_s: float) -> list[dict[str, float]]:
     """Where the run's time went, window by window (`window_s` seconds or the next snapshot
-    after): per window its end (`t`), the learner's steps a second, the share of the window
-    the learner waited for a batch, the generator's shares generating, paused (pacing,
-    `max_raw_lag`, staleness), waiting for prompts, publishing and loading weights, the share
-    of finished groups the filter kept, and the share the feed was paused at its run-ahead
-    bound. A whole-run share hides how a run changes as the model learns: on a GPU the keep
-    rate fell from 0.56 to 0.16 over 150 s and the learner's steps a second from 7 to 2
-    (benchmarks/RESULTS.md, twenty-second session). Empty for a sync run (one process)."""
+    after; a last shorter window when it is at least half as long): per window its end
+    (`t`), the learner's steps a second and the share of its time it waited for a batch; the
+    share of the generators' time (all replicas) sampling, paused (pacing, `max_raw_lag`,
+    staleness), waiting for prompts (an empty queue, or the wait to fill a batch,
+    `poll_timeout_s`), publishing and loading weights; the share of finished groups the
+    filter kept; and the share of the window the feed was paused at its run-ahead bound.
+
+    A whole-run share hides how a run changes as the model learns: on a GPU the keep rate fell
+    from 0.56 to 0.16 over 150 s and the learner's steps a second from 7 to 2
+    (benchmarks/RESULTS.md, twenty-second session). A counter that went down (a stage
+    restarted, or one replica's scrape failed) ends a window without a row: its deltas would
+    be wrong. Empty for a sync run (one process)."""
     live = [s for s in hist if s.get("learner") and s.get("generator")]
     rows: list[dict[str, float]] = []
     if not live:
         return rows
     prev, t_prev = _phase_totals(live[0]), live[0]["t"]
-    for snap in live[1:]:
-        if snap["t"] - t_prev < window_s:
+    for i, snap in enumerate(live[1:], start=2):
+        dt = snap["t"] - t_prev
+        last = i == len(live)
+        if dt < window_s and not (last and dt >= window_s / 2):
             continue
-        now, dt = _phase_totals(snap), snap["t"] - t_prev
+        now = _phase_totals(snap)
         d = {k: now[k] - prev[k] for k in now}
+        prev, t_prev = now, snap["t"]
+        if min(d.values()) < 0 or dt <= 0:
+            continue  # a counter went back: no row for this window
+        learner_s = sum(d[f"learner_{p}"] for p in LEARNER_PHASES)
+        generator_s = sum(d[key] for key in GENERATOR_PHASES)
         finished = d["kept"] + d["dropped"]
         row = {"t": snap["t"], "steps_per_s": d["steps"] / dt}
-        for key in list(PHASE_COLUMNS)[1:-2]:  # shares of the window
-            row[key] = d[key] / dt
+        row["learner_waiting"] = d["learner_wait"] / learner_s if learner_s else 0.0
+        for key in GENERATOR_PHASES:
+            row[key] = d[key] / generator_s if generator_s else 0.0
         row["keep_rate"] = d["kept"] / finished if finished > 0 else float("nan")
         row["feed_paused"] = d["feed_paused"] / dt
         rows.append(row)
-        prev, t_prev = now, snap["t"]
     return rows
 
 
@@ -378,17 +398,19 @@ def main(args: argparse.Namespace) -> int:
         table.add_row(k, f"{v:.3f}" if isinstance(v, float) else str(v))
     console = Console()
     console.print(table)
-    window = auto_window(hist) if args.window is None else args.window
+    window = getattr(args, "window", None)
+    window = auto_window(hist) if window is None else window
     rows = phases(hist, window) if window > 0 else []
     if rows:
-        title = f"where the time went, every {window:.0f} s (% of each window)"
+        title = f"where the time went, every {window:g} s (% of each window; gen.: the generators)"
         by_window = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 0))
         for header in ("t\n(s)", *PHASE_COLUMNS.values()):
             by_window.add_column(header, justify="right", no_wrap=True)
         for r in rows:
             cells = [f"{r['steps_per_s']:.2f}"]
             cells += [f"{100 * r[k]:.0f}" for k in list(PHASE_COLUMNS)[1:-2]]
-            cells += [f"{r['keep_rate']:.2f}", f"{100 * r['feed_paused']:.0f}"]
+            keep = "-" if r["keep_rate"] != r["keep_rate"] else f"{r['keep_rate']:.2f}"  # NaN
+            cells += [keep, f"{100 * r['feed_paused']:.0f}"]
             by_window.add_row(f"{r['t']:.0f}", *cells)
         console.print(by_window)
     print(f"plots: {', '.join(p.name for p in sorted(run.glob('*.png')))}")

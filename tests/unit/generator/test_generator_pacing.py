@@ -378,6 +378,21 @@ def test_unscored_rollouts_count_what_a_crashed_scorer_scored_twice() -> None:
     assert Unscored().read({"rollouts.raw": 5_000, "rollouts.scored": 4_900}, 4_000, 0.0) == 4_000
 
 
+def test_unscored_rollouts_catch_up_with_a_crash_once_the_window_has_passed() -> None:
+    """Before the crash the gap at each commit is 0; after it, 300 (scored twice). Until the
+    old gaps leave the window the estimate reads 300 low; then it is right again."""
+    est = Unscored(window_s=6.0)
+    for t in range(0, 12, 3):  # commits every 3 s, 50 waiting: raw - scored = 50
+        assert est.read({"rollouts.raw": 1_000 * t + 50, "rollouts.scored": 1_000 * t}, 50, t) == 50
+    # t=12: the scorer crashed and scored 300 of its rollouts again
+    reads = []
+    for t in range(12, 24, 3):
+        totals = {"rollouts.raw": 1_000 * t + 50, "rollouts.scored": 1_000 * t + 300}
+        reads.append(est.read(totals, committed_lag=50, now=float(t)))
+    assert reads[0] == 0  # low: the window still holds the gaps from before the crash
+    assert reads[-1] == 50  # t=21: only gaps after the crash are left
+
+
 def test_unscored_rollouts_never_read_more_than_the_committed_lag() -> None:
     est = Unscored()
     # raw rollouts a scorer group committed past without scoring (offsets reset): the totals

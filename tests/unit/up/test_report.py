@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from rollstream.services.up.report import write_report
 
 
@@ -112,25 +114,47 @@ def test_report_says_where_the_time_went_window_by_window() -> None:
     away; each window shows it."""
     from rollstream.services.up.report import auto_window, phases
 
-    def gen(generate: float, paused: float, no_prompts: float) -> dict[str, float]:
-        return {"generate": generate, "paused": paused, "wait_prompts": no_prompts}
+    def gen(generate: float, paused: float, no_prompts: float, publish: float) -> dict:
+        return {"generate": generate, "paused": paused, "wait_prompts": no_prompts,
+                "publish": publish}  # fmt: skip
 
     hist = [
         {"t": 0.0, "feed": {}},  # before the stages report: skipped
-        snapshot(1.0, 0, 0.0, gen(0, 0, 0), 0, 0, 0.0),
-        snapshot(6.0, 20, 1.0, gen(3, 1, 0), 50, 50, 4.0),  # within the first window
-        snapshot(11.0, 60, 2.0, gen(6, 3, 0), 100, 100, 9.0),
-        snapshot(21.0, 80, 9.0, gen(10, 4, 4), 120, 180, 14.0),
+        snapshot(1.0, 0, 0.0, gen(0, 0, 0, 0), 0, 0, 0.0),
+        snapshot(6.0, 20, 1.0, gen(3, 1, 0, 1), 50, 50, 4.0),  # within the first window
+        snapshot(11.0, 60, 2.0, gen(6, 3, 0, 1), 100, 100, 9.0),
+        snapshot(21.0, 80, 9.0, gen(10, 4, 4, 2), 120, 180, 14.0),
+        snapshot(25.0, 84, 12.0, gen(12, 4, 6, 2), 120, 180, 16.0),  # a short last window
     ]
     rows = phases(hist, 10.0)
-    assert [r["t"] for r in rows] == [11.0, 21.0]
+    assert [r["t"] for r in rows] == [11.0, 21.0]  # 4 s left over: less than half a window
     first, late = rows
     assert first["steps_per_s"] == 6.0 and late["steps_per_s"] == 2.0
     assert first["learner_waiting"] == 0.2 and late["learner_waiting"] == 0.7
-    assert (first["generating"], first["paused"], first["no_prompts"]) == (0.6, 0.3, 0.0)
+    assert (first["generating"], first["paused"], first["publishing"]) == (0.6, 0.3, 0.1)
     assert (late["generating"], late["paused"], late["no_prompts"]) == (0.4, 0.1, 0.4)
     assert first["keep_rate"] == 0.5 and late["keep_rate"] == 0.2
     assert first["feed_paused"] == 0.9 and late["feed_paused"] == 0.5
+    # a last window at least half as long gets its row; no group finished: no keep rate
+    rows = phases(hist, 8.0)
+    assert [r["t"] for r in rows] == [11.0, 21.0, 25.0]
+    assert rows[-1]["keep_rate"] != rows[-1]["keep_rate"]  # NaN, printed as "-"
     assert phases([{"t": 1.0, "up (sync)": {}}], 10.0) == []  # a sync run: no stages
     assert auto_window(hist) == 10.0  # ~8 rows, at least 10 s each
     assert auto_window([{"t": 0.0}, {"t": 600.0}]) == 75.0
+
+
+def test_where_the_time_went_counts_every_generator_and_skips_a_restart() -> None:
+    from rollstream.services.up.report import phases
+
+    two = {"generate": 14.0, "paused": 4.0, "wait_prompts": 2.0}  # two generators, 10 s each
+    hist = [
+        snapshot(0.0, 0, 0.0, {"generate": 0.0}, 0, 0, 0.0),
+        snapshot(10.0, 30, 5.0, two, 30, 30, 0.0),
+        snapshot(20.0, 5, 6.0, two, 40, 40, 0.0),  # the learner restarted: its step went back
+        snapshot(30.0, 35, 11.0, {k: 2 * v for k, v in two.items()}, 70, 70, 0.0),
+    ]
+    rows = phases(hist, 10.0)
+    assert [r["t"] for r in rows] == [10.0, 30.0]  # none for the window with the restart
+    assert [r["generating"] for r in rows] == [0.7, 0.7]  # of both generators' time
+    assert sum(rows[0][k] for k in ("generating", "paused", "no_prompts")) == pytest.approx(1.0)
