@@ -99,24 +99,27 @@ def test_a_prompt_the_backend_refuses_is_dead_lettered_and_the_batch_goes_on(
     assert tap.of(bad_regex | bad_schema) == []
 
 
-def test_live_control_changes_the_temperature_of_later_rollouts(
-    generator: GeneratorProcess, tap: RolloutTap, kafka: KafkaSettings, models
-) -> None:
-    env = {
-        **os.environ,
-        "ROLLSTREAM_BOOTSTRAP": kafka.bootstrap,
-        "ROLLSTREAM_NAMESPACE": str(kafka.namespace),
-    }
-    cmd = [sys.executable, "-m", "rollstream.services.cli", "control", "generator"]
+def set_knobs(generator: GeneratorProcess, kafka: KafkaSettings, *knobs: str) -> None:
+    """`rollstream control generator KNOBS`, once the generator says it applied them."""
+    env = {**os.environ, "ROLLSTREAM_BOOTSTRAP": kafka.bootstrap,
+           "ROLLSTREAM_NAMESPACE": str(kafka.namespace)}  # fmt: skip
+    applied = generator.metric("control_updates_total", result="applied")
     out = subprocess.run(
-        [*cmd, "temperature=0.5"], env=env, capture_output=True, text=True, timeout=60
-    )
+        [sys.executable, "-m", "rollstream.services.cli", "control", "generator", *knobs],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
     assert out.returncode == 0, out.stderr
     wait_until(
-        lambda: generator.metric("control_updates_total", result="applied") >= 1,
+        lambda: generator.metric("control_updates_total", result="applied") > applied,
         30,
         "the control update to be applied",
     )
+
+
+def test_live_control_changes_the_temperature_of_later_rollouts(
+    generator: GeneratorProcess, tap: RolloutTap, kafka: KafkaSettings, models
+) -> None:
+    set_knobs(generator, kafka, "temperature=0.5")
     ids = send_prompts(kafka, PROMPTS[:2], n=4, tag="hot")
     recs = tap.wait_for(ids, 8)
     hf = hf_model(models["v0"])
@@ -243,22 +246,6 @@ def score_as_scorer(scorer: Consumer, out: Producer, tap: RolloutTap, commit: bo
     out.flush()
     if commit:
         scorer.commit()
-
-
-def set_knobs(generator: GeneratorProcess, kafka: KafkaSettings, *knobs: str) -> None:
-    """`rollstream control generator KNOBS`, once the generator says it applied them."""
-    env = {**os.environ, "ROLLSTREAM_BOOTSTRAP": kafka.bootstrap,
-           "ROLLSTREAM_NAMESPACE": str(kafka.namespace)}  # fmt: skip
-    applied = generator.metric("control_updates_total", result="applied")
-    subprocess.run(
-        [sys.executable, "-m", "rollstream.services.cli", "control", "generator", *knobs],
-        env=env, check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    wait_until(
-        lambda: generator.metric("control_updates_total", result="applied") > applied,
-        30,
-        "the control update to be applied",
-    )
 
 
 def test_sampling_pauses_while_rollouts_wait_unscored_and_resumes(
